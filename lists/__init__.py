@@ -1,0 +1,1 @@
+"""Distribution lists: members, posting rules and the list-mail pipeline."""

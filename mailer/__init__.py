@@ -1,0 +1,1 @@
+"""Alliance Mail: the daemon, its transport and its command line."""

@@ -1,0 +1,188 @@
+"""Configuration: `config.toml` loaded into frozen dataclasses.
+
+Every key has a default and a help line (the README's table is made from the same help).
+An unknown key or a value of the wrong type stops start-up with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration problem, described in one line that names the key."""
+
+
+def _key(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Site:
+    domain: str = _key("lists.example.org", "domain of every list and role address")
+    name: str = _key("Progressive Alliance", "the network's name, shown in robot mail")
+    secret: str = _key(
+        "", "key for signed tokens (VERP, RSVP); empty: one is made and kept in the database"
+    )
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str = _key(
+        "sqlite:///var/alliance.sqlite3",
+        "SQLAlchemy URL: sqlite:///relative/or/absolute/path or postgresql://user@host/db",
+    )
+
+
+@dataclass(frozen=True)
+class Smtp:
+    listen: str = _key("127.0.0.1:8025", 'SMTP listener, host:port; "" turns it off')
+
+
+@dataclass(frozen=True)
+class Lmtp:
+    listen: str = _key("127.0.0.1:8024", 'LMTP listener for an MTA in front; "" turns it off')
+
+
+@dataclass(frozen=True)
+class Intake:
+    max_message_size: int = _key(10_485_760, "largest message accepted, bytes (552 above)")
+    max_recipients: int = _key(100, "recipients per transaction (452 above)")
+    max_line_length: int = _key(1000, "longest line, bytes with CRLF (RFC 5321 4.5.3.1.6)")
+    timeout: float = _key(300.0, "seconds a client may stay silent before it is dropped")
+    hostname: str = _key("", "name in the greeting; empty: site.domain")
+
+
+@dataclass(frozen=True)
+class Outbound:
+    url: str = _key("maildir:var/outbox", "maildir:PATH, or smtp://host:port for a smarthost")
+    connections: int = _key(24, "concurrent SMTP connections to the smarthost")
+    timeout: float = _key(60.0, "seconds to wait for the smarthost at each step")
+    retry_initial: float = _key(60.0, "seconds before the first retry after a 4xx")
+    retry_max: float = _key(3600.0, "longest wait between two retries, seconds")
+    lifetime: float = _key(432_000.0, "seconds a delivery is retried before it fails (5 days)")
+    lease: float = _key(300.0, "seconds a delivery being sent is reserved to one daemon")
+
+
+@dataclass(frozen=True)
+class Http:
+    listen: str = _key("127.0.0.1:8080", "HTTP listener for pages and one-click unsubscribe")
+    base_url: str = _key("http://127.0.0.1:8080", "public URL of that listener")
+
+
+@dataclass(frozen=True)
+class Router:
+    max_attempts: int = _key(3, "tries before a message that fails processing is quarantined")
+
+
+@dataclass(frozen=True)
+class Config:
+    site: Site = field(default_factory=Site)
+    database: Database = field(default_factory=Database)
+    smtp: Smtp = field(default_factory=Smtp)
+    lmtp: Lmtp = field(default_factory=Lmtp)
+    intake: Intake = field(default_factory=Intake)
+    outbound: Outbound = field(default_factory=Outbound)
+    http: Http = field(default_factory=Http)
+    router: Router = field(default_factory=Router)
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    def path(self, relative: str) -> Path:
+        """A path from the config, taken relative to the config file's folder."""
+        candidate = Path(relative)
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+
+def sections() -> list[tuple[str, type]]:
+    """The config sections, in file order, with their dataclass."""
+    return [
+        (f.name, f.default_factory)  # type: ignore[misc]
+        for f in dataclasses.fields(Config)
+        if not f.metadata.get("internal")
+    ]
+
+
+def _check(name: str, value: Any, expected: type) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and expected is not bool:
+        raise ConfigError(f"{name}: expected {expected.__name__}, got a boolean")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{name}: expected {expected.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _section(name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}: expected a table, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown key")
+        expected = {"str": str, "int": int, "float": float, "bool": bool}[str(known[key].type)]
+        kwargs[key] = _check(f"{name}.{key}", value, expected)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Config:
+    """Build a Config from parsed TOML, refusing unknown keys and wrong types."""
+    known = dict(sections())
+    parts = {}
+    for name, values in data.items():
+        if name not in known:
+            raise ConfigError(f"{name}: unknown section")
+        parts[name] = _section(name, known[name], values)
+    config = Config(base_dir=base_dir, **parts)
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    for name, value in (("smtp.listen", config.smtp.listen), ("lmtp.listen", config.lmtp.listen),
+                        ("http.listen", config.http.listen)):
+        if value:
+            parse_listen(value, name)
+    if not config.site.domain or "@" in config.site.domain:
+        raise ConfigError("site.domain: expected a domain name such as lists.example.org")
+    if config.outbound.connections < 1:
+        raise ConfigError("outbound.connections: must be at least 1")
+    if config.intake.max_recipients < 1:
+        raise ConfigError("intake.max_recipients: must be at least 1")
+    scheme = config.outbound.url.split(":", 1)[0]
+    if scheme not in ("maildir", "smtp"):
+        raise ConfigError("outbound.url: expected maildir:PATH or smtp://host:port")
+
+
+def parse_listen(value: str, name: str = "listen") -> tuple[str, int]:
+    """Split "host:port" (or "[v6]:port") into its parts.
+
+    >>> parse_listen("127.0.0.1:8025")
+    ('127.0.0.1', 8025)
+    >>> parse_listen("[::1]:0")
+    ('::1', 0)
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535 or not host:
+        raise ConfigError(f"{name}: expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the config file; a missing file at the default place means all defaults."""
+    explicit = path is not None or "ALLIANCE_CONFIG" in os.environ
+    chosen = Path(path or os.environ.get("ALLIANCE_CONFIG", "config.toml"))
+    if not chosen.exists():
+        if explicit:
+            raise ConfigError(f"{chosen}: no such config file")
+        return from_dict({}, Path.cwd())
+    try:
+        data = tomllib.loads(chosen.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{chosen}: not valid TOML ({error})") from None
+    return from_dict(data, chosen.resolve().parent)

@@ -1,0 +1,116 @@
+"""The composition root: `build(config)` wires every part; `Daemon` starts and stops them.
+
+One asyncio process runs the listeners, the router and the delivery engine (DESIGN §2).
+Nothing here is global: each part is handed its collaborators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from lists.posting import PostHandler
+from mailer.config import Config, parse_listen
+from mailer.db import Database
+from mailer.delivery import Dispatcher
+from mailer.intake import Gate, Handler, Inbox, Listener, LmtpListener
+from mailer.router import RoleHandler, Router
+from mailer.routing import Role
+from mailer.tokens import Signer
+from mailer.transport import Transport, from_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Daemon:
+    config: Config
+    db: Database
+    transport: Transport
+    inbox: Inbox
+    router: Router
+    dispatcher: Dispatcher
+    gate: Gate
+    servers: dict[str, asyncio.Server] = field(default_factory=dict)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The port each listener is bound to (useful when the config asks for port 0)."""
+        return {name: server.sockets[0].getsockname()[1]
+                for name, server in self.servers.items()}
+
+    async def start(self) -> None:
+        """Start the workers, then open the listeners."""
+        self.inbox.start()
+        self.router.start()
+        self.dispatcher.start()
+        hostname = self.config.intake.hostname or self.config.site.domain
+        for name, listener_class, listen in (("smtp", Listener, self.config.smtp.listen),
+                                             ("lmtp", LmtpListener, self.config.lmtp.listen)):
+            if not listen:
+                continue
+            host, port = parse_listen(listen, f"{name}.listen")
+            handler = Handler(protocol=name, domain=self.config.site.domain,
+                              limits=self.config.intake, inbox=self.inbox,
+                              accepts=self.router.accepts, gate=self.gate)
+            self.servers[name] = await asyncio.get_running_loop().create_server(
+                lambda h=handler, c=listener_class: c(h, self.config.intake, hostname),
+                host, port)
+            log.info("%s listening on %s:%d", name.upper(), host, self.ports[name])
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM: new sessions get 421, messages being stored finish, queues stay safe."""
+        await self.gate.drain(grace)
+        for server in self.servers.values():
+            server.close()
+        await self.inbox.stop()
+        await self.router.stop()
+        await self.dispatcher.stop()
+        await asyncio.to_thread(self.db.close)
+        self.stopped.set()
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop_requested.set)
+        print(f"alliance: serving {self.config.site.domain}: "
+              + ", ".join(f"{name.upper()} on port {port}"
+                          for name, port in self.ports.items())
+              + f"; outbound {self.config.outbound.url}", flush=True)
+        await stop_requested.wait()
+        log.info("stopping")
+        await self.stop()
+
+
+def handlers(config: Config) -> dict[Role, RoleHandler]:
+    """The role handlers this build serves; a role with none is refused at RCPT."""
+    return {Role.POST: PostHandler(config.site.domain)}
+
+
+def build(config: Config, transport: Transport | None = None, *,
+          poll: float = 1.0) -> Daemon:
+    """Make every part of the daemon from the config, migrating the database first.
+
+    `transport` replaces the one `outbound.url` names; `poll` is how often idle workers
+    look for work that another process (or the clock) made due.
+    """
+    db = Database(config.database.url, config.base_dir)
+    db.upgrade()
+    signer = Signer(db.secret(config.site.secret), "member")
+    hostname = config.intake.hostname or config.site.domain
+    transport = transport or from_url(config.outbound.url, base=config.base_dir,
+                                      connections=config.outbound.connections,
+                                      timeout=config.outbound.timeout,
+                                      local_hostname=hostname)
+    dispatcher = Dispatcher(db, transport, signer, config.outbound,
+                            poll=poll)
+    router = Router(db, handlers(config), max_attempts=config.router.max_attempts,
+                    on_outgoing=dispatcher.wake, poll=poll)
+    inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake)
+    return Daemon(config, db, transport, inbox, router, dispatcher, Gate())

@@ -1,0 +1,142 @@
+"""The database: engines, sessions, migrations, and threads that keep it off the event loop.
+
+SQLAlchemy's sync engine runs in worker threads; the event loop only awaits the result.
+Writes go through one writer executor (one thread on SQLite, so writers never contend and
+never see "database is locked"); reads use a small pool of their own. SQLite runs in WAL
+mode with `synchronous=FULL`, so a commit is on disk before we answer 250 (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailer.models import Setting
+
+T = TypeVar("T")
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def resolve_url(url: str, base_dir: Path) -> str:
+    """Make a relative SQLite path relative to the config file's folder, and create it.
+
+    >>> resolve_url("postgresql://u@h/db", Path("/srv"))
+    'postgresql://u@h/db'
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return url
+    path = Path(parsed.database)
+    if not path.is_absolute():
+        path = base_dir / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return parsed.set(database=str(path)).render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(engine: Engine, immediate: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Any) -> None:
+        # A writer takes the lock up front: a deferred transaction that reads first and
+        # writes later can fail with SQLITE_BUSY without waiting for busy_timeout.
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    """Engines, session factories and the executors that run database work."""
+
+    def __init__(self, url: str, base_dir: Path = Path(".")) -> None:
+        self.url = resolve_url(url, base_dir)
+        self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            self.writer = create_engine(self.url, pool_size=1, max_overflow=0)
+            self.reader = create_engine(self.url, pool_size=4, max_overflow=0)
+            _sqlite_pragmas(self.writer, immediate=True)
+            _sqlite_pragmas(self.reader, immediate=False)
+            writers = 1
+        else:
+            self.writer = create_engine(self.url, pool_size=6, max_overflow=2,
+                                        pool_pre_ping=True)
+            self.reader = self.writer
+            writers = 4
+        self.write_session = sessionmaker(self.writer, expire_on_commit=False)
+        self.read_session = sessionmaker(self.reader, expire_on_commit=False)
+        self._write_pool = ThreadPoolExecutor(writers, thread_name_prefix="db-write")
+        self._read_pool = ThreadPoolExecutor(4, thread_name_prefix="db-read")
+
+    # -- running work -----------------------------------------------------------------
+
+    def transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(session, *args) in one write transaction, here in this thread."""
+        with self.write_session.begin() as session:
+            return fn(session, *args)
+
+    def query(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(session, *args) read-only, here in this thread."""
+        with self.read_session() as session:
+            return fn(session, *args)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(session, *args) in one committed transaction on the writer thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._write_pool, functools.partial(self.transaction, fn, *args))
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(session, *args) on a reader thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._read_pool, functools.partial(self.query, fn, *args))
+
+    # -- schema -----------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest Alembic revision (creating the database)."""
+        alembic = AlembicConfig()
+        alembic.set_main_option("script_location", str(MIGRATIONS))
+        with self.writer.begin() as connection:
+            if not self.is_sqlite:
+                # Two daemons starting together must not both migrate.
+                connection.execute(text("SELECT pg_advisory_xact_lock(74201)"))
+            alembic.attributes["connection"] = connection
+            command.upgrade(alembic, "head")
+
+    def secret(self, configured: str) -> bytes:
+        """The token key: the configured one, or one made once and kept in the database."""
+        if configured:
+            return configured.encode()
+
+        def get_or_make(session: Session) -> str:
+            row = session.scalar(select(Setting).where(Setting.key == "secret"))
+            if row is None:
+                row = Setting(key="secret", value=secrets.token_hex(32))
+                session.add(row)
+            return row.value
+
+        return self.transaction(get_or_make).encode()
+
+    def close(self) -> None:
+        self._write_pool.shutdown(wait=True)
+        self._read_pool.shutdown(wait=True)
+        self.writer.dispose()
+        self.reader.dispose()

@@ -1,0 +1,236 @@
+"""Delivery: takes due deliveries from the database and sends each through the transport.
+
+A delivery is leased (state `sending`, `due_at` = end of lease) in batches, handed to a set
+of sender tasks, and marked `done` only after the next hop's 250. Outcomes are written back
+in batches: one transaction for many recipients, never one commit each. A crash loses no
+delivery: a leased row whose lease runs out is taken again (a duplicate is possible only for
+a message that was on the wire at the crash). A 4xx or a broken connection is retried with
+exponential backoff until `outbound.lifetime`; a 5xx fails that recipient with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from mailer.config import Outbound
+from mailer.db import Database
+from mailer.models import Delivery, Outgoing
+from mailer.tokens import Signer
+from mailer.transport import Outcome, Transport
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One leased delivery, ready to send."""
+
+    id: int
+    outgoing_id: int
+    recipient: str
+    member_id: int | None
+    attempts: int
+    created_at: float
+
+
+def claim(session: Session, now: float, lease_end: float, limit: int) -> list[Job]:
+    """Lease up to `limit` due deliveries (SKIP LOCKED where the database has it)."""
+    due = (select(Delivery.id)
+           .where(Delivery.state.in_(("pending", "sending")), Delivery.due_at <= now)
+           .order_by(Delivery.due_at).limit(limit)
+           .with_for_update(skip_locked=True))
+    rows = session.execute(
+        update(Delivery).where(Delivery.id.in_(due))
+        .values(state="sending", attempts=Delivery.attempts + 1, due_at=lease_end)
+        .returning(Delivery.id, Delivery.outgoing_id, Delivery.recipient, Delivery.member_id,
+                   Delivery.attempts, Delivery.created_at))
+    return sorted((Job(*row) for row in rows), key=lambda job: job.id)
+
+
+def load_messages(session: Session, ids: list[int]) -> list[tuple[int, str, bytes]]:
+    rows = session.execute(select(Outgoing.id, Outgoing.sender, Outgoing.data)
+                           .where(Outgoing.id.in_(ids)))
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def next_due(session: Session) -> float | None:
+    return session.scalar(select(Delivery.due_at)
+                          .where(Delivery.state.in_(("pending", "sending")))
+                          .order_by(Delivery.due_at).limit(1))
+
+
+def release(session: Session, ids: list[int], now: float) -> None:
+    """Give leased deliveries back, unsent, so that the next start sends them at once."""
+    if ids:
+        session.execute(update(Delivery).where(Delivery.id.in_(ids),
+                                               Delivery.state == "sending")
+                        .values(state="pending", due_at=now,
+                                attempts=Delivery.attempts - 1))
+
+
+def backoff(attempts: int, policy: Outbound) -> float:
+    """Seconds to wait after the n-th failed try: doubling, capped at retry_max.
+
+    >>> policy = Outbound(retry_initial=60, retry_max=3600)
+    >>> [backoff(n, policy) for n in (1, 2, 3, 8)]
+    [60.0, 120.0, 240.0, 3600.0]
+    """
+    return float(min(policy.retry_initial * 2 ** max(attempts - 1, 0), policy.retry_max))
+
+
+def record(session: Session, results: list[tuple[Job, Outcome]], now: float,
+           policy: Outbound) -> None:
+    """Write many outcomes in one transaction (RFC 5321 §4.5.4.1 retry strategy)."""
+    rows: list[dict[str, Any]] = []
+    for job, outcome in results:
+        if outcome.ok:
+            rows.append({"id": job.id, "state": "done", "done_at": now, "code": outcome.code,
+                         "error": None})
+        elif outcome.permanent:
+            rows.append({"id": job.id, "state": "failed", "done_at": now,
+                         "code": outcome.code, "error": outcome.text[:1000]})
+        elif now - job.created_at >= policy.lifetime:
+            rows.append({"id": job.id, "state": "failed", "done_at": now,
+                         "code": outcome.code,
+                         "error": f"gave up after {job.attempts} tries: {outcome.text}"[:1000]})
+        else:
+            rows.append({"id": job.id, "state": "pending",
+                         "due_at": now + backoff(job.attempts, policy),
+                         "code": outcome.code, "error": outcome.text[:1000]})
+    for keys in {tuple(sorted(row)) for row in rows}:
+        same = [row for row in rows if tuple(sorted(row)) == keys]
+        session.execute(update(Delivery), same)
+
+
+class Dispatcher:
+    """Leases due deliveries, sends them concurrently, and records what happened."""
+
+    def __init__(self, db: Database, transport: Transport, signer: Signer,
+                 policy: Outbound, *, poll: float = 1.0) -> None:
+        self.db = db
+        self.transport = transport
+        self.signer = signer
+        self.policy = policy
+        self.poll = poll
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=BATCH)
+        self._messages: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
+        self._results: list[tuple[Job, Outcome]] = []
+        self._wake = asyncio.Event()
+        self._flush_now = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wake(self) -> None:
+        """New deliveries may be due: look now rather than at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._claim_loop(), name="claim"),
+                       asyncio.create_task(self._flush_loop(), name="flush")]
+        self._senders = [asyncio.create_task(self._send_loop(), name=f"sender-{n}")
+                         for n in range(self.policy.connections)]
+
+    async def stop(self) -> None:
+        """Finish the sends on the wire, give back what was leased but unsent."""
+        self._stopping = True
+        self._tasks[0].cancel()
+        await asyncio.gather(self._tasks[0], return_exceptions=True)
+        unsent = []
+        while not self._queue.empty():
+            unsent.append(self._queue.get_nowait().id)
+        for _ in self._senders:
+            self._queue.put_nowait(None)  # type: ignore[arg-type]
+        await asyncio.gather(*self._senders, return_exceptions=True)
+        self._tasks[1].cancel()
+        await asyncio.gather(self._tasks[1], return_exceptions=True)
+        await self._flush()
+        with contextlib.suppress(Exception):
+            await self.db.write(release, unsent, time.time())
+        await self.transport.close()
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            now = time.time()
+            try:
+                jobs = await self.db.write(claim, now, now + self.policy.lease, BATCH)
+                await self._load(jobs)
+            except Exception:
+                log.exception("could not take deliveries from the queue; retrying")
+                await asyncio.sleep(self.poll)
+                continue
+            for job in jobs:
+                await self._queue.put(job)
+            if len(jobs) < BATCH:
+                await self._sleep()
+
+    async def _sleep(self) -> None:
+        due = await self.db.read(next_due)
+        delay = self.poll if due is None else min(max(due - time.time(), 0.0), self.poll)
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _load(self, jobs: list[Job]) -> None:
+        missing = sorted({job.outgoing_id for job in jobs} - self._messages.keys())
+        if missing:
+            for ident, sender, data in await self.db.read(load_messages, missing):
+                self._messages[ident] = (sender, data)
+        while len(self._messages) > 64:
+            self._messages.popitem(last=False)
+
+    def _envelope(self, job: Job) -> tuple[str, bytes]:
+        sender, data = self._messages[job.outgoing_id]
+        self._messages.move_to_end(job.outgoing_id)
+        if "{token}" in sender:
+            token = self.signer.sign(job.member_id) if job.member_id is not None else "0"
+            sender = sender.replace("{token}", token)
+        return sender, data
+
+    async def _send_loop(self) -> None:
+        while True:
+            job = await self._queue.get()
+            if job is None:
+                return
+            try:
+                if job.outgoing_id not in self._messages:
+                    await self._load([job])
+                sender, data = self._envelope(job)
+                outcome = await self.transport.send(sender, job.recipient, data)
+            except Exception as error:  # a fault of ours: retry later, never drop
+                log.exception("delivery %d failed locally", job.id)
+                outcome = Outcome(451, f"local error: {error!r}")
+            self._results.append((job, outcome))
+            if len(self._results) >= 200:
+                self._flush_now.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), 0.05)
+            self._flush_now.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._results:
+            return
+        batch, self._results = self._results, []
+        try:
+            await self.db.write(record, batch, time.time(), self.policy)
+        except Exception:
+            log.exception("could not record %d outcomes; will try again", len(batch))
+            self._results[:0] = batch
+            return
+        if any(not outcome.ok for _, outcome in batch):
+            self.wake()

@@ -1,0 +1,259 @@
+"""Intake: the SMTP and LMTP listeners (aiosmtpd) and the durable inbox behind them.
+
+Each RCPT is resolved at once against the address table; an address we do not serve is
+refused before any body is sent. After DATA the raw bytes and the envelope are committed,
+and only then do we answer 250 (LMTP: one status per recipient, RFC 2033 §4.2). Messages
+arriving together are committed together (group commit), so durability costs one disk
+flush per batch, not per message. Nothing else happens before the 250 (RFC 1047).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailer import replies
+from mailer.addresses import AddressError, normalize
+from mailer.config import Intake as IntakeLimits
+from mailer.db import Database
+from mailer.models import Message, Work
+from mailer.routing import Route, resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A message as the client handed it over, before it is stored."""
+
+    protocol: str
+    peer: str
+    helo: str
+    mail_from: str
+    recipients: tuple[str, ...]
+    raw: bytes
+
+
+def _store(session: Any, arrivals: list[Arrival], domain: str, hostname: str) -> list[int]:
+    now = time.time()
+    ids = []
+    for arrival in arrivals:
+        raw = _trace(arrival, hostname) + arrival.raw
+        message = Message(received_at=now, protocol=arrival.protocol, peer=arrival.peer[:100],
+                          mail_from=arrival.mail_from, size=len(raw),
+                          sha256=hashlib.sha256(raw).hexdigest(), raw=raw)
+        session.add(message)
+        session.flush()
+        for recipient in arrival.recipients:
+            route = resolve(recipient, domain)
+            assert route is not None, "recipients were resolved at RCPT time"
+            session.add(Work(message_id=message.id, recipient=recipient.lower(),
+                             role=route.role.value, list_name=route.list, token=route.token,
+                             state="pending", attempts=0, due_at=now))
+        ids.append(message.id)
+    return ids
+
+
+def _trace(arrival: Arrival, hostname: str) -> bytes:
+    """The Received: header we add (RFC 5321 §4.4); it also feeds hop counting."""
+    helo = "".join(c for c in arrival.helo if c.isalnum() or c in ".-[]:")[:100] or "unknown"
+    stamp = email.utils.formatdate(localtime=False)
+    return (f"Received: from {helo} ({arrival.peer})\r\n\tby {hostname} with "
+            f"{arrival.protocol.upper()}; {stamp}\r\n").encode("ascii", "replace")
+
+
+class Inbox:
+    """Commits arrivals to the database in groups; each waiter learns its message id."""
+
+    def __init__(self, db: Database, domain: str, hostname: str,
+                 on_stored: Callable[[], None]) -> None:
+        self._db = db
+        self._domain = domain
+        self._hostname = hostname
+        self._on_stored = on_stored
+        self._pending: list[tuple[Arrival, asyncio.Future[int]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="inbox")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for _, waiter in self._pending:
+            waiter.cancel()
+
+    async def store(self, arrival: Arrival) -> int:
+        """Store one arrival durably; returns its message id once it is committed."""
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((arrival, waiter))
+        self._wake.set()
+        return await waiter
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending[:200], self._pending[200:]
+            if self._pending:
+                self._wake.set()
+            if not batch:
+                continue
+            try:
+                ids = await self._db.write(_store, [a for a, _ in batch], self._domain,
+                                           self._hostname)
+            except Exception as error:  # every waiter answers 451; nothing was committed
+                log.exception("storing %d message(s) failed", len(batch))
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(error)
+                continue
+            for (_, waiter), message_id in zip(batch, ids, strict=True):
+                if not waiter.done():
+                    waiter.set_result(message_id)
+            self._on_stored()
+
+
+class Gate:
+    """Tracks open sessions and work in progress, so that shutdown can drain them."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.sessions: set[Listener] = set()
+        self.busy = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.busy += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.busy -= 1
+        if self.busy == 0:
+            self.idle.set()
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new sessions, let stored-in-progress messages finish, then hang up."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self.idle.wait(), grace)
+        except TimeoutError:
+            log.warning("%d message(s) still being stored at shutdown", self.busy)
+        for session in list(self.sessions):
+            session.hang_up()
+
+
+class Handler:
+    """aiosmtpd hooks: refuse at RCPT what we do not serve; commit, then answer DATA."""
+
+    def __init__(self, *, protocol: str, domain: str, limits: IntakeLimits, inbox: Inbox,
+                 accepts: Callable[[Route], Awaitable[bool]], gate: Gate) -> None:
+        self.protocol = protocol
+        self.domain = domain.lower()
+        self.limits = limits
+        self.inbox = inbox
+        self.accepts = accepts
+        self.gate = gate
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.limits.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        try:
+            address = normalize(address)
+        except AddressError:
+            return replies.BAD_ADDRESS
+        route = resolve(address, self.domain)
+        if route is None:
+            local_domain = address.rpartition("@")[2] == self.domain
+            return replies.UNKNOWN_ADDRESS if local_domain else replies.NO_RELAY
+        if not await self.accepts(route):
+            return replies.UNKNOWN_ADDRESS
+        envelope.rcpt_tos.append(address)
+        return replies.RCPT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        arrival = Arrival(protocol=self.protocol, peer=str(session.peer[0] if session.peer
+                                                           else "unknown"),
+                          helo=session.host_name or "", mail_from=envelope.mail_from or "",
+                          recipients=tuple(envelope.rcpt_tos),
+                          raw=envelope.original_content or b"")
+        self.gate.enter()
+        try:
+            await self.inbox.store(arrival)
+            status = replies.OK
+        except Exception:
+            status = replies.TEMPORARY_FAILURE
+        finally:
+            self.gate.leave()
+        if self.protocol == "lmtp":
+            return "\r\n".join(status for _ in envelope.rcpt_tos)
+        return status
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("intake fault: %r", error, exc_info=error)
+        return replies.TEMPORARY_FAILURE
+
+
+class Listener(SMTP):
+    """aiosmtpd's SMTP session with our limits, strict envelope addresses and drain."""
+
+    def __init__(self, handler: Handler, limits: IntakeLimits, hostname: str) -> None:
+        # +1 for the transparency dot (RFC 5321 §4.5.2), as aiosmtpd's own default does.
+        self.line_length_limit = limits.max_line_length + 1
+        self.local_part_limit = 64
+        super().__init__(handler, data_size_limit=limits.max_message_size,
+                         hostname=hostname, ident="Alliance Mail", timeout=limits.timeout,
+                         command_call_limit=50)
+        self.gate = handler.gate
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.gate.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.gate.sessions.discard(self)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self.gate.draining:
+            await self.push(replies.SHUTTING_DOWN)
+            self.hang_up(say_goodbye=False)
+            return
+        await super()._handle_client()
+
+    def hang_up(self, say_goodbye: bool = True) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if say_goodbye:
+                self.transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
+            self.transport.close()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """Refuse what CPython's parser would silently rewrite (encoded words, routes)."""
+        raw = arg.strip()
+        if raw.startswith("<"):
+            raw = raw[1:raw.find(">")] if ">" in raw else raw[1:]
+        else:
+            raw = raw.split(" ", 1)[0]
+        if "=?" in raw or raw.startswith("@") or any(ord(c) < 33 for c in raw):
+            return None, None
+        address, params = super()._getaddr(arg)
+        if address and address != raw:
+            return None, None
+        return address, params
+
+
+class LmtpListener(Listener, LMTP):
+    """The same session speaking LMTP (RFC 2033): LHLO, and a status per recipient."""

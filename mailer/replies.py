@@ -1,0 +1,11 @@
+"""SMTP and LMTP reply texts, in one place (RFC 5321 §4.2, RFC 3463 enhanced codes)."""
+
+OK = "250 2.0.0 Ok: queued"
+RCPT_OK = "250 2.1.5 Ok"
+UNKNOWN_ADDRESS = "550 5.1.1 No such list or address here"
+NO_RELAY = "550 5.7.1 Relaying denied: not a domain of this service"
+BAD_ADDRESS = "553 5.1.3 Malformed address"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+TOO_BIG = "552 5.3.4 Message too big for this service"
+TEMPORARY_FAILURE = "451 4.3.0 Temporary local problem, please try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"

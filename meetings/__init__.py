@@ -1,0 +1,1 @@
+"""Meetings of the network's bodies and their iMIP invitations."""
