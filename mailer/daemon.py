@@ -7,15 +7,21 @@ Nothing here is global: each part is handed its collaborators.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from lists.posting import PostHandler
 from mailer.config import Config, parse_listen
 from mailer.db import Database
 from mailer.delivery import Dispatcher
 from mailer.intake import Gate, Handler, Inbox, Listener, LmtpListener
+from mailer.models import Delivery, Work
 from mailer.router import RoleHandler, Router
 from mailer.routing import Role
 from mailer.tokens import Signer
@@ -44,6 +50,10 @@ class Daemon:
 
     async def start(self) -> None:
         """Start the workers, then open the listeners."""
+        if self.db.is_sqlite:
+            # A SQLite file belongs to one daemon, so whatever is leased was leased by a
+            # previous run of this one that died: take it back now, not when leases end.
+            await self.db.write(recover_leases, time.time())
         self.inbox.start()
         self.router.start()
         self.dispatcher.start()
@@ -57,7 +67,7 @@ class Daemon:
                               limits=self.config.intake, inbox=self.inbox,
                               accepts=self.router.accepts, gate=self.gate)
             self.servers[name] = await asyncio.get_running_loop().create_server(
-                lambda h=handler, c=listener_class: c(h, self.config.intake, hostname),
+                functools.partial(listener_class, handler, self.config.intake, hostname),
                 host, port)
             log.info("%s listening on %s:%d", name.upper(), host, self.ports[name])
 
@@ -86,6 +96,14 @@ class Daemon:
         await stop_requested.wait()
         log.info("stopping")
         await self.stop()
+
+
+def recover_leases(session: Session, now: float) -> None:
+    """Return work and deliveries that a dead process had leased to the queue."""
+    session.execute(update(Work).where(Work.state == "working").values(state="pending",
+                                                                       due_at=now))
+    session.execute(update(Delivery).where(Delivery.state == "sending")
+                    .values(state="pending", due_at=now))
 
 
 def handlers(config: Config) -> dict[Role, RoleHandler]:

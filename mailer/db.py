@@ -32,11 +32,14 @@ def resolve_url(url: str, base_dir: Path) -> str:
     """Make a relative SQLite path relative to the config file's folder, and create it.
 
     >>> resolve_url("postgresql://u@h/db", Path("/srv"))
-    'postgresql://u@h/db'
+    'postgresql+psycopg://u@h/db'
     """
     parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        # psycopg 3 is the driver we ship; SQLAlchemy's bare name means psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return url
+        return parsed.render_as_string(hide_password=False)
     path = Path(parsed.database)
     if not path.is_absolute():
         path = base_dir / path
@@ -97,10 +100,15 @@ class Database:
             return fn(session, *args)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(session, *args) in one committed transaction on the writer thread."""
+        """Run fn(session, *args) in one committed transaction on the writer thread.
+
+        A write once handed over always runs to its end, even if the awaiting task is
+        cancelled: cancelling must never drop a transaction that is queued but not begun
+        (such as the record that deliveries are done).
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._write_pool, functools.partial(self.transaction, fn, *args))
+        return await asyncio.shield(loop.run_in_executor(
+            self._write_pool, functools.partial(self.transaction, fn, *args)))
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(session, *args) on a reader thread."""

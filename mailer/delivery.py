@@ -129,6 +129,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._stopping = False
+        self._senders_done = False
         self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
@@ -152,9 +153,9 @@ class Dispatcher:
         for _ in self._senders:
             self._queue.put_nowait(None)  # type: ignore[arg-type]
         await asyncio.gather(*self._senders, return_exceptions=True)
-        self._tasks[1].cancel()
+        self._senders_done = True
+        self._flush_now.set()
         await asyncio.gather(self._tasks[1], return_exceptions=True)
-        await self._flush()
         with contextlib.suppress(Exception):
             await self.db.write(release, unsent, time.time())
         await self.transport.close()
@@ -212,15 +213,17 @@ class Dispatcher:
                 log.exception("delivery %d failed locally", job.id)
                 outcome = Outcome(451, f"local error: {error!r}")
             self._results.append((job, outcome))
-            if len(self._results) >= 200:
-                self._flush_now.set()
+            self._flush_now.set()
 
     async def _flush_loop(self) -> None:
+        # Group commit: outcomes that arrive while one batch is being written go into the
+        # next one, so the state lags the wire by one transaction and no more.
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), 0.05)
+            await self._flush_now.wait()
             self._flush_now.clear()
             await self._flush()
+            if self._senders_done and not self._results:
+                return
 
     async def _flush(self) -> None:
         if not self._results:
@@ -231,6 +234,7 @@ class Dispatcher:
         except Exception:
             log.exception("could not record %d outcomes; will try again", len(batch))
             self._results[:0] = batch
+            asyncio.get_running_loop().call_later(0.5, self._flush_now.set)
             return
         if any(not outcome.ok for _, outcome in batch):
             self.wake()

@@ -235,10 +235,11 @@ class Listener(SMTP):
         await super()._handle_client()
 
     def hang_up(self, say_goodbye: bool = True) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             if say_goodbye:
-                self.transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
-            self.transport.close()
+                transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
+            transport.close()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """Refuse what CPython's parser would silently rewrite (encoded words, routes)."""

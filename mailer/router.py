@@ -180,4 +180,4 @@ def replay(session: Session, work_id: int) -> bool:
     result = session.execute(update(Work).where(Work.id == work_id,
                                                 Work.state == "quarantined")
                              .values(state="pending", attempts=0, due_at=time.time()))
-    return bool(result.rowcount)
+    return bool(getattr(result, "rowcount", 0))

@@ -1,13 +1,12 @@
 """initial schema: messages, work, outgoing, deliveries, lists
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-27 14:20:11.958684
 """
 
 import sqlalchemy as sa
 from alembic import op
-
 
 revision = '0001'
 down_revision = None

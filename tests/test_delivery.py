@@ -1,0 +1,208 @@
+"""Outbound delivery: retries, refusals, the Maildir transport, and surviving restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from mailer.models import Delivery
+from tests.conftest import (
+    DOMAIN,
+    Sink,
+    free_port,
+    mail,
+    make_config,
+    make_list,
+    members,
+    running,
+    send,
+)
+
+LIST = f"steering@{DOMAIN}"
+
+
+def states(daemon: object) -> dict[str, int]:
+    db = daemon.db  # type: ignore[attr-defined]
+    return dict(db.query(lambda s: s.execute(
+        select(Delivery.state, func.count()).group_by(Delivery.state)).all()))
+
+
+async def wait_until(check: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_smarthost_down_then_up_every_delivery_arrives(
+        tmp_path: Path, database_url: str) -> None:
+    port = free_port()
+    config = make_config(tmp_path, database_url, smarthost_port=port)
+    people = members(10)
+    make_list(config, "steering", people)
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], people[0], [LIST], mail(people[0], LIST))
+        await wait_until(lambda: states(daemon).get("pending") == 10
+                         and daemon.db.query(lambda s: s.scalar(
+                             select(func.min(Delivery.attempts)))) >= 1)
+        errors = daemon.db.query(lambda s: set(s.scalars(select(Delivery.error))))
+        assert all("unreachable" in (e or "") for e in errors), errors
+        sink = Sink(port=port)
+        await sink.start()
+        try:
+            await sink.wait_for(10)
+            await wait_until(lambda: states(daemon) == {"done": 10})
+        finally:
+            await sink.stop()
+    assert sorted(sink.recipients) == people
+
+
+async def test_temporary_refusal_is_retried(tmp_path: Path, sqlite_url: str,
+                                            sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    people = members(3)
+    make_list(config, "steering", people)
+    sink.tempfail_data = 3  # the first three DATA commands get 451
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], people[0], [LIST], mail(people[0], LIST))
+        await sink.wait_for(3)
+        await wait_until(lambda: states(daemon) == {"done": 3})
+        attempts = daemon.db.query(lambda s: list(s.scalars(select(Delivery.attempts))))
+    assert sum(attempts) == 6
+    assert sorted(sink.recipients) == people
+
+
+async def test_permanent_refusal_fails_that_recipient_with_the_reason(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    people = members(4)
+    make_list(config, "steering", people)
+    sink.refuse[people[2]] = "550 5.1.1 No such user here"
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], people[0], [LIST], mail(people[0], LIST))
+        await wait_until(lambda: states(daemon) == {"done": 3, "failed": 1})
+        failed = daemon.db.query(lambda s: s.execute(
+            select(Delivery.recipient, Delivery.code, Delivery.error)
+            .where(Delivery.state == "failed")).one())
+    assert failed == (people[2], 550, "5.1.1 No such user here")
+    assert sorted(sink.recipients) == sorted(set(people) - {people[2]})
+
+
+async def test_retries_give_up_after_the_lifetime(tmp_path: Path, sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=free_port(),
+                         outbound={"lifetime": 0.5})
+    make_list(config, "steering", members(2))
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], "m00001@members.test", [LIST],
+                   mail("m00001@members.test", LIST))
+        await wait_until(lambda: states(daemon) == {"failed": 2})
+        errors = daemon.db.query(lambda s: list(s.scalars(select(Delivery.error))))
+    assert all(e.startswith("gave up after") for e in errors), errors
+
+
+async def test_maildir_transport_writes_one_file_per_delivery(
+        tmp_path: Path, sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url)  # outbound maildir:outbox
+    people = members(6)
+    make_list(config, "steering", people)
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], people[0], [LIST],
+                   mail(people[0], LIST, subject="To the maildir"))
+        await wait_until(lambda: states(daemon) == {"done": 6})
+    files = sorted((tmp_path / "outbox" / "new").iterdir())
+    assert len(files) == 6
+    assert list((tmp_path / "outbox" / "tmp").iterdir()) == []
+    seen = set()
+    for path in files:
+        text = path.read_text()
+        assert "\r\n" not in text, "Maildir files use the local line ending"
+        assert text.startswith("Return-Path: <steering-bounces+")
+        seen.add(text.split("Delivered-To: ", 1)[1].split("\n", 1)[0])
+        assert "Subject: To the maildir" in text
+    assert sorted(seen) == people
+
+
+async def test_daemon_stopped_mid_fan_out_delivers_everything_after_restart(
+        tmp_path: Path, database_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, database_url, smarthost_port=sink.port)
+    people = members(60)
+    make_list(config, "steering", people)
+    sink.delay = 0.02
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], people[0], [LIST], mail(people[0], LIST))
+        await sink.wait_for(8)
+    stopped_at = len(sink.received)
+    assert stopped_at < len(people), "the stop came in the middle of the fan-out"
+    sink.delay = 0
+    async with running(config) as daemon:
+        await sink.wait_for(len(people))
+        await wait_until(lambda: states(daemon) == {"done": 60})
+    assert set(sink.recipients) == set(people)
+    assert set(sink.recipients.values()) == {1}, "a graceful stop sends nobody a duplicate"
+
+
+async def test_daemon_killed_mid_fan_out_delivers_everything_after_restart(
+        tmp_path: Path, sink: Sink) -> None:
+    """SIGKILL the real `alliance serve` process in the middle of a fan-out."""
+    smtp_port = free_port()
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(f"""
+[site]
+domain = "{DOMAIN}"
+[database]
+url = "sqlite:///alliance.sqlite3"
+[smtp]
+listen = "127.0.0.1:{smtp_port}"
+[lmtp]
+listen = ""
+[outbound]
+url = "smtp://127.0.0.1:{sink.port}"
+connections = 4
+""")
+    from mailer.config import load
+    config = load(config_path)
+    people = members(120)
+    make_list(config, "steering", people)
+    sink.delay = 0.02
+
+    async def start() -> asyncio.subprocess.Process:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mailer", "--config", str(config_path), "serve",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", smtp_port)
+                writer.close()
+                return process
+            except OSError:
+                await asyncio.sleep(0.1)
+        process.kill()
+        raise AssertionError("the daemon did not start")
+
+    daemon = await start()
+    try:
+        await send(smtp_port, people[0], [LIST], mail(people[0], LIST))
+        await sink.wait_for(20)
+        os.kill(daemon.pid, signal.SIGKILL)
+        await daemon.wait()
+        killed_at = len(sink.received)
+        assert killed_at < len(people)
+        sink.delay = 0
+        daemon = await start()
+        await sink.wait_for(len(people))
+        await asyncio.sleep(0.3)
+    finally:
+        if daemon.returncode is None:
+            daemon.terminate()
+            await daemon.wait()
+    assert set(sink.recipients) == set(people), "every member received the post"
+    duplicates = sum(n - 1 for n in sink.recipients.values())
+    assert duplicates <= 4, "only deliveries on the wire at the kill may be repeated"

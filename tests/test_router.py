@@ -1,0 +1,101 @@
+"""The router: failing work is retried, then quarantined, then replayed by an operator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailer.cli import main
+from mailer.db import Database
+from mailer.intake import Arrival, _store
+from mailer.models import Work
+from mailer.router import Inbound, Router
+from mailer.routing import Role, Route
+from tests.conftest import DOMAIN, config_file, mail, make_config
+
+
+class Flaky:
+    """A role handler that fails until it is told to work (a test double, passed in)."""
+
+    def __init__(self) -> None:
+        self.broken = True
+        self.handled: list[str] = []
+
+    def accepts(self, session: Session, route: Route) -> bool:
+        return True
+
+    def handle(self, session: Session, inbound: Inbound) -> None:
+        if self.broken:
+            raise RuntimeError("the handler is broken")
+        self.handled.append(str(inbound.message["Subject"]))
+
+
+async def wait_for_state(db: Database, state: str, timeout: float = 10) -> Work:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        work = db.query(lambda s: s.scalars(select(Work)).first())
+        if work is not None and work.state == state:
+            return work
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"work never reached {state}")
+
+
+async def test_failing_work_is_quarantined_after_max_attempts_and_replayed(
+        tmp_path: Path, sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url)
+    db = Database(sqlite_url)
+    db.upgrade()
+    arrival = Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
+                      (f"steering@{DOMAIN}",), mail("a@example.com", "x", subject="Poison"))
+    db.transaction(_store, [arrival], DOMAIN, DOMAIN)
+    handler = Flaky()
+    router = Router(db, {Role.POST: handler}, max_attempts=2, on_outgoing=lambda: None,
+                    poll=0.05)
+    router.start()
+    try:
+        work = await wait_for_state(db, "quarantined")
+        assert work.attempts == 2
+        assert work.error == "RuntimeError: the handler is broken"
+
+        cli = config_file(config, tmp_path)
+        listing = CliRunner().invoke(main, ["--config", str(cli), "quarantine", "list"])
+        assert "RuntimeError: the handler is broken" in listing.output
+        handler.broken = False
+        replayed = CliRunner().invoke(main, ["--config", str(cli), "quarantine", "replay",
+                                             str(work.id)])
+        assert replayed.output == f"work {work.id} queued again\n"
+        router.wake()
+        await wait_for_state(db, "done")
+    finally:
+        await router.stop()
+        db.close()
+    assert handler.handled == ["Poison"]
+
+
+async def test_work_taken_too_often_without_an_outcome_is_quarantined(
+        tmp_path: Path, sqlite_url: str) -> None:
+    """A message that kills the process each time it is handled must stop doing so."""
+    db = Database(sqlite_url)
+    db.upgrade()
+    arrival = Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
+                      (f"steering@{DOMAIN}",), mail("a@example.com", "x"))
+    db.transaction(_store, [arrival], DOMAIN, DOMAIN)
+    # Three earlier runs took this work and died before recording anything.
+    db.transaction(lambda s: s.execute(Work.__table__.update().values(attempts=3)))
+    handler = Flaky()
+    handler.broken = False
+    router = Router(db, {Role.POST: handler}, max_attempts=3, on_outgoing=lambda: None,
+                    poll=0.05)
+    router.start()
+    try:
+        work = await wait_for_state(db, "quarantined")
+    finally:
+        await router.stop()
+        db.close()
+    assert work.error == "processing interrupted 3 times"
+    assert handler.handled == []
