@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from lists import service
 from lists.models import Held, MailingList, Member
+from lists.site import ListSite
 from mailer import rawmail
 from mailer.addresses import AddressError, normalize
 from mailer.models import Delivery, Outgoing
@@ -143,7 +144,8 @@ def fan_out(session: Session, post: Post, data: bytes) -> int:
     session.flush()
     members = select(literal(outgoing.id), Member.address, Member.id, literal("pending"),
                      literal(0), literal(now), literal(now)).where(
-        Member.list_id == post.list_id, Member.delivery == "regular")
+        Member.list_id == post.list_id, Member.role == "member", Member.enabled.is_(True),
+        Member.delivery == "regular")
     session.execute(insert(Delivery).from_select(
         ["outgoing_id", "recipient", "member_id", "state", "attempts", "created_at", "due_at"],
         members))
@@ -153,8 +155,9 @@ def fan_out(session: Session, post: Post, data: bytes) -> int:
 class PostHandler:
     """The role handler for `NAME@`: posting to a list."""
 
-    def __init__(self, domain: str) -> None:
-        self.domain = domain.lower()
+    def __init__(self, site: ListSite) -> None:
+        self.site = site
+        self.domain = site.domain.lower()
 
     def accepts(self, session: Session, route: Route) -> bool:
         return session.scalar(select(MailingList.id).where(

@@ -76,8 +76,28 @@ class Http:
 
 
 @dataclass(frozen=True)
+class Lists:
+    confirmations_per_address: int = _key(3, "confirmation mails one address may get per 24 h")
+    confirmations_per_source: int = _key(
+        10, "confirmation mails one sender or client address may cause per 24 h")
+    replies_per_address: int = _key(10, "robot replies (help, errors) one address gets per 24 h")
+
+
+@dataclass(frozen=True)
+class Dns:
+    nameserver: str = _key("", "DNS server for DMARC lookups, host or host:port; empty: system")
+    timeout: float = _key(2.0, "seconds a DNS lookup may take before the post goes on without")
+    cache_seconds: float = _key(3600.0, "how long a DMARC answer is remembered")
+
+
+@dataclass(frozen=True)
 class Router:
     max_attempts: int = _key(3, "tries before a message that fails processing is quarantined")
+
+
+@dataclass(frozen=True)
+class Templates:
+    folder: str = _key("", "folder of the robot mail templates; empty: the shipped templates/")
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,9 @@ class Config:
     outbound: Outbound = field(default_factory=Outbound)
     http: Http = field(default_factory=Http)
     router: Router = field(default_factory=Router)
+    lists: Lists = field(default_factory=Lists)
+    dns: Dns = field(default_factory=Dns)
+    templates: Templates = field(default_factory=Templates)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
     def path(self, relative: str) -> Path:

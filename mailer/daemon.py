@@ -11,21 +11,26 @@ import functools
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from lists.posting import PostHandler
+from lists import app as list_side
+from lists.site import ListSite
+from mailer import compose
+from mailer.compose import TEMPLATES
 from mailer.config import Config, parse_listen
 from mailer.db import Database
 from mailer.delivery import Dispatcher
 from mailer.intake import Gate, Handler, Inbox, Listener, LmtpListener
 from mailer.models import Delivery, Work
-from mailer.router import RoleHandler, Router
-from mailer.routing import Role
+from mailer.router import Router
+from mailer.scheduler import Scheduler
 from mailer.tokens import Signer
 from mailer.transport import Transport, from_url
+from mailer.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,8 @@ class Daemon:
     inbox: Inbox
     router: Router
     dispatcher: Dispatcher
+    scheduler: Scheduler
+    web: WebServer
     gate: Gate
     servers: dict[str, asyncio.Server] = field(default_factory=dict)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -57,6 +64,7 @@ class Daemon:
         self.inbox.start()
         self.router.start()
         self.dispatcher.start()
+        self.scheduler.start()
         hostname = self.config.intake.hostname or self.config.site.domain
         for name, listener_class, listen in (("smtp", Listener, self.config.smtp.listen),
                                              ("lmtp", LmtpListener, self.config.lmtp.listen)):
@@ -70,6 +78,9 @@ class Daemon:
                 functools.partial(listener_class, handler, self.config.intake, hostname),
                 host, port)
             log.info("%s listening on %s:%d", name.upper(), host, self.ports[name])
+        if self.config.http.listen:
+            host, port = parse_listen(self.config.http.listen, "http.listen")
+            self.servers["http"] = await asyncio.start_server(self.web.serve, host, port)
 
     async def stop(self, grace: float = 30.0) -> None:
         """SIGTERM: new sessions get 421, messages being stored finish, queues stay safe."""
@@ -77,6 +88,7 @@ class Daemon:
         for server in self.servers.values():
             server.close()
         await self.inbox.stop()
+        await self.scheduler.stop()
         await self.router.stop()
         await self.dispatcher.stop()
         await asyncio.to_thread(self.db.close)
@@ -106,29 +118,33 @@ def recover_leases(session: Session, now: float) -> None:
                     .values(state="pending", due_at=now))
 
 
-def handlers(config: Config) -> dict[Role, RoleHandler]:
-    """The role handlers this build serves; a role with none is refused at RCPT."""
-    return {Role.POST: PostHandler(config.site.domain)}
-
-
-def build(config: Config, transport: Transport | None = None, *,
-          poll: float = 1.0) -> Daemon:
+def build(config: Config, transport: Transport | None = None, *, poll: float = 1.0,
+          clock: Callable[[], float] = time.time) -> Daemon:
     """Make every part of the daemon from the config, migrating the database first.
 
     `transport` replaces the one `outbound.url` names; `poll` is how often idle workers
-    look for work that another process (or the clock) made due.
+    look for work that another process made due; `clock` is the scheduler's time.
     """
     db = Database(config.database.url, config.base_dir)
     db.upgrade()
-    signer = Signer(db.secret(config.site.secret), "member")
+    secret = db.secret(config.site.secret)
     hostname = config.intake.hostname or config.site.domain
+    folder = config.path(config.templates.folder) if config.templates.folder else TEMPLATES
+    site = ListSite(domain=config.site.domain.lower(), name=config.site.name,
+                    templates=compose.environment(folder),
+                    member_tokens=Signer(secret, "member"),
+                    unsubscribe_tokens=Signer(secret, "unsubscribe"),
+                    base_url=config.http.base_url.rstrip("/") if config.http.listen else "",
+                    limits=config.lists, clock=clock)
     transport = transport or from_url(config.outbound.url, base=config.base_dir,
                                       connections=config.outbound.connections,
                                       timeout=config.outbound.timeout,
                                       local_hostname=hostname)
-    dispatcher = Dispatcher(db, transport, signer, config.outbound,
-                            poll=poll)
-    router = Router(db, handlers(config), max_attempts=config.router.max_attempts,
+    dispatcher = Dispatcher(db, transport, site.member_tokens, config.outbound, poll=poll)
+    router = Router(db, list_side.handlers(site), max_attempts=config.router.max_attempts,
                     on_outgoing=dispatcher.wake, poll=poll)
     inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake)
-    return Daemon(config, db, transport, inbox, router, dispatcher, Gate())
+    scheduler = Scheduler(db, list_side.jobs(site), on_outgoing=dispatcher.wake,
+                          clock=clock, tick=poll)
+    web = WebServer(list_side.routes(site, db))
+    return Daemon(config, db, transport, inbox, router, dispatcher, scheduler, web, Gate())

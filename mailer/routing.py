@@ -43,7 +43,7 @@ ROUTES: tuple[tuple[str, Role], ...] = (
     (_NAME + r"-request", Role.REQUEST),
     (_NAME + r"-confirm\+" + _TOKEN, Role.CONFIRM),
     (_NAME + r"-owner", Role.OWNER),
-    (_NAME + r"-bounces\+" + _TOKEN, Role.BOUNCES),
+    (_NAME + r"-bounces(?:\+" + _TOKEN + ")?", Role.BOUNCES),
     (_NAME, Role.POST),
 )
 _COMPILED = tuple((re.compile(pattern), role) for pattern, role in ROUTES)
@@ -61,6 +61,8 @@ def resolve(address: str, domain: str) -> Route | None:
     <Role.JOIN: 'join'>
     >>> resolve("steering-bounces+12-abc@lists.example.org", "lists.example.org")
     Route(role=<Role.BOUNCES: 'bounces'>, list='steering', token='12-abc')
+    >>> resolve("steering-bounces@lists.example.org", "lists.example.org").token is None
+    True
     >>> resolve("rsvp+5-xyz@lists.example.org", "lists.example.org").token
     '5-xyz'
     >>> resolve("steering@elsewhere.example", "lists.example.org") is None

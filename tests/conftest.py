@@ -169,6 +169,7 @@ def make_config(base: Path, database_url: str, *, smarthost_port: int | None = N
         "site": {"domain": DOMAIN, "secret": "test-secret"},
         "database": {"url": database_url},
         "smtp": {"listen": "127.0.0.1:0"},
+        "http": {"listen": "127.0.0.1:0", "base_url": "https://lists.example.org"},
         "lmtp": {"listen": "127.0.0.1:0"},
         "outbound": {"url": f"smtp://127.0.0.1:{smarthost_port}" if smarthost_port
                      else "maildir:outbox",

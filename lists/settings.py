@@ -1,0 +1,104 @@
+"""The settings an owner can see and change on a list (`alliance list show` and `set`).
+
+One table of typed settings, each with its choices or bounds and a help line; `show`
+and `change` are driven by it, so a new setting is one row here and one column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lists import models
+from lists.models import MailingList
+
+
+class SettingError(ValueError):
+    """A value an owner gave that the setting does not take."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: type
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("display_name", str, "name shown in List-Id, robot mail and the DMARC From"),
+    Setting("description", str, "one paragraph about the list, shown in help and welcome"),
+    Setting("language", str, "language of robot mail for members who chose none",
+            models.LANGUAGES),
+    Setting("subscription_policy", str, "confirm: double opt-in; moderate: confirm, then an "
+            "owner approves; closed: only owners add members", models.SUBSCRIPTION_POLICIES),
+    Setting("posting_policy", str, "members, anyone, moderated (every post held) or "
+            "announce (owners and named posters only)", models.POSTING_POLICIES),
+    Setting("nonmember_action", str, "what happens to a post from a non-member",
+            models.NONMEMBER_ACTIONS),
+    Setting("subject_prefix", str, "put before each subject, e.g. [steering]; empty: none"),
+    Setting("reply_to", str, "where replies go: the poster, or the list", models.REPLY_TO),
+    Setting("footer", bool, "add a footer with the way to unsubscribe"),
+    Setting("dmarc_mode", str, "rewrite From: always, never, or when the poster's domain "
+            "publishes p=reject or p=quarantine", models.DMARC_MODES),
+    Setting("dmarc_poster_in", str, "where the poster goes when From is rewritten",
+            models.DMARC_POSTER_IN),
+    Setting("hold_days", int, "days a held post waits for a moderator before it expires",
+            minimum=1),
+    Setting("confirm_days", int, "days a confirmation token stays valid", minimum=1),
+    Setting("bounce_threshold", float, "bounce score at which delivery is disabled",
+            minimum=1),
+    Setting("bounce_decay_days", int, "days after which an old bounce score is forgotten",
+            minimum=1),
+    Setting("digest_period", str, "how often digests are sent", models.DIGEST_PERIODS),
+    Setting("digest_max_kb", int, "a digest is sent early when it grows past this size",
+            minimum=1),
+)
+BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+
+def show(mailing_list: MailingList) -> dict[str, Any]:
+    """Every setting of the list with its current value."""
+    return {setting.key: getattr(mailing_list, setting.key) for setting in SETTINGS}
+
+
+def parse(setting: Setting, text: str) -> Any:
+    """Turn an owner's text into the setting's value, or SettingError.
+
+    >>> parse(BY_KEY["footer"], "no")
+    False
+    >>> parse(BY_KEY["hold_days"], "0")
+    Traceback (most recent call last):
+    ...
+    lists.settings.SettingError: hold_days must be at least 1
+    """
+    if setting.kind is bool:
+        lowered = text.strip().lower()
+        if lowered not in ("yes", "no", "true", "false", "on", "off", "1", "0"):
+            raise SettingError(f"{setting.key} takes yes or no")
+        return lowered in ("yes", "true", "on", "1")
+    if setting.kind in (int, float):
+        try:
+            value = setting.kind(text)
+        except ValueError:
+            raise SettingError(f"{setting.key} takes a number") from None
+        if setting.minimum is not None and value < setting.minimum:
+            raise SettingError(f"{setting.key} must be at least {setting.minimum:g}")
+        return value
+    if setting.choices and text not in setting.choices:
+        raise SettingError(f"{setting.key} takes one of: {', '.join(setting.choices)}")
+    if "\n" in text or "\r" in text or len(text) > 2000:
+        raise SettingError(f"{setting.key} takes one line of at most 2000 characters")
+    return text
+
+
+def change(mailing_list: MailingList, key: str, text: str) -> Any:
+    """Set one setting from text; returns the new value."""
+    setting = BY_KEY.get(key)
+    if setting is None:
+        raise SettingError(f"no setting {key!r}; settings are: "
+                           + ", ".join(s.key for s in SETTINGS))
+    value = parse(setting, text)
+    setattr(mailing_list, key, value)
+    return value
