@@ -163,6 +163,9 @@ class PostHandler:
         return session.scalar(select(MailingList.id).where(
             MailingList.name == route.list)) is not None
 
+    async def prepare(self, inbound: Inbound) -> None:
+        return None
+
     def handle(self, session: Session, inbound: Inbound) -> None:
         mailing_list = service.find(session, inbound.route.list or "")
         post = Post(mailing_list.id, mailing_list.name, mailing_list.display_name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default as default_policy
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -41,11 +42,20 @@ class Inbound:
     mail_from: str
     raw: bytes
     message: EmailMessage
+    peer: str = ""
+    prepared: Any = None
 
 
 class RoleHandler(Protocol):
     def accepts(self, session: Session, route: Route) -> bool:
         """Whether an address of this role exists (asked at RCPT time)."""
+        ...
+
+    async def prepare(self, inbound: Inbound) -> Any:
+        """Network look-ups the handling needs (DNS), done outside any transaction.
+
+        What it returns reaches `handle` as `inbound.prepared`; most handlers return None.
+        """
         ...
 
     def handle(self, session: Session, inbound: Inbound) -> None:
@@ -124,14 +134,21 @@ class Router:
 
     async def _process(self, work_id: int) -> None:
         try:
-            await self.db.write(self._handle, work_id)
+            inbound = await self.db.read(_load, work_id)
+            if inbound is not None:
+                handler = self.handlers.get(inbound.route.role)
+                if handler is None:
+                    raise LookupError(f"no handler for the {inbound.route.role} role")
+                prepared = await handler.prepare(inbound)
+                inbound = dataclasses.replace(inbound, prepared=prepared)
+            await self.db.write(self._handle, work_id, inbound)
         except Exception as error:
             log.exception("work %d failed", work_id)
             with contextlib.suppress(Exception):
                 await self.db.write(_failed, work_id, f"{type(error).__name__}: {error}",
                                     self.max_attempts)
 
-    def _handle(self, session: Session, work_id: int) -> None:
+    def _handle(self, session: Session, work_id: int, inbound: Inbound | None) -> None:
         work = session.get(Work, work_id)
         if work is None or work.state != "working":
             return
@@ -141,15 +158,21 @@ class Router:
             work.state = "quarantined"
             work.error = work.error or f"processing interrupted {work.attempts - 1} times"
             return
-        stored = session.get(Message, work.message_id)
-        assert stored is not None
-        route = Route(Role(work.role), work.list_name, work.token)
-        handler = self.handlers.get(route.role)
-        if handler is None:
-            raise LookupError(f"no handler for the {route.role} role")
-        handler.handle(session, Inbound(work.id, stored.id, route, work.recipient,
-                                        stored.mail_from, stored.raw, parse(stored.raw)))
+        assert inbound is not None, "a working row has its message"
+        self.handlers[inbound.route.role].handle(session, inbound)
         work.state, work.done_at, work.error = "done", time.time(), None
+
+
+def _load(session: Session, work_id: int) -> Inbound | None:
+    """The work with its message, parsed once (on a reader thread, off the loop)."""
+    work = session.get(Work, work_id)
+    if work is None or work.state != "working":
+        return None
+    stored = session.get(Message, work.message_id)
+    assert stored is not None
+    route = Route(Role(work.role), work.list_name, work.token)
+    return Inbound(work.id, stored.id, route, work.recipient, stored.mail_from, stored.raw,
+                   parse(stored.raw), stored.peer)
 
 
 def _unclaim(session: Session, work_id: int) -> None:

@@ -29,6 +29,9 @@ class Flaky:
     def accepts(self, session: Session, route: Route) -> bool:
         return True
 
+    async def prepare(self, inbound: Inbound) -> None:
+        return None
+
     def handle(self, session: Session, inbound: Inbound) -> None:
         if self.broken:
             raise RuntimeError("the handler is broken")
