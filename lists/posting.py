@@ -1,33 +1,37 @@
 """A post to a list: rules decide its fate, then a pipeline makes the list copy.
 
 Rules run in order and the first decision wins (Mailman's chain, without its machinery).
-The pipeline edits the raw header block and leaves the body as the poster wrote it. The
-copy is stored once; one delivery row per member is inserted by a single INSERT ... SELECT,
-so a 10,000-member list costs one statement, not 10,000 objects.
+The pipeline edits the raw message and leaves the poster's body bytes alone wherever it
+can. The copy is stored once; one delivery row per member is inserted by a single
+INSERT ... SELECT, so a 10,000-member list costs one statement, not 10,000 objects.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.header import Header
+from email.message import EmailMessage
 from email.utils import getaddresses
 from typing import Literal
 
 from sqlalchemy import insert, literal, select
 from sqlalchemy.orm import Session
 
-from lists import service
-from lists.models import Held, MailingList, Member
+from lists import archive, dmarc, footer, service
+from lists.models import MailingList, Member
 from lists.site import ListSite
-from mailer import rawmail
+from mailer import compose, rawmail
 from mailer.addresses import AddressError, normalize
+from mailer.delivery import UNSUBSCRIBE_MARKER
 from mailer.models import Delivery, Outgoing
 from mailer.router import Inbound
 from mailer.routing import Route
 
-Action = Literal["accept", "hold", "discard"]
+log = logging.getLogger(__name__)
+Action = Literal["accept", "hold", "reject", "discard"]
 
 
 @dataclass(frozen=True)
@@ -37,32 +41,43 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class PostFacts:
+    """What was looked up on the network before the transaction (RFC 7489 policy)."""
+
+    dmarc_policy: str | None = None
+
+
+@dataclass(frozen=True)
 class Post:
     """Everything the rules and steps need about one post to one list."""
 
-    list_id: int
-    name: str
-    display_name: str
-    posting_policy: str
-    domain: str
+    mailing_list: MailingList
+    site: ListSite
+    message: EmailMessage
+    raw: bytes
+    message_id: int
+    mail_from: str
     senders: tuple[str, ...]
-    inbound: Inbound
+    facts: PostFacts = PostFacts()
+
+    @property
+    def name(self) -> str:
+        return self.mailing_list.name
 
     @property
     def list_id_header(self) -> str:
         """RFC 2919 list identifier: the posting address with '@' turned into '.'."""
-        return f"{self.name}.{self.domain}"
+        return f"{self.name}.{self.site.domain}"
 
     def address(self, suffix: str = "") -> str:
-        return f"{self.name}{suffix}@{self.domain}"
+        return self.site.address(f"{self.name}{suffix}")
 
 
-def senders_of(inbound: Inbound) -> tuple[str, ...]:
+def senders_of(message: EmailMessage, mail_from: str) -> tuple[str, ...]:
     """The From: addresses and the envelope sender, normalised, the valid ones only."""
-    found = []
-    for _, address in getaddresses([str(v) for v in inbound.message.get_all("from", [])]):
-        found.append(address)
-    found.append(inbound.mail_from)
+    found = [address for _, address in getaddresses([str(v) for v in
+                                                     message.get_all("from", [])])]
+    found.append(mail_from)
     valid = []
     for address in found:
         try:
@@ -76,24 +91,50 @@ def senders_of(inbound: Inbound) -> tuple[str, ...]:
 
 def loop_rule(session: Session, post: Post) -> Decision | None:
     """A message that has already been through this list is never sent again."""
-    message = post.inbound.message
     ours = post.list_id_header
-    for value in message.get_all("list-id", []) + message.get_all("x-loop", []):
+    for value in post.message.get_all("list-id", []) + post.message.get_all("x-loop", []):
         if ours in str(value).lower() or post.address() in str(value).lower():
             return Decision("discard", "already distributed by this list (loop)")
     return None
 
 
-def membership_rule(session: Session, post: Post) -> Decision | None:
-    """Members may post; others are held for a moderator (posting policy `members`)."""
-    if post.posting_policy == "anyone":
+def hop_rule(session: Session, post: Post) -> Decision | None:
+    """Too many Received: fields means a loop somewhere (RFC 5321 §6.3)."""
+    if len(post.message.get_all("received", [])) > 50:
+        return Decision("discard", "more than 50 Received: fields (mail loop)")
+    return None
+
+
+def moderator_rule(session: Session, post: Post) -> Decision | None:
+    """Owners and moderators may always post."""
+    if service.has_role(session, post.mailing_list.id, post.senders, ("owner", "moderator")):
+        return Decision("accept", "posted by an owner or moderator")
+    return None
+
+
+def policy_rule(session: Session, post: Post) -> Decision | None:
+    """The list's posting policy: members, anyone, moderated or announce."""
+    policy = post.mailing_list.posting_policy
+    if policy == "anyone":
         return Decision("accept", "anyone may post")
-    if service.is_member(session, post.list_id, post.senders):
+    if policy == "moderated":
+        return Decision("hold", "every post to this list is moderated")
+    if policy == "announce":
+        if service.has_role(session, post.mailing_list.id, post.senders, ("poster",)):
+            return Decision("accept", "posted by a named poster")
+        return _stranger(post, "only the owners and named posters may post to this list")
+    if service.is_member(session, post.mailing_list.id, post.senders):
         return Decision("accept", "posted by a member")
-    return Decision("hold", "the sender is not a member of the list")
+    return _stranger(post, "the sender is not a member of the list")
 
 
-RULES: tuple[Callable[[Session, Post], Decision | None], ...] = (loop_rule, membership_rule)
+def _stranger(post: Post, reason: str) -> Decision:
+    action = post.mailing_list.nonmember_action
+    return Decision("hold" if action == "hold" else action, reason)  # type: ignore[arg-type]
+
+
+RULES: tuple[Callable[[Session, Post], Decision | None], ...] = (
+    loop_rule, hop_rule, moderator_rule, policy_rule)
 
 
 def decide(session: Session, post: Post) -> Decision:
@@ -108,7 +149,12 @@ def decide(session: Session, post: Post) -> Decision:
 
 LIST_FIELDS = {"list-id", "list-post", "list-help", "list-unsubscribe", "list-subscribe",
                "list-owner", "list-archive", "list-unsubscribe-post", "precedence", "x-loop",
-               "return-path", "delivered-to"}
+               "return-path", "delivered-to", "x-original-to"}
+
+
+def _encoded(text: str) -> str:
+    """Header text as ASCII: itself, or RFC 2047 encoded words."""
+    return text if text.isascii() else Header(text, "utf-8").encode()
 
 
 def _phrase(text: str) -> str:
@@ -118,38 +164,108 @@ def _phrase(text: str) -> str:
     return Header(text, "utf-8").encode()
 
 
+def subject_prefix(post: Post, data: bytes) -> bytes:
+    """Put the list's prefix before the subject, once (not again on replies)."""
+    prefix = post.mailing_list.subject_prefix.strip()
+    if not prefix:
+        return data
+    subject = " ".join(str(post.message.get("subject", "")).split())
+    if prefix.lower() in subject.lower():
+        return data
+    return rawmail.rewrite(data, {"subject"}, [("Subject", _encoded(f"{prefix} {subject}"))])
+
+
+def reply_to(post: Post, data: bytes) -> bytes:
+    """Reply-To the list when the list asks for it; otherwise replies go to the poster."""
+    if post.mailing_list.reply_to != "list":
+        return data
+    value = f"{_phrase(post.mailing_list.display_name)} <{post.address()}>"
+    return rawmail.rewrite(data, {"reply-to"}, [("Reply-To", value)])
+
+
+def dmarc_step(post: Post, data: bytes) -> bytes:
+    """From becomes the list's when the poster's domain asks receivers to reject forgeries."""
+    if not dmarc.needs_munging(post.mailing_list.dmarc_mode, post.facts.dmarc_policy):
+        return data
+    return dmarc.munge_from(data, list_address=post.address(),
+                            list_name=post.mailing_list.display_name,
+                            poster_in=post.mailing_list.dmarc_poster_in)
+
+
+def add_footer(post: Post, data: bytes) -> bytes:
+    """The footer that tells every reader how to leave (lists/footer.py rules)."""
+    if not post.mailing_list.footer:
+        return data
+    language = compose.language_of(post.mailing_list.language)
+    _, text = compose.render(post.site.templates, "footer", language,
+                             {"list": _list_view(post), "site_name": post.site.name})
+    return footer.add_footer(data, post.message, text)
+
+
 def list_headers(post: Post, data: bytes) -> bytes:
-    """RFC 2369 and RFC 2919 fields, Precedence and X-Loop, replacing any on the post."""
-    return rawmail.rewrite(data, LIST_FIELDS, [
-        ("List-Id", f"{_phrase(post.display_name)} <{post.list_id_header}>"),
+    """RFC 2369, RFC 2919 and RFC 8058 fields, Precedence and X-Loop, replacing old ones."""
+    leave = f"<mailto:{post.address('-leave')}>"
+    fields = [
+        ("List-Id", f"{_phrase(post.mailing_list.display_name)} <{post.list_id_header}>"),
         ("List-Post", f"<mailto:{post.address()}>"),
         ("List-Help", f"<mailto:{post.address('-request')}?subject=help>"),
         ("List-Subscribe", f"<mailto:{post.address('-join')}>"),
-        ("List-Unsubscribe", f"<mailto:{post.address('-leave')}>"),
+        ("List-Unsubscribe", leave),
         ("List-Owner", f"<mailto:{post.address('-owner')}>"),
         ("Precedence", "list"),
         ("X-Loop", post.address()),
-    ])
+    ]
+    if post.site.base_url:
+        one_click = f"{post.site.base_url}/unsubscribe/{UNSUBSCRIBE_MARKER.decode()}"
+        fields[4] = ("List-Unsubscribe", f"<{one_click}>, {leave}")
+        fields.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        fields.append(("List-Archive", f"<{post.site.base_url}/lists/{post.name}/>"))
+    return rawmail.rewrite(data, LIST_FIELDS, fields)
 
 
-PIPELINE: tuple[Callable[[Post, bytes], bytes], ...] = (list_headers,)
+PIPELINE: tuple[Callable[[Post, bytes], bytes], ...] = (
+    subject_prefix, reply_to, dmarc_step, add_footer, list_headers)
+
+
+def _list_view(post: Post) -> dict[str, str]:
+    name = post.name
+    return {"name": name, "display_name": post.mailing_list.display_name,
+            "description": post.mailing_list.description, "post": post.address(),
+            "request": post.address("-request"), "join": post.address("-join"),
+            "leave": post.address("-leave"), "owner": post.address("-owner")}
 
 
 def fan_out(session: Session, post: Post, data: bytes) -> int:
     """Store the list copy once and one delivery per regular member; returns its id."""
+    archive.keep(session, post, data)
     now = time.time()
-    outgoing = Outgoing(created_at=now, kind="list", source_id=post.inbound.message_id,
+    outgoing = Outgoing(created_at=now, kind="list", source_id=post.message_id,
                         sender=post.address("-bounces+{token}"), data=data)
     session.add(outgoing)
     session.flush()
     members = select(literal(outgoing.id), Member.address, Member.id, literal("pending"),
                      literal(0), literal(now), literal(now)).where(
-        Member.list_id == post.list_id, Member.role == "member", Member.enabled.is_(True),
-        Member.delivery == "regular")
+        Member.list_id == post.mailing_list.id, Member.role == "member",
+        Member.enabled.is_(True), Member.delivery == "regular")
     session.execute(insert(Delivery).from_select(
         ["outgoing_id", "recipient", "member_id", "state", "attempts", "created_at", "due_at"],
         members))
     return outgoing.id
+
+
+def distribute(session: Session, post: Post) -> int:
+    """Make the list copy and send it to every member; returns the outgoing id."""
+    data = post.raw
+    for step in PIPELINE:
+        data = step(post, data)
+    return fan_out(session, post, data)
+
+
+def make_post(session: Session, site: ListSite, mailing_list: MailingList,
+              inbound: Inbound) -> Post:
+    facts = inbound.prepared if isinstance(inbound.prepared, PostFacts) else PostFacts()
+    return Post(mailing_list, site, inbound.message, inbound.raw, inbound.message_id,
+                inbound.mail_from, senders_of(inbound.message, inbound.mail_from), facts)
 
 
 class PostHandler:
@@ -157,27 +273,28 @@ class PostHandler:
 
     def __init__(self, site: ListSite) -> None:
         self.site = site
-        self.domain = site.domain.lower()
 
     def accepts(self, session: Session, route: Route) -> bool:
         return session.scalar(select(MailingList.id).where(
             MailingList.name == route.list)) is not None
 
-    async def prepare(self, inbound: Inbound) -> None:
-        return None
+    async def prepare(self, inbound: Inbound) -> PostFacts:
+        domain = dmarc.from_domain(inbound.raw)
+        if self.site.dmarc is None or domain is None:
+            return PostFacts()
+        return PostFacts(await self.site.dmarc.policy(domain))
 
     def handle(self, session: Session, inbound: Inbound) -> None:
+        from lists import moderation
         mailing_list = service.find(session, inbound.route.list or "")
-        post = Post(mailing_list.id, mailing_list.name, mailing_list.display_name,
-                    mailing_list.posting_policy, self.domain, senders_of(inbound), inbound)
+        post = make_post(session, self.site, mailing_list, inbound)
         decision = decide(session, post)
         if decision.action == "accept":
-            data = inbound.raw
-            for step in PIPELINE:
-                data = step(post, data)
-            fan_out(session, post, data)
+            distribute(session, post)
         elif decision.action == "hold":
-            session.add(Held(list_id=post.list_id, message_id=inbound.message_id,
-                             sender=post.senders[0] if post.senders else "",
-                             subject=str(inbound.message.get("subject", ""))[:500],
-                             reason=decision.reason, held_at=time.time()))
+            moderation.hold(session, self.site, post, decision.reason)
+        elif decision.action == "reject":
+            moderation.refuse(session, self.site, post, decision.reason)
+        else:
+            log.info("post %d to %s discarded: %s", inbound.message_id, mailing_list.name,
+                     decision.reason)

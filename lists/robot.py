@@ -64,7 +64,9 @@ def send(session: Session, site: ListSite, mailing_list: MailingList, template: 
         to=to, subject=subject, body=body, domain=site.domain, reply_to=reply_to,
         in_reply_to=in_reply_to,
         auto="auto-replied" if in_reply_to else "auto-generated")
-    compose.enqueue(session, sender=site.address(f"{mailing_list.name}-bounces"),
+    # Mail to a member carries their VERP token, so that its bounce is theirs for sure.
+    bounces = "-bounces+{token}" if member_id is not None else "-bounces"
+    compose.enqueue(session, sender=site.address(mailing_list.name + bounces),
                     recipients=[(to, member_id)], data=data, kind=kind)
     session.add(RobotLog(kind=kind, target=to, source=source or to, sent_at=site.clock()))
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import jinja2
 
+from lists.dmarc import DmarcLookup
 from mailer.config import Lists as ListLimits
 from mailer.tokens import Signer
 
@@ -22,6 +23,7 @@ class ListSite:
     base_url: str                  # "" when no HTTP listener is published
     limits: ListLimits = field(default_factory=ListLimits)
     clock: Callable[[], float] = time.time
+    dmarc: DmarcLookup | None = None
 
     def address(self, local: str) -> str:
         return f"{local}@{self.domain}"

@@ -8,13 +8,15 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lists import service
+from lists import archive, roster, service, settings
+from lists.models import Held, Member
 from lists.service import ListError
 from mailer import router as router_module
 from mailer.config import Config, ConfigError, load
@@ -149,27 +151,135 @@ def list_create(context: Context, name: str, display_name: str, subscription: st
     click.echo(f"created list {made}@{context.config.site.domain}")
 
 
+ROLE = click.option("--role", default="member", show_default=True,
+                    type=click.Choice(["member", "owner", "moderator", "poster"]),
+                    help="owners and moderators get notices; posters may post to "
+                         "announce lists")
+
+
 @list_group.command("add")
 @click.argument("name")
 @click.argument("addresses", nargs=-1, required=True)
+@ROLE
 @pass_context
-def list_add(context: Context, name: str, addresses: tuple[str, ...]) -> None:
-    """Subscribe ADDRESSES to the list NAME (no confirmation: the owner vouches)."""
+def list_add(context: Context, name: str, addresses: tuple[str, ...], role: str) -> None:
+    """Give ADDRESSES a role on NAME (members: no confirmation, the owner vouches)."""
     def add(session: Session) -> tuple[list[str], list[str]]:
-        return service.add_members(session, service.find(session, name), addresses)
+        return service.add_members(session, service.find(session, name), addresses, role=role)
 
     added, existing = context.transaction(add)
-    click.echo(f"added {len(added)}, already members {len(existing)}")
+    noun = "members" if role == "member" else f"{role}s"
+    click.echo(f"added {len(added)}, already {noun} {len(existing)}")
 
 
 @list_group.command("remove")
 @click.argument("name")
 @click.argument("address")
+@ROLE
 @pass_context
-def list_remove(context: Context, name: str, address: str) -> None:
-    """Unsubscribe ADDRESS from the list NAME."""
-    context.transaction(lambda s: service.remove_member(s, service.find(s, name), address))
-    click.echo(f"removed {address} from {name}")
+def list_remove(context: Context, name: str, address: str, role: str) -> None:
+    """Take ADDRESS off the list NAME (or take away its role)."""
+    context.transaction(lambda s: service.remove_member(s, service.find(s, name), address,
+                                                        role=role))
+    click.echo(f"removed {address} from {name}" if role == "member"
+               else f"{address} is no longer {role} of {name}")
+
+
+@list_group.command("import")
+@click.argument("name")
+@click.argument("source", type=click.File("r", encoding="utf-8-sig"))
+@pass_context
+def list_import(context: Context, name: str, source: Any) -> None:
+    """Add members from a CSV (address,name,language) or one address a line ("-": stdin)."""
+    rows = list(roster.read_rows(source))
+
+    def run(session: Session) -> roster.ImportReport:
+        mailing_list = service.find(session, name)
+        if not sys.stderr.isatty():
+            return roster.import_rows(session, mailing_list, rows)
+        with click.progressbar(length=len(rows), label="importing", file=sys.stderr) as bar:
+            return roster.import_rows(session, mailing_list, rows, bar.update)
+
+    report = context.transaction(run)
+    click.echo(f"added {report.added}, already there {report.existing}, "
+               f"invalid {len(report.invalid)}")
+    for line, problem in report.invalid:
+        click.echo(f"line {line}: {problem}", err=True)
+
+
+@list_group.command("export")
+@click.argument("name")
+@click.option("--output", type=click.File("w", encoding="utf-8"), default="-",
+              help="file to write (default: standard output)")
+@pass_context
+def list_export(context: Context, name: str, output: Any) -> None:
+    """Write the members of NAME as CSV (address,name,language,delivery)."""
+    context.transaction(lambda s: roster.export_rows(s, service.find(s, name), output))
+
+
+@list_group.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def list_show(context: Context, name: str, as_json: bool) -> None:
+    """Print the settings of NAME."""
+    def read(session: Session) -> dict[str, Any]:
+        mailing_list = service.find(session, name)
+        counts = dict(session.execute(select(Member.role, func.count())
+                                      .where(Member.list_id == mailing_list.id)
+                                      .group_by(Member.role)).all())
+        return {"name": mailing_list.name, **settings.show(mailing_list),
+                "members": counts.get("member", 0),
+                "owners": service.moderators(session, mailing_list.id)}
+
+    shown = context.transaction(read)
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+        return
+    width = max(len(key) for key in shown)
+    for key, value in shown.items():
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@list_group.command("set")
+@click.argument("name")
+@click.argument("key")
+@click.argument("value")
+@pass_context
+def list_set(context: Context, name: str, key: str, value: str) -> None:
+    """Change one setting of NAME (see `alliance list show NAME`)."""
+    def change(session: Session) -> Any:
+        try:
+            return settings.change(service.find(session, name), key, value)
+        except settings.SettingError as error:
+            raise ListError(str(error)) from None
+
+    click.echo(f"{name}: {key} = {context.transaction(change)}")
+
+
+@list_group.command("moderate")
+@click.argument("name")
+@click.argument("held_id", type=int)
+@click.argument("decision", type=click.Choice(["approve", "reject", "discard"]))
+@click.option("--reason", default="", help="told to the poster when rejecting")
+@pass_context
+def list_moderate(context: Context, name: str, held_id: int, decision: str,
+                  reason: str) -> None:
+    """Approve, reject or discard the held post HELD_ID of NAME."""
+    from lists import moderation
+    from mailer.daemon import make_site
+    site = make_site(context.config, context.db)
+
+    def decide(session: Session) -> None:
+        mailing_list = service.find(session, name)
+        held = session.get(Held, held_id)
+        if held is None or held.list_id != mailing_list.id:
+            raise ListError(f"no held post {held_id} on {name}")
+        moderation.decide(session, site, mailing_list, held, decision, reason=reason,
+                          actor="command line")
+
+    context.transaction(decide)
+    click.echo(f"post {held_id} on {name}: {decision}")
 
 
 @list_group.command("members")
@@ -198,6 +308,21 @@ def list_held(context: Context, name: str, as_json: bool) -> None:
                 for h in service.held(session, service.find(session, name))]
 
     emit(context.transaction(rows), as_json, ["id", "held_at", "sender", "subject", "reason"])
+
+
+@list_group.command("archive")
+@click.argument("name")
+@click.option("--mbox", "path", required=True,
+              type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="new mbox file to write the archive to")
+@pass_context
+def list_archive(context: Context, name: str, path: Path) -> None:
+    """Export every post distributed on NAME to a new mbox file (for mutt, mailbox)."""
+    try:
+        count = context.db.query(lambda s: archive.export_mbox(s, service.find(s, name), path))
+    except ListError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"wrote {count} posts of {name} to {path}")
 
 
 def _when(stamp: float | None) -> str:

@@ -18,12 +18,13 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from lists import app as list_side
+from lists.dmarc import DmarcLookup
 from lists.site import ListSite
 from mailer import compose
 from mailer.compose import TEMPLATES
 from mailer.config import Config, parse_listen
 from mailer.db import Database
-from mailer.delivery import Dispatcher
+from mailer.delivery import Dispatcher, Personaliser
 from mailer.intake import Gate, Handler, Inbox, Listener, LmtpListener
 from mailer.models import Delivery, Work
 from mailer.router import Router
@@ -118,6 +119,21 @@ def recover_leases(session: Session, now: float) -> None:
                     .values(state="pending", due_at=now))
 
 
+def make_site(config: Config, db: Database,
+              clock: Callable[[], float] = time.time) -> ListSite:
+    """What the list side needs of the site: domain, templates, token keys, limits."""
+    secret = db.secret(config.site.secret)
+    folder = config.path(config.templates.folder) if config.templates.folder else TEMPLATES
+    return ListSite(domain=config.site.domain.lower(), name=config.site.name,
+                    templates=compose.environment(folder),
+                    member_tokens=Signer(secret, "member"),
+                    unsubscribe_tokens=Signer(secret, "unsubscribe"),
+                    base_url=config.http.base_url.rstrip("/") if config.http.listen else "",
+                    limits=config.lists, clock=clock,
+                    dmarc=DmarcLookup(config.dns.nameserver, config.dns.timeout,
+                                      config.dns.cache_seconds))
+
+
 def build(config: Config, transport: Transport | None = None, *, poll: float = 1.0,
           clock: Callable[[], float] = time.time) -> Daemon:
     """Make every part of the daemon from the config, migrating the database first.
@@ -127,20 +143,15 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     """
     db = Database(config.database.url, config.base_dir)
     db.upgrade()
-    secret = db.secret(config.site.secret)
+    site = make_site(config, db, clock)
     hostname = config.intake.hostname or config.site.domain
-    folder = config.path(config.templates.folder) if config.templates.folder else TEMPLATES
-    site = ListSite(domain=config.site.domain.lower(), name=config.site.name,
-                    templates=compose.environment(folder),
-                    member_tokens=Signer(secret, "member"),
-                    unsubscribe_tokens=Signer(secret, "unsubscribe"),
-                    base_url=config.http.base_url.rstrip("/") if config.http.listen else "",
-                    limits=config.lists, clock=clock)
     transport = transport or from_url(config.outbound.url, base=config.base_dir,
                                       connections=config.outbound.connections,
                                       timeout=config.outbound.timeout,
                                       local_hostname=hostname)
-    dispatcher = Dispatcher(db, transport, site.member_tokens, config.outbound, poll=poll)
+    dispatcher = Dispatcher(db, transport, Personaliser(site.member_tokens,
+                                                        site.unsubscribe_tokens),
+                            config.outbound, poll=poll)
     router = Router(db, list_side.handlers(site), max_attempts=config.router.max_attempts,
                     on_outgoing=dispatcher.wake, poll=poll)
     inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake)

@@ -30,6 +30,32 @@ from mailer.transport import Outcome, Transport
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# Stands in the header block of a stored message where each member's own token goes
+# (the RFC 8058 one-click unsubscribe URL); replaced at send time, per recipient.
+UNSUBSCRIBE_MARKER = b"@@unsubscribe-token@@"
+
+
+class Personaliser:
+    """Makes one member's envelope sender and copy from the message stored once."""
+
+    def __init__(self, member_tokens: Signer, unsubscribe_tokens: Signer) -> None:
+        self.member_tokens = member_tokens
+        self.unsubscribe_tokens = unsubscribe_tokens
+
+    def sender(self, template: str, member_id: int | None) -> str:
+        """VERP: `{token}` in the stored sender becomes the member's signed token."""
+        if "{token}" not in template:
+            return template
+        token = self.member_tokens.sign(member_id) if member_id is not None else "0"
+        return template.replace("{token}", token)
+
+    def data(self, data: bytes, member_id: int | None) -> bytes:
+        end = data.find(b"\r\n\r\n")
+        head = data if end < 0 else data[:end]
+        if UNSUBSCRIBE_MARKER not in head:
+            return data
+        token = self.unsubscribe_tokens.sign(member_id) if member_id is not None else "none"
+        return head.replace(UNSUBSCRIBE_MARKER, token.encode()) + data[len(head):]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +142,11 @@ def record(session: Session, results: list[tuple[Job, Outcome]], now: float,
 class Dispatcher:
     """Leases due deliveries, sends them concurrently, and records what happened."""
 
-    def __init__(self, db: Database, transport: Transport, signer: Signer,
+    def __init__(self, db: Database, transport: Transport, personaliser: Personaliser,
                  policy: Outbound, *, poll: float = 1.0) -> None:
         self.db = db
         self.transport = transport
-        self.signer = signer
+        self.personaliser = personaliser
         self.policy = policy
         self.poll = poll
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=BATCH)
@@ -194,10 +220,8 @@ class Dispatcher:
     def _envelope(self, job: Job) -> tuple[str, bytes]:
         sender, data = self._messages[job.outgoing_id]
         self._messages.move_to_end(job.outgoing_id)
-        if "{token}" in sender:
-            token = self.signer.sign(job.member_id) if job.member_id is not None else "0"
-            sender = sender.replace("{token}", token)
-        return sender, data
+        return (self.personaliser.sender(sender, job.member_id),
+                self.personaliser.data(data, job.member_id))
 
     async def _send_loop(self) -> None:
         while True:

@@ -187,7 +187,9 @@ class Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         arrival = Arrival(protocol=self.protocol, peer=str(session.peer[0] if session.peer
                                                            else "unknown"),
-                          helo=session.host_name or "", mail_from=envelope.mail_from or "",
+                          helo=session.host_name or "",
+                          mail_from="" if envelope.mail_from in (None, "<>")
+                          else envelope.mail_from,
                           recipients=tuple(envelope.rcpt_tos),
                           raw=envelope.original_content or b"")
         self.gate.enter()
@@ -251,6 +253,8 @@ class Listener(SMTP):
         if "=?" in raw or raw.startswith("@") or any(ord(c) < 33 for c in raw):
             return None, None
         address, params = super()._getaddr(arg)
+        if address == "<>" and raw == "":
+            return address, params  # the null sender of bounces (RFC 5321 §4.5.5)
         if address and address != raw:
             return None, None
         return address, params

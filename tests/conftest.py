@@ -170,6 +170,9 @@ def make_config(base: Path, database_url: str, *, smarthost_port: int | None = N
         "database": {"url": database_url},
         "smtp": {"listen": "127.0.0.1:0"},
         "http": {"listen": "127.0.0.1:0", "base_url": "https://lists.example.org"},
+        # No test depends on outside DNS: nothing answers here, so DMARC look-ups end
+        # quickly with "no policy" unless a test starts its own DNS server.
+        "dns": {"nameserver": "127.0.0.1:9", "timeout": 0.05},
         "lmtp": {"listen": "127.0.0.1:0"},
         "outbound": {"url": f"smtp://127.0.0.1:{smarthost_port}" if smarthost_port
                      else "maildir:outbox",
@@ -236,3 +239,37 @@ async def send(port: int, sender: str, recipients: list[str], data: bytes) -> An
     async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False,
                                timeout=10) as client:
         return await client.sendmail(sender, recipients, data)
+
+
+class Clock:
+    """A clock a test can move forward; handed to the daemon through build()."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, days: float = 0, seconds: float = 0) -> None:
+        self.now += days * 86_400 + seconds
+
+
+def reply_to(robot_mail: Delivered, sender: str, body: str = "",
+             **headers: str) -> tuple[str, bytes]:
+    """(address, bytes) of a person's reply to a robot's message: quoted, Re: subject."""
+    original = robot_mail.message
+    target = str(original.get("reply-to") or original["from"])
+    address = target.split("<")[-1].rstrip(">").strip()
+    quoted = "\n".join("> " + line for line in original.get_content().splitlines()[:5])
+    data = mail(sender, address, subject=f"Re: {original['subject']}",
+                body=(body + "\n\n" if body else "") + quoted + "\n",
+                In_Reply_To=str(original["message-id"]), **headers)
+    return address, data
+
+
+async def wait_quiet(sink: Sink, count: int, settle: float = 0.3) -> list[Delivered]:
+    """Wait for `count` deliveries, then a moment more to see that no others follow."""
+    await sink.wait_for(count)
+    await asyncio.sleep(settle)
+    assert len(sink.received) == count, [d.message["Subject"] for d in sink.received]
+    return sink.received

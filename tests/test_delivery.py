@@ -49,11 +49,14 @@ async def test_smarthost_down_then_up_every_delivery_arrives(
     make_list(config, "steering", people)
     async with running(config) as daemon:
         await send(daemon.ports["smtp"], people[0], [LIST], mail(people[0], LIST))
-        await wait_until(lambda: states(daemon).get("pending") == 10
-                         and daemon.db.query(lambda s: s.scalar(
-                             select(func.min(Delivery.attempts)))) >= 1)
-        errors = daemon.db.query(lambda s: set(s.scalars(select(Delivery.error))))
-        assert all("unreachable" in (e or "") for e in errors), errors
+        def all_deferred() -> bool:
+            rows = daemon.db.query(lambda s: s.execute(
+                select(Delivery.state, Delivery.error)).all())
+            return len(rows) == 10 and all(
+                state == "pending" and "unreachable" in (error or "")
+                for state, error in rows)
+
+        await wait_until(all_deferred)
         sink = Sink(port=port)
         await sink.start()
         try:
@@ -125,7 +128,7 @@ async def test_maildir_transport_writes_one_file_per_delivery(
         assert "\r\n" not in text, "Maildir files use the local line ending"
         assert text.startswith("Return-Path: <steering-bounces+")
         seen.add(text.split("Delivered-To: ", 1)[1].split("\n", 1)[0])
-        assert "Subject: To the maildir" in text
+        assert "Subject: [steering] To the maildir" in text
     assert sorted(seen) == people
 
 

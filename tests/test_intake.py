@@ -216,3 +216,19 @@ async def test_shutdown_finishes_the_message_in_progress_and_refuses_new_session
     assert reply == replies.OK[4:]
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+
+
+async def test_the_null_sender_of_bounces_is_accepted(tmp_path: Path, sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url)
+    make_list(config, "steering", [])
+    async with running(config) as daemon:
+        talk = await Dialogue.open(daemon.ports["smtp"])
+        await talk.say("EHLO mx.test")
+        assert (await talk.say("MAIL FROM:<>")).startswith("250")
+        assert await talk.say(f"RCPT TO:<{LIST}>") == replies.RCPT_OK
+        await talk.say("DATA")
+        talk.writer.write(mail("mailer-daemon@mx.test", LIST) + b".\r\n")
+        assert await talk.reply() == replies.OK
+        await talk.close()
+        stored = daemon.db.query(lambda s: s.scalars(select(Message.mail_from)).all())
+    assert stored == [""]

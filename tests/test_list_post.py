@@ -23,6 +23,7 @@ from tests.conftest import (
     members,
     running,
     send,
+    wait_quiet,
 )
 
 LIST = f"steering@{DOMAIN}"
@@ -41,20 +42,31 @@ async def test_member_post_reaches_every_member_with_list_headers(
     assert sorted(sink.recipients) == sorted(people)
     assert set(sink.recipients.values()) == {1}, "one transaction per member, no duplicates"
     signer = Signer(b"test-secret", "member")
+    unsubscribe = Signer(b"test-secret", "unsubscribe")
     senders = {d.mail_from for d in delivered}
     assert len(senders) == len(people), "each member has its own VERP envelope sender"
     for copy in delivered:
         local = copy.mail_from.split("@")[0]
         assert local.startswith("steering-bounces+")
-        assert signer.verify(local.split("+", 1)[1]) is not None
+        member_id = signer.verify(local.split("+", 1)[1])
+        assert member_id is not None
         message = copy.message
         assert message["List-Id"] == '"Steering Committee" <steering.lists.example.org>'
         assert message["List-Post"] == f"<mailto:{LIST}>"
-        assert message["List-Unsubscribe"] == f"<mailto:steering-leave@{DOMAIN}>"
+        one_click = f"https://lists.example.org/unsubscribe/{unsubscribe.sign(member_id)}"
+        assert message["List-Unsubscribe"] == \
+            f"<{one_click}>, <mailto:steering-leave@{DOMAIN}>"
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert message["List-Subscribe"] == f"<mailto:steering-join@{DOMAIN}>"
+        assert message["List-Owner"] == f"<mailto:steering-owner@{DOMAIN}>"
+        assert message["List-Archive"] == "<https://lists.example.org/lists/steering/>"
         assert message["List-Help"] == f"<mailto:steering-request@{DOMAIN}?subject=help>"
         assert message["Precedence"] == "list"
-        assert message["Subject"] == "Agenda for Nairobi"
-        assert message.get_content() == "Hello, list.\n"
+        assert message["Subject"] == "[steering] Agenda for Nairobi"
+        assert message.get_content() == (
+            "Hello, list.\n\n-- \n_______________________________________________\n"
+            f"Steering Committee -- {LIST}\n"
+            f"To unsubscribe, send a message to steering-leave@{DOMAIN}\n")
 
 
 async def test_verp_token_names_the_member_it_was_sent_to(
@@ -83,13 +95,11 @@ async def test_post_from_a_non_member_is_held_not_delivered(
         _, reply = await send(daemon.ports["smtp"], stranger, [LIST],
                               mail(stranger, LIST, subject="Buy now"))
         assert reply.startswith("2.0.0")
-        for _ in range(100):
-            held = daemon.db.query(lambda s: list(s.scalars(select(Held))))
-            if held:
-                break
-            await asyncio.sleep(0.05)
+        notices = await wait_quiet(sink, 1)
+        held = daemon.db.query(lambda s: list(s.scalars(select(Held))))
     assert [(h.sender, h.subject, h.state) for h in held] == [(stranger, "Buy now", "held")]
-    assert sink.received == []
+    assert [(d.rcpt, d.message["Subject"]) for d in notices] == \
+        [(stranger, "Your message to steering awaits approval")], "no member got the post"
 
     result = CliRunner().invoke(main, ["--config", str(config_file(config, tmp_path)),
                                        "list", "held", "steering", "--json"])
@@ -109,7 +119,7 @@ async def test_a_message_carrying_our_own_list_id_is_not_distributed_again(
         await send(daemon.ports["smtp"], people[0], [LIST], mail(people[0], LIST, "fresh"))
         await sink.wait_for(3)
         await asyncio.sleep(0.3)
-    assert {d.message["Subject"] for d in sink.received} == {"fresh"}
+    assert {d.message["Subject"] for d in sink.received} == {"[steering] fresh"}
 
 
 def test_member_count_streams_from_the_database(tmp_path: Path, sqlite_url: str) -> None:

@@ -18,6 +18,64 @@ COMMON: dict[str, Any] = {"list": LIST, "site_name": "Progressive Alliance"}
 # The names each template uses beyond COMMON. A template missing here fails the test, so
 # adding a template means adding its sample context.
 SAMPLES: dict[str, dict[str, Any]] = {
+    "footer": {},
+    "confirm_subscribe": {"token": "12-abcdefghijklmnopqrstuvwxyz", "address": "ana@members.test",
+                          "confirm_address":
+                              "steering-confirm+12-abcdefghijklmnopqrstuvwxyz@lists.example.org",
+                          "days": 7},
+    "confirm_unsubscribe": {"token": "13-abcdefghijklmnopqrstuvwxyz",
+                            "address": "ana@members.test",
+                            "confirm_address":
+                                "steering-confirm+13-abcdefghijklmnopqrstuvwxyz@lists.example.org",
+                            "days": 7},
+    "welcome": {"address": "ana@members.test"},
+    "goodbye": {"address": "ana@members.test"},
+    "subscription_refused": {},
+    "subscription_awaiting_approval": {},
+    "subscription_approval": {"address": "ana@members.test",
+                              "token": "14-abcdefghijklmnopqrstuvwxyz",
+                              "confirm_address":
+                                  "steering-confirm+14-abcdefghijklmnopqrstuvwxyz@lists.example.org"},
+    "subscription_rejected": {},
+    "command_results": {"help": True, "results": [
+        {"command": "subscribe", "code": "already_member", "detail": ""},
+        {"command": "unsubscribe", "code": "not_member", "detail": "kofi@party.test"},
+        {"command": "set digest", "code": "delivery_set", "detail": "digest"},
+        {"command": "set language fr", "code": "language_set", "detail": "fr"},
+        {"command": "set colour blue", "code": "bad_set", "detail": "colour blue"},
+        {"command": "who", "code": "who", "detail": "ana@members.test\nkofi@party.test"},
+        {"command": "who", "code": "who_refused", "detail": ""},
+        {"command": "confirm 9-zzz", "code": "bad_token", "detail": "9-zzz"},
+        {"command": "confirm", "code": "moderation_help", "detail": ""},
+        {"command": "confirm", "code": "already_decided", "detail": "expired"},
+        {"command": "confirm", "code": "moderated", "detail": "approve"},
+        {"command": "confirm", "code": "join_rejected", "detail": "kofi@party.test"},
+        {"command": "help", "code": "help", "detail": ""},
+        {"command": "dance", "code": "unknown", "detail": "dance"}]},
+    "held_moderator": {"sender": "kofi@party.test", "post_subject": "Agenda for Nairobi",
+                       "reason": "the sender is not a member of the list",
+                       "token": "h3-abcdefghijklmnopqrstuvwxyz",
+                       "confirm_address":
+                           "steering-confirm+h3-abcdefghijklmnopqrstuvwxyz@lists.example.org",
+                       "id": 3, "days": 14},
+    "held_poster": {"sender": "kofi@party.test", "post_subject": "Agenda for Nairobi",
+                    "reason": "the sender is not a member of the list",
+                    "token": "h3-abcdefghijklmnopqrstuvwxyz",
+                    "confirm_address":
+                        "steering-confirm+h3-abcdefghijklmnopqrstuvwxyz@lists.example.org",
+                    "id": 3, "days": 14},
+    "post_rejected": {"post_subject": "Agenda for Nairobi",
+                      "reason": "the sender is not a member of the list"},
+    "hold_expired": {"post_subject": "Agenda for Nairobi", "days": 14},
+    "bounce_disabled": {"address": "ana@members.test", "token": "12-abcdefghijklmnopqrstuvwxyz",
+                        "confirm_address":
+                            "steering-confirm+12-abcdefghijklmnopqrstuvwxyz@lists.example.org",
+                        "days": 7},
+    "bounce_owner_notice": {"address": "ana@members.test", "score": 5.0, "threshold": 5.0},
+    "digest_header": {"volume": 1, "issue": 7, "topics": [
+        {"number": 1, "subject": "Agenda for Nairobi", "author": "Ana Silva"},
+        {"number": 2, "subject": "Re: Agenda for Nairobi", "author": "kofi@party.test"}]},
+    "digest_footer": {"volume": 1, "issue": 7},
 }
 
 

@@ -1,0 +1,217 @@
+"""The robot addresses of a list: `-join`, `-leave`, `-request` and `-confirm+TOKEN`.
+
+Automatic mail is never answered (RFC 3834), nor mail that has been through this list
+already; replies are rate-limited per address and per source. Results of commands come
+back in one reply, in the sender's language.
+"""
+
+from __future__ import annotations
+
+import logging
+from email.utils import getaddresses
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lists import moderation, robot, service, subscriptions
+from lists.automail import automatic
+from lists.commands import Command, read
+from lists.models import MailingList
+from lists.site import ListSite
+from lists.subscriptions import Outcome
+from mailer.addresses import AddressError, normalize
+from mailer.router import Inbound
+from mailer.routing import Role, Route
+
+log = logging.getLogger(__name__)
+WHO_LIMIT = 5000
+
+
+def sender_of(inbound: Inbound) -> tuple[str, str]:
+    """(address, display name) of whoever sent the message: From, else the envelope."""
+    for name, address in getaddresses([str(v) for v in inbound.message.get_all("from", [])]):
+        try:
+            return normalize(address), name
+        except AddressError:
+            continue
+    try:
+        return normalize(inbound.mail_from), ""
+    except AddressError:
+        return "", ""
+
+
+def why_not_answer(inbound: Inbound, site: ListSite, mailing_list: MailingList) -> str | None:
+    """Why this message gets no automatic answer at all, or None."""
+    reason = automatic(inbound.message, inbound.mail_from)
+    if reason:
+        return reason
+    ours = site.address(mailing_list.name)
+    for value in inbound.message.get_all("x-loop", []):
+        if ours in str(value).lower():
+            return "X-Loop of this list"
+    return None
+
+
+class ListRobot:
+    """Shared by the list robot roles: which list, and may we answer."""
+
+    def __init__(self, site: ListSite) -> None:
+        self.site = site
+
+    def accepts(self, session: Session, route: Route) -> bool:
+        return session.scalar(select(MailingList.id).where(
+            MailingList.name == route.list)) is not None
+
+    async def prepare(self, inbound: Inbound) -> None:
+        return None
+
+    def _list(self, session: Session, inbound: Inbound) -> MailingList | None:
+        mailing_list = service.find(session, inbound.route.list or "")
+        reason = why_not_answer(inbound, self.site, mailing_list)
+        if reason:
+            log.info("no answer to message %d for %s: %s", inbound.message_id,
+                     inbound.recipient, reason)
+            return None
+        return mailing_list
+
+
+class RequestHandler(ListRobot):
+    """`-join@`, `-leave@` and `-request@` (commands in the Subject or the body)."""
+
+    def handle(self, session: Session, inbound: Inbound) -> None:
+        mailing_list = self._list(session, inbound)
+        if mailing_list is None:
+            return
+        address, name = sender_of(inbound)
+        if not address:
+            return
+        if inbound.route.role == Role.JOIN:
+            commands = [Command("subscribe", (), "subscribe")]
+        elif inbound.route.role == Role.LEAVE:
+            commands = [Command("unsubscribe", (), "unsubscribe")]
+        else:
+            commands = read(inbound.message) or [Command("help", (), "")]
+        results = [self.run(session, mailing_list, command, address, name, inbound)
+                   for command in commands]
+        self.reply(session, mailing_list, address, inbound, commands, results)
+
+    def run(self, session: Session, mailing_list: MailingList, command: Command,
+            address: str, name: str, inbound: Inbound) -> Outcome:
+        """Carry out one command for the sender."""
+        source = inbound.peer or inbound.mail_from
+        in_reply_to = str(inbound.message.get("message-id", "")) or None
+        site = self.site
+        if command.verb == "subscribe":
+            return subscriptions.request_join(session, site, mailing_list, address,
+                                              display_name=name, source=source,
+                                              in_reply_to=in_reply_to)
+        if command.verb == "unsubscribe":
+            return subscriptions.request_leave(session, site, mailing_list, address,
+                                               source=source, in_reply_to=in_reply_to)
+        if command.verb == "confirm":
+            token = command.args[0] if command.args else ""
+            return confirm_token(session, site, mailing_list, token, address, [])
+        if command.verb == "set":
+            member = service.member(session, mailing_list.id, address)
+            if member is None:
+                return Outcome("not_member", address)
+            option = command.args[0].lower() if command.args else ""
+            value = command.args[1].lower() if len(command.args) > 1 else ""
+            return subscriptions.set_option(session, site, mailing_list, member, option, value)
+        if command.verb == "who":
+            if not service.has_role(session, mailing_list.id, [address],
+                                    ("owner", "moderator")):
+                return Outcome("who_refused")
+            roster = [m.address for m in service.members(session, mailing_list)]
+            detail = "\n".join(roster[:WHO_LIMIT])
+            return Outcome("who", detail)
+        if command.verb == "help":
+            return Outcome("help")
+        return Outcome("unknown", command.line[:200])
+
+    def reply(self, session: Session, mailing_list: MailingList, address: str,
+              inbound: Inbound, commands: list[Command], results: list[Outcome]) -> None:
+        """One answer with every result that no dedicated mail has already given."""
+        dedicated = {"confirm_sent", "unsubscribe_confirm_sent", "closed", "subscribed",
+                     "unsubscribed", "awaiting_approval", "limited", "reenabled"}
+        lines = [{"command": c.line, "code": r.code, "detail": r.detail}
+                 for c, r in zip(commands, results, strict=True) if r.code not in dedicated]
+        if not lines:
+            return
+        source = inbound.peer or inbound.mail_from
+        if not robot.allowed(session, self.site, kind="reply", target=address,
+                             sources=(source,)):
+            log.warning("reply to %s not sent: rate limit", address)
+            return
+        member = service.member(session, mailing_list.id, address)
+        robot.send(session, self.site, mailing_list, "command_results", to=address,
+                   language=member.language if member else "", kind="reply", source=source,
+                   in_reply_to=str(inbound.message.get("message-id", "")) or None,
+                   context={"results": lines,
+                            "help": any(r.code in ("help", "unknown") for r in results)})
+
+
+def confirm_token(session: Session, site: ListSite, mailing_list: MailingList, token: str,
+                  actor: str, words: list[str]) -> Outcome:
+    """A token came back: confirm what it stands for, or moderate the post it names."""
+    held = subscriptions.find_held(session, mailing_list, token)
+    if held is not None:
+        return moderation.by_mail(session, site, mailing_list, held, actor, words)
+    pending = subscriptions.find_pending(session, site, mailing_list, token)
+    if pending is None:
+        return Outcome("bad_token", token[:80])
+    rejected = bool(words) and words[0] == "reject"
+    return subscriptions.confirm(session, site, mailing_list, pending, rejected=rejected)
+
+
+class ConfirmHandler(ListRobot):
+    """`-confirm+TOKEN@`: a reply to a confirmation, an approval or a moderation notice."""
+
+    def handle(self, session: Session, inbound: Inbound) -> None:
+        mailing_list = self._list(session, inbound)
+        if mailing_list is None:
+            return
+        address, _ = sender_of(inbound)
+        words = first_words(inbound)
+        outcome = confirm_token(session, self.site, mailing_list,
+                                inbound.route.token or "", address, words)
+        if outcome.code in ("bad_token", "moderation_help") and address:
+            handler = RequestHandler(self.site)
+            command = Command("confirm", (inbound.route.token or "",), "confirm")
+            handler.reply(session, mailing_list, address, inbound, [command], [outcome])
+
+
+def first_words(inbound: Inbound) -> list[str]:
+    """The first command line of a reply (Subject ignored: it repeats ours)."""
+    for command in read_body_only(inbound):
+        return [command.verb, *command.args]
+    return []
+
+
+def read_body_only(inbound: Inbound) -> list[Command]:
+    from lists.commands import body_lines, parse_line
+    found = []
+    for line in body_lines(inbound.message):
+        command = parse_line(line)
+        if command is not None:
+            found.append(command)
+            break
+    return found
+
+
+class OwnerHandler(ListRobot):
+    """`-owner@`: passed on, as it came, to every owner and moderator of the list."""
+
+    def handle(self, session: Session, inbound: Inbound) -> None:
+        mailing_list = service.find(session, inbound.route.list or "")
+        moderators = service.moderators(session, mailing_list.id)
+        if not moderators:
+            log.warning("mail %d to %s-owner kept: the list has no owner", inbound.message_id,
+                        mailing_list.name)
+            return
+        from mailer import compose, rawmail
+        data = rawmail.rewrite(inbound.raw, set(),
+                               [("X-Loop", self.site.address(f"{mailing_list.name}-owner"))])
+        compose.enqueue(session, sender=self.site.address(f"{mailing_list.name}-bounces"),
+                        recipients=[(address, None) for address in moderators], data=data,
+                        kind="owner", source_id=inbound.message_id)

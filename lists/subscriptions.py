@@ -1,0 +1,214 @@
+"""Joining and leaving by mail: confirmations (double opt-in), approvals, welcome, goodbye.
+
+Every action that changes membership on the word of a mail waits for a reply from the
+address concerned: a `Pending` row holds it under a token that is mailed to that address
+only (RFC 5321 has no proof of who sent a message; a reply from the mailbox is one). The
+token is `<row id>-<130 random bits>`, looked up by id and compared in constant time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from lists import robot, service
+from lists.models import Held, MailingList, Member, Pending
+from lists.site import ListSite
+
+log = logging.getLogger(__name__)
+DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one request, for the reply: a code the templates know, and a detail."""
+
+    code: str
+    detail: str = ""
+
+
+def new_secret() -> str:
+    """130 random bits in lower-case base32 (survives case-folding mail systems)."""
+    return base64.b32encode(secrets.token_bytes(17)).decode().rstrip("=").lower()[:26]
+
+
+def confirm_address(site: ListSite, mailing_list: MailingList, token: str) -> str:
+    return site.address(f"{mailing_list.name}-confirm+{token}")
+
+
+def open_pending(session: Session, site: ListSite, mailing_list: MailingList, action: str,
+                 address: str, *, display_name: str = "", language: str = "") -> Pending:
+    """A new pending action that expires after the list's confirm_days."""
+    now = site.clock()
+    pending = Pending(list_id=mailing_list.id, token="", action=action, address=address,
+                      display_name=display_name[:200], language=language, created_at=now,
+                      expires_at=now + mailing_list.confirm_days * DAY)
+    session.add(pending)
+    session.flush()
+    pending.token = f"{pending.id}-{new_secret()}"
+    return pending
+
+
+def find_pending(session: Session, site: ListSite, mailing_list: MailingList,
+                 token: str) -> Pending | None:
+    """The live pending action a token names, compared in constant time."""
+    ident, _, _ = token.partition("-")
+    if not ident.isdigit():
+        return None
+    pending = session.get(Pending, int(ident))
+    if pending is None or pending.list_id != mailing_list.id or pending.state != "pending":
+        return None
+    if not hmac.compare_digest(pending.token.encode(), token.lower().encode()):
+        return None
+    if pending.expires_at < site.clock():
+        pending.state = "expired"
+        return None
+    return pending
+
+
+def find_held(session: Session, mailing_list: MailingList, token: str) -> Held | None:
+    """The held post a moderator's token names (tokens of holds start with 'h')."""
+    ident, _, _ = token.partition("-")
+    if not ident.startswith("h") or not ident[1:].isdigit():
+        return None
+    held = session.get(Held, int(ident[1:]))
+    if held is None or held.list_id != mailing_list.id or held.token is None:
+        return None
+    if not hmac.compare_digest(held.token.encode(), token.lower().encode()):
+        return None
+    return held
+
+
+def request_join(session: Session, site: ListSite, mailing_list: MailingList, address: str,
+                 *, display_name: str = "", language: str = "", source: str = "",
+                 in_reply_to: str | None = None) -> Outcome:
+    """Someone asked to join: refuse (closed), or mail them a confirmation."""
+    if mailing_list.subscription_policy == "closed":
+        if robot.allowed(session, site, kind="reply", target=address, sources=(source,)):
+            robot.send(session, site, mailing_list, "subscription_refused", to=address,
+                       language=language, kind="reply", source=source,
+                       in_reply_to=in_reply_to)
+        return Outcome("closed")
+    if service.member(session, mailing_list.id, address) is not None:
+        return Outcome("already_member")
+    if not robot.allowed(session, site, kind="confirm", target=address, sources=(source,)):
+        log.warning("confirmation to %s for %s not sent: rate limit", address,
+                    mailing_list.name)
+        return Outcome("limited")
+    pending = open_pending(session, site, mailing_list, "subscribe", address,
+                           display_name=display_name, language=language)
+    _ask(session, site, mailing_list, pending, "confirm_subscribe", source, in_reply_to)
+    return Outcome("confirm_sent", address)
+
+
+def request_leave(session: Session, site: ListSite, mailing_list: MailingList, address: str,
+                  *, source: str = "", in_reply_to: str | None = None) -> Outcome:
+    """A member asked to leave: mail them a confirmation (a forged From cannot do it)."""
+    member = service.member(session, mailing_list.id, address)
+    if member is None:
+        return Outcome("not_member", address)
+    if not robot.allowed(session, site, kind="confirm", target=address, sources=(source,)):
+        return Outcome("limited")
+    pending = open_pending(session, site, mailing_list, "unsubscribe", address,
+                           language=member.language)
+    _ask(session, site, mailing_list, pending, "confirm_unsubscribe", source, in_reply_to)
+    return Outcome("unsubscribe_confirm_sent", address)
+
+
+def _ask(session: Session, site: ListSite, mailing_list: MailingList, pending: Pending,
+         template: str, source: str, in_reply_to: str | None) -> None:
+    reply_to = confirm_address(site, mailing_list, pending.token)
+    robot.send(session, site, mailing_list, template, to=pending.address,
+               language=pending.language, kind="confirm", source=source,
+               reply_to=reply_to, in_reply_to=in_reply_to,
+               context={"token": pending.token, "confirm_address": reply_to,
+                        "address": pending.address, "days": mailing_list.confirm_days})
+
+
+def confirm(session: Session, site: ListSite, mailing_list: MailingList, pending: Pending,
+            *, rejected: bool = False) -> Outcome:
+    """Carry out a confirmed pending action (or an owner's refusal of a join)."""
+    pending.state = "done"
+    if pending.action == "subscribe":
+        if mailing_list.subscription_policy == "moderate":
+            return _ask_owners(session, site, mailing_list, pending)
+        return _welcome(session, site, mailing_list, pending)
+    if pending.action == "approve":
+        if rejected:
+            robot.send(session, site, mailing_list, "subscription_rejected",
+                       to=pending.address, language=pending.language, kind="notice")
+            return Outcome("join_rejected", pending.address)
+        return _welcome(session, site, mailing_list, pending)
+    if pending.action == "unsubscribe":
+        return leave(session, site, mailing_list, pending.address)
+    if pending.action == "reenable":
+        from lists.bounces import reenable
+        reenable(session, site, mailing_list, pending)
+        return Outcome("reenabled", pending.address)
+    return Outcome("bad_token")
+
+
+def _ask_owners(session: Session, site: ListSite, mailing_list: MailingList,
+                pending: Pending) -> Outcome:
+    approval = open_pending(session, site, mailing_list, "approve", pending.address,
+                            display_name=pending.display_name, language=pending.language)
+    reply_to = confirm_address(site, mailing_list, approval.token)
+    for moderator in service.moderators(session, mailing_list.id):
+        robot.send(session, site, mailing_list, "subscription_approval", to=moderator,
+                   kind="notice", from_local="-owner", reply_to=reply_to,
+                   context={"address": pending.address, "token": approval.token,
+                            "confirm_address": reply_to})
+    robot.send(session, site, mailing_list, "subscription_awaiting_approval",
+               to=pending.address, language=pending.language, kind="notice")
+    return Outcome("awaiting_approval", pending.address)
+
+
+def _welcome(session: Session, site: ListSite, mailing_list: MailingList,
+             pending: Pending) -> Outcome:
+    member, new = service.subscribe(session, mailing_list, pending.address,
+                                    display_name=pending.display_name,
+                                    language=pending.language)
+    if new:
+        robot.send(session, site, mailing_list, "welcome", to=member.address,
+                   language=member.language, kind="notice", member_id=member.id,
+                   context={"address": member.address})
+    return Outcome("subscribed", member.address)
+
+
+def leave(session: Session, site: ListSite, mailing_list: MailingList,
+          address: str) -> Outcome:
+    """Remove a member now and say goodbye (after a confirmation or a one-click POST)."""
+    member = service.member(session, mailing_list.id, address)
+    if member is None:
+        return Outcome("not_member", address)
+    language = member.language
+    session.delete(member)
+    robot.send(session, site, mailing_list, "goodbye", to=address, language=language,
+               kind="notice", context={"address": address})
+    return Outcome("unsubscribed", address)
+
+
+def expire(session: Session, now: float) -> int:
+    """Scheduler job: pending actions past their time are closed (nothing is sent)."""
+    from sqlalchemy import update
+    session.execute(update(Pending).where(Pending.state == "pending",
+                                          Pending.expires_at < now).values(state="expired"))
+    return 0
+
+
+def set_option(session: Session, site: ListSite, mailing_list: MailingList, member: Member,
+               option: str, value: str) -> Outcome:
+    """`set digest|nomail|regular` and `set language CODE` for the sender's membership."""
+    from lists.models import DELIVERY_MODES, LANGUAGES
+    if option in DELIVERY_MODES and not value:
+        member.delivery = option
+        return Outcome("delivery_set", option)
+    if option == "language" and value in LANGUAGES:
+        member.language = value
+        return Outcome("language_set", value)
+    return Outcome("bad_set", f"{option} {value}".strip())
