@@ -23,6 +23,7 @@ from __future__ import annotations
 import calendar
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage, MIMEPart
@@ -320,21 +321,28 @@ def rfc1153(site: ListSite, issue: Issue) -> bytes:
 
 # -- sending ------------------------------------------------------------------------------
 
-def readers(list_id: int) -> Select:  # type: ignore[type-arg]
-    """The members who take the list as a digest (a SELECT of address and member id)."""
-    return select(Member.address, Member.id).where(
+def readers(list_id: int, form: str | None = None) -> Select:  # type: ignore[type-arg]
+    """The members who take the list as a digest, of one form or any (address, id)."""
+    query = select(Member.address, Member.id).where(
         Member.list_id == list_id, Member.role == "member", Member.enabled.is_(True),
         Member.delivery == "digest")
+    return query if form is None else query.where(Member.digest_format == form)
 
 
-def queue(session: Session, site: ListSite, mailing_list: MailingList, data: bytes) -> int:
+FORMS: tuple[tuple[str, Callable[[ListSite, Issue], bytes]], ...] = (
+    ("mime", lambda site, issue: mime(site, issue)),
+    ("plain", lambda site, issue: rfc1153(site, issue)))
+
+
+def queue(session: Session, site: ListSite, mailing_list: MailingList, data: bytes,
+          form: str = "mime") -> int:
     """Store the digest once and one delivery per digest member; returns its id."""
     # VERP: the delivery engine puts each member's signed token in place of {token}.
     sender = site.address(mailing_list.name + "-bounces+{token}")
     outgoing = compose.enqueue(session, sender=sender, recipients=(), data=data, kind=KIND)
     # Deliveries are due by the wall clock, whatever time the scheduler was given.
     stamp = time.time()
-    members = readers(mailing_list.id).subquery()
+    members = readers(mailing_list.id, form).subquery()
     rows = select(literal(outgoing.id), members.c.address, members.c.id, literal("pending"),
                   literal(0), literal(stamp), literal(stamp))
     session.execute(insert(Delivery).from_select(
@@ -356,7 +364,9 @@ def send(session: Session, site: ListSite, mailing_list: MailingList, now: float
     volume, number = numbering(state.volume, state.issue, state.last_sent_at, now)
     issue = Issue(mailing_list, volume, number, now,
                   entries(session, mailing_list.id, after, waiting.upto))
-    queue(session, site, mailing_list, mime(site, issue))
+    for form, render in FORMS:
+        if session.scalar(select(readers(mailing_list.id, form).exists())):
+            queue(session, site, mailing_list, render(site, issue), form)
     state.volume, state.issue, state.last_sent_at = volume, number, now
     return 1
 

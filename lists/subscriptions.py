@@ -204,7 +204,10 @@ def expire(session: Session, now: float) -> int:
 def set_option(session: Session, site: ListSite, mailing_list: MailingList, member: Member,
                option: str, value: str) -> Outcome:
     """`set digest|nomail|regular` and `set language CODE` for the sender's membership."""
-    from lists.models import DELIVERY_MODES, LANGUAGES
+    from lists.models import DELIVERY_MODES, DIGEST_FORMATS, LANGUAGES
+    if option == "digest" and value in DIGEST_FORMATS:
+        member.delivery, member.digest_format = "digest", value
+        return Outcome("delivery_set", f"digest {value}")
     if option in DELIVERY_MODES and not value:
         member.delivery = option
         return Outcome("delivery_set", option)

@@ -32,6 +32,8 @@ from mailer.scheduler import Scheduler
 from mailer.tokens import Signer
 from mailer.transport import Transport, from_url
 from mailer.web import WebServer
+from meetings import app as meeting_side
+from meetings.site import MeetingSite
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,13 @@ def make_site(config: Config, db: Database,
                                       config.dns.cache_seconds))
 
 
+def make_meeting_site(config: Config, db: Database, site: ListSite) -> MeetingSite:
+    """What the meetings side needs of the site; shares the list side's templates."""
+    return MeetingSite(domain=site.domain, name=site.name, templates=site.templates,
+                       attendee_tokens=Signer(db.secret(config.site.secret), "attendee"),
+                       base_url=site.base_url, clock=site.clock)
+
+
 def build(config: Config, transport: Transport | None = None, *, poll: float = 1.0,
           clock: Callable[[], float] = time.time) -> Daemon:
     """Make every part of the daemon from the config, migrating the database first.
@@ -152,10 +161,12 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     dispatcher = Dispatcher(db, transport, Personaliser(site.member_tokens,
                                                         site.unsubscribe_tokens),
                             config.outbound, poll=poll)
-    router = Router(db, list_side.handlers(site), max_attempts=config.router.max_attempts,
-                    on_outgoing=dispatcher.wake, poll=poll)
+    meeting_site = make_meeting_site(config, db, site)
+    router = Router(db, {**list_side.handlers(site), **meeting_side.handlers(meeting_site)},
+                    max_attempts=config.router.max_attempts, on_outgoing=dispatcher.wake,
+                    poll=poll)
     inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake)
-    scheduler = Scheduler(db, list_side.jobs(site), on_outgoing=dispatcher.wake,
-                          clock=clock, tick=poll)
-    web = WebServer(list_side.routes(site, db))
+    scheduler = Scheduler(db, list_side.jobs(site) + meeting_side.jobs(meeting_site),
+                          on_outgoing=dispatcher.wake, clock=clock, tick=poll)
+    web = WebServer(list_side.routes(site, db) + meeting_side.routes(meeting_site, db))
     return Daemon(config, db, transport, inbox, router, dispatcher, scheduler, web, Gate())

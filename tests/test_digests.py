@@ -336,3 +336,29 @@ def test_the_plain_text_digest_follows_rfc_1153(tmp_path: Path, sqlite_url: str)
     assert third.get_payload().startswith("[A part of this message that is not plain text")
     trailer = chunks[3].rstrip("\n").split("\n")
     assert trailer[-2:] == ["End of Steering Committee Digest, Vol 2, Issue 3", "*" * 48]
+
+
+async def test_a_member_who_asks_for_plain_digests_gets_rfc_1153(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    from tests.conftest import Clock
+    clock = Clock()
+    people = members(3)
+    plain, rich = people[1], people[2]
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    make_steering(config, people, {rich: "digest"})
+    async with running(config, clock=clock) as daemon:
+        request = f"steering-request@{DOMAIN}"
+        await send(daemon.ports["smtp"], plain, [request],
+                   mail(plain, request, subject="set digest plain"))
+        await sink.wait_for(1)
+        answer = sink.received.pop()
+        assert 'Done: your delivery is now "digest plain".' in answer.message.get_content()
+        await post(daemon, sink, people[0], "Agenda", "Item one.\n", copies=1)
+        clock.advance(days=2)
+        await digests_arrive(daemon, sink, 3)
+    by_rcpt = {d.rcpt: d for d in sink.received[1:]}
+    assert by_rcpt[rich].message.get_content_type() == "multipart/mixed"
+    text = by_rcpt[plain].message
+    assert text.get_content_type() == "text/plain"
+    body = text.get_content()
+    assert "-" * 70 in body and "Subject: [steering] Agenda" in body

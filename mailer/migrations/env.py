@@ -3,6 +3,7 @@
 from alembic import context
 
 import lists.models  # noqa: F401  (registers the list tables on Base.metadata)
+import meetings.models  # noqa: F401  (and the meeting tables)
 from mailer.models import Base
 
 connection = context.config.attributes["connection"]

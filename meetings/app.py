@@ -1,0 +1,29 @@
+"""The meetings side as the daemon sees it: role handlers, scheduled jobs, web pages.
+
+The composition root (`mailer.daemon.build`) asks this module for each; nothing registers
+itself anywhere.
+"""
+
+from __future__ import annotations
+
+from mailer.db import Database
+from mailer.router import RoleHandler
+from mailer.routing import Role
+from mailer.scheduler import Job
+from mailer.web import Route
+from meetings.site import MeetingSite
+
+
+def handlers(site: MeetingSite) -> dict[Role, RoleHandler]:
+    """The handler of each meetings role (rsvp+TOKEN@, coordination@)."""
+    return {}
+
+
+def jobs(site: MeetingSite) -> tuple[Job, ...]:
+    """The meetings side's timed jobs (invitations at their send time, reminders, ...)."""
+    return ()
+
+
+def routes(site: MeetingSite, db: Database) -> tuple[Route, ...]:
+    """The meetings side's web pages (feeds)."""
+    return ()

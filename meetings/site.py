@@ -1,0 +1,28 @@
+"""What the meetings side needs to know about the site, handed in by the composition root."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jinja2
+
+from mailer.tokens import Signer
+
+
+@dataclass(frozen=True)
+class MeetingSite:
+    domain: str
+    name: str
+    templates: jinja2.Environment
+    attendee_tokens: Signer        # rsvp+TOKEN@: which invitation a reply is about
+    base_url: str                  # "" when no HTTP listener is published
+    clock: Callable[[], float] = time.time
+
+    def address(self, local: str) -> str:
+        return f"{local}@{self.domain}"
+
+    def rsvp_address(self, invitation_id: int) -> str:
+        """ORGANIZER and From of an invitation: rsvp+TOKEN@ (DESIGN §3, itip.md §0.3)."""
+        return self.address(f"rsvp+{self.attendee_tokens.sign(invitation_id)}")
