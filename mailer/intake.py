@@ -209,6 +209,11 @@ class Handler:
         return replies.TEMPORARY_FAILURE
 
 
+# Calls of one command per session. An MTA in front reuses its connection for thousands of
+# messages, so MAIL, RCPT and DATA are generous; commands that only probe or stall are not.
+CALL_LIMITS = {"NOOP": 100, "RSET": 1000, "VRFY": 20, "EXPN": 20, "HELP": 20, "*": 100_000}
+
+
 class Listener(SMTP):
     """aiosmtpd's SMTP session with our limits, strict envelope addresses and drain."""
 
@@ -218,7 +223,7 @@ class Listener(SMTP):
         self.local_part_limit = 64
         super().__init__(handler, data_size_limit=limits.max_message_size,
                          hostname=hostname, ident="Alliance Mail", timeout=limits.timeout,
-                         command_call_limit=50)
+                         command_call_limit=CALL_LIMITS)
         self.gate = handler.gate
 
     def connection_made(self, transport: Any) -> None:

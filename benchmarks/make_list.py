@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Create a benchmark list with N members, fast: one transaction, no CLI per address.
+
+    python3 benchmarks/make_list.py --config CONFIG --list bench --members 10000
+
+Members are m000001@members.test ... mNNNNNN@members.test (the same addresses as the
+reference harness in shared/bench). The list's posting policy is `anyone`. Prints one JSON
+line: the list, the member count in the database, the seconds it took and which `mailer`
+package was used (so a run shows which checkout it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+# The checkout this file lives in, ahead of any installed copy.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MEMBER_FORMAT = "m%06d@members.test"
+CHUNK = 2000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--list", default="bench")
+    parser.add_argument("--members", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    from sqlalchemy import func, select
+
+    import mailer
+    from lists import service
+    from lists.models import Member
+    from mailer.config import load
+    from mailer.db import Database
+
+    started = time.monotonic()
+    config = load(args.config)
+    db = Database(config.database.url, config.base_dir)
+    try:
+        db.upgrade()
+        db.transaction(lambda s: service.create(s, args.list, posting="anyone",
+                                                subscription="closed"))
+        addresses = [MEMBER_FORMAT % n for n in range(1, args.members + 1)]
+        for start in range(0, len(addresses), CHUNK):
+            chunk = addresses[start:start + CHUNK]
+            db.transaction(lambda s, c=chunk: service.add_members(
+                s, service.find(s, args.list), c))
+        count = db.query(lambda s: s.scalar(
+            select(func.count()).select_from(Member)
+            .where(Member.list_id == service.find(s, args.list).id)))
+    finally:
+        db.close()
+    print(json.dumps({"list": args.list, "members": count,
+                      "seconds": round(time.monotonic() - started, 3),
+                      "mailer": str(Path(mailer.__file__).resolve().parent)}))
+    return 0 if count == args.members else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,976 @@
+#!/usr/bin/env python3
+"""Alliance Mail benchmark: list fan-out and SMTP intake against Postfix's smtp-sink.
+
+    python3 benchmarks/run.py [--short] [--scenarios A,B,C,D] [--json-out FILE]
+
+For each scenario: a fresh temporary folder with a SQLite database and a config, Postfix's
+`smtp-sink` on a free loopback port as the smarthost (every transaction appended to a dump
+file, one `X-Rcpt-Args:` line per delivered recipient), the list `bench@bench.test` with N
+members m000001@members.test ..., then `alliance --config FILE serve` as a subprocess,
+posts over SMTP, and a watcher that polls the dump every 5 ms.
+
+  A  one post to 1,000 members          (short: 50)
+  B  one post to 10,000 members         (short: 200)
+  C  100 posts to 100 members           (short: 5 posts to 20 members)
+  D  intake: 50 concurrent SMTP clients post 5,000 2 KB messages to a list with one
+     member (short: 200 messages)
+
+A scenario passes when every expected (Message-ID, recipient) pair reached the sink exactly
+once, nothing else did, every post got 250, the database shows every delivery done and the
+daemon stopped cleanly with no ERROR in its log. The exit code is 0 if every scenario
+passed, 1 otherwise (also when the harness itself could not run). Timings are reported, never
+asserted. Everything talks to 127.0.0.1 only; every loop is bounded in count and time; only
+the processes started here are stopped, by PID, also on errors and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import email.utils
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LOOPBACK = "127.0.0.1"
+SMTP_SINK = os.environ.get("SMTP_SINK", "/usr/sbin/smtp-sink")
+RECORD_MARK = b"==ALLIANCE-BENCH-RECORD=="
+RCPT_LINE = b"\nX-Rcpt-Args: "
+DOMAIN = "bench.test"
+LIST = "bench"
+LIST_ADDRESS = f"{LIST}@{DOMAIN}"
+MEMBER_FORMAT = "m%06d@members.test"
+POSTER = MEMBER_FORMAT % 1          # a member: receives its own post, like shared/bench
+MESSAGE_SIZE = 2048                 # bytes per post, headers included
+SMTP_STEP_TIMEOUT = 60.0            # seconds for any one SMTP reply to the poster
+MAILMAN_BENCH = Path(os.environ.get("MLBENCH_DIR", "/work/shared/bench")) / "mailman_bench.py"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    members: int
+    posts: int
+    clients: int = 1          # concurrent SMTP sessions posting
+    intake: bool = False      # D: the figures that matter are the poster's
+    timeout: float = 300.0    # whole trial, seconds
+
+    @property
+    def expected(self) -> int:
+        return self.members * self.posts
+
+
+FULL = {
+    "A": Scenario("A", "1 post -> 1,000 members", 1000, 1, timeout=300),
+    "B": Scenario("B", "1 post -> 10,000 members", 10000, 1, timeout=900),
+    "C": Scenario("C", "100 posts -> 100 members", 100, 100, timeout=600),
+    "D": Scenario("D", "intake: 50 clients, 5,000 x 2 KB -> list of 1", 1, 5000,
+                  clients=50, intake=True, timeout=600),
+}
+SHORT = {
+    "A": Scenario("A", "1 post -> 50 members", 50, 1, timeout=60),
+    "B": Scenario("B", "1 post -> 200 members", 200, 1, timeout=60),
+    "C": Scenario("C", "5 posts -> 20 members", 20, 5, timeout=60),
+    "D": Scenario("D", "intake: 50 clients, 200 x 2 KB -> list of 1", 1, 200,
+                  clients=50, intake=True, timeout=60),
+}
+
+_started: list[subprocess.Popen] = []   # every process this run started, for the last resort
+
+
+def log(*parts: object) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}]", *parts, file=sys.stderr, flush=True)
+
+
+# -- processes ---------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float, alive: subprocess.Popen | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def start_process(cmd: list[str], **kwargs: object) -> subprocess.Popen:
+    # A session of its own: a ^C at the terminal reaches only us, and we stop it by PID.
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True,
+                            **kwargs)  # type: ignore[call-overload]
+    _started.append(proc)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen | None, grace: float = 40.0,
+                 sig: int = signal.SIGTERM) -> int | None:
+    """Stop one process we started, by its PID: `sig`, then SIGKILL after `grace` s."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            log(f"pid {proc.pid} still running {grace:.0f} s after signal {sig}; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
+
+
+def stop_everything() -> None:
+    for proc in reversed(_started):
+        stop_process(proc, grace=10)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in KiB (empty if it is gone)."""
+    found = {}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value = line.split(":", 1)
+                    found[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return found
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time the process (all its threads) has used."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class RssSampler(threading.Thread):
+    """Samples the daemon's VmRSS every 50 ms (bounded by `limit` seconds)."""
+
+    def __init__(self, pid: int, limit: float) -> None:
+        super().__init__(daemon=True, name="rss")
+        self.pid = pid
+        self.limit = limit
+        self.peak_kib = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while not self.halt.is_set() and time.monotonic() < deadline:
+            self.peak_kib = max(self.peak_kib, proc_status(self.pid).get("VmRSS", 0))
+            self.halt.wait(0.05)
+
+
+# -- the counting sink -------------------------------------------------------------------
+
+class Sink:
+    """Postfix smtp-sink on 127.0.0.1:<free port>, appending every transaction to a dump."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.dump = folder / "dump"
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.count = 0
+        self._handle: IO[bytes] | None = None
+        self._carry = b"\n"
+        self._lock = threading.Lock()
+
+    def start(self) -> Sink:
+        if not os.access(SMTP_SINK, os.X_OK):
+            raise HarnessError(f"{SMTP_SINK} not found: apt-get install postfix "
+                               "(only smtp-sink is used; the postfix daemon is never started)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        cmd_user: list[str] = []
+        if os.geteuid() == 0:
+            # smtp-sink will not run as root without -u; that user must write the dump.
+            os.chmod(self.folder.parent, 0o755)
+            os.chmod(self.folder, 0o1777)
+            cmd_user = ["-u", "nobody"]
+        for _ in range(5):  # a free port can be taken between our probe and its bind
+            self.port = free_port()
+            cmd = [SMTP_SINK, *cmd_user, "-S", RECORD_MARK.decode() + "\\n",
+                   "-D", str(self.dump), f"{LOOPBACK}:{self.port}", "1024"]
+            with open(self.folder / "sink.stderr", "ab") as errors:
+                self.proc = start_process(cmd, stdout=subprocess.DEVNULL, stderr=errors)
+            if wait_port(self.port, 15, alive=self.proc):
+                return self
+            stop_process(self.proc, grace=5)
+        raise HarnessError("smtp-sink did not come up: "
+                           + (self.folder / "sink.stderr").read_text(errors="replace")[-500:])
+
+    def poll(self) -> int:
+        """Recipient deliveries in the dump so far (reads only what was appended)."""
+        with self._lock:
+            if self._handle is None:
+                try:
+                    self._handle = open(self.dump, "rb")  # noqa: SIM115 (kept open)
+                except FileNotFoundError:
+                    return self.count
+            new = self._handle.read()
+            if new:
+                data = self._carry + new
+                cut = data.rfind(b"\n")
+                self.count += data[:cut + 1].count(RCPT_LINE)
+                self._carry = data[cut:]
+            return self.count
+
+    def stop(self) -> None:
+        stop_process(self.proc, grace=10)
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+
+    def analyse(self, expected: set[tuple[str, str]]) -> dict[str, int]:
+        """Every recipient delivery in the dump, keyed by (Message-ID, recipient)."""
+        try:
+            raw = self.dump.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        seen: collections.Counter[tuple[str, str]] = collections.Counter()
+        transactions = 0
+        for record in raw.split(RECORD_MARK + b"\n"):
+            if not record.strip():
+                continue
+            transactions += 1
+            head = record.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+            message_id = ""
+            recipients = []
+            for line in head.split(b"\n"):
+                if line.startswith(b"X-Rcpt-Args: "):
+                    recipients.append(line[13:].split(b" ")[0].strip(b"<>\r").lower()
+                                      .decode("ascii", "replace"))
+                elif line[:11].lower() == b"message-id:" and not message_id:
+                    message_id = line[11:].strip().decode("ascii", "replace")
+            for recipient in recipients:
+                seen[(message_id, recipient)] += 1
+        delivered = sum(seen.values())
+        return {
+            "transactions": transactions,
+            "deliveries": delivered,
+            "unique": len(seen),
+            "duplicates": delivered - len(seen),
+            "missing": len(expected - seen.keys()),
+            "unexpected": len(seen.keys() - expected),
+            "dump_bytes": len(raw),
+        }
+
+
+class Watcher(threading.Thread):
+    """Polls the sink every 5 ms: when the first delivery came, when the last expected did."""
+
+    def __init__(self, sink: Sink, expected: int, limit: float) -> None:
+        super().__init__(daemon=True, name="watcher")
+        self.sink = sink
+        self.expected = expected
+        self.limit = limit
+        self.first: float | None = None
+        self.complete_at: float | None = None
+        self.last_change: float | None = None
+        self.complete = threading.Event()
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        seen = 0
+        while not self.halt.is_set() and time.monotonic() < deadline:
+            count = self.sink.poll()
+            now = time.monotonic()
+            if count > seen:
+                seen = count
+                self.last_change = now
+                if self.first is None:
+                    self.first = now
+                if count >= self.expected and self.complete_at is None:
+                    self.complete_at = now
+                    self.complete.set()
+            self.halt.wait(0.005)
+
+
+# -- the daemon --------------------------------------------------------------------------
+
+def alliance_command() -> list[str]:
+    """`alliance`, the console script of this interpreter if there is one."""
+    script = Path(sys.executable).parent / "alliance"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("alliance")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from mailer.cli import main; sys.exit(main())"]
+
+
+def child_env() -> dict[str, str]:
+    """This checkout's packages ahead of any installed copy."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def write_config(folder: Path, sink_port: int, connections: int | None) -> Path:
+    outbound = f'url = "smtp://{LOOPBACK}:{sink_port}"\n'
+    if connections:
+        outbound += f"connections = {connections}\n"
+    path = folder / "config.toml"
+    path.write_text(
+        "# Written by benchmarks/run.py for one trial.\n"
+        f'[site]\ndomain = "{DOMAIN}"\nname = "Benchmark"\n\n'
+        f'[database]\nurl = "sqlite:///{folder / "alliance.sqlite3"}"\n\n'
+        f'[smtp]\nlisten = "{LOOPBACK}:0"\n\n'
+        '[lmtp]\nlisten = ""\n\n'
+        f"[outbound]\n{outbound}\n"
+        f'[http]\nlisten = "{LOOPBACK}:0"\nbase_url = "http://{LOOPBACK}"\n',
+        encoding="utf-8")
+    return path
+
+
+def make_list(config: Path, members: int) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, str(HERE / "make_list.py"), "--config", str(config),
+                           "--list", LIST, "--members", str(members)],
+                          env=child_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
+        log("make_list.py's last words:\n" + "\n".join(tail))
+        raise HarnessError(f"make_list.py failed: {tail[-1] if tail else 'no output'}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class Daemon:
+    """`alliance --config FILE serve`, its SMTP port read from the line it prints."""
+
+    def __init__(self, folder: Path, config: Path) -> None:
+        self.folder = folder
+        self.config = config
+        self.stdout = folder / "daemon.stdout"
+        self.stderr = folder / "daemon.stderr"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 60.0) -> None:
+        cmd = [*alliance_command(), "--config", str(self.config), "serve"]
+        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+            self.proc = start_process(cmd, stdout=out, stderr=err, cwd=self.folder,
+                                      env=child_env())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"SMTP on port (\d+)", self.stdout.read_text(errors="replace"))
+            if found:
+                self.port = int(found.group(1))
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        tail = self.stderr.read_text(errors="replace").strip().splitlines()[-15:]
+        log("the daemon's last words:\n" + "\n".join(tail))
+        raise HarnessError(f"the daemon did not start (exit {self.proc.poll()}): "
+                           + (tail[-1] if tail else "no output"))
+
+    def stop(self) -> int | None:
+        return stop_process(self.proc, grace=45)
+
+    def error_lines(self) -> list[str]:
+        try:
+            text = self.stderr.read_text(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines()
+                if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")]
+
+
+def database_counts(path: Path) -> dict[str, dict[str, int]]:
+    """Rows by state, read with the stdlib after the daemon stopped."""
+    found: dict[str, dict[str, int]] = {}
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            for table in ("deliveries", "work"):
+                found[table] = dict(db.execute(
+                    f"SELECT state, count(*) FROM {table} GROUP BY state").fetchall())
+            found["messages"] = {"stored": db.execute(
+                "SELECT count(*) FROM messages").fetchone()[0]}
+    except sqlite3.Error as error:
+        found["error"] = {str(error): 1}
+    return found
+
+
+# -- the poster --------------------------------------------------------------------------
+
+class HarnessError(Exception):
+    """The benchmark could not be run (not a finding about the daemon)."""
+
+
+class SmtpError(Exception):
+    def __init__(self, text: str, code: int = 0) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+@dataclass
+class Posted:
+    index: int
+    message_id: str
+    code: int
+    sent_at: float      # end of DATA written
+    replied_at: float   # its reply read
+
+    @property
+    def latency(self) -> float:
+        return self.replied_at - self.sent_at
+
+
+@dataclass
+class PostRun:
+    posted: list[Posted] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    closed_421: int = 0   # sessions the server ended with 421; the post was sent again
+    started: float = 0.0
+    finished: float = 0.0
+
+
+def make_post(index: int, run_id: str, scenario: str) -> tuple[str, bytes]:
+    """A plain-text post of MESSAGE_SIZE bytes with a unique Message-ID."""
+    message_id = f"<bench.{run_id}.{scenario}.{index}@members.test>"
+    head = (f"From: <{POSTER}>\r\nTo: <{LIST_ADDRESS}>\r\n"
+            f"Subject: benchmark {scenario} post {index}\r\n"
+            f"Date: {email.utils.formatdate(localtime=False)}\r\n"
+            f"Message-ID: {message_id}\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n")
+    line = (f"{index} ".ljust(70, "x") + "\r\n").encode()
+    room = max(MESSAGE_SIZE - len(head), len(line))
+    body = (line * (room // len(line) + 1))[:room]
+    body = body[:-2] + b"\r\n" if not body.endswith(b"\r\n") else body
+    return message_id, head.encode() + body
+
+
+async def _reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    lines = []
+    for _ in range(100):  # bounded: no reply has more lines than that
+        line = await asyncio.wait_for(reader.readline(), SMTP_STEP_TIMEOUT)
+        if not line:
+            raise SmtpError("connection closed by the server")
+        lines.append(line)
+        if len(line) < 4 or line[3:4] != b"-":
+            break
+    try:
+        return int(lines[-1][:3]), b"".join(lines)
+    except ValueError:
+        raise SmtpError(f"not an SMTP reply: {lines[-1][:80]!r}") from None
+
+
+async def _step(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                command: bytes, expect: int) -> None:
+    writer.write(command + b"\r\n")
+    await writer.drain()
+    code, text = await _reply(reader)
+    if code != expect:
+        raise SmtpError(f"{command.split()[0].decode()}: "
+                        f"{text.strip().decode(errors='replace')}", code)
+
+
+async def _session(port: int, queue: collections.deque[tuple[int, str, bytes]],
+                   run: PostRun, deadline: float) -> bool:
+    """One SMTP session: posts from the queue until it is empty or time is up.
+
+    Returns True when the server closed the session with 421 and the client should
+    connect again: the post in hand goes back to the queue, as an MTA would send it again.
+    """
+    writer = None
+    current: tuple[int, str, bytes] | None = None
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port),
+                                                SMTP_STEP_TIMEOUT)
+        code, text = await _reply(reader)
+        if code != 220:
+            raise SmtpError(f"greeting: {text!r}", code)
+        await _step(reader, writer, b"EHLO bench-client.members.test", 250)
+        while queue and time.monotonic() < deadline:
+            current = queue.popleft()
+            index, message_id, data = current
+            try:
+                await _step(reader, writer, f"MAIL FROM:<{POSTER}>".encode(), 250)
+                await _step(reader, writer, f"RCPT TO:<{LIST_ADDRESS}>".encode(), 250)
+                await _step(reader, writer, b"DATA", 354)
+            except SmtpError as error:
+                if error.code == 421:
+                    raise
+                run.errors.append(f"post {index}: {error}")
+                current = None
+                await _step(reader, writer, b"RSET", 250)
+                continue
+            writer.write(data + b".\r\n")
+            await writer.drain()
+            sent_at = time.monotonic()
+            code, text = await _reply(reader)
+            if code == 421:
+                raise SmtpError(f"end of DATA: {text.strip().decode(errors='replace')}", 421)
+            run.posted.append(Posted(index, message_id, code, sent_at, time.monotonic()))
+            current = None
+            if code != 250:
+                run.errors.append(f"post {index}: {text.strip().decode(errors='replace')}")
+        with contextlib.suppress(SmtpError, OSError, TimeoutError):
+            await _step(reader, writer, b"QUIT", 221)
+        return False
+    except SmtpError as error:
+        if error.code == 421 and current is not None:
+            queue.appendleft(current)
+            run.closed_421 += 1
+            return True
+        run.errors.append(f"session: {error}")
+        return False
+    except (OSError, TimeoutError) as error:
+        run.errors.append(f"session: {type(error).__name__}: {error}")
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 5)
+
+
+async def _client(port: int, queue: collections.deque[tuple[int, str, bytes]],
+                  run: PostRun, deadline: float) -> None:
+    for _ in range(1000):  # bounded number of sessions per client
+        if not (queue and time.monotonic() < deadline):
+            return
+        if not await _session(port, queue, run, deadline):
+            return
+
+
+async def _post_all(port: int, posts: list[tuple[int, str, bytes]], clients: int,
+                    limit: float) -> PostRun:
+    run = PostRun()
+    queue = collections.deque(posts)
+    run.started = time.monotonic()
+    deadline = run.started + limit
+    await asyncio.gather(*(_client(port, queue, run, deadline)
+                           for _ in range(max(1, min(clients, len(posts))))))
+    run.finished = time.monotonic()
+    if queue:
+        run.errors.append(f"{len(queue)} post(s) not sent: time limit reached")
+    return run
+
+
+# -- profiling (optional) ----------------------------------------------------------------
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen | None:
+    spy = shutil.which("py-spy")
+    if spy is None:
+        log("--profile: py-spy not found (pip install py-spy); not profiling")
+        return None
+    with open(out.with_suffix(".log"), "wb") as err:
+        # --gil: only the thread holding the GIL, i.e. where the daemon's CPU goes.
+        proc = start_process([spy, "record", "--pid", str(pid), "--format", "raw", "--gil",
+                              "--rate", "200", "--output", str(out)],
+                             stdout=err, stderr=subprocess.STDOUT)
+    time.sleep(0.5)  # let it attach before the work starts
+    return proc
+
+
+OUR_CODE = re.compile(r"\((mailer|lists|meetings)/")
+
+
+def summarise_profile(path: Path, top: int = 15) -> dict[str, list[tuple[str, float]]]:
+    """Top functions by own samples, and our functions (mailer/, lists/) by inclusive ones.
+
+    Reads py-spy's raw (collapsed stack) format, recorded with --gil: the shares are of the
+    time some thread of the daemon held the GIL.
+    """
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            if OUR_CODE.search(frame):
+                inclusive[frame] += count
+    if not total:
+        return {}
+    share = lambda counter: [(name, round(100 * n / total, 1))  # noqa: E731
+                             for name, n in counter.most_common(top)]
+    return {"samples": [("total", total)], "self": share(own), "inclusive": share(inclusive)}
+
+
+# -- one trial ---------------------------------------------------------------------------
+
+def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix=f"alliance-bench-{sc.key}-"))
+    result: dict[str, Any] = {"scenario": sc.key, "title": sc.title,
+                              "members": sc.members, "posts": sc.posts,
+                              "clients": sc.clients, "expected": sc.expected}
+    problems: list[str] = []
+    sink = Sink(folder / "sink")
+    daemon = Daemon(folder, folder / "config.toml")
+    profiler = None
+    try:
+        sink.start()
+        write_config(folder, sink.port, args.connections)
+        made = make_list(daemon.config, sc.members)
+        result["list_setup_s"] = made["seconds"]
+        result["mailer_package"] = made["mailer"]
+        daemon.start()
+        time.sleep(0.5)  # start-up work (migrations, first queue scans) out of the way
+        rss_ready = proc_status(daemon.pid).get("VmRSS", 0)
+        sampler = RssSampler(daemon.pid, sc.timeout + 120)
+        sampler.start()
+        if args.profile and (not args.profile_scenarios or sc.key in args.profile_scenarios):
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+            profiler = start_profiler(daemon.pid, Path(args.profile) / f"{sc.key}.folded")
+        cpu_before = proc_cpu_seconds(daemon.pid) or 0.0
+        watcher = Watcher(sink, sc.expected, sc.timeout + args.settle + 5)
+        watcher.start()
+        posts = [(i, *make_post(i, run_id, sc.key)) for i in range(sc.posts)]
+        log(f"{sc.key}: {sc.title}: daemon pid {daemon.pid} on port {daemon.port}, "
+            f"sink pid {sink.proc.pid} on port {sink.port}")  # type: ignore[union-attr]
+        posting = asyncio.run(_post_all(daemon.port, posts, sc.clients, sc.timeout))
+        accepted = [p for p in posting.posted if p.code == 250]
+        if posting.errors:
+            problems.append(f"{len(posting.errors)} posting error(s), first: "
+                            f"{posting.errors[0]}")
+        if len(accepted) != sc.posts:
+            problems.append(f"{len(accepted)} of {sc.posts} posts accepted")
+            watcher.expected = sc.members * len(accepted)
+        t0 = min((p.replied_at for p in accepted), default=posting.started)
+        remaining = sc.timeout - (time.monotonic() - posting.started)
+        if accepted and not watcher.complete.wait(max(remaining, 0.0)):
+            problems.append(f"timed out after {sc.timeout:.0f} s with "
+                            f"{sink.poll()} of {watcher.expected} deliveries")
+        cpu_busy = (proc_cpu_seconds(daemon.pid) or 0.0) - cpu_before
+        time.sleep(args.settle)  # anything arriving now is a duplicate
+        watcher.halt.set()
+        watcher.join(5)
+        if profiler is not None:
+            stop_process(profiler, grace=30, sig=signal.SIGINT)
+            profile = Path(args.profile) / f"{sc.key}.folded"
+            result["profile"] = str(profile)
+            result["profile_top"] = summarise_profile(profile)
+        status = proc_status(daemon.pid)
+        sampler.halt.set()
+        sampler.join(5)
+        exit_code = daemon.stop()
+        sink.stop()
+        if exit_code != 0:
+            problems.append(f"daemon exited with {exit_code} on SIGTERM")
+        errors = daemon.error_lines()
+        if errors:
+            problems.append(f"{len(errors)} ERROR line(s) in the daemon log, first: "
+                            f"{errors[0][:200]}")
+        members = [MEMBER_FORMAT % n for n in range(1, sc.members + 1)]
+        expected_pairs = {(p.message_id, m) for p in accepted for m in members}
+        counts = sink.analyse(expected_pairs)
+        if counts["duplicates"]:
+            problems.append(f"{counts['duplicates']} duplicate deliveries")
+        if counts["missing"]:
+            problems.append(f"{counts['missing']} expected deliveries missing")
+        if counts["unexpected"]:
+            problems.append(f"{counts['unexpected']} unexpected deliveries")
+        database = database_counts(folder / "alliance.sqlite3")
+        if database.get("deliveries", {}) != {"done": len(expected_pairs)}:
+            problems.append(f"database deliveries by state: {database.get('deliveries')}")
+        done_at = watcher.complete_at
+        latencies = sorted(p.latency for p in accepted)
+        result.update({
+            "accepted": len(accepted),
+            "posting_s": round(posting.finished - posting.started, 4),
+            "sessions_closed_421": posting.closed_421,
+            "deliveries": counts["deliveries"],
+            "duplicates": counts["duplicates"],
+            "missing": counts["missing"],
+            "unexpected": counts["unexpected"],
+            "transactions": counts["transactions"],
+            "time_to_last_s": round(done_at - t0, 4) if done_at else None,
+            "deliveries_per_s": (round(len(expected_pairs) / (done_at - t0), 1)
+                                 if done_at and done_at > t0 else None),
+            "first_delivery_s": round(watcher.first - t0, 4) if watcher.first else None,
+            "delivery_phase_per_s": (
+                round((len(expected_pairs) - 1) / (done_at - watcher.first), 1)
+                if done_at and watcher.first and done_at > watcher.first else None),
+            "daemon_cpu_s": round(cpu_busy, 2),
+            "rss_ready_mib": round(rss_ready / 1024, 1),
+            "rss_peak_mib": round(max(status.get("VmHWM", 0), sampler.peak_kib) / 1024, 1),
+            "database": database,
+        })
+        if sc.intake and accepted:
+            last_reply = max(p.replied_at for p in accepted)
+            result.update({
+                "accepted_per_s": round(len(accepted) / (last_reply - posting.started), 1),
+                "latency_p50_ms": round(1000 * statistics.median(latencies), 2),
+                "latency_p99_ms": round(1000 * percentile(latencies, 0.99), 2),
+                "latency_max_ms": round(1000 * latencies[-1], 2),
+                "drain_s": round(done_at - last_reply, 4) if done_at else None,
+            })
+    except HarnessError as error:
+        problems.append(f"harness: {error}")
+        result["harness_error"] = True
+    finally:
+        stop_process(profiler, grace=10, sig=signal.SIGINT)
+        daemon.stop()
+        sink.stop()
+        if args.keep:
+            result["folder"] = str(folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    result["ok"] = not problems
+    result["problems"] = problems
+    return result
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+# -- Mailman beside us (optional) --------------------------------------------------------
+
+def run_mailman(args: argparse.Namespace, scenarios: list[str]) -> list[dict[str, Any]]:
+    """GNU Mailman 3 on A, B, C through shared/bench's own driver, if its venv exists."""
+    venv = Path(args.mailman_venv)
+    wanted = [s for s in scenarios if s in ("A", "B", "C")]
+    if not (venv / "bin" / "mailman").exists():
+        log(f"--with-mailman: no Mailman at {venv} (see {MAILMAN_BENCH.parent}/"
+            "install_deps.sh); skipped")
+        return []
+    if not MAILMAN_BENCH.exists() or not wanted:
+        log("--with-mailman: nothing to run (driver missing or no A/B/C scenario)")
+        return []
+    out = Path(tempfile.mkdtemp(prefix="alliance-bench-mailman-")) / "mailman.json"
+    cmd = [sys.executable, str(MAILMAN_BENCH), "--venv", str(venv),
+           "--work", args.mailman_work, "--scenarios", ",".join(wanted),
+           "--variants", args.mailman_variants, "--runs", "1",
+           "--lmtp-port", str(free_port()), "--sink-port", str(free_port()),
+           "--rest-port", str(free_port()), "--json-out", str(out)]
+    log("--with-mailman: " + " ".join(cmd))
+    proc = start_process(cmd, stdout=sys.stderr)  # its progress and table; ours is stdout
+    try:
+        proc.wait(3600 * 2)
+    except subprocess.TimeoutExpired:
+        log("--with-mailman: over two hours; stopping it")
+    finally:
+        stop_process(proc, grace=120)
+    try:
+        trials = json.loads(out.read_text())["trials"]
+    except (OSError, ValueError, KeyError):
+        log("--with-mailman: the driver left no results")
+        return []
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+    return [{"system": t.get("system"), "scenario": t.get("scenario"),
+             "variant": t.get("variant"), "deliveries": t.get("expected"),
+             "time_to_last_s": t.get("time_to_complete_s"),
+             "deliveries_per_s": t.get("deliveries_per_s"),
+             "first_delivery_s": t.get("first_delivery_s"),
+             "duplicates": (t.get("sink") or {}).get("duplicate_deliveries"),
+             "complete": t.get("complete")} for t in trials]
+
+
+# -- output ------------------------------------------------------------------------------
+
+def fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if value < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(results: list[dict[str, Any]], mailman: list[dict[str, Any]]) -> str:
+    lines = []
+    fanout = [r for r in results if not r.get("clients", 1) > 1]
+    intake = [r for r in results if r.get("clients", 1) > 1]
+    if fanout:
+        lines += ["| scenario | members x posts | deliveries | 250 -> last delivery s | "
+                  "deliveries/s | 250 -> first delivery s | delivery phase /s | dupes | "
+                  "missing | 421 reconnects | daemon CPU s | RSS ready MiB | RSS peak MiB | ok |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in fanout:
+            lines.append("| " + " | ".join([
+                f"{r['scenario']}: {r['title']}", f"{fmt(r['members'])} x {fmt(r['posts'])}",
+                fmt(r.get("deliveries")), fmt(r.get("time_to_last_s")),
+                fmt(r.get("deliveries_per_s")), fmt(r.get("first_delivery_s")),
+                fmt(r.get("delivery_phase_per_s")), fmt(r.get("duplicates")),
+                fmt(r.get("missing")), fmt(r.get("sessions_closed_421")),
+                fmt(r.get("daemon_cpu_s")),
+                fmt(r.get("rss_ready_mib")), fmt(r.get("rss_peak_mib")),
+                "yes" if r["ok"] else "**NO**"]) + " |")
+    if intake:
+        lines += ["", "| scenario | clients | posts accepted | accepted/s | "
+                  "end-of-DATA -> 250 p50 ms | p99 ms | max ms | deliveries | dupes | "
+                  "last 250 -> last delivery s | 421 reconnects | daemon CPU s | RSS peak MiB | "
+                  "ok |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in intake:
+            lines.append("| " + " | ".join([
+                f"{r['scenario']}: {r['title']}", fmt(r["clients"]),
+                f"{fmt(r.get('accepted'))} / {fmt(r['posts'])}",
+                fmt(r.get("accepted_per_s")), fmt(r.get("latency_p50_ms")),
+                fmt(r.get("latency_p99_ms")), fmt(r.get("latency_max_ms")),
+                fmt(r.get("deliveries")), fmt(r.get("duplicates")), fmt(r.get("drain_s")),
+                fmt(r.get("sessions_closed_421")), fmt(r.get("daemon_cpu_s")),
+                fmt(r.get("rss_peak_mib")),
+                "yes" if r["ok"] else "**NO**"]) + " |")
+    if mailman:
+        lines += ["", "| system | scenario | variant | deliveries | "
+                  "time to complete s (from before the post) | deliveries/s | "
+                  "first delivery s (from before the post) | dupes | complete |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in mailman:
+            lines.append("| " + " | ".join(fmt(r.get(k)) for k in (
+                "system", "scenario", "variant", "deliveries", "time_to_last_s",
+                "deliveries_per_s", "first_delivery_s", "duplicates", "complete")) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    loop = subprocess.run([sys.executable, "-c", "import uvloop; print(uvloop.__version__)"],
+                          capture_output=True, text=True, timeout=60)
+    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "kernel": platform.release(),
+            "event_loop": f"uvloop {loop.stdout.strip()}" if loop.returncode == 0
+            else "asyncio", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Alliance Mail benchmark against Postfix's smtp-sink "
+                    "(see benchmarks/README.md).")
+    parser.add_argument("--short", action="store_true",
+                        help="small sizes; checks counts only (for CI)")
+    parser.add_argument("--scenarios", default="A,B,C,D", help="default A,B,C,D")
+    parser.add_argument("--json-out", help="write every figure as JSON to this file")
+    parser.add_argument("--connections", type=int, default=None,
+                        help="outbound.connections for the daemon (default: its own)")
+    parser.add_argument("--settle", type=float, default=None,
+                        help="seconds to wait after the last delivery for duplicates "
+                             "(default 2, short 1)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep each trial's folder (config, database, logs, dump)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="record the daemon with py-spy into DIR/<scenario>.folded "
+                             "and print its top functions")
+    parser.add_argument("--profile-scenarios", default="",
+                        help="with --profile: only these scenarios (default all)")
+    parser.add_argument("--with-mailman", action="store_true",
+                        help="also run shared/bench's GNU Mailman 3 driver on A, B, C "
+                             "(full sizes; only if its venv exists)")
+    parser.add_argument("--mailman-venv", default=os.environ.get("MM_VENV", "/tmp/mmvenv"))
+    parser.add_argument("--mailman-variants", default="bulk,verp",
+                        help="Mailman variants (bulk, personal, verp; default bulk,verp)")
+    parser.add_argument("--mailman-work", default="/tmp/mmbench")
+    args = parser.parse_args(argv)
+    if args.settle is None:
+        args.settle = 1.0 if args.short else 2.0
+    catalogue = SHORT if args.short else FULL
+    keys = [k.strip().upper() for k in args.scenarios.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in catalogue]
+    if unknown or not keys:
+        parser.error(f"unknown scenario(s) {unknown}; choose from {','.join(catalogue)}")
+    args.profile_scenarios = {k.strip().upper() for k in args.profile_scenarios.split(",")
+                              if k.strip()}
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that finally: runs
+    run_id = f"{int(time.time())}.{os.getpid()}"
+    results: list[dict[str, Any]] = []
+    mailman: list[dict[str, Any]] = []
+    try:
+        for key in keys:
+            result = run_scenario(catalogue[key], args, run_id)
+            results.append(result)
+            log(f"{key}: {'ok' if result['ok'] else 'FAILED: ' + '; '.join(result['problems'])}")
+        if args.with_mailman and args.short:
+            log("--with-mailman: Mailman's driver has full sizes only; skipped in --short")
+        elif args.with_mailman:
+            mailman = run_mailman(args, keys)
+    except (KeyboardInterrupt, SystemExit):
+        print("benchmark FAILED: interrupted; every process it started is stopped",
+              flush=True)
+        raise
+    finally:
+        stop_everything()
+    print(table(results, mailman))
+    for result in results:
+        if result.get("profile_top"):
+            top = result["profile_top"]
+            print(f"\nprofile {result['scenario']} ({result['profile']}, "
+                  f"{top['samples'][0][1]} samples holding the GIL): top functions by "
+                  "own time / our functions by inclusive time")
+            for (own, own_share), (inc, inc_share) in zip(top["self"], top["inclusive"],
+                                                              strict=False):
+                print(f"  {own_share:5.1f}%  {own[:70]:70}  {inc_share:5.1f}%  {inc[:70]}")
+    if args.json_out:
+        document = {"machine": machine(), "mode": "short" if args.short else "full",
+                    "scenarios": {k: asdict(catalogue[k]) for k in keys},
+                    "results": results, "mailman": mailman}
+        Path(args.json_out).write_text(json.dumps(document, indent=2, default=str))
+    failed = [r for r in results if not r["ok"]]
+    for result in failed:
+        print(f"FAIL {result['scenario']}: {'; '.join(result['problems'])}")
+    if failed:
+        print(f"benchmark FAILED: {len(failed)} of {len(results)} scenario(s) "
+              f"({', '.join(str(r['scenario']) for r in failed)})")
+        return 1
+    print(f"benchmark OK: {len(results)} scenario(s), every post accepted, every delivery "
+          "made exactly once")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
