@@ -55,6 +55,11 @@ class MailingList(Base):
     digest_period: Mapped[str] = mapped_column(String(12), default="daily")
     digest_max_kb: Mapped[int] = mapped_column(Integer, default=30)
 
+    @property
+    def public_archive(self) -> bool:
+        """Only a list anyone may join (policy `confirm`) shows its archive on the web."""
+        return self.subscription_policy == "confirm"
+
 
 class Member(Base):
     """An address with a role on a list (member, owner, moderator or named poster)."""

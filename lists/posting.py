@@ -219,7 +219,8 @@ def list_headers(post: Post, data: bytes) -> bytes:
         one_click = f"{post.site.base_url}/unsubscribe/{UNSUBSCRIBE_MARKER.decode()}"
         fields[4] = ("List-Unsubscribe", f"<{one_click}>, {leave}")
         fields.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-        fields.append(("List-Archive", f"<{post.site.base_url}/lists/{post.name}/>"))
+        if post.mailing_list.public_archive:
+            fields.append(("List-Archive", f"<{post.site.base_url}/lists/{post.name}/>"))
     return rawmail.rewrite(data, LIST_FIELDS, fields)
 
 

@@ -1,4 +1,4 @@
-"""The list side's web pages: RFC 8058 one-click unsubscribe.
+"""The list side's web pages: RFC 8058 one-click unsubscribe, and the public archive.
 
 `GET /unsubscribe/TOKEN` shows what would happen and a button; it never unsubscribes
 (link scanners and previews fetch URLs). `POST` to the same URL unsubscribes: that is what
@@ -9,14 +9,18 @@ button sends. The token is the member's own (HMAC-signed id), so it unsubscribes
 from __future__ import annotations
 
 import re
+import time
+from email.utils import getaddresses
 from html import escape
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lists import subscriptions
-from lists.models import MailingList, Member
+from lists.models import Archived, MailingList, Member
 from lists.site import ListSite
 from mailer.db import Database
+from mailer.router import parse
 from mailer.web import Request, Response, Route, page
 
 
@@ -54,8 +58,61 @@ def routes(site: ListSite, db: Database) -> tuple[Route, ...]:
                         "have already left the list.")
         return page(200, "Unsubscribed", f"{done[0]} has left {done[1]}.")
 
+    async def index(request: Request, match: re.Match[str]) -> Response:
+        found = await db.read(lambda s: _archive_index(s, match["name"]))
+        if found is None:
+            return page(404, "No public archive", "This list has no public archive.")
+        return Response(200, found.encode())
+
+    async def post(request: Request, match: re.Match[str]) -> Response:
+        found = await db.read(lambda s: _archived_post(s, match["name"], int(match["id"])))
+        if found is None:
+            return page(404, "Not found", "There is no such post in a public archive.")
+        return Response(200, found.encode())
+
     pattern = re.compile(r"/unsubscribe/(?P<token>[0-9]{1,18}-[a-z2-7]{26})")
-    return (Route(("GET", "HEAD"), pattern, show), Route(("POST",), pattern, unsubscribe))
+    return (Route(("GET", "HEAD"), pattern, show), Route(("POST",), pattern, unsubscribe),
+            Route(("GET", "HEAD"), re.compile(r"/lists/(?P<name>[a-z0-9._-]{1,64})/"), index),
+            Route(("GET", "HEAD"), re.compile(r"/lists/(?P<name>[a-z0-9._-]{1,64})/"
+                                              r"(?P<id>[0-9]{1,12})"), post))
+
+
+def public(mailing_list: MailingList | None) -> bool:
+    return mailing_list is not None and mailing_list.public_archive
+
+
+def _archive_index(session: Session, name: str) -> str | None:
+    mailing_list = session.scalar(select(MailingList).where(MailingList.name == name))
+    if not public(mailing_list):
+        return None
+    assert mailing_list is not None
+    rows = session.execute(select(Archived.id, Archived.archived_at, Archived.subject)
+                           .where(Archived.list_id == mailing_list.id)
+                           .order_by(Archived.id.desc()).limit(500))
+    items = "".join(f"<li>{time.strftime('%Y-%m-%d', time.gmtime(at))} "
+                    f"<a href='{ident}'>{escape(subject or '(no subject)')}</a></li>"
+                    for ident, at, subject in rows)
+    title = escape(mailing_list.display_name)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+            f"<body><h1>{title}</h1><ul>{items}</ul></body></html>")
+
+
+def _archived_post(session: Session, name: str, ident: int) -> str | None:
+    mailing_list = session.scalar(select(MailingList).where(MailingList.name == name))
+    archived = session.get(Archived, ident)
+    if not public(mailing_list) or archived is None or mailing_list is None \
+            or archived.list_id != mailing_list.id:
+        return None
+    message = parse(archived.data)
+    body = message.get_body(preferencelist=("plain",))
+    text = body.get_content() if body is not None else "(no plain-text part)"
+    sender = ", ".join(name or "(no name)" for name, _ in
+                       getaddresses([str(v) for v in message.get_all("from", [])]))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>"
+            f"{escape(archived.subject)}</title></head><body><h1>"
+            f"{escape(archived.subject)}</h1><p>{escape(sender)}, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(archived.archived_at))}</p>"
+            f"<pre>{escape(str(text))}</pre></body></html>")
 
 
 def _describe(session: Session, site: ListSite, token: str) -> tuple[str, str] | None:

@@ -170,3 +170,27 @@ async def test_one_click_unsubscribe_gets_a_page_and_posts_unsubscribe(
     assert remaining == [people[0]]
     assert (goodbye.rcpt, goodbye.message["Subject"]) == (people[1], "You have left steering")
     assert (again, forged, missing) == (404, 404, 404)
+
+
+async def test_an_open_lists_archive_is_on_the_web_and_a_closed_ones_is_not(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    people = members(1)
+    make_list(config, "steering", people)
+    make_list(config, "board", people, subscription="closed")
+    async with running(config) as daemon:
+        port = daemon.ports["smtp"]
+        await send(port, people[0], [LIST], mail(people[0], LIST, subject="Open <agenda>"))
+        await send(port, people[0], [f"board@{DOMAIN}"],
+                   mail(people[0], f"board@{DOMAIN}", subject="Private"))
+        copies = {str(d.message["Subject"]): d.message for d in await wait_quiet(sink, 2)}
+        status, index = await http(daemon.ports["http"], "GET", "/lists/steering/")
+        link = index.split("href='", 1)[1].split("'", 1)[0]
+        post_status, post = await http(daemon.ports["http"], "GET", f"/lists/steering/{link}")
+        closed, _ = await http(daemon.ports["http"], "GET", "/lists/board/")
+    assert copies["[steering] Open <agenda>"]["List-Archive"] == \
+        "<https://lists.example.org/lists/steering/>"
+    assert copies["[board] Private"]["List-Archive"] is None
+    assert status == 200 and "Open &lt;agenda&gt;" in index
+    assert post_status == 200 and "Hello, list." in post and people[0] not in post
+    assert closed == 404
