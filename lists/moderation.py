@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from lists import robot, service, subscriptions
 from lists.automail import automatic
 from lists.models import Held, MailingList
-from lists.posting import Post, PostFacts, distribute, senders_of
+from lists.posting import Decision, Post, PostFacts, distribute, senders_of
 from lists.site import ListSite
 from lists.subscriptions import Outcome
 from mailer.models import Message
@@ -34,20 +34,23 @@ def _subject(post: Post) -> str:
     return " ".join(str(post.message.get("subject", "")).split())[:500]
 
 
-def hold(session: Session, site: ListSite, post: Post, reason: str) -> Held:
+def hold(session: Session, site: ListSite, post: Post, decision: Decision) -> Held:
     """Keep the post for a moderator; tell the moderators and the poster."""
+    reason = decision.reason
     now = site.clock()
     mailing_list = post.mailing_list
     held = Held(list_id=mailing_list.id, message_id=post.message_id,
                 sender=post.senders[0] if post.senders else post.mail_from,
                 subject=_subject(post), reason=reason, held_at=now,
                 expires_at=now + mailing_list.hold_days * DAY,
-                note=json.dumps({"dmarc_policy": post.facts.dmarc_policy}))
+                note=json.dumps({"dmarc_policy": post.facts.dmarc_policy,
+                                 "reason_code": decision.code}))
     session.add(held)
     session.flush()
     held.token = f"h{held.id}-{subscriptions.new_secret()}"
     reply_to = subscriptions.confirm_address(site, mailing_list, held.token)
     context = {"sender": held.sender, "post_subject": held.subject, "reason": reason,
+               "reason_code": decision.code,
                "token": held.token, "confirm_address": reply_to, "id": held.id,
                "days": mailing_list.hold_days}
     for moderator in service.moderators(session, mailing_list.id):
@@ -57,10 +60,11 @@ def hold(session: Session, site: ListSite, post: Post, reason: str) -> Held:
     return held
 
 
-def refuse(session: Session, site: ListSite, post: Post, reason: str) -> None:
+def refuse(session: Session, site: ListSite, post: Post, decision: Decision) -> None:
     """Reject a post outright (non-member action `reject`): the poster is told why."""
     _tell_poster(session, site, post, "post_rejected",
-                 {"post_subject": _subject(post), "reason": reason})
+                 {"post_subject": _subject(post), "reason": decision.reason,
+                  "reason_code": decision.code})
 
 
 def _tell_poster(session: Session, site: ListSite, post: Post, template: str,
@@ -90,7 +94,8 @@ def decide(session: Session, site: ListSite, mailing_list: MailingList, held: He
         distribute(session, post)
     elif action == "reject":
         _tell_poster(session, site, post, "post_rejected",
-                     {"post_subject": held.subject, "reason": reason or held.reason})
+                     {"post_subject": held.subject, "reason": reason or held.reason,
+                      "reason_code": "" if reason else str(_facts(held).get("reason_code", ""))})
     held.state = DECISIONS[action]
     held.decided_at, held.decided_by = site.clock(), actor
     if reason:

@@ -36,8 +36,11 @@ Action = Literal["accept", "hold", "reject", "discard"]
 
 @dataclass(frozen=True)
 class Decision:
+    """What a rule decided, why in English (for owners' tools), and a code templates translate."""
+
     action: Action
     reason: str
+    code: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,19 +121,20 @@ def policy_rule(session: Session, post: Post) -> Decision | None:
     if policy == "anyone":
         return Decision("accept", "anyone may post")
     if policy == "moderated":
-        return Decision("hold", "every post to this list is moderated")
+        return Decision("hold", "every post to this list is moderated", "moderated")
     if policy == "announce":
         if service.has_role(session, post.mailing_list.id, post.senders, ("poster",)):
             return Decision("accept", "posted by a named poster")
-        return _stranger(post, "only the owners and named posters may post to this list")
+        return _stranger(post, "only the owners and named posters may post to this list",
+                         "announce_only")
     if service.is_member(session, post.mailing_list.id, post.senders):
         return Decision("accept", "posted by a member")
-    return _stranger(post, "the sender is not a member of the list")
+    return _stranger(post, "the sender is not a member of the list", "not_member")
 
 
-def _stranger(post: Post, reason: str) -> Decision:
+def _stranger(post: Post, reason: str, code: str) -> Decision:
     action = post.mailing_list.nonmember_action
-    return Decision("hold" if action == "hold" else action, reason)  # type: ignore[arg-type]
+    return Decision("hold" if action == "hold" else action, reason, code)  # type: ignore
 
 
 RULES: tuple[Callable[[Session, Post], Decision | None], ...] = (
@@ -142,7 +146,7 @@ def decide(session: Session, post: Post) -> Decision:
         decision = rule(session, post)
         if decision is not None:
             return decision
-    return Decision("hold", "no rule accepted the post")
+    return Decision("hold", "no rule accepted the post", "no_rule")
 
 
 # -- pipeline: each step takes the list copy's bytes and returns new bytes ------------
@@ -293,9 +297,9 @@ class PostHandler:
         if decision.action == "accept":
             distribute(session, post)
         elif decision.action == "hold":
-            moderation.hold(session, self.site, post, decision.reason)
+            moderation.hold(session, self.site, post, decision)
         elif decision.action == "reject":
-            moderation.refuse(session, self.site, post, decision.reason)
+            moderation.refuse(session, self.site, post, decision)
         else:
             log.info("post %d to %s discarded: %s", inbound.message_id, mailing_list.name,
                      decision.reason)

@@ -183,3 +183,15 @@ def set_option(config: object, name: str, key: str, value: str) -> None:
     result = CliRunner().invoke(main, ["--config", str(config_file(config, Path(  # type: ignore
         config.base_dir))), "list", "set", name, key, value])  # type: ignore[attr-defined]
     assert result.exit_code == 0, result.output
+
+
+async def test_the_reason_a_post_waits_is_told_in_the_posters_language(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = setup(tmp_path, sqlite_url, sink)
+    set_option(config, "steering", "language", "fr")
+    async with running(config) as daemon:  # type: ignore[arg-type]
+        await send(daemon.ports["smtp"], STRANGER, [LIST], mail(STRANGER, LIST, "Bonjour"))
+        _, poster = await held_notice(sink, 2)
+    text = poster.message.get_content()  # type: ignore[attr-defined]
+    assert "l'expéditeur n'est pas abonné à la liste" in text
+    assert "not a member" not in text

@@ -54,18 +54,21 @@ SAMPLES: dict[str, dict[str, Any]] = {
         {"command": "dance", "code": "unknown", "detail": "dance"}]},
     "held_moderator": {"sender": "kofi@party.test", "post_subject": "Agenda for Nairobi",
                        "reason": "the sender is not a member of the list",
+                       "reason_code": "not_member",
                        "token": "h3-abcdefghijklmnopqrstuvwxyz",
                        "confirm_address":
                            "steering-confirm+h3-abcdefghijklmnopqrstuvwxyz@lists.example.org",
                        "id": 3, "days": 14},
     "held_poster": {"sender": "kofi@party.test", "post_subject": "Agenda for Nairobi",
                     "reason": "the sender is not a member of the list",
+                    "reason_code": "not_member",
                     "token": "h3-abcdefghijklmnopqrstuvwxyz",
                     "confirm_address":
                         "steering-confirm+h3-abcdefghijklmnopqrstuvwxyz@lists.example.org",
                     "id": 3, "days": 14},
     "post_rejected": {"post_subject": "Agenda for Nairobi",
-                      "reason": "the sender is not a member of the list"},
+                      "reason": "the sender is not a member of the list",
+                      "reason_code": "not_member"},
     "hold_expired": {"post_subject": "Agenda for Nairobi", "days": 14},
     "bounce_disabled": {"address": "ana@members.test", "token": "12-abcdefghijklmnopqrstuvwxyz",
                         "confirm_address":
