@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Alliance Mail benchmark: list fan-out and SMTP intake against Postfix's smtp-sink.
 
-    python3 benchmarks/run.py [--short] [--scenarios A,B,C,D] [--json-out FILE]
+    python3 benchmarks/run.py [--short] [--scenarios A,B,C,D,F] [--json-out FILE]
 
 For each scenario: a fresh temporary folder with a SQLite database and a config, Postfix's
 `smtp-sink` on a free loopback port as the smarthost (every transaction appended to a dump
-file, one `X-Rcpt-Args:` line per delivered recipient), the list `bench@bench.test` with N
+file, one `X-Rcpt-Args:` line per delivered recipient), a DNS server on a free loopback
+port that publishes `_dmarc.members.test TXT "v=DMARC1; p=reject"` (so every list copy
+has its From rewritten, and no outside DNS is asked), the list `bench@bench.test` with N
 members m000001@members.test ..., then `alliance --config FILE serve` as a subprocess,
 posts over SMTP, and a watcher that polls the dump every 5 ms.
 
@@ -14,10 +16,13 @@ posts over SMTP, and a watcher that polls the dump every 5 ms.
   C  100 posts to 100 members           (short: 5 posts to 20 members)
   D  intake: 50 concurrent SMTP clients post 5,000 2 KB messages to a list with one
      member (short: 200 messages)
+  F  digest: 10 posts archived, then one MIME digest to 10,000 digest members
+     (short: 2 posts, 200 members)
 
 A scenario passes when every expected (Message-ID, recipient) pair reached the sink exactly
-once, nothing else did, every post got 250, the database shows every delivery done and the
-daemon stopped cleanly with no ERROR in its log. The exit code is 0 if every scenario
+once, nothing else did, every post got 250, the database shows every delivery done, every
+list copy at the sink came From the list ("... via bench", DMARC), the digest carried
+every post, and the daemon stopped cleanly with no ERROR in its log. The exit code is 0 if every scenario
 passed, 1 otherwise (also when the harness itself could not run). Timings are reported, never
 asserted. Everything talks to 127.0.0.1 only; every loop is bounded in count and time; only
 the processes started here are stopped, by PID, also on errors and on SIGTERM.
@@ -40,12 +45,14 @@ import signal
 import socket
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -63,6 +70,14 @@ POSTER = MEMBER_FORMAT % 1          # a member: receives its own post, like shar
 MESSAGE_SIZE = 2048                 # bytes per post, headers included
 SMTP_STEP_TIMEOUT = 60.0            # seconds for any one SMTP reply to the poster
 MAILMAN_BENCH = Path(os.environ.get("MLBENCH_DIR", "/work/shared/bench")) / "mailman_bench.py"
+# The posters' domain publishes p=reject: every list copy goes out From the list
+# (lists/dmarc.py), the expensive path. Any other name is NXDOMAIN.
+DMARC_ZONE = {"_dmarc.members.test": ("v=DMARC1; p=reject",)}
+# The daemon's `digests` job runs at start-up and then every 60 s (lists/digests.py job()).
+# Scenario F posts this long before its second run, so the wait for it is short but the
+# posts are archived and the threshold set in time.
+DIGEST_JOB_EVERY = 60.0
+DIGEST_LEAD = 10.0
 
 
 @dataclass(frozen=True)
@@ -73,11 +88,12 @@ class Scenario:
     posts: int
     clients: int = 1          # concurrent SMTP sessions posting
     intake: bool = False      # D: the figures that matter are the poster's
+    digest: bool = False      # F: members take digests; one digest each is expected
     timeout: float = 300.0    # whole trial, seconds
 
     @property
     def expected(self) -> int:
-        return self.members * self.posts
+        return self.members if self.digest else self.members * self.posts
 
 
 FULL = {
@@ -86,6 +102,8 @@ FULL = {
     "C": Scenario("C", "100 posts -> 100 members", 100, 100, timeout=600),
     "D": Scenario("D", "intake: 50 clients, 5,000 x 2 KB -> list of 1", 1, 5000,
                   clients=50, intake=True, timeout=600),
+    "F": Scenario("F", "digest of 10 posts -> 10,000 members", 10000, 10, digest=True,
+                  timeout=900),
 }
 SHORT = {
     "A": Scenario("A", "1 post -> 50 members", 50, 1, timeout=60),
@@ -93,6 +111,8 @@ SHORT = {
     "C": Scenario("C", "5 posts -> 20 members", 20, 5, timeout=60),
     "D": Scenario("D", "intake: 50 clients, 200 x 2 KB -> list of 1", 1, 200,
                   clients=50, intake=True, timeout=60),
+    "F": Scenario("F", "digest of 2 posts -> 200 members", 200, 2, digest=True,
+                  timeout=150),
 }
 
 _started: list[subprocess.Popen] = []   # every process this run started, for the last resort
@@ -193,6 +213,103 @@ class RssSampler(threading.Thread):
         while not self.halt.is_set() and time.monotonic() < deadline:
             self.peak_kib = max(self.peak_kib, proc_status(self.pid).get("VmRSS", 0))
             self.halt.wait(0.05)
+
+
+# -- the DMARC records --------------------------------------------------------------------
+
+DNS_TXT, DNS_ANY, DNS_NXDOMAIN, DNS_FORMERR = 16, 255, 3, 1
+
+
+def dns_reply(query: bytes, zone: dict[str, tuple[str, ...]], ttl: int = 3600) -> bytes | None:
+    """The authoritative answer to one DNS query over UDP (RFC 1035 §4.1), or None.
+
+    TXT records (RFC 1035 §3.3.14) for the names in `zone`, NOERROR with no answer for
+    another type there, NXDOMAIN for every other name. Anything past the question (an
+    EDNS OPT record, RFC 6891) is ignored, and the reply carries none: a server without
+    EDNS. Returns None for what is not a query (it gets no reply at all).
+    """
+    if len(query) < 12:
+        return None
+    ident, flags, qdcount = struct.unpack("!HHH", query[:6])
+    if flags & 0x8000:                       # a response, not a query
+        return None
+    name, pos = dns_question(query)
+    end = pos + 5                            # the root label, QTYPE, QCLASS
+    if qdcount != 1 or end > len(query) or query[pos]:
+        return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7900) | DNS_FORMERR,
+                           0, 0, 0, 0)
+    qtype = struct.unpack("!H", query[pos + 1:pos + 3])[0]
+    records = zone.get(name)
+    answers = []
+    if records is not None and qtype in (DNS_TXT, DNS_ANY):
+        for text in records:
+            raw = text.encode()
+            rdata = b"".join(bytes([len(raw[i:i + 255])]) + raw[i:i + 255]
+                             for i in range(0, len(raw), 255))
+            # 0xC00C: a pointer to the name in the question (RFC 1035 §4.1.4).
+            answers.append(struct.pack("!HHHIH", 0xC00C, DNS_TXT, 1, ttl, len(rdata)) + rdata)
+    rcode = DNS_NXDOMAIN if records is None else 0
+    # QR, the query's opcode and RD, AA: this server is the authority for what it says.
+    header = struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7900) | 0x0400 | rcode,
+                         1, len(answers), 0, 0)
+    return header + query[12:end] + b"".join(answers)
+
+
+class DnsServer(threading.Thread):
+    """A UDP DNS server on 127.0.0.1:<free port> answering from `zone` (see dns_reply).
+
+    The daemon asks it for `_dmarc.<poster's domain>` (config `[dns] nameserver`), so a
+    benchmark never depends on outside DNS. Counts the questions, by name.
+    """
+
+    def __init__(self, zone: dict[str, tuple[str, ...]], limit: float) -> None:
+        super().__init__(daemon=True, name="dns")
+        self.zone = zone
+        self.limit = limit
+        self.asked: collections.Counter[str] = collections.Counter()
+        self.halt = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))        # port 0: no race for a free port
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        try:
+            while not self.halt.is_set() and time.monotonic() < deadline:
+                try:
+                    query, client = self.sock.recvfrom(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                reply = dns_reply(query, self.zone)
+                if reply is not None:
+                    self.asked[dns_question(query)[0]] += 1
+                    with contextlib.suppress(OSError):
+                        self.sock.sendto(reply, client)
+        finally:
+            self.sock.close()
+
+    def stop(self) -> None:
+        self.halt.set()
+        if self.is_alive():
+            self.join(5)
+        else:
+            self.sock.close()
+
+
+def dns_question(query: bytes) -> tuple[str, int]:
+    """The name a query asks about, lower-cased, and the offset where its labels end.
+
+    Reads the uncompressed labels after the 12-byte header (RFC 1035 §4.1.2); a
+    compression pointer or a cut-off name ends the reading there.
+    """
+    labels, pos = [], 12
+    while pos < len(query) and query[pos] and not query[pos] & 0xC0:
+        labels.append(query[pos + 1:pos + 1 + query[pos]])
+        pos += 1 + query[pos]
+    return b".".join(labels).decode("ascii", "replace").lower(), min(pos, len(query))
 
 
 # -- the counting sink -------------------------------------------------------------------
