@@ -22,10 +22,11 @@ posts over SMTP, and a watcher that polls the dump every 5 ms.
 A scenario passes when every expected (Message-ID, recipient) pair reached the sink exactly
 once, nothing else did, every post got 250, the database shows every delivery done, every
 list copy at the sink came From the list ("... via bench", DMARC), the digest carried
-every post, and the daemon stopped cleanly with no ERROR in its log. The exit code is 0 if every scenario
-passed, 1 otherwise (also when the harness itself could not run). Timings are reported, never
-asserted. Everything talks to 127.0.0.1 only; every loop is bounded in count and time; only
-the processes started here are stopped, by PID, also on errors and on SIGTERM.
+every post, and the daemon stopped cleanly with no ERROR in its log. The exit code is 0 if
+every scenario passed, 1 otherwise (also when the harness itself could not run). Timings
+are reported, never asserted. Everything talks to 127.0.0.1 only; every loop is bounded in
+count and time; only the processes started here are stopped, by PID, also on errors and on
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -72,12 +73,12 @@ SMTP_STEP_TIMEOUT = 60.0            # seconds for any one SMTP reply to the post
 MAILMAN_BENCH = Path(os.environ.get("MLBENCH_DIR", "/work/shared/bench")) / "mailman_bench.py"
 # The posters' domain publishes p=reject: every list copy goes out From the list
 # (lists/dmarc.py), the expensive path. Any other name is NXDOMAIN.
-DMARC_ZONE = {"_dmarc.members.test": ("v=DMARC1; p=reject",)}
+DMARC_ZONE: dict[str, tuple[str, ...]] = {"_dmarc.members.test": ("v=DMARC1; p=reject",)}
 # The daemon's `digests` job runs at start-up and then every 60 s (lists/digests.py job()).
-# Scenario F posts this long before its second run, so the wait for it is short but the
-# posts are archived and the threshold set in time.
+# Scenario F posts this long before its second run: the wait for it is short, and the
+# posts are archived and the threshold set (about a second) in time.
 DIGEST_JOB_EVERY = 60.0
-DIGEST_LEAD = 10.0
+DIGEST_LEAD = 5.0
 
 
 @dataclass(frozen=True)
@@ -373,20 +374,40 @@ class Sink:
                 self._handle.close()
                 self._handle = None
 
-    def analyse(self, expected: set[tuple[str, str]]) -> dict[str, int]:
-        """Every recipient delivery in the dump, keyed by (Message-ID, recipient)."""
+    def records(self, chunk: int = 1 << 22) -> Iterator[bytes]:
+        """The dump's transactions one by one, read a few MiB at a time (F's is ~250 MB)."""
         try:
-            raw = self.dump.read_bytes()
+            handle = open(self.dump, "rb")  # noqa: SIM115 (closed below)
         except FileNotFoundError:
-            raw = b""
+            return
+        with handle:
+            carry = b""
+            for _ in range(1 << 20):  # bounded: 4 TiB of dump
+                data = handle.read(chunk)
+                if not data:
+                    break
+                parts = (carry + data).split(RECORD_MARK + b"\n")
+                carry = parts.pop()
+                yield from (part for part in parts if part.strip())
+            if carry.strip():
+                yield carry
+
+    def analyse(self, expected: set[tuple[str, str]],
+                contents: tuple[bytes, ...] = ()) -> dict[str, int]:
+        """Every recipient delivery in the dump, keyed by (Message-ID, recipient).
+
+        Also counts, without timing anything, the transactions whose From is the list's
+        ("... via <list>", the DMARC rewrite) and those whose text holds every one of
+        `contents` (for a digest: the Message-IDs of the posts it should carry).
+        """
         seen: collections.Counter[tuple[str, str]] = collections.Counter()
-        transactions = 0
-        for record in raw.split(RECORD_MARK + b"\n"):
-            if not record.strip():
-                continue
+        transactions = from_list = holding = size = 0
+        for record in self.records():
             transactions += 1
+            size += len(record) + len(RECORD_MARK) + 1
             head = record.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
             message_id = ""
+            sender = b""
             recipients = []
             for line in head.split(b"\n"):
                 if line.startswith(b"X-Rcpt-Args: "):
@@ -394,6 +415,12 @@ class Sink:
                                       .decode("ascii", "replace"))
                 elif line[:11].lower() == b"message-id:" and not message_id:
                     message_id = line[11:].strip().decode("ascii", "replace")
+                elif line[:5].lower() == b"from:" and not sender:
+                    sender = line[5:].strip()
+            if b" via " in sender and f"<{LIST_ADDRESS}>".encode() in sender.lower():
+                from_list += 1
+            if contents and all(needle in record for needle in contents):
+                holding += 1
             for recipient in recipients:
                 seen[(message_id, recipient)] += 1
         delivered = sum(seen.values())
@@ -404,7 +431,9 @@ class Sink:
             "duplicates": delivered - len(seen),
             "missing": len(expected - seen.keys()),
             "unexpected": len(seen.keys() - expected),
-            "dump_bytes": len(raw),
+            "from_list": from_list,
+            "holding_contents": holding,
+            "dump_bytes": size,
         }
 
 
@@ -459,7 +488,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def write_config(folder: Path, sink_port: int, connections: int | None) -> Path:
+def write_config(folder: Path, sink_port: int, dns_port: int, connections: int | None) -> Path:
     outbound = f'url = "smtp://{LOOPBACK}:{sink_port}"\n'
     if connections:
         outbound += f"connections = {connections}\n"
@@ -471,14 +500,15 @@ def write_config(folder: Path, sink_port: int, connections: int | None) -> Path:
         f'[smtp]\nlisten = "{LOOPBACK}:0"\n\n'
         '[lmtp]\nlisten = ""\n\n'
         f"[outbound]\n{outbound}\n"
-        f'[http]\nlisten = "{LOOPBACK}:0"\nbase_url = "http://{LOOPBACK}"\n',
+        f'[http]\nlisten = "{LOOPBACK}:0"\nbase_url = "http://{LOOPBACK}"\n\n'
+        f'[dns]\nnameserver = "{LOOPBACK}:{dns_port}"\n',
         encoding="utf-8")
     return path
 
 
-def make_list(config: Path, members: int) -> dict[str, Any]:
+def make_list(config: Path, members: int, delivery: str = "regular") -> dict[str, Any]:
     done = subprocess.run([sys.executable, str(HERE / "make_list.py"), "--config", str(config),
-                           "--list", LIST, "--members", str(members)],
+                           "--list", LIST, "--members", str(members), "--delivery", delivery],
                           env=child_env(), stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=600)
     if done.returncode:
@@ -498,6 +528,7 @@ class Daemon:
         self.stderr = folder / "daemon.stderr"
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.ready_at = 0.0   # monotonic time we read its "SMTP on port" line
 
     @property
     def pid(self) -> int:
@@ -514,6 +545,7 @@ class Daemon:
             found = re.search(r"SMTP on port (\d+)", self.stdout.read_text(errors="replace"))
             if found:
                 self.port = int(found.group(1))
+                self.ready_at = time.monotonic()
                 return
             if self.proc.poll() is not None:
                 break
@@ -543,10 +575,54 @@ def database_counts(path: Path) -> dict[str, dict[str, int]]:
             for table in ("deliveries", "work"):
                 found[table] = dict(db.execute(
                     f"SELECT state, count(*) FROM {table} GROUP BY state").fetchall())
+            found["outgoing"] = dict(db.execute(
+                "SELECT kind, count(*) FROM outgoing GROUP BY kind").fetchall())
             found["messages"] = {"stored": db.execute(
                 "SELECT count(*) FROM messages").fetchone()[0]}
+            found["archive"] = {"posts": db.execute(
+                "SELECT count(*) FROM archive").fetchone()[0]}
     except sqlite3.Error as error:
         found["error"] = {str(error): 1}
+    return found
+
+
+def read_database(path: Path, sql: str, limit: float = 15.0) -> list[tuple[Any, ...]]:
+    """Rows of one query, read-only with the stdlib, also while the daemon writes (WAL)."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                                    timeout=5)) as db:
+                return db.execute(sql).fetchall()
+        except sqlite3.Error as error:
+            if time.monotonic() > deadline:
+                raise HarnessError(f"reading {path.name}: {error}") from None
+            time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A digest the daemon queued, as stored in `outgoing`."""
+
+    created_at: float        # wall clock: when the digests job stored it
+    message_id: str
+    size: int
+    posts: int               # how many of the posts' Message-IDs it carries
+    from_list: int           # enclosed posts whose From is the list's (DMARC)
+
+
+def digests_queued(path: Path, post_ids: list[str]) -> list[Digest]:
+    """Every digest in the database after the run, with what it carries."""
+    found = []
+    for created_at, data in read_database(
+            path, "SELECT created_at, data FROM outgoing WHERE kind = 'digest' ORDER BY id"):
+        head = data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        ids = re.findall(rb"(?im)^message-id:\s*(<[^>\r\n]*>)", head)
+        found.append(Digest(
+            created_at, ids[0].decode("ascii", "replace") if ids else "", len(data),
+            sum(1 for post_id in post_ids if post_id.encode() in data),
+            len(re.findall(rf"(?im)^from:[^\r\n]* via [^\r\n]*<{re.escape(LIST_ADDRESS)}>"
+                           .encode(), data))))
     return found
 
 
@@ -759,19 +835,62 @@ def summarise_profile(path: Path, top: int = 15) -> dict[str, list[tuple[str, fl
 
 # -- one trial ---------------------------------------------------------------------------
 
+def threshold_kib(sizes: list[int]) -> int:
+    """The `digest_max_kb` at which these posts, and not one fewer, fill a digest.
+
+    lists/digests.py `backlog` cuts a digest at the first post that brings the waiting
+    size to the threshold and sends it at once; so the threshold must lie above the size
+    of all but the last post and at or below the size of all of them.
+    """
+    kib = sum(sizes) // 1024
+    if kib < 1 or sum(sizes[:-1]) >= kib * 1024:
+        raise HarnessError(f"no digest_max_kb makes posts of {sizes} bytes one digest")
+    return kib
+
+
+def arm_digest(folder: Path, config: Path, posts: int, limit: float) -> dict[str, Any]:
+    """Wait until the posts are archived, then set the list's threshold to their size.
+
+    The threshold is set with the owners' CLI (`alliance list set`), as an owner would.
+    """
+    database = folder / "alliance.sqlite3"
+    deadline = time.monotonic() + limit
+    while True:
+        sizes = [size for (size,) in read_database(
+            database, "SELECT length(data) FROM archive ORDER BY id")]
+        if len(sizes) >= posts:
+            break
+        if time.monotonic() > deadline:
+            raise HarnessError(f"{len(sizes)} of {posts} posts archived after {limit:.0f} s")
+        time.sleep(0.02)
+    kib = threshold_kib(sizes)
+    done = subprocess.run([*alliance_command(), "--config", str(config), "list", "set", LIST,
+                           "digest_max_kb", str(kib)], env=child_env(), cwd=folder,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    if done.returncode:
+        raise HarnessError("alliance list set failed: "
+                           + (done.stderr or done.stdout).strip()[-300:])
+    return {"archived_bytes": sum(sizes), "digest_max_kb": kib}
+
+
 def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix=f"alliance-bench-{sc.key}-"))
     result: dict[str, Any] = {"scenario": sc.key, "title": sc.title,
                               "members": sc.members, "posts": sc.posts,
-                              "clients": sc.clients, "expected": sc.expected}
+                              "clients": sc.clients, "expected": sc.expected,
+                              "digest": sc.digest}
     problems: list[str] = []
     sink = Sink(folder / "sink")
+    dns = DnsServer(DMARC_ZONE, sc.timeout + 300)
     daemon = Daemon(folder, folder / "config.toml")
     profiler = None
+    # Wall clock minus monotonic: the database's timestamps are wall-clock ones.
+    wall_offset = time.time() - time.monotonic()
     try:
         sink.start()
-        write_config(folder, sink.port, args.connections)
-        made = make_list(daemon.config, sc.members)
+        dns.start()
+        write_config(folder, sink.port, dns.port, args.connections)
+        made = make_list(daemon.config, sc.members, "digest" if sc.digest else "regular")
         result["list_setup_s"] = made["seconds"]
         result["mailer_package"] = made["mailer"]
         daemon.start()
@@ -782,12 +901,19 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[st
         if args.profile and (not args.profile_scenarios or sc.key in args.profile_scenarios):
             Path(args.profile).mkdir(parents=True, exist_ok=True)
             profiler = start_profiler(daemon.pid, Path(args.profile) / f"{sc.key}.folded")
-        cpu_before = proc_cpu_seconds(daemon.pid) or 0.0
         watcher = Watcher(sink, sc.expected, sc.timeout + args.settle + 5)
         watcher.start()
         posts = [(i, *make_post(i, run_id, sc.key)) for i in range(sc.posts)]
         log(f"{sc.key}: {sc.title}: daemon pid {daemon.pid} on port {daemon.port}, "
-            f"sink pid {sink.proc.pid} on port {sink.port}")  # type: ignore[union-attr]
+            f"sink pid {sink.proc.pid} on port {sink.port}, "  # type: ignore[union-attr]
+            f"DNS on port {dns.port}")
+        if sc.digest:
+            # The digests job ran as the daemon started; post shortly before its next run.
+            start_at = daemon.ready_at + DIGEST_JOB_EVERY - DIGEST_LEAD
+            log(f"{sc.key}: posting in {start_at - time.monotonic():.1f} s, "
+                f"{DIGEST_LEAD:.0f} s before the daemon's digests job runs again")
+            time.sleep(max(0.0, start_at - time.monotonic()))
+        cpu_before = proc_cpu_seconds(daemon.pid) or 0.0
         posting = asyncio.run(_post_all(daemon.port, posts, sc.clients, sc.timeout))
         accepted = [p for p in posting.posted if p.code == 250]
         if posting.errors:
@@ -795,8 +921,15 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[st
                             f"{posting.errors[0]}")
         if len(accepted) != sc.posts:
             problems.append(f"{len(accepted)} of {sc.posts} posts accepted")
-            watcher.expected = sc.members * len(accepted)
-        t0 = min((p.replied_at for p in accepted), default=posting.started)
+            if not sc.digest:
+                watcher.expected = sc.members * len(accepted)
+        # From the (first) post's 250; for a digest, from the last post's.
+        replies = [p.replied_at for p in accepted] or [posting.started]
+        t0 = max(replies) if sc.digest else min(replies)
+        if sc.digest and accepted:
+            armed = arm_digest(folder, daemon.config, len(accepted), DIGEST_LEAD)
+            result.update(armed)
+            result["armed_after_s"] = round(time.monotonic() - t0, 3)
         remaining = sc.timeout - (time.monotonic() - posting.started)
         if accepted and not watcher.complete.wait(max(remaining, 0.0)):
             problems.append(f"timed out after {sc.timeout:.0f} s with "
@@ -815,6 +948,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[st
         sampler.join(5)
         exit_code = daemon.stop()
         sink.stop()
+        dns.stop()
         if exit_code != 0:
             problems.append(f"daemon exited with {exit_code} on SIGTERM")
         errors = daemon.error_lines()
@@ -822,15 +956,44 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[st
             problems.append(f"{len(errors)} ERROR line(s) in the daemon log, first: "
                             f"{errors[0][:200]}")
         members = [MEMBER_FORMAT % n for n in range(1, sc.members + 1)]
-        expected_pairs = {(p.message_id, m) for p in accepted for m in members}
-        counts = sink.analyse(expected_pairs)
+        post_ids = [p.message_id for p in accepted]
+        database_path = folder / "alliance.sqlite3"
+        digests: list[Digest] = []
+        if sc.digest:
+            digests = digests_queued(database_path, post_ids)
+            if len(digests) != 1:
+                problems.append(f"{len(digests)} digests queued, not 1")
+            for digest in digests:
+                if digest.posts != len(post_ids):
+                    problems.append(f"a digest carries {digest.posts} of "
+                                    f"{len(post_ids)} posts")
+            letters = [d.message_id for d in digests]
+        else:
+            letters = post_ids
+        expected_pairs = {(letter, m) for letter in letters for m in members}
+        counts = sink.analyse(expected_pairs,
+                              tuple(i.encode() for i in post_ids) if sc.digest else ())
         if counts["duplicates"]:
             problems.append(f"{counts['duplicates']} duplicate deliveries")
         if counts["missing"]:
             problems.append(f"{counts['missing']} expected deliveries missing")
         if counts["unexpected"]:
             problems.append(f"{counts['unexpected']} unexpected deliveries")
-        database = database_counts(folder / "alliance.sqlite3")
+        if not sc.digest and counts["from_list"] != counts["transactions"]:
+            problems.append(f"{counts['transactions'] - counts['from_list']} of "
+                            f"{counts['transactions']} list copies at the sink without "
+                            f"the DMARC From (... via {LIST})")
+        if sc.digest and digests and counts["holding_contents"] != counts["transactions"]:
+            problems.append(f"{counts['transactions'] - counts['holding_contents']} digests "
+                            "at the sink lack some of the posts")
+        if sc.digest and any(d.from_list != len(post_ids) for d in digests):
+            problems.append("posts in the digest without the DMARC From: "
+                            f"{[d.from_list for d in digests]} of {len(post_ids)}")
+        asked = sum(dns.asked.values())
+        if accepted and not dns.asked.get(next(iter(DMARC_ZONE))):
+            problems.append(f"the daemon never asked the benchmark's DNS server for "
+                            f"{next(iter(DMARC_ZONE))} (asked: {dict(dns.asked)})")
+        database = database_counts(database_path)
         if database.get("deliveries", {}) != {"done": len(expected_pairs)}:
             problems.append(f"database deliveries by state: {database.get('deliveries')}")
         done_at = watcher.complete_at
@@ -844,6 +1007,9 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[st
             "missing": counts["missing"],
             "unexpected": counts["unexpected"],
             "transactions": counts["transactions"],
+            "from_list": counts["from_list"],
+            "dns_queries": asked,
+            "dns_asked": dict(dns.asked),
             "time_to_last_s": round(done_at - t0, 4) if done_at else None,
             "deliveries_per_s": (round(len(expected_pairs) / (done_at - t0), 1)
                                  if done_at and done_at > t0 else None),
@@ -856,6 +1022,20 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[st
             "rss_peak_mib": round(max(status.get("VmHWM", 0), sampler.peak_kib) / 1024, 1),
             "database": database,
         })
+        if sc.digest and digests:
+            # The digest run proper: from the moment the job stored the digest.
+            queued = digests[0].created_at - wall_offset
+            result.update({
+                "digest_kib": round(digests[0].size / 1024, 1),
+                "posts_in_digest": digests[0].posts,
+                "digests_holding_every_post": counts["holding_contents"],
+                "scheduler_wait_s": round(queued - t0, 3),
+                "queued_to_first_s": (round(watcher.first - queued, 4)
+                                      if watcher.first else None),
+                "queued_to_last_s": round(done_at - queued, 4) if done_at else None,
+                "digest_deliveries_per_s": (round(len(expected_pairs) / (done_at - queued), 1)
+                                            if done_at and done_at > queued else None),
+            })
         if sc.intake and accepted:
             last_reply = max(p.replied_at for p in accepted)
             result.update({
@@ -872,6 +1052,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[st
         stop_process(profiler, grace=10, sig=signal.SIGINT)
         daemon.stop()
         sink.stop()
+        dns.stop()
         if args.keep:
             result["folder"] = str(folder)
         else:
@@ -943,31 +1124,40 @@ def fmt(value: object) -> str:
     return str(value)
 
 
+def rewritten(result: dict[str, Any]) -> str:
+    """How many list copies at the sink came From the list, of how many."""
+    if result.get("transactions") is None:
+        return "-"
+    return f"{fmt(result.get('from_list'))} / {fmt(result.get('transactions'))}"
+
+
 def table(results: list[dict[str, Any]], mailman: list[dict[str, Any]]) -> str:
     lines = []
-    fanout = [r for r in results if not r.get("clients", 1) > 1]
+    fanout = [r for r in results if not r.get("clients", 1) > 1 and not r.get("digest")]
     intake = [r for r in results if r.get("clients", 1) > 1]
+    digest = [r for r in results if r.get("digest")]
     if fanout:
         lines += ["| scenario | members x posts | deliveries | 250 -> last delivery s | "
                   "deliveries/s | 250 -> first delivery s | delivery phase /s | dupes | "
-                  "missing | 421 reconnects | daemon CPU s | RSS ready MiB | RSS peak MiB | ok |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "missing | From rewritten (DMARC) | 421 reconnects | daemon CPU s | "
+                  "RSS ready MiB | RSS peak MiB | ok |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in fanout:
             lines.append("| " + " | ".join([
                 f"{r['scenario']}: {r['title']}", f"{fmt(r['members'])} x {fmt(r['posts'])}",
                 fmt(r.get("deliveries")), fmt(r.get("time_to_last_s")),
                 fmt(r.get("deliveries_per_s")), fmt(r.get("first_delivery_s")),
                 fmt(r.get("delivery_phase_per_s")), fmt(r.get("duplicates")),
-                fmt(r.get("missing")), fmt(r.get("sessions_closed_421")),
+                fmt(r.get("missing")), rewritten(r), fmt(r.get("sessions_closed_421")),
                 fmt(r.get("daemon_cpu_s")),
                 fmt(r.get("rss_ready_mib")), fmt(r.get("rss_peak_mib")),
                 "yes" if r["ok"] else "**NO**"]) + " |")
     if intake:
         lines += ["", "| scenario | clients | posts accepted | accepted/s | "
                   "end-of-DATA -> 250 p50 ms | p99 ms | max ms | deliveries | dupes | "
-                  "last 250 -> last delivery s | 421 reconnects | daemon CPU s | RSS peak MiB | "
-                  "ok |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "last 250 -> last delivery s | From rewritten (DMARC) | 421 reconnects | "
+                  "daemon CPU s | RSS peak MiB | ok |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in intake:
             lines.append("| " + " | ".join([
                 f"{r['scenario']}: {r['title']}", fmt(r["clients"]),
@@ -975,8 +1165,24 @@ def table(results: list[dict[str, Any]], mailman: list[dict[str, Any]]) -> str:
                 fmt(r.get("accepted_per_s")), fmt(r.get("latency_p50_ms")),
                 fmt(r.get("latency_p99_ms")), fmt(r.get("latency_max_ms")),
                 fmt(r.get("deliveries")), fmt(r.get("duplicates")), fmt(r.get("drain_s")),
-                fmt(r.get("sessions_closed_421")), fmt(r.get("daemon_cpu_s")),
+                rewritten(r), fmt(r.get("sessions_closed_421")), fmt(r.get("daemon_cpu_s")),
                 fmt(r.get("rss_peak_mib")),
+                "yes" if r["ok"] else "**NO**"]) + " |")
+    if digest:
+        lines += ["", "| scenario | members x posts | digest KiB | posts in it | deliveries | "
+                  "last 250 -> digest queued s | queued -> first delivery s | "
+                  "queued -> last delivery s | deliveries/s | last 250 -> last delivery s | "
+                  "dupes | missing | daemon CPU s | RSS ready MiB | RSS peak MiB | ok |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in digest:
+            lines.append("| " + " | ".join([
+                f"{r['scenario']}: {r['title']}", f"{fmt(r['members'])} x {fmt(r['posts'])}",
+                fmt(r.get("digest_kib")), fmt(r.get("posts_in_digest")),
+                fmt(r.get("deliveries")), fmt(r.get("scheduler_wait_s")),
+                fmt(r.get("queued_to_first_s")), fmt(r.get("queued_to_last_s")),
+                fmt(r.get("digest_deliveries_per_s")), fmt(r.get("time_to_last_s")),
+                fmt(r.get("duplicates")), fmt(r.get("missing")), fmt(r.get("daemon_cpu_s")),
+                fmt(r.get("rss_ready_mib")), fmt(r.get("rss_peak_mib")),
                 "yes" if r["ok"] else "**NO**"]) + " |")
     if mailman:
         lines += ["", "| system | scenario | variant | deliveries | "
@@ -1011,7 +1217,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(see benchmarks/README.md).")
     parser.add_argument("--short", action="store_true",
                         help="small sizes; checks counts only (for CI)")
-    parser.add_argument("--scenarios", default="A,B,C,D", help="default A,B,C,D")
+    parser.add_argument("--scenarios", default="A,B,C,D,F", help="default A,B,C,D,F")
     parser.add_argument("--json-out", help="write every figure as JSON to this file")
     parser.add_argument("--connections", type=int, default=None,
                         help="outbound.connections for the daemon (default: its own)")

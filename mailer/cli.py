@@ -385,3 +385,11 @@ def quarantine_replay(context: Context, work_id: int) -> None:
     if not context.transaction(router_module.replay, work_id):
         raise click.ClickException(f"no quarantined work with id {work_id}")
     click.echo(f"work {work_id} queued again")
+
+
+# The meetings side's groups (party, body, delegate, meeting, coordination, cadence). The
+# import comes last because meetings.cli builds on Context and emit above.
+from meetings.cli import COMMANDS as MEETING_COMMANDS  # noqa: E402
+
+for _command in MEETING_COMMANDS:
+    main.add_command(_command)

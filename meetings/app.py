@@ -11,19 +11,23 @@ from mailer.router import RoleHandler
 from mailer.routing import Role
 from mailer.scheduler import Job
 from mailer.web import Route
+from meetings import cadence, feed, invitations, reminders, reports
+from meetings.coordination import CoordinationHandler
+from meetings.replies import RsvpHandler
 from meetings.site import MeetingSite
 
 
 def handlers(site: MeetingSite) -> dict[Role, RoleHandler]:
     """The handler of each meetings role (rsvp+TOKEN@, coordination@)."""
-    return {}
+    return {Role.RSVP: RsvpHandler(site), Role.COORDINATION: CoordinationHandler(site)}
 
 
 def jobs(site: MeetingSite) -> tuple[Job, ...]:
     """The meetings side's timed jobs (invitations at their send time, reminders, ...)."""
-    return ()
+    return (invitations.send_job(site), reminders.job(site), reports.summary_job(site),
+            cadence.job(site))
 
 
 def routes(site: MeetingSite, db: Database) -> tuple[Route, ...]:
     """The meetings side's web pages (feeds)."""
-    return ()
+    return feed.routes(site, db)

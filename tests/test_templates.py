@@ -15,6 +15,19 @@ LIST = {"name": "steering", "display_name": "Steering Committee", "description":
         "owner": "steering-owner@lists.example.org"}
 COMMON: dict[str, Any] = {"list": LIST, "site_name": "Progressive Alliance"}
 
+# What an invitation template sees (meetings/letters.py), shared by the four kinds of mail.
+INVITE: dict[str, Any] = {
+    "meeting": {"id": 4, "title": "Steering Committee, Nairobi", "body": "Steering Committee",
+                "location": "KICC, Nairobi", "description": "Budget and campaigns.",
+                "alongside": "World Social Forum", "agenda_url": "https://example.org/a.pdf",
+                "host": "ODM", "status": "CONFIRMED", "sequence": 1, "date": "2027-03-14",
+                "start": "2027-03-14 09:00", "end": "2027-03-14 17:00", "tz": "Africa/Nairobi",
+                "when": "2027-03-14 09:00–17:00 (Africa/Nairobi)"},
+    "organizer": "Parti Socialiste", "whole": True, "days_left": 3,
+    "rsvp": "rsvp+4-abcdefghijklmnopqrstuvwxyz@lists.example.org",
+    "invitee": {"name": "Ana Silva", "address": "ana@party.test"},
+    "delegated_from": "Kofi Mensah"}
+
 # The names each template uses beyond COMMON. A template missing here fails the test, so
 # adding a template means adding its sample context.
 SAMPLES: dict[str, dict[str, Any]] = {
@@ -79,6 +92,26 @@ SAMPLES: dict[str, dict[str, Any]] = {
         {"number": 1, "subject": "Agenda for Nairobi", "author": "Ana Silva"},
         {"number": 2, "subject": "Re: Agenda for Nairobi", "author": "kofi@party.test"}]},
     "digest_footer": {"volume": 1, "issue": 7},
+    "counter_summary": {"title": "Steering Committee, Nairobi", "meeting_id": 4,
+                        "name": "Ana Silva", "address": "ana@party.test",
+                        "current_start": "2027-03-14 09:00", "current_end": "2027-03-14 17:00",
+                        "tz": "Africa/Nairobi", "current_location": "KICC, Nairobi",
+                        "proposed_start": "2027-03-15 09:00",
+                        "proposed_end": "2027-03-15 17:00", "proposed_location": "",
+                        "comment": "The 14th is our party congress.", "outdated": True},
+    "invitation": INVITE,
+    "invitation_update": INVITE,
+    "invitation_cancel": {**INVITE, "whole": False},
+    "reminder": INVITE,
+    "rsvp_summary": {"count": 2, "events": [
+        {"meeting": "Board, Berlin", "date": "2027-03-14 09:00", "meeting_id": 4,
+         "name": "Ana Silva", "address": "ana@party.test", "kind": "reply",
+         "partstat": "ACCEPTED", "detail": "See you there", "at": "2027-02-01T10:00:00Z"},
+        {"meeting": "Board, Berlin", "date": "2027-03-14 09:00", "meeting_id": 4,
+         "name": "Kofi Mensah", "address": "kofi@party.test", "kind": "delegated",
+         "partstat": "DELEGATED", "detail": "ama@party.test", "at": "2027-02-01T11:00:00Z"}]},
+    "cadence_warning": {"shortfalls": [{"body": "Steering Committee", "year": 2027,
+                                        "held": 1, "required": 2}]},
 }
 
 
