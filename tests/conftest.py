@@ -244,8 +244,8 @@ async def send(port: int, sender: str, recipients: list[str], data: bytes) -> An
 class Clock:
     """A clock a test can move forward; handed to the daemon through build()."""
 
-    def __init__(self) -> None:
-        self.now = time.time()
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
 
     def __call__(self) -> float:
         return self.now

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser, Parser
 from email.policy import default as default_policy
@@ -26,24 +25,11 @@ from mailer.daemon import Daemon
 from mailer.db import Database
 from mailer.models import Delivery, Outgoing, Work
 from mailer.tokens import Signer
-from tests.conftest import DOMAIN, Delivered, Sink, mail, make_config, members, running, send
+from tests.conftest import DOMAIN, Clock, Delivered, Sink, mail, make_config, members, running, send
 
 LIST = f"steering@{DOMAIN}"
 DAY = 86_400.0
 SIGNER = Signer(b"test-secret", "member")
-
-
-@dataclass
-class Clock:
-    """The daemon's clock, moved by the test instead of sleeping."""
-
-    now: float
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, days: float) -> None:
-        self.now += days * DAY
 
 
 def site() -> ListSite:
