@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.header import Header
 from email.message import EmailMessage
 from email.utils import getaddresses
 from typing import Literal
@@ -156,18 +155,6 @@ LIST_FIELDS = {"list-id", "list-post", "list-help", "list-unsubscribe", "list-su
                "return-path", "delivered-to", "x-original-to"}
 
 
-def _encoded(text: str) -> str:
-    """Header text as ASCII: itself, or RFC 2047 encoded words."""
-    return text if text.isascii() else Header(text, "utf-8").encode()
-
-
-def _phrase(text: str) -> str:
-    """A display name safe for a header: quoted, or RFC 2047 encoded if not ASCII."""
-    if text.isascii():
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return Header(text, "utf-8").encode()
-
-
 def subject_prefix(post: Post, data: bytes) -> bytes:
     """Put the list's prefix before the subject, once (not again on replies)."""
     prefix = post.mailing_list.subject_prefix.strip()
@@ -176,14 +163,14 @@ def subject_prefix(post: Post, data: bytes) -> bytes:
     subject = " ".join(str(post.message.get("subject", "")).split())
     if prefix.lower() in subject.lower():
         return data
-    return rawmail.rewrite(data, {"subject"}, [("Subject", _encoded(f"{prefix} {subject}"))])
+    return rawmail.rewrite(data, {"subject"}, [("Subject", rawmail.encoded(f"{prefix} {subject}"))])
 
 
 def reply_to(post: Post, data: bytes) -> bytes:
     """Reply-To the list when the list asks for it; otherwise replies go to the poster."""
     if post.mailing_list.reply_to != "list":
         return data
-    value = f"{_phrase(post.mailing_list.display_name)} <{post.address()}>"
+    value = f"{rawmail.phrase(post.mailing_list.display_name)} <{post.address()}>"
     return rawmail.rewrite(data, {"reply-to"}, [("Reply-To", value)])
 
 
@@ -210,7 +197,7 @@ def list_headers(post: Post, data: bytes) -> bytes:
     """RFC 2369, RFC 2919 and RFC 8058 fields, Precedence and X-Loop, replacing old ones."""
     leave = f"<mailto:{post.address('-leave')}>"
     fields = [
-        ("List-Id", f"{_phrase(post.mailing_list.display_name)} <{post.list_id_header}>"),
+        ("List-Id", f"{rawmail.phrase(post.mailing_list.display_name)} <{post.list_id_header}>"),
         ("List-Post", f"<mailto:{post.address()}>"),
         ("List-Help", f"<mailto:{post.address('-request')}?subject=help>"),
         ("List-Subscribe", f"<mailto:{post.address('-join')}>"),

@@ -8,6 +8,7 @@ back in one reply, in the sender's language.
 from __future__ import annotations
 
 import logging
+import re
 from email.utils import getaddresses
 
 from sqlalchemy import select
@@ -38,6 +39,28 @@ def sender_of(inbound: Inbound) -> tuple[str, str]:
         return normalize(inbound.mail_from), ""
     except AddressError:
         return "", ""
+
+
+def source_of(inbound: Inbound) -> str:
+    """Who caused this message, for the per-source rate limits.
+
+    The client address, when a client spoke to us directly. Behind a local MTA (LMTP from
+    Postfix, or any loopback peer) every message comes from 127.0.0.1, so the client is
+    taken from the Received: field that MTA added, the one just below ours; failing
+    that, the envelope sender. Only that one field is trusted: those below it are the
+    sender's to write.
+    """
+    if inbound.peer and not inbound.peer.startswith(("127.", "::1", "unknown")):
+        return inbound.peer
+    trace = inbound.message.get_all("received", [])
+    if len(trace) > 1:
+        found = _BRACKETED_IP.search(str(trace[1]))
+        if found and not found.group(1).startswith("127."):
+            return found.group(1)
+    return inbound.mail_from or "unknown"
+
+
+_BRACKETED_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{3,45})\]")
 
 
 def why_not_answer(inbound: Inbound, site: ListSite, mailing_list: MailingList) -> str | None:
@@ -98,7 +121,7 @@ class RequestHandler(ListRobot):
     def run(self, session: Session, mailing_list: MailingList, command: Command,
             address: str, name: str, inbound: Inbound) -> Outcome:
         """Carry out one command for the sender."""
-        source = inbound.peer or inbound.mail_from
+        source = source_of(inbound)
         in_reply_to = str(inbound.message.get("message-id", "")) or None
         site = self.site
         if command.verb == "subscribe":
@@ -138,7 +161,7 @@ class RequestHandler(ListRobot):
                  for c, r in zip(commands, results, strict=True) if r.code not in dedicated]
         if not lines:
             return
-        source = inbound.peer or inbound.mail_from
+        source = source_of(inbound)
         if not robot.allowed(session, self.site, kind="reply", target=address,
                              sources=(source,)):
             log.warning("reply to %s not sent: rate limit", address)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ def find_pending(session: Session, site: ListSite, mailing_list: MailingList,
                  token: str) -> Pending | None:
     """The live pending action a token names, compared in constant time."""
     ident, _, _ = token.partition("-")
-    if not ident.isdigit():
+    if not re.fullmatch(r"[0-9]{1,18}", ident):
         return None
     pending = session.get(Pending, int(ident))
     if pending is None or pending.list_id != mailing_list.id or pending.state != "pending":
@@ -74,7 +75,7 @@ def find_pending(session: Session, site: ListSite, mailing_list: MailingList,
 def find_held(session: Session, mailing_list: MailingList, token: str) -> Held | None:
     """The held post a moderator's token names (tokens of holds start with 'h')."""
     ident, _, _ = token.partition("-")
-    if not ident.startswith("h") or not ident[1:].isdigit():
+    if not re.fullmatch(r"h[0-9]{1,18}", ident):
         return None
     held = session.get(Held, int(ident[1:]))
     if held is None or held.list_id != mailing_list.id or held.token is None:

@@ -191,7 +191,7 @@ def parse_listen(value: str, name: str = "listen") -> tuple[str, int]:
     ('::1', 0)
     """
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535 or not host:
+    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535 or not host:
         raise ConfigError(f"{name}: expected host:port, got {value!r}")
     return host.strip("[]"), int(port)
 

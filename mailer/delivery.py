@@ -16,9 +16,9 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from mailer.config import Outbound
@@ -50,12 +50,20 @@ class Personaliser:
         return template.replace("{token}", token)
 
     def data(self, data: bytes, member_id: int | None) -> bytes:
-        end = data.find(b"\r\n\r\n")
-        head = data if end < 0 else data[:end]
-        if UNSUBSCRIBE_MARKER not in head:
+        """The member's copy: their token in our List-Unsubscribe field, and only there.
+
+        Only that field is touched, so a poster who writes the marker into a header of
+        their own (a Reply-To, say) cannot make us reveal members' tokens to them.
+        """
+        start = data.find(b"\nList-Unsubscribe: ")
+        start = 0 if data.startswith(b"List-Unsubscribe: ") else start + 1 if start >= 0 \
+            else -1
+        end = data.find(b"\r\n", start)
+        if start < 0 or end < 0 or UNSUBSCRIBE_MARKER not in data[start:end]:
             return data
         token = self.unsubscribe_tokens.sign(member_id) if member_id is not None else "none"
-        return head.replace(UNSUBSCRIBE_MARKER, token.encode()) + data[len(head):]
+        field = data[start:end].replace(UNSUBSCRIBE_MARKER, token.encode())
+        return data[:start] + field + data[end:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,14 @@ def next_due(session: Session) -> float | None:
                           .order_by(Delivery.due_at).limit(1))
 
 
+def renew(session: Session, ids: list[int], lease_end: float) -> None:
+    """Extend the lease of deliveries still waiting in this daemon's queue."""
+    for start in range(0, len(ids), 500):
+        session.execute(update(Delivery).where(Delivery.id.in_(ids[start:start + 500]),
+                                               Delivery.state == "sending")
+                        .values(due_at=lease_end))
+
+
 def release(session: Session, ids: list[int], now: float) -> None:
     """Give leased deliveries back, unsent, so that the next start sends them at once."""
     if ids:
@@ -119,6 +135,7 @@ def record(session: Session, results: list[tuple[Job, Outcome]], now: float,
            policy: Outbound) -> None:
     """Write many outcomes in one transaction (RFC 5321 §4.5.4.1 retry strategy)."""
     rows: list[dict[str, Any]] = []
+    attempts = {job.id: job.attempts for job, _ in results}
     for job, outcome in results:
         if outcome.ok:
             rows.append({"id": job.id, "state": "done", "done_at": now, "code": outcome.code,
@@ -134,9 +151,16 @@ def record(session: Session, results: list[tuple[Job, Outcome]], now: float,
             rows.append({"id": job.id, "state": "pending",
                          "due_at": now + backoff(job.attempts, policy),
                          "code": outcome.code, "error": outcome.text[:1000]})
+    # Fenced: an outcome is written only while this lease is the row's current one, so a
+    # late outcome can never overwrite what a later attempt recorded.
+    table = cast(Table, Delivery.__table__)
     for keys in {tuple(sorted(row)) for row in rows}:
-        same = [row for row in rows if tuple(sorted(row)) == keys]
-        session.execute(update(Delivery), same)
+        same = [{**row, "b_id": row["id"], "b_attempts": attempts[row["id"]]}
+                for row in rows if tuple(sorted(row)) == keys]
+        values: dict[str, Any] = {key: bindparam(key) for key in keys if key != "id"}
+        session.connection().execute(update(table).where(table.c.id == bindparam("b_id"),
+                                            table.c.attempts == bindparam("b_attempts"),
+                                            table.c.state == "sending").values(values), same)
 
 
 class Dispatcher:
@@ -156,6 +180,7 @@ class Dispatcher:
         self._flush_now = asyncio.Event()
         self._stopping = False
         self._senders_done = False
+        self._held: set[int] = set()  # leased here, outcome not yet written
         self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
@@ -164,15 +189,17 @@ class Dispatcher:
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._claim_loop(), name="claim"),
-                       asyncio.create_task(self._flush_loop(), name="flush")]
+                       asyncio.create_task(self._flush_loop(), name="flush"),
+                       asyncio.create_task(self._renew_loop(), name="renew")]
         self._senders = [asyncio.create_task(self._send_loop(), name=f"sender-{n}")
                          for n in range(self.policy.connections)]
 
     async def stop(self) -> None:
         """Finish the sends on the wire, give back what was leased but unsent."""
         self._stopping = True
-        self._tasks[0].cancel()
-        await asyncio.gather(self._tasks[0], return_exceptions=True)
+        for task in (self._tasks[0], self._tasks[2]):
+            task.cancel()
+        await asyncio.gather(self._tasks[0], self._tasks[2], return_exceptions=True)
         unsent = []
         while not self._queue.empty():
             unsent.append(self._queue.get_nowait().id)
@@ -184,6 +211,7 @@ class Dispatcher:
         await asyncio.gather(self._tasks[1], return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.db.write(release, unsent, time.time())
+        self._held.difference_update(unsent)
         await self.transport.close()
 
     async def _claim_loop(self) -> None:
@@ -197,10 +225,27 @@ class Dispatcher:
                 log.exception("could not take deliveries from the queue; retrying")
                 await asyncio.sleep(self.poll)
                 continue
+            self._held.update(job.id for job in jobs)
             for job in jobs:
                 await self._queue.put(job)
             if len(jobs) < BATCH:
                 await self._sleep()
+
+    async def _renew_loop(self) -> None:
+        """Keep the leases of what waits in this daemon's queue from running out.
+
+        A slow smarthost can keep jobs queued longer than a lease; without renewal another
+        claim (here or in another daemon) would take them again and send them twice.
+        """
+        while True:
+            await asyncio.sleep(self.policy.lease / 3)
+            if not self._held:
+                continue
+            try:
+                await self.db.write(renew, sorted(self._held),
+                                    time.time() + self.policy.lease)
+            except Exception:
+                log.exception("could not renew %d leases; retrying", len(self._held))
 
     async def _sleep(self) -> None:
         due = await self.db.read(next_due)
@@ -260,5 +305,6 @@ class Dispatcher:
             self._results[:0] = batch
             asyncio.get_running_loop().call_later(0.5, self._flush_now.set)
             return
+        self._held.difference_update(job.id for job, _ in batch)
         if any(not outcome.ok for _, outcome in batch):
             self.wake()

@@ -167,14 +167,27 @@ class Handler:
         self.accepts = accepts
         self.gate = gate
 
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if address not in ("", "<>"):
+            try:
+                address = normalize(address)
+            except AddressError:
+                return replies.BAD_SENDER
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return replies.MAIL_OK
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        if len(envelope.rcpt_tos) >= self.limits.max_recipients:
-            return replies.TOO_MANY_RECIPIENTS
         try:
             address = normalize(address)
         except AddressError:
             return replies.BAD_ADDRESS
+        if address in envelope.rcpt_tos:
+            return replies.RCPT_OK  # the same list twice gets one copy, not two
+        if len(envelope.rcpt_tos) >= self.limits.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
         route = resolve(address, self.domain)
         if route is None:
             local_domain = address.rpartition("@")[2] == self.domain

@@ -7,6 +7,8 @@ fields, so it edits the raw header block instead.
 
 from __future__ import annotations
 
+from email.header import Header
+
 
 def split(raw: bytes) -> tuple[list[bytes], bytes]:
     """The header fields (each with its folded lines, CRLF-ended) and the body.
@@ -28,6 +30,26 @@ def split(raw: bytes) -> tuple[list[bytes], bytes]:
     return fields, body
 
 
+def encoded(text: str) -> str:
+    """Header text as ASCII: itself, or RFC 2047 encoded words folded with CRLF SP.
+
+    >>> encoded("Agenda")
+    'Agenda'
+    >>> "\\r\\n " in encoded("Réunion du comité de coordination à Dakar : ordre du jour")
+    True
+    """
+    if text.isascii():
+        return text
+    return Header(text, "utf-8").encode(linesep="\r\n")
+
+
+def phrase(text: str) -> str:
+    """A display name safe for a header: quoted, or RFC 2047 encoded if not ASCII."""
+    if text.isascii():
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return encoded(text)
+
+
 def name_of(field: bytes) -> str:
     return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
 
@@ -38,10 +60,16 @@ def rewrite(raw: bytes, remove: set[str], add: list[tuple[str, str]]) -> bytes:
     >>> rewrite(b"Subject: hi\\r\\nList-Id: old\\r\\n\\r\\nbody", {"list-id"},
     ...         [("List-Id", "<new.example>")])
     b'List-Id: <new.example>\\r\\nSubject: hi\\r\\n\\r\\nbody'
+    >>> rewrite(b"\\r\\nbody", set(), [("X", "a\\r\\nBcc: victim@example.org")])
+    Traceback (most recent call last):
+    ...
+    ValueError: header value with a line break
     """
     fields, body = split(raw)
     for _, value in add:
-        if "\r" in value or "\n" in value:
+        # Folding (CRLF then a space or tab, RFC 5322 §2.2.3) is the only line break allowed.
+        if "\r" in value.replace("\r\n ", "").replace("\r\n\t", "") or \
+                "\n" in value.replace("\r\n ", "").replace("\r\n\t", ""):
             raise ValueError("header value with a line break")
     kept = [field for field in fields if name_of(field) not in remove]
     added = [f"{name}: {value}\r\n".encode() for name, value in add]

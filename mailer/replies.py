@@ -1,7 +1,9 @@
 """SMTP and LMTP reply texts, in one place (RFC 5321 §4.2, RFC 3463 enhanced codes)."""
 
 OK = "250 2.0.0 Ok: queued"
+MAIL_OK = "250 2.1.0 Ok"
 RCPT_OK = "250 2.1.5 Ok"
+BAD_SENDER = "553 5.1.7 Malformed sender address"
 UNKNOWN_ADDRESS = "550 5.1.1 No such list or address here"
 NO_RELAY = "550 5.7.1 Relaying denied: not a domain of this service"
 BAD_ADDRESS = "553 5.1.3 Malformed address"

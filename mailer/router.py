@@ -70,13 +70,15 @@ def parse(raw: bytes) -> EmailMessage:
     return message
 
 
-def claim(session: Session, now: float, lease_end: float, limit: int) -> list[int]:
+def claim(session: Session, now: float, lease_end: float,
+          limit: int) -> list[tuple[int, int]]:
+    """Lease due work: (id, attempts including this one), oldest first."""
     due = (select(Work.id).where(Work.state.in_(("pending", "working")), Work.due_at <= now)
            .order_by(Work.id).limit(limit).with_for_update(skip_locked=True))
     rows = session.execute(update(Work).where(Work.id.in_(due))
                            .values(state="working", attempts=Work.attempts + 1,
-                                   due_at=lease_end).returning(Work.id))
-    return sorted(row[0] for row in rows)
+                                   due_at=lease_end).returning(Work.id, Work.attempts))
+    return sorted((row[0], row[1]) for row in rows)
 
 
 class Router:
@@ -121,11 +123,15 @@ class Router:
             except Exception:
                 log.exception("could not take work from the queue; retrying")
                 ids = []
-            for work_id in ids:
+            for work_id, attempts in ids:
                 if self._stopping:
                     await self.db.write(_unclaim, work_id)
-                    continue
-                await self._process(work_id)
+                elif attempts > self.max_attempts:
+                    # Taken more often than allowed without an outcome: the process died
+                    # while handling it (even while parsing it). Stop before it does again.
+                    await self.db.write(_interrupted, work_id)
+                else:
+                    await self._process(work_id)
             if ids:
                 self.on_outgoing()
             else:
@@ -152,12 +158,6 @@ class Router:
         work = session.get(Work, work_id)
         if work is None or work.state != "working":
             return
-        if work.attempts > self.max_attempts:
-            # Taken more often than allowed without an outcome: the process died while
-            # handling it. Stop before it takes the daemon down again.
-            work.state = "quarantined"
-            work.error = work.error or f"processing interrupted {work.attempts - 1} times"
-            return
         assert inbound is not None, "a working row has its message"
         self.handlers[inbound.route.role].handle(session, inbound)
         work.state, work.done_at, work.error = "done", time.time(), None
@@ -173,6 +173,13 @@ def _load(session: Session, work_id: int) -> Inbound | None:
     route = Route(Role(work.role), work.list_name, work.token)
     return Inbound(work.id, stored.id, route, work.recipient, stored.mail_from, stored.raw,
                    parse(stored.raw), stored.peer)
+
+
+def _interrupted(session: Session, work_id: int) -> None:
+    work = session.get(Work, work_id)
+    if work is not None and work.state == "working":
+        work.state = "quarantined"
+        work.error = work.error or f"processing interrupted {work.attempts - 1} times"
 
 
 def _unclaim(session: Session, work_id: int) -> None:

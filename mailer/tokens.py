@@ -42,7 +42,7 @@ class Signer:
         True
         """
         ident, sep, mac = token.lower().partition("-")
-        if not sep or not ident.isdigit() or len(ident) > 18:
+        if not sep or not ident.isascii() or not ident.isdigit() or len(ident) > 18:
             return None
         if not hmac.compare_digest(mac.encode(), self._mac(int(ident)).encode()):
             return None

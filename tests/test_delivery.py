@@ -209,3 +209,20 @@ connections = 4
     assert set(sink.recipients) == set(people), "every member received the post"
     duplicates = sum(n - 1 for n in sink.recipients.values())
     assert duplicates <= 4, "only deliveries on the wire at the kill may be repeated"
+
+
+async def test_a_slow_smarthost_does_not_make_leases_run_out_into_duplicates(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    """Jobs wait in the queue longer than a lease; renewal keeps them from being sent twice."""
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         outbound={"connections": 1, "lease": 0.6})
+    people = members(40)
+    make_list(config, "steering", people)
+    sink.delay = 0.04  # 40 sends take about 1.6 s, well past one lease
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], people[0], [LIST], mail(people[0], LIST))
+        await sink.wait_for(40)
+        await wait_until(lambda: states(daemon) == {"done": 40})
+        await asyncio.sleep(0.5)
+    assert len(sink.received) == 40
+    assert set(sink.recipients.values()) == {1}

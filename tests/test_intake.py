@@ -232,3 +232,26 @@ async def test_the_null_sender_of_bounces_is_accepted(tmp_path: Path, sqlite_url
         await talk.close()
         stored = daemon.db.query(lambda s: s.scalars(select(Message.mail_from)).all())
     assert stored == [""]
+
+
+async def test_a_recipient_given_twice_gets_one_copy(tmp_path: Path, sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url)
+    make_list(config, "steering", [])
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], "a@example.com", [LIST, LIST.upper()],
+                   mail("a@example.com", LIST))
+        work = daemon.db.query(lambda s: s.scalars(select(Work.recipient)).all())
+    assert work == [LIST]
+
+
+async def test_an_overlong_or_encoded_sender_is_refused_at_mail(tmp_path: Path,
+                                                               sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url)
+    async with running(config) as daemon:
+        talk = await Dialogue.open(daemon.ports["smtp"])
+        await talk.say("EHLO client.test")
+        long_sender = "a@" + "x" * 330 + ".org"
+        assert (await talk.say(f"MAIL FROM:<{long_sender}>")).startswith("553")
+        assert (await talk.say("MAIL FROM:<=?utf-8?q?a?=@example.org>")).startswith("553")
+        assert (await talk.say("MAIL FROM:<a@example.org>")) == replies.MAIL_OK
+        await talk.close()

@@ -194,3 +194,27 @@ async def test_an_open_lists_archive_is_on_the_web_and_a_closed_ones_is_not(
     assert status == 200 and "Open &lt;agenda&gt;" in index
     assert post_status == 200 and "Hello, list." in post and people[0] not in post
     assert closed == 404
+
+
+async def test_a_long_non_ascii_subject_and_list_name_are_folded_not_refused(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    subject = "Réunion du comité de coordination à Dakar : ordre du jour et propositions"
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    people = members(1)
+    make_list(config, "steering", people,
+              display_name="Comité directeur de l'Alliance progressiste — réseau mondial")
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], people[0], [LIST], mail(people[0], LIST, subject))
+        [copy] = await wait_quiet(sink, 1)
+    assert copy.message["Subject"] == f"[steering] {subject}"
+    assert "Comité directeur" in str(copy.message["List-Id"])
+
+
+async def test_a_poster_cannot_harvest_members_unsubscribe_tokens(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    people = members(2)
+    await one_post(tmp_path, sqlite_url, sink, mail(
+        people[0], LIST, Reply_To="x+@@unsubscribe-token@@@evil.example"), 2)
+    for copy in sink.received:
+        assert b"Reply-To: x+@@unsubscribe-token@@@evil.example\r\n" in copy.data
+        assert "@@unsubscribe-token@@" not in str(copy.message["List-Unsubscribe"])

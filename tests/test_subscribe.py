@@ -198,9 +198,9 @@ async def test_confirmations_caused_by_one_sender_are_limited(
     make_list(config, "steering", [])
     async with running(config) as daemon:
         port = daemon.ports["smtp"]
-        for n in range(4):
+        for n in range(4):  # one sender forging four victims' From
             address = f"target{n}@elsewhere.example"
-            await send(port, address, [JOIN], mail(address, JOIN))
+            await send(port, "abuser@bad.example", [JOIN], mail(address, JOIN))
         await wait_quiet(sink, 2, settle=0.6)
 
 
@@ -282,3 +282,22 @@ def make_role(config: object, name: str, address: str, role: str) -> None:
                                                      role=role))
     finally:
         db.close()
+
+
+async def test_behind_an_mta_the_source_is_the_client_it_names_not_loopback(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    """Over LMTP every message comes from 127.0.0.1; one abuser must not block everyone."""
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         lists={"confirmations_per_source": 2})
+    make_list(config, "steering", [])
+    async with running(config) as daemon:
+        port = daemon.ports["smtp"]
+        for n in range(3):  # the abuser, from one client, for three victims
+            victim = f"victim{n}@elsewhere.example"
+            await send(port, "abuser@bad.example", [JOIN], mail(
+                victim, JOIN, Received="from bad (bad [198.51.100.7]) by mx.example"))
+        await send(port, ANA, [JOIN], mail(
+            ANA, JOIN, Received="from party (party [203.0.113.9]) by mx.example"))
+        mails = await wait_quiet(sink, 3, settle=0.6)
+    assert sorted(d.rcpt for d in mails) == [ANA, "victim0@elsewhere.example",
+                                             "victim1@elsewhere.example"]

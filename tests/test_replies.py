@@ -1,0 +1,890 @@
+"""Answers to invitations: what mail to an invitee's rsvp+TOKEN@ address does (issue 5).
+
+Replies as Outlook, Google, Apple and Thunderbird really send them are addressed to a
+meeting of ours and processed: our own hand-written fixtures (tests/data/replies/, one per
+client quirk) and the real captures in ../shared/interop-samples/ (read from there, never
+copied), rewritten only where they must name our meeting (UID), our invitee and our rsvp
+address. The conversations run over SMTP against a daemon on port 0; the rules, the stale
+and spoofed cases and hostile input are also checked in one transaction each, which is
+where the daemon's router would call them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import aiosmtplib
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailer import compose
+from mailer.daemon import Daemon
+from mailer.db import Database
+from mailer.models import Delivery, Outgoing, Work
+from mailer.router import Inbound, parse
+from mailer.routing import Role, Route
+from mailer.tokens import Signer
+from meetings import itip
+from meetings.models import (
+    Body,
+    CoordinationTerm,
+    Delegate,
+    Invitation,
+    Meeting,
+    Party,
+    RsvpEvent,
+)
+from meetings.replies import FORWARD_HEADER, Outcome, process
+from meetings.site import MeetingSite
+from tests.conftest import DOMAIN, Delivered, Sink, make_config, running, send
+
+DATA = Path(__file__).parent / "data" / "replies"
+INTEROP = Path(__file__).resolve().parent.parent.parent / "shared" / "interop-samples"
+FIXTURE_UID = "a6c0b1e2-4f3d-4b8e-9c7a-2d5e8f1a3b4c@lists.example.org"
+FIXTURE_INVITEE = "ana@party.test"
+FIXTURE_RSVP = "rsvp+TOKEN@lists.example.org"
+APPLE_UID = "1E71F9C8-AEDA-48EB-98D0-76E898F6BB5C"
+APPLE_ATTENDEE = "xyzzy@example.com"
+COORDINATOR = "coord@parties.test"
+SIGNER = Signer(b"test-secret", "attendee")
+ZONE = ZoneInfo("Africa/Nairobi")
+PEOPLE = {"ana@party.test": "Ana Silva", "kofi@party.test": "Kofi Mensah",
+          "lena@party.test": "Lena Vogel", "yann@party.test": "Yann Le Goff",
+          "zara@party.test": "Zara Haddad"}
+
+
+# -- the organisation, made directly in the database --------------------------------------
+
+@dataclass
+class World:
+    """One meeting of ours and the invitation of each person in PEOPLE."""
+
+    meeting_id: int
+    uid: str
+    invitations: dict[str, int] = field(default_factory=dict)
+
+    def rsvp(self, address: str) -> str:
+        return f"rsvp+{SIGNER.sign(self.invitations[address])}@{DOMAIN}"
+
+
+def organise(session: Session, *, sequence: int = 0, uid: str = "") -> World:
+    """A custom body, two parties, a meeting in a month and its sent invitations."""
+    now = time.time()
+    ours = Party(name="Frente Amplio", country="UY", region="latin-america", created_at=now)
+    theirs = Party(name="African National Congress", country="ZA", region="africa",
+                   created_at=now)
+    session.add_all([ours, theirs])
+    session.flush()
+    body = Body(slug="nairobi-forum", name="Nairobi Forum", kind="custom",
+                one_delegate_per_party=True, meetings_per_year=1, created_at=now)
+    session.add(body)
+    session.add(CoordinationTerm(party_id=ours.id, started_at=now, ended_at=None,
+                                 contact=COORDINATOR))
+    start = (datetime.now(ZONE) + timedelta(days=30)).replace(hour=9, minute=0, second=0,
+                                                              microsecond=0)
+    end = start.replace(hour=17)
+    session.flush()
+    meeting = Meeting(uid=uid or f"{time.time_ns()}@{DOMAIN}", body_id=body.id,
+                      title="Steering Committee, Nairobi", location="KICC, Nairobi",
+                      tz="Africa/Nairobi", start_local=start.strftime("%Y-%m-%dT%H:%M:%S"),
+                      end_local=end.strftime("%Y-%m-%dT%H:%M:%S"),
+                      starts_at=start.timestamp(), ends_at=end.timestamp(), send_at=now,
+                      status="CONFIRMED", sequence=sequence, created_at=now, updated_at=now)
+    session.add(meeting)
+    session.flush()
+    world = World(meeting.id, meeting.uid)
+    for address, name in PEOPLE.items():
+        party = ours if address == "ana@party.test" else theirs
+        delegate = Delegate(address=address, name=name, party_id=party.id, language="en",
+                            created_at=now)
+        session.add(delegate)
+        session.flush()
+        if address == "lena@party.test":
+            continue  # a delegate of the other party, not invited to this meeting
+        invitation = Invitation(meeting_id=meeting.id, delegate_id=delegate.id,
+                                address=address, name=name, language="en",
+                                sent_sequence=sequence, reset_sequence=sequence)
+        session.add(invitation)
+        session.flush()
+        world.invitations[address] = invitation.id
+    return world
+
+
+@pytest.fixture
+def db(sqlite_url: str, tmp_path: Path) -> Iterator[Database]:
+    database = Database(sqlite_url, tmp_path)
+    database.upgrade()
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def world(db: Database) -> World:
+    return db.transaction(organise)
+
+
+def meeting_site(clock: float | None = None) -> MeetingSite:
+    return MeetingSite(domain=DOMAIN, name="Progressive Alliance",
+                       templates=compose.environment(), attendee_tokens=SIGNER, base_url="",
+                       clock=(lambda: clock) if clock is not None else time.time)
+
+
+@dataclass(frozen=True)
+class Standing:
+    partstat: str
+    comment: str
+    state: str
+    delegated_to: str = ""
+
+
+def standing(db: Database, world: World, address: str) -> Standing:
+    def read(session: Session) -> Standing:
+        row = session.get(Invitation, world.invitations[address])
+        assert row is not None
+        return Standing(row.partstat, row.comment, row.state, row.delegated_to)
+    return db.query(read)
+
+
+def events(db: Database) -> list[tuple[str, str, str]]:
+    return db.query(lambda s: [(e.kind, e.partstat, e.detail) for e in s.scalars(
+        select(RsvpEvent).order_by(RsvpEvent.id))])
+
+
+def outgoing(db: Database) -> list[tuple[str, EmailMessage]]:
+    """Every queued message: (recipient, parsed message)."""
+    def read(session: Session) -> list[tuple[str, EmailMessage]]:
+        rows = session.execute(select(Delivery.recipient, Outgoing.data)
+                               .join(Outgoing, Delivery.outgoing_id == Outgoing.id)
+                               .order_by(Delivery.id))
+        return [(recipient, parse(data)) for recipient, data in rows]
+    return db.query(read)
+
+
+# -- messages: fixtures and samples, addressed to our meeting --------------------------
+
+def crlf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def addressed(raw: bytes, changes: dict[str, str]) -> bytes:
+    """The message with each old text replaced: in the raw bytes, and inside base64 parts.
+
+    Everything else stays byte for byte, so that each client's own encoding (Apple's
+    quoted-printable, Outlook's base64, Google's two copies) is what the daemon reads.
+    """
+    for old, new in changes.items():
+        raw = raw.replace(old.encode(), new.encode())
+    for part in parse(raw).walk():
+        if part.is_multipart() or \
+                str(part.get("content-transfer-encoding", "")).lower() != "base64":
+            continue
+        encoded = str(part.get_payload()).strip()
+        decoded = part.get_payload(decode=True)
+        assert isinstance(decoded, bytes)
+        changed = decoded
+        for old, new in changes.items():
+            changed = changed.replace(old.encode(), new.encode())
+        if changed != decoded:
+            fresh = base64.encodebytes(changed).decode().strip().replace("\n", "\r\n")
+            raw = raw.replace(encoded.encode(), fresh.encode())
+    return raw
+
+
+def fixture(name: str, world: World, invitee: str = "ana@party.test",
+            **more: str) -> bytes:
+    """One of our client fixtures, as that client would send it about our meeting."""
+    changes = {**more, FIXTURE_UID: world.uid, FIXTURE_RSVP: world.rsvp(invitee),
+               FIXTURE_INVITEE: invitee}
+    return addressed(crlf((DATA / name).read_bytes()), changes)
+
+
+def interop_folder() -> Path:
+    if not INTEROP.is_dir():
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI needs the interop samples in {INTEROP}")
+        pytest.skip(f"the interop samples are not beside the checkout ({INTEROP})")
+    return INTEROP
+
+
+def sample(name: str, world: World, invitee: str = "ana@party.test", **more: str) -> bytes:
+    """A real client's message from ../shared/interop-samples/, addressed to our meeting."""
+    raw = crlf((interop_folder() / name).read_bytes())
+    changes = {**more, APPLE_UID: world.uid, APPLE_ATTENDEE: invitee,
+               "nonexistant@example.com": invitee}
+    return addressed(raw, changes)
+
+
+def wrapped(calendar: bytes, world: World, sender: str = "ana@party.test",
+            method: str = "") -> bytes:
+    """A calendar as the only part of a message from `sender` (Outlook's .ics export)."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = world.rsvp(sender) if sender in world.invitations else DOMAIN
+    message["Subject"] = "Calendar"
+    message["Date"] = "Mon, 1 Mar 2027 10:00:00 +0000"
+    params = {"method": method} if method else {}
+    message.set_content(calendar, maintype="text", subtype="calendar", params=params)
+    return message.as_bytes(policy=default_policy.clone(linesep="\r\n"))
+
+
+def reply_calendar(world: World, attendee_lines: str, *, method: str = "REPLY",
+                   sequence: int | None = 0, stamp: str | None = "20250301T100000Z",
+                   uid: str | None = None, extra: str = "") -> bytes:
+    """A minimal iTIP object with the given ATTENDEE lines (for the rule tests)."""
+    lines = ["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//test//EN", f"METHOD:{method}",
+             "BEGIN:VEVENT", f"UID:{uid if uid is not None else world.uid}"]
+    lines += [f"SEQUENCE:{sequence}"] if sequence is not None else []
+    lines += [f"DTSTAMP:{stamp}"] if stamp is not None else []
+    lines += attendee_lines.strip().splitlines() + extra.strip().splitlines()
+    lines += ["END:VEVENT", "END:VCALENDAR", ""]
+    return "\r\n".join(line for line in lines if line or line == "").encode()
+
+
+def answer_of(world: World, partstat: str, address: str = "ana@party.test", *,
+              sender: str | None = None, **options: object) -> bytes:
+    """A reply mail from `sender` (default: the attendee) with one ATTENDEE line."""
+    attendee = f"ATTENDEE;PARTSTAT={partstat};CN=Someone:mailto:{address}"
+    return wrapped(reply_calendar(world, attendee, **options),  # type: ignore[arg-type]
+                   world, sender or address, method="REPLY")
+
+
+def deliver(db: Database, world: World, address: str, raw: bytes, *,
+            mail_from: str = "ana@party.test", site: MeetingSite | None = None) -> Outcome:
+    """What the router does with one message to `address`'s rsvp address, in one transaction."""
+    rcpt = world.rsvp(address)
+    token = rcpt.split("+", 1)[1].split("@", 1)[0]
+    inbound = Inbound(1, 1, Route(Role.RSVP, None, token), rcpt, mail_from, raw, parse(raw))
+
+    def run(session: Session) -> Outcome:
+        invitation = session.get(Invitation, world.invitations[address])
+        assert invitation is not None
+        return process(session, site or meeting_site(), invitation, inbound)
+    return db.transaction(run)
+
+
+def forwards(db: Database) -> list[str]:
+    """The reasons of the messages passed on to the coordinator, in order."""
+    return [str(message[FORWARD_HEADER]) for recipient, message in outgoing(db)
+            if recipient == COORDINATOR and message[FORWARD_HEADER] is not None]
+
+
+# -- replies as each client sends them -------------------------------------------------
+
+CLIENT_REPLIES = [
+    ("outlook-reply-accepted.eml", "ACCEPTED", "I will arrive the evening before."),
+    ("google-reply-declined.eml", "DECLINED", "Our party congress is that weekend, sorry."),
+    ("thunderbird-reply-tentative.eml", "TENTATIVE", ""),
+]
+
+
+@pytest.mark.parametrize(("name", "partstat", "comment"), CLIENT_REPLIES)
+def test_a_client_reply_sets_partstat_and_comment_once(db: Database, world: World, name: str,
+                                                      partstat: str, comment: str) -> None:
+    raw = fixture(name, world)
+    assert deliver(db, world, "ana@party.test", raw) == Outcome("applied", partstat)
+    assert standing(db, world, "ana@party.test") == Standing(partstat, comment, "active")
+    assert events(db) == [("reply", partstat, comment)]
+    assert outgoing(db) == [], "an applied reply sends nothing"
+    # Delivered twice (a retry, a second copy): nothing changes the second time.
+    assert deliver(db, world, "ana@party.test", raw).action == "unchanged"
+    assert len(events(db)) == 1
+    assert standing(db, world, "kofi@party.test").partstat == "NEEDS-ACTION"
+
+
+def test_an_apple_reply_without_method_parameter_is_applied(db: Database,
+                                                           world: World) -> None:
+    raw = sample("apple-ical-reply-accepted.eml", world, "yann@party.test")
+    outcome = deliver(db, world, "yann@party.test", raw, mail_from="yann@party.test")
+    assert outcome == Outcome("applied", "ACCEPTED")
+    assert standing(db, world, "yann@party.test").partstat == "ACCEPTED"
+    assert forwards(db) == []
+
+
+def test_an_outlook_reply_reads_without_organizer_dtstamp_and_with_a_windows_tzid(
+        world: World) -> None:
+    found = itip.read(parse(fixture("outlook-reply-accepted.eml", world)))
+    [reply] = found.messages
+    assert (reply.method, reply.organizer, reply.uid) == ("REPLY", "", world.uid)
+    assert reply.stamp == datetime(2027, 3, 1, 10, 15, 22, tzinfo=ZONE).replace(
+        tzinfo=ZoneInfo("UTC")).timestamp(), "no DTSTAMP: the Date: header"
+    counter = itip.read(parse(fixture("outlook-counter.eml", world))).messages[0]
+    assert counter.start == datetime(2027, 3, 15, 9, 0, tzinfo=ZONE)
+
+
+def test_google_sends_the_calendar_twice_and_it_counts_once(world: World) -> None:
+    found = itip.read(parse(fixture("google-reply-declined.eml", world)))
+    assert len(found.messages) == 1
+    assert found.messages[0].attendees[0].comment == "Our party congress is that weekend, sorry."
+
+
+# -- who may answer ----------------------------------------------------------------------
+
+def test_a_spoofed_reply_naming_another_attendee_changes_nothing_and_goes_to_coordination(
+        db: Database, world: World) -> None:
+    raw = fixture("spoofed-reply-other-attendee.eml", world)
+    outcome = deliver(db, world, "ana@party.test", raw, mail_from="mallory@elsewhere.test")
+    assert outcome.action == "forward"
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert standing(db, world, "kofi@party.test").partstat == "NEEDS-ACTION"
+    assert forwards(db) == ["the REPLY names kofi@party.test, not the invitee ana@party.test"]
+    [(_, message)] = outgoing(db)
+    assert message["Message-ID"] == "<spoof-31337@elsewhere.test>", "passed on as it came"
+    assert events(db) == []
+
+
+def test_a_reply_from_neither_the_attendee_nor_their_sent_by_changes_nothing(
+        db: Database, world: World) -> None:
+    raw = fixture("thunderbird-reply-tentative.eml", world,
+                  **{"From: Ana Silva <ana@party.test>": "From: Mallory <mallory@else.test>"})
+    assert deliver(db, world, "ana@party.test", raw).action == "forward"
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert forwards(db) == ["sent by mallory@else.test, neither the invitee nor their SENT-BY"]
+
+
+def test_a_secretary_named_in_sent_by_may_answer(db: Database, world: World) -> None:
+    line = ('ATTENDEE;PARTSTAT=ACCEPTED;SENT-BY="mailto:office@party.test":'
+            'mailto:ana@party.test')
+    raw = wrapped(reply_calendar(world, line), world, "office@party.test", "REPLY")
+    assert deliver(db, world, "ana@party.test", raw).action == "applied"
+    assert standing(db, world, "ana@party.test").partstat == "ACCEPTED"
+
+
+def test_a_reply_with_two_attendees_that_is_no_delegation_changes_nothing(
+        db: Database, world: World) -> None:
+    lines = ("ATTENDEE;PARTSTAT=ACCEPTED:mailto:ana@party.test\n"
+             "ATTENDEE;PARTSTAT=ACCEPTED:mailto:kofi@party.test")
+    raw = wrapped(reply_calendar(world, lines), world, "ana@party.test", "REPLY")
+    assert deliver(db, world, "ana@party.test", raw).action == "forward"
+    assert forwards(db) == ["the REPLY also names kofi@party.test"]
+    assert standing(db, world, "kofi@party.test").partstat == "NEEDS-ACTION"
+
+
+def test_only_partstat_and_the_note_are_taken_from_a_reply(db: Database, world: World) -> None:
+    extra = "DTSTART:20300101T000000Z\nLOCATION:Elsewhere\nSTATUS:CANCELLED\nSUMMARY:Hijack"
+    raw = answer_of(world, "ACCEPTED", extra=extra)
+    assert deliver(db, world, "ana@party.test", raw).action == "applied"
+
+    def meeting(session: Session) -> tuple[str, str, int]:
+        row = session.get(Meeting, world.meeting_id)
+        assert row is not None
+        return row.location, row.status, row.sequence
+    assert db.query(meeting) == ("KICC, Nairobi", "CONFIRMED", 0)
+
+
+def test_a_reply_about_one_occurrence_matches_nothing_of_ours(db: Database,
+                                                              world: World) -> None:
+    raw = answer_of(world, "DECLINED", extra="RECURRENCE-ID:20270314T060000Z")
+    outcome = deliver(db, world, "ana@party.test", raw)
+    assert outcome == Outcome("forward", "REPLY about one occurrence (20270314T060000Z) of a "
+                                         "meeting that does not repeat")
+
+
+def test_a_reply_about_another_event_is_passed_on(db: Database, world: World) -> None:
+    raw = answer_of(world, "ACCEPTED", uid="someone-elses-meeting@example.com")
+    assert deliver(db, world, "ana@party.test", raw).action == "forward"
+    assert forwards(db) == ["REPLY about another event (UID 'someone-elses-meeting@example.com')"]
+
+
+# -- stale replies, cancelled meetings ----------------------------------------------------
+
+def set_meeting(db: Database, world: World, **values: object) -> None:
+    def change(session: Session) -> None:
+        meeting = session.get(Meeting, world.meeting_id)
+        for key, value in values.items():
+            setattr(meeting, key, value)
+    db.transaction(change)
+
+
+def test_a_reply_older_than_the_one_applied_changes_nothing(db: Database,
+                                                            world: World) -> None:
+    newer = answer_of(world, "ACCEPTED", stamp="20250302T100000Z")
+    older = answer_of(world, "DECLINED", stamp="20250301T100000Z")
+    assert deliver(db, world, "ana@party.test", newer).action == "applied"
+    outcome = deliver(db, world, "ana@party.test", older)
+    assert outcome == Outcome("unchanged", "it is older than the reply already applied")
+    assert standing(db, world, "ana@party.test").partstat == "ACCEPTED"
+    # A later change of mind is applied.
+    later = answer_of(world, "DECLINED", stamp="20250303T100000Z")
+    assert deliver(db, world, "ana@party.test", later).action == "applied"
+    assert [e[1] for e in events(db)] == ["ACCEPTED", "DECLINED"]
+
+
+def test_a_reply_to_the_time_before_a_reschedule_changes_nothing(db: Database,
+                                                                world: World) -> None:
+    set_meeting(db, world, sequence=1)
+    db.transaction(lambda s: setattr(s.get(Invitation, world.invitations["ana@party.test"]),
+                                     "reset_sequence", 1))
+    old_time = answer_of(world, "ACCEPTED", sequence=0)
+    outcome = deliver(db, world, "ana@party.test", old_time)
+    assert outcome == Outcome("unchanged", "it answers SEQUENCE 0, before the change at "
+                                           "SEQUENCE 1")
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert deliver(db, world, "ana@party.test",
+                   answer_of(world, "ACCEPTED", sequence=1)).action == "applied"
+
+
+def test_a_sequence_from_the_future_cannot_block_later_replies(db: Database,
+                                                               world: World) -> None:
+    odd = answer_of(world, "DECLINED", sequence=99, stamp="20250301T100000Z")
+    assert deliver(db, world, "ana@party.test", odd).action == "applied"
+    fine = answer_of(world, "ACCEPTED", sequence=0, stamp="20250302T100000Z")
+    assert deliver(db, world, "ana@party.test", fine).action == "applied"
+    assert standing(db, world, "ana@party.test").partstat == "ACCEPTED"
+
+
+def test_without_sequence_outlooks_cdo_sequence_is_read(world: World) -> None:
+    raw = reply_calendar(world, "ATTENDEE;PARTSTAT=ACCEPTED:mailto:ana@party.test",
+                         sequence=None, extra="X-MICROSOFT-CDO-APPT-SEQUENCE:3")
+    assert itip.parse(raw).sequence == 3
+    no_sequence = reply_calendar(world, "ATTENDEE:mailto:ana@party.test", sequence=None)
+    assert itip.parse(no_sequence).sequence == 0
+
+
+def test_a_reply_to_a_cancelled_meeting_changes_nothing(db: Database, world: World) -> None:
+    set_meeting(db, world, status="CANCELLED", sequence=1)
+    outcome = deliver(db, world, "ana@party.test", answer_of(world, "ACCEPTED", sequence=1))
+    assert outcome == Outcome("unchanged", "the meeting is cancelled")
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert events(db) == [] and outgoing(db) == []
+
+
+# -- mail that is not an answer ------------------------------------------------------------
+
+NOT_ANSWERS = [
+    ("apple-ical-reply-no-ics.eml", "no calendar data"),
+    ("apple-ical-reply-missing-attendee.eml",
+     "the REPLY names no attendee, not the invitee ana@party.test"),
+    # CalendarServer's capture lacks the ATTENDEE as well as the ORGANIZER: a missing
+    # ORGANIZER alone is fine (outlook-reply-accepted.eml has none), no PARTSTAT is not.
+    ("apple-ical-reply-missing-organizer.eml",
+     "the REPLY names no attendee, not the invitee ana@party.test"),
+    ("outlook-exchange2010-request.eml", "calendar data that is not an answer (REQUEST)"),
+    ("outlook-teams-request.eml", "calendar data that is not an answer (REQUEST)"),
+    ("google-calendar-request.eml", "calendar data that is not an answer (REQUEST)"),
+    ("request-single-occurrence-override.eml",
+     "calendar data that is not an answer (REQUEST)"),
+    ("cancel-recurring-series.eml", "calendar data that is not an answer (CANCEL)"),
+]
+
+
+@pytest.mark.parametrize(("name", "reason"), NOT_ANSWERS)
+def test_interop_samples_that_are_no_usable_answer_go_to_coordination(
+        db: Database, world: World, name: str, reason: str) -> None:
+    raw = sample(name, world, "ana@party.test")
+    outcome = deliver(db, world, "ana@party.test", raw)
+    assert outcome == Outcome("forward", reason)
+    assert forwards(db) == [reason]
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert events(db) == []
+
+
+ICS_SAMPLES = [
+    ("exchange2010-request-windows-tzid.ics", "calendar data that is not an answer (REQUEST)"),
+    ("exchange-cdo-request-malformed.ics", "calendar data that is not an answer (REQUEST)"),
+    ("google-recurring-with-overrides.ics", "calendar data that is not an answer (no METHOD)"),
+    ("zimbra-recurring-with-instance-override.ics",
+     "calendar data that is not an answer (no METHOD)"),
+]
+
+
+@pytest.mark.parametrize(("name", "reason"), ICS_SAMPLES)
+def test_interop_calendars_attached_to_a_mail_are_passed_on(db: Database, world: World,
+                                                           name: str, reason: str) -> None:
+    calendar = crlf((interop_folder() / name).read_bytes())
+    outcome = deliver(db, world, "ana@party.test", wrapped(calendar, world))
+    assert outcome == Outcome("forward", reason)
+
+
+def exchange_reply(world: World, attendee: str, **more: str) -> bytes:
+    """The Exchange 2010 sample (Windows TZID) turned into that attendee's REPLY."""
+    text = crlf((interop_folder() / "exchange2010-request-windows-tzid.ics").read_bytes())
+    text = text.replace(b"METHOD:REQUEST", b"METHOD:REPLY").replace(
+        b"END:VEVENT", f"ATTENDEE;PARTSTAT=TENTATIVE:mailto:{attendee}\r\nEND:VEVENT".encode())
+    text = text.replace(b"040000008200E00074C5B7101A82E0080000000090E19664858ED20100000000"
+                        b"000000", world.uid.encode())
+    for old, new in more.items():
+        text = text.replace(old.encode(), new.encode())
+    return text
+
+
+def test_the_exchange_sample_as_a_reply_is_applied_despite_its_windows_tzid(
+        db: Database, world: World) -> None:
+    raw = wrapped(exchange_reply(world, "ana@party.test"), world)
+    assert deliver(db, world, "ana@party.test", raw) == Outcome("applied", "TENTATIVE")
+
+
+def test_the_malformed_cdo_sample_as_a_reply_has_no_uid_and_is_passed_on(
+        db: Database, world: World) -> None:
+    text = crlf((interop_folder() / "exchange-cdo-request-malformed.ics").read_bytes())
+    text = text.replace(b"METHOD:REQUEST", b"METHOD:REPLY").replace(
+        b"END:VEVENT", b"ATTENDEE;PARTSTAT=ACCEPTED:mailto:ana@party.test\r\nEND:VEVENT")
+    outcome = deliver(db, world, "ana@party.test", wrapped(text, world))
+    assert outcome == Outcome("forward", "REPLY about another event (UID '')")
+
+
+def test_an_outlook_reply_in_tnef_only_goes_to_coordination(db: Database,
+                                                            world: World) -> None:
+    outcome = deliver(db, world, "ana@party.test", fixture("outlook-tnef-reply.eml", world))
+    assert outcome == Outcome("forward", "an Outlook TNEF attachment (winmail.dat) without "
+                                         "text/calendar")
+
+
+def test_an_out_of_office_reply_is_dropped(db: Database, world: World) -> None:
+    outcome = deliver(db, world, "ana@party.test", fixture("out-of-office.eml", world))
+    assert outcome == Outcome("dropped", "automatic mail: Auto-Submitted: auto-replied")
+    assert outgoing(db) == [] and events(db) == []
+
+
+def test_an_automatic_reply_with_a_calendar_reply_is_applied_but_never_passed_on(
+        db: Database, world: World) -> None:
+    raw = answer_of(world, "ACCEPTED").replace(b"Subject:", b"Auto-Submitted: auto-generated"
+                                                            b"\r\nSubject:", 1)
+    assert deliver(db, world, "ana@party.test", raw).action == "applied"
+    spoof = answer_of(world, "ACCEPTED", "kofi@party.test", sender="ana@party.test").replace(
+        b"Subject:", b"Auto-Submitted: auto-generated\r\nSubject:", 1)
+    assert deliver(db, world, "ana@party.test", spoof).action == "dropped"
+    assert outgoing(db) == []
+
+
+def test_a_dsn_bounce_of_the_invitation_marks_it_undeliverable(db: Database,
+                                                               world: World) -> None:
+    raw = sample("dsn-bounce-with-ics.eml", world, "kofi@party.test")
+    outcome = deliver(db, world, "kofi@party.test", raw, mail_from="")
+    assert outcome == Outcome("undeliverable", "kofi@party.test")
+    assert standing(db, world, "kofi@party.test") == Standing("NEEDS-ACTION", "",
+                                                              "undeliverable")
+    assert events(db) == [("bounce", "NEEDS-ACTION", "kofi@party.test")]
+    assert deliver(db, world, "kofi@party.test", raw, mail_from="").action == "unchanged"
+    assert len(events(db)) == 1 and outgoing(db) == []
+
+
+# -- hostile input -------------------------------------------------------------------------
+
+def many_events(world: World) -> bytes:
+    event = ("BEGIN:VEVENT\r\nUID:{uid}\r\nRECURRENCE-ID:2027{n:04d}T090000Z\r\n"
+             "ATTENDEE;PARTSTAT=ACCEPTED:mailto:ana@party.test\r\nEND:VEVENT\r\n")
+    body = "".join(event.format(uid=world.uid, n=n) for n in range(1, 200))
+    return f"BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\n{body}END:VCALENDAR\r\n".encode()
+
+
+def nested(depth: int) -> bytes:
+    head = b"From: ana@party.test\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"
+    body = b"BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\nEND:VCALENDAR\r\n"
+    data = b"Content-Type: text/calendar\r\n\r\n" + body
+    for n in range(depth):
+        data = (f"Content-Type: multipart/mixed; boundary=b{n}\r\n\r\n--b{n}\r\n".encode()
+                + data + f"\r\n--b{n}--\r\n".encode())
+    return head + data
+
+
+def many_parts(count: int) -> bytes:
+    parts = b"".join(b"--x\r\nContent-Type: text/plain\r\n\r\nhello\r\n" for _ in range(count))
+    return (b"From: ana@party.test\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=x\r\n\r\n" + parts + b"--x--\r\n")
+
+
+HOSTILE = {
+    "garbage": lambda w: wrapped(b"\x00\xff\xfe garbage \x80\r\n" * 50, w, method="REPLY"),
+    "no vcalendar": lambda w: wrapped(b"BEGIN:VEVENT\r\nUID:x\r\nEND:VEVENT\r\n", w),
+    "unbalanced": lambda w: wrapped(b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nEND:VCALENDAR\r\n", w),
+    "huge": lambda w: wrapped(b"BEGIN:VCALENDAR\r\nX-PAD:" + b"a" * 600_000
+                              + b"\r\nEND:VCALENDAR\r\n", w),
+    "many events": lambda w: wrapped(many_events(w), w),
+    "deep nesting": lambda w: nested(40),
+    "many parts": lambda w: many_parts(400),
+    "broken values": lambda w: wrapped(reply_calendar(
+        w, "ATTENDEE;PARTSTAT=ACC EPTED:mailto:ana@party.test", sequence=None,
+        extra="SEQUENCE:lots\r\nDTSTAMP:yesterday"), w),
+    "bad charset": lambda w: wrapped(b"x", w).replace(b"text/calendar",
+                                                     b"text/calendar; charset=klingon"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_calendar_data_never_raises_and_goes_to_coordination(
+        db: Database, world: World, name: str) -> None:
+    raw = HOSTILE[name](world)
+    started = time.monotonic()
+    outcome = deliver(db, world, "ana@party.test", raw)
+    assert outcome.action == "forward", outcome
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert len(forwards(db)) == 1
+    assert time.monotonic() - started < 10, "bounded work"
+
+
+def test_lowercase_method_and_mailto_are_read(db: Database, world: World) -> None:
+    raw = wrapped(reply_calendar(world, "ATTENDEE;PARTSTAT=declined:MAILTO:Ana@Party.TEST",
+                                 method="reply"), world)
+    assert deliver(db, world, "ana@party.test", raw) == Outcome("applied", "DECLINED")
+
+
+# -- COUNTER, REFRESH, substitutes ----------------------------------------------------------
+
+def test_a_counter_is_recorded_and_summarised_for_coordination_once(db: Database,
+                                                                   world: World) -> None:
+    raw = fixture("outlook-counter.eml", world)
+    outcome = deliver(db, world, "ana@party.test", raw)
+    assert outcome.action == "counter"
+    assert outcome.reason.startswith("2027-03-15 09:00 - 2027-03-15 17:00; KICC, Nairobi; "
+                                     "The 14th is our party congress.")
+    assert [e[0] for e in events(db)] == ["counter"]
+    [(recipient, summary)] = outgoing(db)
+    assert recipient == COORDINATOR
+    assert summary["Subject"] == ("New time proposed: Steering Committee, Nairobi "
+                                  "(by Ana Silva)")
+    assert summary["Reply-To"] == "ana@party.test"
+    assert summary["Auto-Submitted"] == "auto-generated"
+    text = summary.get_content()
+    assert "2027-03-15 09:00" in text and "Could we meet on the 15th instead?" in text
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert deliver(db, world, "ana@party.test", raw).action == "unchanged"
+    assert len(outgoing(db)) == 1
+
+
+def test_a_counter_from_someone_else_is_only_passed_on(db: Database, world: World) -> None:
+    raw = fixture("outlook-counter.eml", world, **{
+        "From: Ana Silva <ana@party.test>": "From: Mallory <mallory@else.test>"})
+    assert deliver(db, world, "ana@party.test", raw).action == "forward"
+    assert events(db) == []
+
+
+def test_a_refresh_sends_the_current_invitation_to_the_invitee_only(db: Database,
+                                                                   world: World) -> None:
+    outcome = deliver(db, world, "ana@party.test", fixture("refresh.eml", world))
+    assert outcome == Outcome("refreshed", "SEQUENCE 0")
+    [(recipient, message)] = outgoing(db)
+    assert recipient == "ana@party.test"
+    calendars = itip.read(message)
+    assert [(m.method, m.uid) for m in calendars.messages] == [("REQUEST", world.uid)]
+    assert calendars.messages[0].organizer == world.rsvp("ana@party.test")
+    spoofed = fixture("refresh.eml", world, **{
+        "From: Ana Silva <ana@party.test>": "From: Mallory <mallory@else.test>"})
+    assert deliver(db, world, "ana@party.test", spoofed).action == "forward"
+    assert [r for r, _ in outgoing(db)] == ["ana@party.test", COORDINATOR]
+
+
+def substitute_request(db: Database, address: str) -> itip.ItipMessage:
+    [message] = [m for r, m in outgoing(db) if r == address]
+    [request] = itip.read(message).messages
+    return request
+
+
+def test_a_delegation_reply_invites_the_substitute(db: Database, world: World) -> None:
+    lines = ('ATTENDEE;PARTSTAT=DELEGATED;DELEGATED-TO="mailto:maria@party.test":'
+             'mailto:ana@party.test\n'
+             'ATTENDEE;PARTSTAT=NEEDS-ACTION;DELEGATED-FROM="mailto:ana@party.test";'
+             'CN=Maria Lopez:mailto:maria@party.test')
+    raw = wrapped(reply_calendar(world, lines), world, "ana@party.test", "REPLY")
+    assert deliver(db, world, "ana@party.test", raw) == Outcome("delegated",
+                                                                "maria@party.test")
+    assert standing(db, world, "ana@party.test") == Standing(
+        "DELEGATED", "", "active", "maria@party.test")
+    request = substitute_request(db, "maria@party.test")
+    maria = request.attendee("maria@party.test")
+    assert maria is not None and maria.delegated_from == ("ana@party.test",)
+    assert events(db) == [("delegated", "DELEGATED", "maria@party.test")]
+    assert deliver(db, world, "ana@party.test", raw).action == "unchanged"
+    assert len(outgoing(db)) == 1
+
+
+def test_an_invitee_who_sent_a_substitute_cannot_simply_take_the_seat_back(
+        db: Database, world: World) -> None:
+    deliver(db, world, "ana@party.test",
+            command(world, "ana@party.test", "delegate maria@party.test\n"))
+    outcome = deliver(db, world, "ana@party.test", answer_of(world, "ACCEPTED"))
+    assert outcome == Outcome("forward", "the invitee has sent maria@party.test in their place")
+    assert standing(db, world, "ana@party.test").partstat == "DELEGATED"
+
+
+def test_the_substitutes_reply_naming_the_delegator_too_is_theirs(db: Database,
+                                                                 world: World) -> None:
+    deliver(db, world, "ana@party.test",
+            command(world, "ana@party.test", "delegate maria@party.test\n"))
+    world.invitations["maria@party.test"] = db.query(lambda s: s.scalar(
+        select(Invitation.id).where(Invitation.address == "maria@party.test")))
+    lines = ('ATTENDEE;PARTSTAT=ACCEPTED;DELEGATED-FROM="mailto:ana@party.test":'
+             'mailto:maria@party.test\n'
+             'ATTENDEE;PARTSTAT=DELEGATED;DELEGATED-TO="mailto:maria@party.test":'
+             'mailto:ana@party.test')
+    raw = wrapped(reply_calendar(world, lines), world, "maria@party.test", "REPLY")
+    outcome = deliver(db, world, "maria@party.test", raw, mail_from="maria@party.test")
+    assert outcome == Outcome("applied", "ACCEPTED")
+    assert standing(db, world, "ana@party.test").partstat == "DELEGATED"
+
+
+def command(world: World, sender: str, text: str) -> bytes:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = world.rsvp("ana@party.test")
+    message["Subject"] = "Re: Invitation: Steering Committee, Nairobi"
+    message.set_content(text)
+    return message.as_bytes(policy=default_policy.clone(linesep="\r\n"))
+
+
+def test_the_delegate_command_sends_a_substitute(db: Database, world: World) -> None:
+    raw = command(world, "Ana Silva <ana@party.test>",
+                  "delegate maria@party.test Maria Lopez\n\n> Invitation: ...\n")
+    assert deliver(db, world, "ana@party.test", raw) == Outcome("delegated",
+                                                                "maria@party.test")
+    request = substitute_request(db, "maria@party.test")
+    assert request.attendee("maria@party.test") is not None
+
+    def substitute(session: Session) -> tuple[str, int | None]:
+        row = session.scalar(select(Invitation).where(
+            Invitation.address == "maria@party.test"))
+        assert row is not None
+        return row.name, row.delegated_from_id
+    assert db.query(substitute) == ("Maria Lopez", world.invitations["ana@party.test"])
+
+
+def test_the_delegate_command_from_someone_else_is_passed_on(db: Database,
+                                                            world: World) -> None:
+    raw = command(world, "mallory@else.test", "delegate mallory@else.test\n")
+    assert deliver(db, world, "ana@party.test", raw).action == "forward"
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert forwards(db) == ["a delegate command from mallory@else.test, not the invitee"]
+
+
+def test_a_substitute_the_charter_forbids_changes_nothing(db: Database, world: World) -> None:
+    # Lena is a delegate of another party: the Forum takes one delegate per party.
+    raw = command(world, "ana@party.test", "delegate lena@party.test\n")
+    outcome = deliver(db, world, "ana@party.test", raw)
+    assert outcome.action == "forward"
+    assert "one delegate per party" in outcome.reason
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert db.query(lambda s: s.scalar(select(func.count()).select_from(Invitation).where(
+        Invitation.address == "lena@party.test"))) == 0
+    assert events(db) == []
+
+
+def test_when_the_substitute_declines_the_delegator_is_asked_again(db: Database,
+                                                                  world: World) -> None:
+    deliver(db, world, "ana@party.test",
+            command(world, "ana@party.test", "delegate maria@party.test\n"))
+    maria = db.query(lambda s: s.scalar(select(Invitation.id).where(
+        Invitation.address == "maria@party.test")))
+    world.invitations["maria@party.test"] = maria
+    declined = answer_of(world, "DECLINED", "maria@party.test")
+    assert deliver(db, world, "maria@party.test", declined,
+                   mail_from="maria@party.test").action == "applied"
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert [r for r, _ in outgoing(db)] == ["maria@party.test", "ana@party.test"]
+
+
+# -- over SMTP -------------------------------------------------------------------------------
+
+async def quiet(daemon: Daemon, timeout: float = 15.0) -> None:
+    """Wait until every received message is handled and every delivery has an outcome."""
+    def busy(session: Session) -> int:
+        work = session.scalar(select(func.count()).select_from(Work).where(
+            Work.state.in_(("pending", "working"))))
+        sending = session.scalar(select(func.count()).select_from(Delivery).where(
+            Delivery.state.in_(("pending", "sending"))))
+        return int(work or 0) + int(sending or 0)
+    deadline = time.monotonic() + timeout
+    while await daemon.db.read(busy):
+        assert time.monotonic() < deadline, "the daemon did not settle"
+        await asyncio.sleep(0.05)
+    quarantined = await daemon.db.read(lambda s: list(s.scalars(
+        select(Work.error).where(Work.state == "quarantined"))))
+    assert quarantined == []
+
+
+def ours(sink: Sink) -> list[Delivered]:
+    """What the RSVP handler sent: passed-on mail, summaries and invitations, not the
+    scheduler's reports (the cadence warning goes to the same coordinator)."""
+    return [d for d in sink.received if d.message[FORWARD_HEADER] is not None
+            or d.rcpt != COORDINATOR
+            or str(d.message["Subject"]).startswith("New time proposed:")]
+
+
+async def test_replies_from_every_client_over_smtp(tmp_path: Path, database_url: str,
+                                                  sink: Sink) -> None:
+    config = make_config(tmp_path, database_url, smarthost_port=sink.port)
+    async with running(config) as daemon:
+        world = daemon.db.transaction(organise)
+        port = daemon.ports["smtp"]
+        mails = [
+            ("ana@party.test", fixture("outlook-reply-accepted.eml", world)),
+            ("kofi@party.test", fixture("google-reply-declined.eml", world, "kofi@party.test")),
+            ("yann@party.test", sample("apple-ical-reply-accepted.eml", world,
+                                       "yann@party.test")),
+            ("zara@party.test", fixture("thunderbird-reply-tentative.eml", world,
+                                        "zara@party.test")),
+            ("zara@party.test", fixture("out-of-office.eml", world, "zara@party.test")),
+            ("ana@party.test", fixture("spoofed-reply-other-attendee.eml", world)),
+            ("yann@party.test", sample("apple-ical-reply-no-ics.eml", world,
+                                       "yann@party.test")),
+        ]
+        for address, data in mails:
+            await send(port, address, [world.rsvp(address)], data)
+        await quiet(daemon)
+        states = {a: standing(daemon.db, world, a).partstat for a in world.invitations}
+        assert states == {"ana@party.test": "ACCEPTED", "kofi@party.test": "DECLINED",
+                          "yann@party.test": "ACCEPTED", "zara@party.test": "TENTATIVE"}
+        assert standing(daemon.db, world, "kofi@party.test").comment == \
+            "Our party congress is that weekend, sorry."
+        passed_on = sorted((d.rcpt, str(d.message[FORWARD_HEADER])) for d in ours(sink))
+        assert passed_on == [(COORDINATOR, "no calendar data"),
+                             (COORDINATOR, "the REPLY names kofi@party.test, not the invitee "
+                                           "ana@party.test")]
+
+        # The Outlook reply again: nothing changes, nothing is sent.
+        await send(port, "ana@party.test", [world.rsvp("ana@party.test")], mails[0][1])
+        await quiet(daemon)
+        assert len(ours(sink)) == 2
+        assert len(events(daemon.db)) == 4
+
+
+async def test_counter_refresh_substitute_and_bounce_over_smtp(tmp_path: Path, sqlite_url: str,
+                                                              sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    async with running(config) as daemon:
+        world = daemon.db.transaction(organise)
+        port = daemon.ports["smtp"]
+        ana, kofi = world.rsvp("ana@party.test"), world.rsvp("kofi@party.test")
+        await send(port, "ana@party.test", [ana], fixture("outlook-counter.eml", world))
+        await send(port, "ana@party.test", [ana], fixture("refresh.eml", world))
+        await send(port, "", [kofi], sample("dsn-bounce-with-ics.eml", world,
+                                            "kofi@party.test"))
+        await quiet(daemon)
+        by_rcpt = {d.rcpt: d for d in ours(sink)}
+        assert sorted(by_rcpt) == ["ana@party.test", COORDINATOR]
+        assert by_rcpt[COORDINATOR].message["Subject"].startswith("New time proposed:")
+        assert by_rcpt["ana@party.test"].mail_from == ana, "a bounce would name the invitation"
+        assert standing(daemon.db, world, "kofi@party.test").state == "undeliverable"
+
+        await send(port, "ana@party.test", [ana],
+                   command(world, "ana@party.test", "delegate maria@party.test Maria Lopez"))
+        await quiet(daemon)
+        [invitation] = [d for d in sink.received if d.rcpt == "maria@party.test"]
+        [request] = itip.read(invitation.message).messages
+        maria = request.attendee("maria@party.test")
+        assert request.method == "REQUEST" and maria is not None
+        assert maria.delegated_from == ("ana@party.test",)
+        assert standing(daemon.db, world, "ana@party.test").partstat == "DELEGATED"
+
+
+async def test_an_unknown_or_forged_token_is_refused_at_rcpt(tmp_path: Path, sqlite_url: str,
+                                                            sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    async with running(config) as daemon:
+        world = daemon.db.transaction(organise)
+        forged = f"rsvp+{world.invitations['ana@party.test']}-{'a' * 26}@{DOMAIN}"
+        missing = f"rsvp+{SIGNER.sign(999_999)}@{DOMAIN}"
+        for address in (forged, missing):
+            with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+                await send(daemon.ports["smtp"], "ana@party.test", [address],
+                           fixture("outlook-reply-accepted.eml", world))
+            assert refused.value.recipients[0].code == 550
