@@ -18,6 +18,7 @@ the notice that delivery was disabled cannot bounce its way into another notice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from typing import Literal
@@ -29,6 +30,8 @@ from sqlalchemy.orm import Session
 from lists import robot, service, subscriptions
 from lists.models import Bounce, MailingList, Member, Pending
 from lists.site import ListSite
+from mailer.delivery import Refusal
+from mailer.models import Outgoing
 from mailer.router import Inbound
 from mailer.routing import Route
 from mailer.scheduler import Job
@@ -214,11 +217,16 @@ class BounceHandler:
         mailing_list = service.find(session, inbound.route.list or "")
         found = failures(inbound.message)
         if inbound.route.token is None:
-            targets = named_members(session, mailing_list, found)
-        else:
-            member = verp_member(session, self.site, mailing_list, inbound.route.token)
-            kind = found.kind
-            targets = [(member, kind)] if member is not None and kind is not None else []
+            # Only a signed VERP token proves which member a bounce is about; anyone can
+            # write a DSN that names a member, so these are logged, never scored.
+            named = named_members(session, mailing_list, found)
+            log.info("bounces: message %d to %s without a token, not scored (names %s)",
+                     inbound.message_id, inbound.recipient,
+                     ", ".join(m.address for m, _ in named) or "no member")
+            return
+        member = verp_member(session, self.site, mailing_list, inbound.route.token)
+        kind = found.kind
+        targets = [(member, kind)] if member is not None and kind is not None else []
         if not targets:
             log.info("bounces: message %d to %s discarded: %s", inbound.message_id,
                      inbound.recipient,
@@ -226,3 +234,26 @@ class BounceHandler:
             return
         for member, kind in targets:
             register(session, self.site, mailing_list, member, kind, inbound.message_id)
+
+
+def smarthost_refusals(site: ListSite) -> Callable[[Session, list[Refusal]], None]:
+    """What the delivery engine calls when the next hop refuses a member's address.
+
+    A 5xx at our own smarthost is a bounce as good as a DSN (DESIGN §2: "5xx → bounce"),
+    but only a refusal of the mailbox itself (enhanced code 5.1.x, RFC 3463) scores: a
+    policy refusal of our whole message must not count against every member at once.
+    """
+    def scored(session: Session, refusals: list[Refusal]) -> None:
+        for refusal in refusals:
+            if not refusal.text.startswith("5.1."):
+                continue
+            member = session.get(Member, refusal.member_id)
+            outgoing = session.get(Outgoing, refusal.outgoing_id)
+            if member is None or member.role != "member" or outgoing is None \
+                    or outgoing.source_id is None:
+                continue
+            mailing_list = session.get(MailingList, member.list_id)
+            assert mailing_list is not None
+            register(session, site, mailing_list, member, "hard", outgoing.source_id)
+
+    return scored

@@ -103,3 +103,15 @@ def read(message: EmailMessage) -> list[Command]:
         if len(found) >= MAX_LINES:
             break
     return found
+
+
+def first_command(message: EmailMessage) -> list[str]:
+    """The words of the body's first non-blank line, lower-cased verb first.
+
+    A reply to one of our notices repeats our Subject, so only the body counts here.
+    """
+    for line in body_lines(message):
+        command = parse_line(line)
+        if command is not None:
+            return [command.verb, *command.args]
+    return []

@@ -207,7 +207,7 @@ def texts(site: ListSite, issue: Issue) -> Texts:
     """Render the digest's header and footer templates."""
     language = compose.language_of(issue.mailing_list.language)
     context: dict[str, Any] = {
-        "list": robot._list_view(site, issue.mailing_list), "site_name": site.name,
+        "list": robot.list_view(site, issue.mailing_list), "site_name": site.name,
         "volume": issue.volume, "issue": issue.number,
         "topics": [{"number": n, "subject": e.subject, "author": e.author}
                    for n, e in enumerate(issue.entries, start=1)]}

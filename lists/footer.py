@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -77,13 +78,27 @@ def _append(raw: bytes, text: str, charset: str) -> bytes:
     if not body.endswith(b"\r\n") and body:
         body += b"\r\n"
     addition = b"\r\n-- \r\n" + text.encode() + b"\r\n"
-    if charset != "utf-8" and not text.isascii():
-        # UTF-8 is a superset of US-ASCII: relabel the part rather than wrap it.
-        fields = [f for f in fields if rawmail.name_of(f) not in
-                  ("content-type", "content-transfer-encoding")]
-        fields += [b"Content-Type: text/plain; charset=\"utf-8\"\r\n",
-                   b"Content-Transfer-Encoding: 8bit\r\n"]
+    if not text.isascii():
+        fields = _eight_bit(fields, charset)
     return b"".join(fields) + b"\r\n" + body + addition
+
+
+def _eight_bit(fields: list[bytes], charset: str) -> list[bytes]:
+    """Label the part for 8-bit UTF-8 text (RFC 2045 §6.2), keeping its other parameters.
+
+    UTF-8 is a superset of US-ASCII, so an ASCII part is relabelled, not rewritten.
+    """
+    kept = [f for f in fields if rawmail.name_of(f) != "content-transfer-encoding"]
+    relabelled = []
+    for field in kept:
+        if rawmail.name_of(field) == "content-type" and charset != "utf-8":
+            value = field.split(b":", 1)[1].strip()
+            value = re.sub(rb';\s*charset\s*=\s*"?[^";\s]*"?', b"", value, flags=re.I)
+            field = b"Content-Type: " + value + b'; charset="utf-8"\r\n'
+        relabelled.append(field)
+    if not any(rawmail.name_of(f) == "content-type" for f in relabelled):
+        relabelled.append(b'Content-Type: text/plain; charset="utf-8"\r\n')
+    return relabelled + [b"Content-Transfer-Encoding: 8bit\r\n"]
 
 
 def _insert_part(raw: bytes, boundary: str, text: str) -> bytes | None:

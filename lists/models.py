@@ -65,8 +65,11 @@ class Member(Base):
     """An address with a role on a list (member, owner, moderator or named poster)."""
 
     __tablename__ = "members"
+    # AUTOINCREMENT: SQLite would otherwise give a departed member's id to the next one,
+    # and with it their signed tokens (unsubscribe links, VERP).
     __table_args__ = (UniqueConstraint("list_id", "address", "role"),
-                      Index("ix_members_list_role", "list_id", "role"))
+                      Index("ix_members_list_role", "list_id", "role"),
+                      {"sqlite_autoincrement": True})
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("lists.id"), index=True)
     address: Mapped[str] = mapped_column(String(320))

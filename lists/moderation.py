@@ -56,7 +56,9 @@ def hold(session: Session, site: ListSite, post: Post, decision: Decision) -> He
     for moderator in service.moderators(session, mailing_list.id):
         robot.send(session, site, mailing_list, "held_moderator", to=moderator,
                    kind="notice", from_local="-owner", reply_to=reply_to, context=context)
-    _tell_poster(session, site, post, "held_poster", context)
+    _tell_poster(session, site, post, "held_poster",
+                 {"post_subject": held.subject, "reason": reason,
+                  "reason_code": decision.code})  # never the moderators' token
     return held
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 from sqlalchemy import insert, literal, select
 from sqlalchemy.orm import Session
 
-from lists import archive, dmarc, footer, service
+from lists import archive, dmarc, footer, robot, service
 from lists.models import MailingList, Member
 from lists.site import ListSite
 from mailer import compose, rawmail
@@ -189,7 +189,8 @@ def add_footer(post: Post, data: bytes) -> bytes:
         return data
     language = compose.language_of(post.mailing_list.language)
     _, text = compose.render(post.site.templates, "footer", language,
-                             {"list": _list_view(post), "site_name": post.site.name})
+                             {"list": robot.list_view(post.site, post.mailing_list),
+                              "site_name": post.site.name})
     return footer.add_footer(data, post.message, text)
 
 
@@ -217,14 +218,6 @@ def list_headers(post: Post, data: bytes) -> bytes:
 
 PIPELINE: tuple[Callable[[Post, bytes], bytes], ...] = (
     subject_prefix, reply_to, dmarc_step, add_footer, list_headers)
-
-
-def _list_view(post: Post) -> dict[str, str]:
-    name = post.name
-    return {"name": name, "display_name": post.mailing_list.display_name,
-            "description": post.mailing_list.description, "post": post.address(),
-            "request": post.address("-request"), "join": post.address("-join"),
-            "leave": post.address("-leave"), "owner": post.address("-owner")}
 
 
 def fan_out(session: Session, post: Post, data: bytes) -> int:

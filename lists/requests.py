@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from lists import moderation, robot, service, subscriptions
 from lists.automail import automatic
-from lists.commands import Command, read
+from lists.commands import Command, first_command, read
 from lists.models import MailingList
 from lists.site import ListSite
 from lists.subscriptions import Outcome
@@ -195,31 +195,13 @@ class ConfirmHandler(ListRobot):
         if mailing_list is None:
             return
         address, _ = sender_of(inbound)
-        words = first_words(inbound)
+        words = first_command(inbound.message)
         outcome = confirm_token(session, self.site, mailing_list,
                                 inbound.route.token or "", address, words)
         if outcome.code in ("bad_token", "moderation_help") and address:
             handler = RequestHandler(self.site)
             command = Command("confirm", (inbound.route.token or "",), "confirm")
             handler.reply(session, mailing_list, address, inbound, [command], [outcome])
-
-
-def first_words(inbound: Inbound) -> list[str]:
-    """The first command line of a reply (Subject ignored: it repeats ours)."""
-    for command in read_body_only(inbound):
-        return [command.verb, *command.args]
-    return []
-
-
-def read_body_only(inbound: Inbound) -> list[Command]:
-    from lists.commands import body_lines, parse_line
-    found = []
-    for line in body_lines(inbound.message):
-        command = parse_line(line)
-        if command is not None:
-            found.append(command)
-            break
-    return found
 
 
 class OwnerHandler(ListRobot):

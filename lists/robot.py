@@ -55,7 +55,7 @@ def send(session: Session, site: ListSite, mailing_list: MailingList, template: 
          reply_to: str | None = None, in_reply_to: str | None = None,
          member_id: int | None = None) -> None:
     """Render a template for one recipient and queue it from a list robot address."""
-    values = {"list": _list_view(site, mailing_list), "site_name": site.name,
+    values = {"list": list_view(site, mailing_list), "site_name": site.name,
               **(context or {})}
     language = compose.language_of(language, mailing_list.language)
     subject, body = compose.render(site.templates, template, language, values)
@@ -71,7 +71,7 @@ def send(session: Session, site: ListSite, mailing_list: MailingList, template: 
     session.add(RobotLog(kind=kind, target=to, source=source or to, sent_at=site.clock()))
 
 
-def _list_view(site: ListSite, mailing_list: MailingList) -> dict[str, str]:
+def list_view(site: ListSite, mailing_list: MailingList) -> dict[str, str]:
     """The list as templates see it: names and role addresses, nothing else."""
     name = mailing_list.name
     return {"name": name, "display_name": mailing_list.display_name,

@@ -18,6 +18,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from lists import app as list_side
+from lists.bounces import smarthost_refusals
 from lists.dmarc import DmarcLookup
 from lists.site import ListSite
 from mailer import compose
@@ -160,7 +161,8 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
                                       local_hostname=hostname)
     dispatcher = Dispatcher(db, transport, Personaliser(site.member_tokens,
                                                         site.unsubscribe_tokens),
-                            config.outbound, poll=poll)
+                            config.outbound, poll=poll,
+                            on_refused=smarthost_refusals(site))
     meeting_site = make_meeting_site(config, db, site)
     router = Router(db, {**list_side.handlers(site), **meeting_side.handlers(meeting_site)},
                     max_attempts=config.router.max_attempts, on_outgoing=dispatcher.wake,

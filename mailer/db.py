@@ -122,12 +122,26 @@ class Database:
         """Bring the schema to the newest Alembic revision (creating the database)."""
         alembic = AlembicConfig()
         alembic.set_main_option("script_location", str(MIGRATIONS))
-        with self.writer.begin() as connection:
-            if not self.is_sqlite:
-                # Two daemons starting together must not both migrate.
-                connection.execute(text("SELECT pg_advisory_xact_lock(74201)"))
-            alembic.attributes["connection"] = connection
-            command.upgrade(alembic, "head")
+        with self.writer.connect() as connection:
+            if self.is_sqlite:
+                # Batch migrations rebuild tables; SQLite must not check foreign keys
+                # half-way through (and the pragma has no effect inside a transaction).
+                connection.connection.driver_connection.execute(  # type: ignore[union-attr]
+                    "PRAGMA foreign_keys=OFF")
+            try:
+                with connection.begin():
+                    if not self.is_sqlite:
+                        # Two daemons starting together must not both migrate.
+                        connection.execute(text("SELECT pg_advisory_xact_lock(74201)"))
+                    alembic.attributes["connection"] = connection
+                    command.upgrade(alembic, "head")
+                    if self.is_sqlite and connection.exec_driver_sql(
+                            "PRAGMA foreign_key_check").first() is not None:
+                        raise RuntimeError("the migration left rows with broken references")
+            finally:
+                if self.is_sqlite:
+                    connection.connection.driver_connection.execute(  # type: ignore
+                        "PRAGMA foreign_keys=ON")
 
     def secret(self, configured: str) -> bytes:
         """The token key: the configured one, or one made once and kept in the database."""

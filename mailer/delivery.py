@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -64,6 +65,19 @@ class Personaliser:
         token = self.unsubscribe_tokens.sign(member_id) if member_id is not None else "none"
         field = data[start:end].replace(UNSUBSCRIBE_MARKER, token.encode())
         return data[:start] + field + data[end:]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A member's address refused for good by the next hop (for bounce processing)."""
+
+    member_id: int
+    outgoing_id: int
+    code: int
+    text: str
+
+
+RefusalHook = Callable[[Session, list[Refusal]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +146,13 @@ def backoff(attempts: int, policy: Outbound) -> float:
 
 
 def record(session: Session, results: list[tuple[Job, Outcome]], now: float,
-           policy: Outbound) -> None:
+           policy: Outbound, on_refused: RefusalHook | None = None) -> None:
     """Write many outcomes in one transaction (RFC 5321 §4.5.4.1 retry strategy)."""
+    refused = [Refusal(job.member_id, job.outgoing_id, outcome.code, outcome.text)
+               for job, outcome in results
+               if outcome.permanent and job.member_id is not None]
+    if refused and on_refused is not None:
+        on_refused(session, refused)
     rows: list[dict[str, Any]] = []
     attempts = {job.id: job.attempts for job, _ in results}
     for job, outcome in results:
@@ -167,8 +186,10 @@ class Dispatcher:
     """Leases due deliveries, sends them concurrently, and records what happened."""
 
     def __init__(self, db: Database, transport: Transport, personaliser: Personaliser,
-                 policy: Outbound, *, poll: float = 1.0) -> None:
+                 policy: Outbound, *, poll: float = 1.0,
+                 on_refused: RefusalHook | None = None) -> None:
         self.db = db
+        self.on_refused = on_refused
         self.transport = transport
         self.personaliser = personaliser
         self.policy = policy
@@ -299,7 +320,7 @@ class Dispatcher:
             return
         batch, self._results = self._results, []
         try:
-            await self.db.write(record, batch, time.time(), self.policy)
+            await self.db.write(record, batch, time.time(), self.policy, self.on_refused)
         except Exception:
             log.exception("could not record %d outcomes; will try again", len(batch))
             self._results[:0] = batch

@@ -241,17 +241,17 @@ async def test_bounces_on_the_same_day_count_once(
         assert standing(daemon, people[1]).score == 2.0
 
 
-async def test_a_bounce_without_token_counts_for_the_member_it_names(
+async def test_a_bounce_without_a_token_scores_nobody(
         tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    """Anyone can write a DSN naming a member; only a signed VERP token counts."""
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     people = members(2)
     make_steering(config, people)
     async with running(config) as daemon:
         await bounce(daemon, "postfix-dsn.eml", people[1], BOUNCES)
         await bounce(daemon, "postfix-dsn.eml", "stranger@elsewhere.test", BOUNCES)
-        assert standing(daemon, people[1]) == Standing(True, "", 1.0, ("hard",))
-        assert standing(daemon, people[0]).bounces == ()
-        assert daemon.db.query(lambda s: len(list(s.scalars(select(Bounce))))) == 1
+        assert standing(daemon, people[1]) == Standing(True, "", 0.0, ())
+        assert daemon.db.query(lambda s: len(list(s.scalars(select(Bounce))))) == 0
 
 
 async def test_an_old_score_is_forgotten(tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
@@ -302,3 +302,21 @@ def test_decay_spares_disabled_members_and_follows_each_lists_setting(
         assert db.query(scores) == [3.0, 0.0, 3.0]
     finally:
         db.close()
+
+
+async def test_a_smarthost_refusing_the_mailbox_counts_as_a_hard_bounce(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    people = members(3)
+    make_steering(config, people)
+    sink.refuse[people[1]] = "550 5.1.1 No such user here"
+    sink.refuse[people[2]] = "554 5.7.1 Message refused by policy"
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], people[0], [LIST], mail(people[0], LIST))
+        await sink.wait_for(1)
+        deadline = time.monotonic() + 10
+        while standing(daemon, people[1]).score == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert standing(daemon, people[1]) == Standing(True, "", 1.0, ("hard",))
+        assert standing(daemon, people[2]) == Standing(True, "", 0.0, ()), \
+            "a policy refusal is not the member's fault"

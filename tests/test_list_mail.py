@@ -218,3 +218,15 @@ async def test_a_poster_cannot_harvest_members_unsubscribe_tokens(
     for copy in sink.received:
         assert b"Reply-To: x+@@unsubscribe-token@@@evil.example\r\n" in copy.data
         assert "@@unsubscribe-token@@" not in str(copy.message["List-Unsubscribe"])
+
+
+def test_a_non_ascii_footer_relabels_a_7bit_part_and_keeps_its_parameters() -> None:
+    raw = (b"Subject: x\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/plain; charset=us-ascii; format=flowed\r\n"
+           b"Content-Transfer-Encoding: 7bit\r\n\r\nHello\r\n")
+    result = add_footer(raw, parse(raw), "Pour vous désabonner : écrivez à x-leave@example.org")
+    message = parse(result)
+    assert message["Content-Transfer-Encoding"] == "8bit"
+    assert message.get_content_charset() == "utf-8"
+    assert message.get_param("format") == "flowed"
+    assert "désabonner" in message.get_content()

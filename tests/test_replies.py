@@ -248,15 +248,18 @@ def reply_calendar(world: World, attendee_lines: str, *, method: str = "REPLY",
     lines += [f"DTSTAMP:{stamp}"] if stamp is not None else []
     lines += attendee_lines.strip().splitlines() + extra.strip().splitlines()
     lines += ["END:VEVENT", "END:VCALENDAR", ""]
-    return "\r\n".join(line for line in lines if line or line == "").encode()
+    return "\r\n".join(lines).encode()
 
 
 def answer_of(world: World, partstat: str, address: str = "ana@party.test", *,
-              sender: str | None = None, **options: object) -> bytes:
+              sender: str | None = None, sequence: int = 0,
+              stamp: str = "20250301T100000Z", uid: str | None = None,
+              extra: str = "") -> bytes:
     """A reply mail from `sender` (default: the attendee) with one ATTENDEE line."""
     attendee = f"ATTENDEE;PARTSTAT={partstat};CN=Someone:mailto:{address}"
-    return wrapped(reply_calendar(world, attendee, **options),  # type: ignore[arg-type]
-                   world, sender or address, method="REPLY")
+    calendar = reply_calendar(world, attendee, sequence=sequence, stamp=stamp, uid=uid,
+                              extra=extra)
+    return wrapped(calendar, world, sender or address, method="REPLY")
 
 
 def deliver(db: Database, world: World, address: str, raw: bytes, *,
@@ -668,6 +671,7 @@ def test_a_refresh_sends_the_current_invitation_to_the_invitee_only(db: Database
     calendars = itip.read(message)
     assert [(m.method, m.uid) for m in calendars.messages] == [("REQUEST", world.uid)]
     assert calendars.messages[0].organizer == world.rsvp("ana@party.test")
+    assert events(db) == [("refresh", "NEEDS-ACTION", "")], "for the daily summary"
     spoofed = fixture("refresh.eml", world, **{
         "From: Ana Silva <ana@party.test>": "From: Mallory <mallory@else.test>"})
     assert deliver(db, world, "ana@party.test", spoofed).action == "forward"
