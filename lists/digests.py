@@ -30,7 +30,7 @@ from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
 from email.policy import SMTP
 from email.policy import default as default_policy
-from email.utils import formataddr, formatdate, getaddresses, make_msgid
+from email.utils import formataddr, formatdate, make_msgid
 from typing import Any, cast
 
 from sqlalchemy import Select, exists, func, insert, literal, select
@@ -41,6 +41,7 @@ from lists.models import Archived, DigestState, MailingList, Member
 from lists.posting import Post, list_headers
 from lists.site import ListSite
 from mailer import compose
+from mailer.addresses import named_addresses
 from mailer.models import Delivery
 from mailer.scheduler import Job
 
@@ -171,7 +172,7 @@ def author_of(message: EmailMessage, fallback: str) -> str:
     ...     b"From: Ana Silva <ana@x.test>\\n\\n"), "")
     'Ana Silva'
     """
-    pairs = getaddresses([str(value) for value in message.get_all("from", [])])
+    pairs = named_addresses(message)
     for name, address in pairs:
         if name or address:
             return " ".join((name or address).split())

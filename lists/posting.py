@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import getaddresses
 from typing import Literal
 
 from sqlalchemy import insert, literal, select
@@ -23,7 +22,7 @@ from lists import archive, dmarc, footer, robot, service
 from lists.models import MailingList, Member
 from lists.site import ListSite
 from mailer import compose, rawmail
-from mailer.addresses import AddressError, normalize
+from mailer.addresses import AddressError, named_addresses, normalize
 from mailer.delivery import UNSUBSCRIBE_MARKER
 from mailer.models import Delivery, Outgoing
 from mailer.router import Inbound
@@ -77,8 +76,7 @@ class Post:
 
 def senders_of(message: EmailMessage, mail_from: str) -> tuple[str, ...]:
     """The From: addresses and the envelope sender, normalised, the valid ones only."""
-    found = [address for _, address in getaddresses([str(v) for v in
-                                                     message.get_all("from", [])])]
+    found = [address for _, address in named_addresses(message)]
     found.append(mail_from)
     valid = []
     for address in found:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-from email.utils import getaddresses
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,7 +19,7 @@ from lists.commands import Command, first_command, read
 from lists.models import MailingList
 from lists.site import ListSite
 from lists.subscriptions import Outcome
-from mailer.addresses import AddressError, normalize
+from mailer.addresses import AddressError, named_addresses, normalize
 from mailer.router import Inbound
 from mailer.routing import Role, Route
 
@@ -30,7 +29,7 @@ WHO_LIMIT = 5000
 
 def sender_of(inbound: Inbound) -> tuple[str, str]:
     """(address, display name) of whoever sent the message: From, else the envelope."""
-    for name, address in getaddresses([str(v) for v in inbound.message.get_all("from", [])]):
+    for name, address in named_addresses(inbound.message):
         try:
             return normalize(address), name
         except AddressError:

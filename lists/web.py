@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-from email.utils import getaddresses
 from html import escape
 
 from sqlalchemy import select
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session
 from lists import subscriptions
 from lists.models import Archived, MailingList, Member
 from lists.site import ListSite
+from mailer.addresses import named_addresses
 from mailer.db import Database
 from mailer.router import parse
 from mailer.web import Request, Response, Route, page
@@ -107,7 +107,7 @@ def _archived_post(session: Session, name: str, ident: int) -> str | None:
     body = message.get_body(preferencelist=("plain",))
     text = body.get_content() if body is not None else "(no plain-text part)"
     sender = ", ".join(name or "(no name)" for name, _ in
-                       getaddresses([str(v) for v in message.get_all("from", [])]))
+                       named_addresses(message))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>"
             f"{escape(archived.subject)}</title></head><body><h1>"
             f"{escape(archived.subject)}</h1><p>{escape(sender)}, "

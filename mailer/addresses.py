@@ -7,6 +7,8 @@ CPython's parser decodes RFC 2047 words and drops source routes in envelope addr
 from __future__ import annotations
 
 import re
+from email.message import EmailMessage
+from email.utils import getaddresses
 
 _LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
 _DOMAIN = re.compile(r"(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
@@ -39,3 +41,15 @@ def normalize(text: str) -> str:
     if local.startswith(".") or local.endswith(".") or ".." in local:
         raise AddressError(f"not an address: {text!r}")
     return f"{local}@{domain}".lower()
+
+
+def named_addresses(message: EmailMessage, field: str = "from") -> list[tuple[str, str]]:
+    """(display name, address) pairs of a header field, [] where CPython's parser fails.
+
+    The standard library raises IndexError or ValueError on some malformed fields; one
+    odd From must not make a post fail its processing.
+    """
+    try:
+        return getaddresses([str(value) for value in message.get_all(field, [])])
+    except (IndexError, ValueError, TypeError):
+        return []

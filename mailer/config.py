@@ -91,6 +91,12 @@ class Dns:
 
 
 @dataclass(frozen=True)
+class Meetings:
+    reminder_days: tuple[int, ...] = _key(
+        (14, 3), "days before a meeting when invitees who have not answered are reminded")
+
+
+@dataclass(frozen=True)
 class Router:
     max_attempts: int = _key(3, "tries before a message that fails processing is quarantined")
 
@@ -112,6 +118,7 @@ class Config:
     router: Router = field(default_factory=Router)
     lists: Lists = field(default_factory=Lists)
     dns: Dns = field(default_factory=Dns)
+    meetings: Meetings = field(default_factory=Meetings)
     templates: Templates = field(default_factory=Templates)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
@@ -131,6 +138,11 @@ def sections() -> list[tuple[str, type]]:
 
 
 def _check(name: str, value: Any, expected: type) -> Any:
+    if expected is tuple:
+        if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+            raise ConfigError(f"{name}: expected a list of whole numbers, such as [14, 3]")
+        return tuple(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, bool) and expected is not bool:
@@ -148,7 +160,8 @@ def _section(name: str, cls: type, values: Any) -> Any:
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{name}.{key}: unknown key")
-        expected = {"str": str, "int": int, "float": float, "bool": bool}[str(known[key].type)]
+        expected = {"str": str, "int": int, "float": float, "bool": bool,
+                    "tuple[int, ...]": tuple}[str(known[key].type)]
         kwargs[key] = _check(f"{name}.{key}", value, expected)
     return cls(**kwargs)
 

@@ -141,7 +141,8 @@ def make_meeting_site(config: Config, db: Database, site: ListSite) -> MeetingSi
     """What the meetings side needs of the site; shares the list side's templates."""
     return MeetingSite(domain=site.domain, name=site.name, templates=site.templates,
                        attendee_tokens=Signer(db.secret(config.site.secret), "attendee"),
-                       base_url=site.base_url, clock=site.clock)
+                       base_url=site.base_url, clock=site.clock,
+                       reminder_days=config.meetings.reminder_days)
 
 
 def build(config: Config, transport: Transport | None = None, *, poll: float = 1.0,

@@ -31,6 +31,7 @@ from mailer.transport import Outcome, Transport
 log = logging.getLogger(__name__)
 
 BATCH = 500
+CACHE_BYTES = 64 * 1024 * 1024  # messages kept in memory between claim and send
 # Stands in the header block of a stored message where each member's own token goes
 # (the RFC 8058 one-click unsubscribe URL); replaced at send time, per recipient.
 UNSUBSCRIBE_MARKER = b"@@unsubscribe-token@@"
@@ -280,8 +281,14 @@ class Dispatcher:
         if missing:
             for ident, sender, data in await self.db.read(load_messages, missing):
                 self._messages[ident] = (sender, data)
-        while len(self._messages) > 64:
+        # Keep what the queued jobs need (invitations are one message per recipient),
+        # within a memory bound: the oldest messages go first.
+        while len(self._messages) > 2 * BATCH or (
+                len(self._messages) > 64 and self._cached_bytes() > CACHE_BYTES):
             self._messages.popitem(last=False)
+
+    def _cached_bytes(self) -> int:
+        return sum(len(data) for _, data in self._messages.values())
 
     def _envelope(self, job: Job) -> tuple[str, bytes]:
         sender, data = self._messages[job.outgoing_id]

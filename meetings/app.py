@@ -24,7 +24,8 @@ def handlers(site: MeetingSite) -> dict[Role, RoleHandler]:
 
 def jobs(site: MeetingSite) -> tuple[Job, ...]:
     """The meetings side's timed jobs (invitations at their send time, reminders, ...)."""
-    return (invitations.send_job(site), reminders.job(site), reports.summary_job(site),
+    return (invitations.send_job(site), reminders.job(site, site.reminder_days),
+            reports.summary_job(site),
             cadence.job(site))
 
 

@@ -118,7 +118,8 @@ class Invitation(Base):
     """
 
     __tablename__ = "invitations"
-    __table_args__ = (UniqueConstraint("meeting_id", "address"),)
+    __table_args__ = (UniqueConstraint("meeting_id", "address"),
+                      {"sqlite_autoincrement": True})  # ids are signed into rsvp+ tokens
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     meeting_id: Mapped[int] = mapped_column(ForeignKey("meetings.id"), index=True)
     delegate_id: Mapped[int | None] = mapped_column(ForeignKey("delegates.id"))

@@ -19,6 +19,7 @@ class MeetingSite:
     attendee_tokens: Signer        # rsvp+TOKEN@: which invitation a reply is about
     base_url: str                  # "" when no HTTP listener is published
     clock: Callable[[], float] = time.time
+    reminder_days: tuple[int, ...] = (14, 3)  # [meetings] reminder_days
 
     def address(self, local: str) -> str:
         return f"{local}@{self.domain}"

@@ -1,0 +1,112 @@
+"""The charter's cadence: Board at least once a year, Steering Committee twice, one Conference.
+
+`report(year)` counts each body's meetings (not cancelled) starting in that calendar year
+(UTC) against the body's `meetings_per_year`. The scheduler warns the coordinators once
+per year and body: from October on when the meetings planned for the year fall short,
+and after the year when it ended short.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailer import compose
+from mailer.models import Setting
+from mailer.scheduler import Job
+from meetings import coordination
+from meetings.models import Body, Meeting
+from meetings.organisation import ensure_charter
+from meetings.site import MeetingSite
+
+WARN_FROM_MONTH = 10
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One body's year against the charter."""
+
+    body: str
+    name: str
+    year: int
+    required: int
+    held: int
+
+    @property
+    def short(self) -> int:
+        """How many meetings are missing."""
+        return max(0, self.required - self.held)
+
+
+def year_bounds(year: int) -> tuple[float, float]:
+    """The UTC instants at which a calendar year starts and ends.
+
+    >>> year_bounds(1970)
+    (0.0, 31536000.0)
+    """
+    return (float(calendar.timegm((year, 1, 1, 0, 0, 0))),
+            float(calendar.timegm((year + 1, 1, 1, 0, 0, 0))))
+
+
+def report(session: Session, year: int) -> list[Standing]:
+    """Each body with a cadence, and how many meetings it has in the year."""
+    ensure_charter(session)
+    start, end = year_bounds(year)
+    counts = {body_id: number for body_id, number in session.execute(
+        select(Meeting.body_id, func.count()).where(
+            Meeting.starts_at >= start, Meeting.starts_at < end,
+            Meeting.status != "CANCELLED").group_by(Meeting.body_id))}
+    return [Standing(b.slug, b.name, year, b.meetings_per_year, int(counts.get(b.id, 0)))
+            for b in session.scalars(select(Body).where(Body.meetings_per_year > 0)
+                                     .order_by(Body.id))]
+
+
+def _warned(session: Session, year: int) -> Setting:
+    key = f"cadence-warned:{year}"
+    found = session.get(Setting, key)
+    if found is None:
+        found = Setting(key=key, value="")
+        session.add(found)
+    return found
+
+
+def shortfalls(session: Session, now: float) -> list[Standing]:
+    """Years to warn about now, body by body, that were not warned about before."""
+    today = time.gmtime(now)
+    years = [today.tm_year - 1] + ([today.tm_year] if today.tm_mon >= WARN_FROM_MONTH else [])
+    found = []
+    for year in years:
+        done = set(_warned(session, year).value.split(","))
+        found += [s for s in report(session, year) if s.short and s.body not in done]
+    return found
+
+
+def warn(session: Session, site: MeetingSite, now: float) -> int:
+    """One mail to the coordinators about the bodies that fall short; the number queued."""
+    short = shortfalls(session, now)
+    recipients = coordination.contacts(session)
+    if not short or not recipients:
+        return 0
+    subject, body = compose.render(site.templates, "cadence_warning",
+                                   coordination.language(session),
+                                   {"site_name": site.name, "shortfalls": [
+                                       {"body": s.name, "year": s.year, "held": s.held,
+                                        "required": s.required} for s in short]})
+    own = site.address(coordination.LOCAL)
+    data = compose.robot_message(sender=(site.name, own), to=own, subject=subject,
+                                 body=body, domain=site.domain, auto="auto-generated")
+    compose.enqueue(session, sender=own, recipients=[(a, None) for a in recipients],
+                    data=data, kind="cadence")
+    for standing in short:
+        setting = _warned(session, standing.year)
+        setting.value = ",".join(filter(None, [setting.value, standing.body]))
+    return 1
+
+
+def job(site: MeetingSite, every: float = 6 * 3600.0) -> Job:
+    """The scheduler's cadence check."""
+    return Job("cadence-warning", every, lambda session, now: warn(session, site, now))

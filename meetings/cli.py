@@ -1,0 +1,400 @@
+"""The meetings side of the `alliance` command line (DESIGN §6).
+
+Groups `party`, `body`, `delegate`, `meeting` and `coordination`, and the command
+`cadence`; `mailer.cli` adds them to the main group. Each command runs in one
+transaction; mail it causes is queued there and sent by the running daemon. Mistakes get
+one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.orm import Session
+
+from lists.service import ListError
+from mailer.cli import Context, emit
+from meetings import (
+    cadence,
+    coordination,
+    feed,
+    invitations,
+    organisation,
+    reports,
+    schedule,
+)
+from meetings.models import REGIONS, Meeting
+from meetings.organisation import MeetingError
+from meetings.site import MeetingSite
+
+T = TypeVar("T")
+pass_context = click.make_pass_decorator(Context)
+
+
+def _site(context: Context) -> MeetingSite:
+    from mailer.daemon import make_meeting_site, make_site
+    return make_meeting_site(context.config, context.db, make_site(context.config, context.db))
+
+
+def run(context: Context, fn: Callable[..., T], *args: Any) -> T:
+    """fn(session, *args) in one transaction; a MeetingError becomes one line."""
+    try:
+        return context.transaction(fn, *args)
+    except (MeetingError, ListError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _when(stamp: float | None) -> str:
+    return "" if stamp is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(stamp))
+
+
+# -- parties --------------------------------------------------------------------------
+
+@click.group("party")
+def party_group() -> None:
+    """Member parties."""
+
+
+@party_group.command("add")
+@click.argument("name")
+@click.option("--country", required=True, help="ISO 3166 two-letter code")
+@click.option("--region", required=True, type=click.Choice(REGIONS))
+@pass_context
+def party_add(context: Context, name: str, country: str, region: str) -> None:
+    """Add the member party NAME."""
+    made = run(context, lambda s: organisation.add_party(s, name, country=country,
+                                                        region=region).name)
+    click.echo(f"added party {made}")
+
+
+@party_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def party_list(context: Context, as_json: bool) -> None:
+    """Show the member parties."""
+    rows = run(context, lambda s: [{"name": p.name, "country": p.country, "region": p.region}
+                                   for p in organisation.parties(s)])
+    emit(rows, as_json, ["name", "country", "region"])
+
+
+# -- bodies ---------------------------------------------------------------------------
+
+@click.group("body")
+def body_group() -> None:
+    """Bodies that meet: board, steering, conference, and custom ones."""
+
+
+@body_group.command("add")
+@click.argument("slug")
+@click.option("--name", required=True, help="the name shown in invitations")
+@click.option("--subscription", default="closed", show_default=True,
+              type=click.Choice(["confirm", "moderate", "closed"]),
+              help="how others may join the body's list")
+@pass_context
+def body_add(context: Context, slug: str, name: str, subscription: str) -> None:
+    """Add a custom body SLUG (a seminar, campaign or regional network) and its list."""
+    made = run(context, lambda s: organisation.add_body(s, slug, name,
+                                                       subscription=subscription).slug)
+    click.echo(f"added body {made} with the list {made}@{context.config.site.domain}")
+
+
+@body_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def body_list(context: Context, as_json: bool) -> None:
+    """Show the bodies and their charter rules."""
+    rows = run(context, lambda s: [
+        {"slug": b.slug, "name": b.name, "max_parties": b.max_parties or "",
+         "one_per_party": b.one_delegate_per_party, "per_year": b.meetings_per_year}
+        for b in organisation.bodies(s)])
+    emit(rows, as_json, ["slug", "name", "max_parties", "one_per_party", "per_year"])
+
+
+# -- delegates ------------------------------------------------------------------------
+
+@click.group("delegate")
+def delegate_group() -> None:
+    """Delegates and their seats in bodies."""
+
+
+@delegate_group.command("add")
+@click.argument("address")
+@click.option("--name", required=True)
+@click.option("--party", required=True)
+@click.option("--body", "body_slug", required=True)
+@click.option("--language", default="en", show_default=True,
+              type=click.Choice(["en", "fr", "es", "de"]))
+@click.option("--substitute", is_flag=True, help="the party's named substitute")
+@pass_context
+def delegate_add(context: Context, address: str, name: str, party: str, body_slug: str,
+                 language: str, substitute: bool) -> None:
+    """Seat ADDRESS in a body: subscribed to its list, invited to its meetings."""
+    site = _site(context)
+
+    def add(session: Session) -> tuple[str, int]:
+        body = organisation.find_body(session, body_slug)
+        made = organisation.seat(session, body, organisation.find_party(session, party),
+                                 address=address, name=name, language=language,
+                                 role="substitute" if substitute else "delegate")
+        invited = invitations.seat_added(session, site, body) if not substitute else 0
+        return f"{made.role} of {party} in {body.slug}", invited
+
+    seated, invited = run(context, add)
+    click.echo(f"{address}: {seated}" + (f"; invited to {invited} meeting(s)"
+                                         if invited else ""))
+
+
+@delegate_group.command("remove")
+@click.argument("address")
+@click.option("--body", "body_slug", required=True)
+@pass_context
+def delegate_remove(context: Context, address: str, body_slug: str) -> None:
+    """Take ADDRESS's seat in a body; invitations already sent are cancelled."""
+    site = _site(context)
+
+    def remove(session: Session) -> int:
+        body = organisation.find_body(session, body_slug)
+        delegate = organisation.unseat(session, body, address)
+        return invitations.seat_removed(session, site, body, delegate)
+
+    cancelled = run(context, remove)
+    click.echo(f"{address} has no seat in {body_slug} any more"
+               + (f"; {cancelled} invitation(s) cancelled" if cancelled else ""))
+
+
+@delegate_group.command("list")
+@click.option("--body", "body_slug", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def delegate_list(context: Context, body_slug: str, as_json: bool) -> None:
+    """Show the seats of a body."""
+    rows = run(context, lambda s: [
+        {"address": d.address, "name": d.name, "party": p.name, "seat": seat.role,
+         "language": d.language}
+        for seat, d, p in organisation.seats(s, organisation.find_body(s, body_slug))])
+    emit(rows, as_json, ["address", "name", "party", "seat", "language"])
+
+
+# -- meetings -------------------------------------------------------------------------
+
+@click.group("meeting")
+def meeting_group() -> None:
+    """Meetings and their invitations."""
+
+
+@meeting_group.command("create")
+@click.option("--body", "body_slug", required=True)
+@click.option("--title", required=True)
+@click.option("--start", required=True, help="local date and time, 2027-03-14T09:00")
+@click.option("--end", required=True, help="local date and time")
+@click.option("--tz", required=True, help="IANA time zone, such as Africa/Nairobi")
+@click.option("--location", default="")
+@click.option("--host", default="", help="the host party")
+@click.option("--alongside", default="", help="the event the meeting is held alongside")
+@click.option("--description", default="")
+@click.option("--agenda-url", default="")
+@click.option("--send-at", default="", help="when the invitations go out (default: now)")
+@pass_context
+def meeting_create(context: Context, body_slug: str, title: str, start: str, end: str,
+                   tz: str, location: str, host: str, alongside: str, description: str,
+                   agenda_url: str, send_at: str) -> None:
+    """Plan a meeting; prints its id. The scheduler sends the invitations at send-at."""
+    site = _site(context)
+    plan = schedule.Plan(body=body_slug, title=title, start=start, end=end, tz=tz,
+                         location=location, host=host, alongside=alongside,
+                         description=description, agenda_url=agenda_url, send_at=send_at)
+    click.echo(run(context, lambda s: schedule.create(s, site, plan).id))
+
+
+def _meeting_action(context: Context, meeting_id: int,
+                    action: Callable[[Session, MeetingSite, Meeting], T]) -> T:
+    site = _site(context)
+    return run(context, lambda s: action(s, site, schedule.find(s, meeting_id)))
+
+
+@meeting_group.command("invite")
+@click.argument("meeting_id", type=int)
+@pass_context
+def meeting_invite(context: Context, meeting_id: int) -> None:
+    """Send the invitations now (only to invitees who have had none)."""
+    count = _meeting_action(context, meeting_id, invitations.invite)
+    click.echo(f"meeting {meeting_id}: {count} invitation(s) queued")
+
+
+@meeting_group.command("reschedule")
+@click.argument("meeting_id", type=int)
+@click.option("--start", required=True)
+@click.option("--end", required=True)
+@click.option("--tz", default="", help="a new time zone (default: the meeting's)")
+@pass_context
+def meeting_reschedule(context: Context, meeting_id: int, start: str, end: str,
+                       tz: str) -> None:
+    """Move the meeting: SEQUENCE+1, answers reset, updates sent."""
+    def move(session: Session, site: MeetingSite, meeting: Meeting) -> int:
+        when = schedule.times(start, end, tz or meeting.tz, site.clock())
+        return invitations.reschedule(session, site, meeting, when)
+
+    count = _meeting_action(context, meeting_id, move)
+    click.echo(f"meeting {meeting_id} rescheduled; {count} update(s) queued")
+
+
+@meeting_group.command("update")
+@click.argument("meeting_id", type=int)
+@click.option("--title")
+@click.option("--description")
+@click.option("--location")
+@click.option("--agenda-url")
+@click.option("--alongside")
+@click.option("--status", type=click.Choice(list(schedule.STATUSES)))
+@pass_context
+def meeting_update(context: Context, meeting_id: int, title: str | None,
+                   description: str | None, location: str | None, agenda_url: str | None,
+                   alongside: str | None, status: str | None) -> None:
+    """Change details; location and status count as major changes (SEQUENCE+1)."""
+    changes = schedule.Changes(title=title, description=description, location=location,
+                               agenda_url=agenda_url, alongside=alongside, status=status)
+    count = _meeting_action(context, meeting_id,
+                            lambda s, site, m: invitations.update(s, site, m, changes))
+    click.echo(f"meeting {meeting_id} updated; {count} update(s) queued")
+
+
+@meeting_group.command("cancel")
+@click.argument("meeting_id", type=int)
+@pass_context
+def meeting_cancel(context: Context, meeting_id: int) -> None:
+    """Cancel the meeting: METHOD:CANCEL to every invitee."""
+    count = _meeting_action(context, meeting_id, invitations.cancel)
+    click.echo(f"meeting {meeting_id} cancelled; {count} cancellation(s) queued")
+
+
+@meeting_group.command("delegate")
+@click.argument("meeting_id", type=int)
+@click.argument("from_address")
+@click.argument("to_address")
+@click.option("--name", default="", help="the substitute's name")
+@pass_context
+def meeting_delegate(context: Context, meeting_id: int, from_address: str, to_address: str,
+                     name: str) -> None:
+    """FROM_ADDRESS sends TO_ADDRESS in their place; the substitute is invited."""
+    def send(session: Session, site: MeetingSite, meeting: Meeting) -> str:
+        origin = invitations.find_invitation(session, meeting, from_address)
+        return invitations.delegate(session, site, meeting, origin, to_address, name).address
+
+    substitute = _meeting_action(context, meeting_id, send)
+    click.echo(f"meeting {meeting_id}: {substitute} invited in place of {from_address}")
+
+
+@meeting_group.command("attendance")
+@click.argument("meeting_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--csv", "as_csv", is_flag=True)
+@pass_context
+def meeting_attendance(context: Context, meeting_id: int, as_json: bool, as_csv: bool) -> None:
+    """Who is invited and what they answered."""
+    rows = run(context, lambda s: reports.attendance(s, schedule.find(s, meeting_id)))
+    if as_csv:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=reports.COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        click.echo(out.getvalue(), nl=False)
+        return
+    emit(rows, as_json, reports.COLUMNS)
+
+
+@meeting_group.command("list")
+@click.option("--body", "body_slug", default="")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def meeting_list(context: Context, body_slug: str, as_json: bool) -> None:
+    """Show meetings (of one body), soonest first."""
+    def rows(session: Session) -> list[dict[str, Any]]:
+        from sqlalchemy import select
+
+        query = select(Meeting).order_by(Meeting.starts_at)
+        if body_slug:
+            query = query.where(Meeting.body_id == organisation.find_body(session,
+                                                                          body_slug).id)
+        return [{"id": m.id, "start": f"{m.start_local[:16]} {m.tz}", "title": m.title,
+                 "status": m.status, "sequence": m.sequence, "send_at": _when(m.send_at)}
+                for m in session.scalars(query)]
+
+    emit(run(context, rows), as_json, ["id", "start", "title", "status", "sequence",
+                                       "send_at"])
+
+
+@meeting_group.command("feed")
+@click.argument("body_slug")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="file to write (default: standard output)")
+@pass_context
+def meeting_feed(context: Context, body_slug: str, output: Path | None) -> None:
+    """Write the public iCalendar feed (METHOD:PUBLISH) of a body's meetings."""
+    site = _site(context)
+    data = run(context, lambda s: feed.feed(s, site, body_slug))
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        output.write_bytes(data)
+        click.echo(f"wrote the {body_slug} feed to {output}")
+
+
+# -- coordination and cadence ---------------------------------------------------------
+
+@click.group("coordination")
+def coordination_group() -> None:
+    """Which party coordinates (and sends the invitations)."""
+
+
+@coordination_group.command("handover")
+@click.argument("party")
+@click.option("--contact", "contacts", multiple=True,
+              help="an address that coordination@ reaches (repeatable)")
+@pass_context
+def coordination_handover(context: Context, party: str, contacts: tuple[str, ...]) -> None:
+    """PARTY coordinates from now on: the organizer of every invitation sent from now."""
+    term = run(context, lambda s: coordination.handover(s, party, list(contacts),
+                                                        time.time()).contact)
+    click.echo(f"{party} coordinates from now on"
+               + (f"; coordination@ reaches {term.replace(',', ', ')}" if term else ""))
+
+
+@coordination_group.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def coordination_show(context: Context, as_json: bool) -> None:
+    """The coordination terms, oldest first."""
+    rows = run(context, lambda s: [
+        {"party": p.name, "from": _when(t.started_at), "until": _when(t.ended_at),
+         "contact": t.contact} for t, p in coordination.terms(s)])
+    emit(rows, as_json, ["party", "from", "until", "contact"])
+
+
+@click.command("cadence")
+@click.argument("year", type=int, required=False)
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def cadence_command(context: Context, year: int | None, as_json: bool) -> None:
+    """Each body's meetings in YEAR (default: this year) against the charter."""
+    year = year or time.gmtime().tm_year
+    rows = run(context, lambda s: [
+        {"body": r.body, "year": r.year, "held": r.held, "required": r.required,
+         "status": "ok" if not r.short else f"{r.short} missing"}
+        for r in cadence.report(s, year)])
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    emit(rows, False, ["body", "year", "held", "required", "status"])
+
+
+COMMANDS: tuple[click.Command, ...] = (party_group, body_group, delegate_group, meeting_group,
+                                      coordination_group, cadence_command)

@@ -1,0 +1,251 @@
+"""iCalendar objects of the organiser: REQUEST, CANCEL and PUBLISH, built with `icalendar`.
+
+Pure: no database, no clock of its own, no I/O. Everything here follows RFC 5546 §3.2 (what
+each method must and must not carry) and reference/itip.md §2.2 (what real clients need):
+METHOD always present, a VTIMEZONE for every TZID (RFC 5546 §3.1.2), SEQUENCE always
+written, a fresh DTSTAMP on every message (RFC 5545 §3.8.7.2).
+
+An invitation differs from invitee to invitee only in its ORGANIZER (the invitee's own
+`rsvp+TOKEN@` address) and its ATTENDEE lines. `Frame` is the calendar serialised once,
+with those lines left out; `Frame.fill` puts one invitee's lines in, each serialised by
+`icalendar` itself, so that every invitation is a complete object at the cost of a few
+lines per invitee.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from icalendar import Alarm, Calendar, Event, Timezone, vCalAddress
+
+PRODID = "-//Progressive Alliance//Alliance Mail//EN"
+UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Zulu", "Etc/Zulu"})
+ALARM_BEFORE = timedelta(minutes=30)
+FEED_REFRESH = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Person:
+    """A calendar user: a `mailto:` address and a display name (CN)."""
+
+    address: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Attendee:
+    """One ATTENDEE line (RFC 5545 §3.8.4.1 with the parameters of §3.2)."""
+
+    address: str
+    name: str = ""
+    partstat: str = "NEEDS-ACTION"
+    rsvp: bool = True
+    role: str = "REQ-PARTICIPANT"
+    cutype: str = "INDIVIDUAL"
+    delegated_from: str = ""
+    delegated_to: str = ""
+
+
+@dataclass(frozen=True)
+class Occasion:
+    """What a VEVENT says about a meeting, whoever receives it."""
+
+    uid: str
+    sequence: int
+    title: str
+    start: datetime            # aware: tzinfo is the meeting's ZoneInfo
+    end: datetime
+    stamp: datetime            # aware, UTC: when this message is made
+    location: str = ""
+    description: str = ""
+    url: str = ""
+    status: str = "CONFIRMED"
+
+
+def zone(tzid: str) -> ZoneInfo:
+    """The IANA zone of that name; KeyError or ValueError if there is none."""
+    return ZoneInfo(tzid)
+
+
+@functools.lru_cache(maxsize=256)
+def vtimezone(tzid: str, year: int) -> Timezone:
+    """A VTIMEZONE for `tzid` valid from the year before to two years after (RFC 5545 §3.6.5).
+
+    The window keeps the component small (clients need only the rules around the meeting);
+    `icalendar` derives the transitions from the IANA database.
+    """
+    return Timezone.from_tzid(tzid, first_date=date(year - 1, 1, 1),
+                              last_date=date(year + 2, 1, 1))
+
+
+def _is_utc(moment: datetime) -> bool:
+    return str(moment.tzinfo) in UTC_NAMES
+
+
+def _calendar(method: str | None) -> Calendar:
+    calendar = Calendar()
+    calendar.add("prodid", PRODID)
+    calendar.add("version", "2.0")
+    calendar.add("calscale", "GREGORIAN")
+    if method:
+        calendar.add("method", method)
+    return calendar
+
+
+def _add_timezones(calendar: Calendar, occasions: Iterable[Occasion]) -> None:
+    """One VTIMEZONE per TZID used, none for UTC (RFC 5546 §3.1.2)."""
+    seen: set[str] = set()
+    for occasion in occasions:
+        tzid = str(occasion.start.tzinfo)
+        if tzid in seen or _is_utc(occasion.start):
+            continue
+        seen.add(tzid)
+        calendar.add_component(vtimezone(tzid, occasion.start.year))
+
+
+def _event(occasion: Occasion, *, status: str | None) -> Event:
+    """The VEVENT properties every method shares (RFC 5546 §3.2.2 table)."""
+    event = Event()
+    event.add("uid", occasion.uid)
+    event.add("dtstamp", occasion.stamp)
+    event.add("sequence", occasion.sequence)
+    event.add("dtstart", occasion.start)
+    event.add("dtend", occasion.end)
+    event.add("summary", occasion.title)
+    if occasion.location:
+        event.add("location", occasion.location)
+    if occasion.description:
+        event.add("description", occasion.description)
+    if occasion.url:
+        event.add("url", occasion.url)
+    if status:
+        event.add("status", status)
+    event.add("transp", "OPAQUE")
+    return event
+
+
+def _alarm(title: str) -> Alarm:
+    """A display reminder before the start (RFC 5545 §3.6.6); allowed in REQUEST only."""
+    alarm = Alarm()
+    alarm.add("action", "DISPLAY")
+    alarm.add("description", title)
+    alarm.add("trigger", -ALARM_BEFORE)
+    return alarm
+
+
+def organizer_property(person: Person) -> vCalAddress:
+    """ORGANIZER as a `mailto:` URI with its CN (RFC 6047 §2.3)."""
+    value = vCalAddress(f"mailto:{person.address}")
+    if person.name:
+        value.params["CN"] = person.name
+    return value
+
+
+def attendee_property(attendee: Attendee) -> vCalAddress:
+    """ATTENDEE with CUTYPE, ROLE, PARTSTAT, RSVP, CN and delegation (RFC 5545 §3.2)."""
+    value = vCalAddress(f"mailto:{attendee.address}")
+    value.params["CUTYPE"] = attendee.cutype
+    value.params["ROLE"] = attendee.role
+    value.params["PARTSTAT"] = attendee.partstat
+    value.params["RSVP"] = "TRUE" if attendee.rsvp else "FALSE"
+    if attendee.name:
+        value.params["CN"] = attendee.name
+    if attendee.delegated_from:
+        value.params["DELEGATED-FROM"] = f"mailto:{attendee.delegated_from}"
+    if attendee.delegated_to:
+        value.params["DELEGATED-TO"] = f"mailto:{attendee.delegated_to}"
+    return value
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A serialised calendar with one VEVENT whose people are left out.
+
+    `head` ends where the VEVENT's properties end (before its VALARM, or its END);
+    `tail` is the rest. Properties of a component come before its subcomponents
+    (RFC 5545 §3.6.1 `eventc`), so the people's lines go between the two.
+    """
+
+    head: bytes
+    tail: bytes
+
+    def fill(self, organizer: Person, attendees: Sequence[Attendee]) -> bytes:
+        """The complete calendar for one recipient."""
+        return self.head + people_lines(organizer, attendees) + self.tail
+
+
+def people_lines(organizer: Person, attendees: Sequence[Attendee]) -> bytes:
+    """ORGANIZER and ATTENDEE content lines, folded and escaped by `icalendar`."""
+    holder = Event()
+    holder.add("organizer", organizer_property(organizer))
+    for attendee in attendees:
+        holder.add("attendee", attendee_property(attendee))
+    lines = holder.to_ical()
+    start = lines.index(b"\r\n") + 2
+    end = lines.rindex(b"END:VEVENT\r\n")
+    return lines[start:end]
+
+
+def _frame(calendar: Calendar) -> Frame:
+    data = calendar.to_ical()
+    event_at = data.index(b"BEGIN:VEVENT\r\n")
+    alarm_at = data.find(b"BEGIN:VALARM\r\n", event_at)
+    cut = alarm_at if alarm_at >= 0 else data.index(b"END:VEVENT\r\n", event_at)
+    return Frame(data[:cut], data[cut:])
+
+
+def request_frame(occasion: Occasion, *, alarm: bool = True) -> Frame:
+    """METHOD:REQUEST (RFC 5546 §3.2.2): STATUS, VTIMEZONE and a VALARM."""
+    calendar = _calendar("REQUEST")
+    _add_timezones(calendar, [occasion])
+    event = _event(occasion, status=occasion.status)
+    if alarm:
+        event.add_component(_alarm(occasion.title))
+    calendar.add_component(event)
+    return _frame(calendar)
+
+
+def cancel_frame(occasion: Occasion, *, whole: bool = True) -> Frame:
+    """METHOD:CANCEL (RFC 5546 §3.2.5): STATUS:CANCELLED for the whole meeting; no STATUS
+    when only some attendees are uninvited; never a VALARM."""
+    calendar = _calendar("CANCEL")
+    _add_timezones(calendar, [occasion])
+    calendar.add_component(_event(occasion, status="CANCELLED" if whole else None))
+    return _frame(calendar)
+
+
+def request(occasion: Occasion, organizer: Person, attendees: Sequence[Attendee]) -> bytes:
+    """A whole REQUEST calendar (RFC 5546 §3.2.2), as bytes."""
+    return request_frame(occasion).fill(organizer, attendees)
+
+
+def cancel(occasion: Occasion, organizer: Person, attendees: Sequence[Attendee], *,
+           whole: bool = True) -> bytes:
+    """A whole CANCEL calendar (RFC 5546 §3.2.5), as bytes."""
+    return cancel_frame(occasion, whole=whole).fill(organizer, attendees)
+
+
+def publish(occasions: Sequence[Occasion], *, name: str, organizer: Person,
+            source: str = "") -> bytes:
+    """A public feed: METHOD:PUBLISH, no ATTENDEE (RFC 5546 §3.2.1), RFC 7986 names.
+
+    X-WR-CALNAME and X-PUBLISHED-TTL are what Outlook and Apple read for NAME and
+    REFRESH-INTERVAL (RFC 7986 §5.1, §5.7).
+    """
+    calendar = _calendar("PUBLISH")
+    calendar.add("name", name)
+    calendar.add("x-wr-calname", name)
+    calendar.add("refresh-interval", FEED_REFRESH, parameters={"VALUE": "DURATION"})
+    calendar.add("x-published-ttl", "PT1H")
+    if source:
+        calendar.add("source", source, parameters={"VALUE": "URI"})
+    _add_timezones(calendar, occasions)
+    for occasion in occasions:
+        event = _event(occasion, status=occasion.status)
+        event.add("organizer", organizer_property(organizer))
+        calendar.add_component(event)
+    return bytes(calendar.to_ical())

@@ -1,0 +1,275 @@
+"""Invitations: who is sent what, and when (RFC 5546 §3.2.2, §3.2.5; reference/itip.md).
+
+- The delegates seated in a body are the invitees of its meetings; each gets one
+  REQUEST of their own at the meeting's send-at time (the scheduler) or at once
+  (`alliance meeting invite`). `Invitation.sent_sequence` records what was sent, so that
+  sending twice never invites twice.
+- A change of time, location or status raises SEQUENCE, resets every answer to
+  NEEDS-ACTION (`reset_sequence` = the new SEQUENCE) and sends an update; a fix of the
+  title or description keeps SEQUENCE and answers (RFC 5546 §2.1.4).
+- A cancel raises SEQUENCE and sends METHOD:CANCEL with STATUS:CANCELLED; a delegate who
+  loses their seat gets a CANCEL naming only them.
+- A delegate may send a substitute (`delegate`): the substitute gets their own REQUEST
+  with DELEGATED-FROM, and the charter's one-delegate-per-party rule still holds.
+
+Each function takes a session and the site and queues mail in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from mailer.scheduler import Job
+from meetings import letters, organisation, schedule
+from meetings.letters import DAY
+from meetings.models import Body, Delegate, Invitation, Meeting, Seat
+from meetings.organisation import MeetingError
+from meetings.site import MeetingSite
+
+REMINDER_DAYS = (14, 3)
+MAX_CHAIN = 10
+
+
+def passed_offsets(meeting: Meeting, now: float,
+                   days: Sequence[int] = REMINDER_DAYS) -> str:
+    """The reminder offsets whose moment has passed, as `Invitation.reminded` keeps them.
+
+    An invitation sent ten days before a meeting needs no "14 days before" reminder.
+    """
+    return ",".join(str(d) for d in days if now >= meeting.starts_at - d * DAY)
+
+
+def check_open(meeting: Meeting, now: float) -> None:
+    """Refuse to mail about a cancelled meeting, or one that is over (itip.md G15)."""
+    if meeting.status == "CANCELLED":
+        raise MeetingError(f"meeting {meeting.id} is cancelled")
+    if meeting.ends_at <= now:
+        raise MeetingError(f"meeting {meeting.id} is over")
+
+
+def _all(session: Session, meeting: Meeting) -> list[Invitation]:
+    return list(session.scalars(select(Invitation).where(Invitation.meeting_id == meeting.id)
+                                .order_by(Invitation.id)))
+
+
+def sync(session: Session, meeting: Meeting, now: float,
+         days: Sequence[int] = REMINDER_DAYS) -> None:
+    """Give every delegate seated in the meeting's body an invitation row (not yet sent)."""
+    seated = session.execute(select(Delegate.id, Delegate.address, Delegate.name,
+                                    Delegate.language)
+                             .join(Seat, Seat.delegate_id == Delegate.id)
+                             .where(Seat.body_id == meeting.body_id,
+                                    Seat.role == "delegate")).all()
+    known = {i.address: i for i in _all(session, meeting)}
+    reminded = passed_offsets(meeting, now, days)
+    new = []
+    for delegate_id, address, name, language in seated:
+        found = known.get(address)
+        if found is None:
+            new.append({"meeting_id": meeting.id, "delegate_id": delegate_id,
+                        "address": address, "name": name, "language": language,
+                        "reset_sequence": meeting.sequence, "reminded": reminded})
+        elif found.state == "removed":
+            _reopen(found, meeting, reminded)
+            found.delegate_id, found.delegated_from_id = delegate_id, None
+    if new:
+        session.execute(insert(Invitation), new)
+
+
+def _reopen(invitation: Invitation, meeting: Meeting, reminded: str) -> None:
+    """Make an old row a fresh, unsent, unanswered invitation."""
+    invitation.state, invitation.partstat, invitation.comment = "active", "NEEDS-ACTION", ""
+    invitation.replied_at = invitation.reply_sequence = invitation.reply_stamp = None
+    invitation.sent_sequence, invitation.delegated_to = None, ""
+    invitation.reset_sequence, invitation.reminded = meeting.sequence, reminded
+
+
+def invite(session: Session, site: MeetingSite, meeting: Meeting) -> int:
+    """Send the first REQUEST to every invitee who has had none; the number queued."""
+    now = site.clock()
+    check_open(meeting, now)
+    sync(session, meeting, now, site.reminder_days)
+    unsent = [i for i in _all(session, meeting) if i.state == "active"
+              and i.sent_sequence is None and i.partstat != "DELEGATED"]
+    return letters.send(session, site, meeting, unsent, letters.INVITATION)
+
+
+def _sent(session: Session, meeting: Meeting, *, delegated: bool = False) -> list[Invitation]:
+    """Active invitations that have had mail (with the delegators if `delegated`)."""
+    return [i for i in _all(session, meeting) if i.state == "active"
+            and i.sent_sequence is not None and (delegated or i.partstat != "DELEGATED")]
+
+
+def _reset(session: Session, meeting: Meeting, now: float,
+           days: Sequence[int] = REMINDER_DAYS) -> None:
+    """A major change: every answer back to NEEDS-ACTION (RFC 5546 §2.1.4; itip.md §1.3)."""
+    reminded = passed_offsets(meeting, now, days)
+    for invitation in _all(session, meeting):
+        if invitation.state == "active" and invitation.partstat != "DELEGATED":
+            invitation.partstat = "NEEDS-ACTION"
+            invitation.reset_sequence = meeting.sequence
+            invitation.reminded = reminded
+
+
+def reschedule(session: Session, site: MeetingSite, meeting: Meeting,
+               when: schedule.Times) -> int:
+    """New times: SEQUENCE+1, answers reset, "Updated:" to everyone already invited."""
+    now = site.clock()
+    check_open(meeting, now)
+    meeting.tz, meeting.start_local, meeting.end_local = when.tz, when.start_local, \
+        when.end_local
+    meeting.starts_at, meeting.ends_at = when.starts_at, when.ends_at
+    meeting.sequence += 1
+    meeting.updated_at = now
+    _reset(session, meeting, now, site.reminder_days)
+    return letters.send(session, site, meeting, _sent(session, meeting), letters.UPDATE)
+
+
+def update(session: Session, site: MeetingSite, meeting: Meeting,
+           changes: schedule.Changes) -> int:
+    """Other changes: location and status are major (as a reschedule), the rest minor.
+
+    A minor change is sent at the same SEQUENCE, each invitee's answer kept in their
+    ATTENDEE line, so that clients update the event without asking again (itip.md G4).
+    """
+    now = site.clock()
+    check_open(meeting, now)
+    if changes.status == "CANCELLED":
+        raise MeetingError("use `alliance meeting cancel` to cancel a meeting")
+    changed, major = schedule.revise(meeting, changes, now)
+    if not changed:
+        return 0
+    if major:
+        _reset(session, meeting, now, site.reminder_days)
+    return letters.send(session, site, meeting, _sent(session, meeting), letters.UPDATE)
+
+
+def cancel(session: Session, site: MeetingSite, meeting: Meeting) -> int:
+    """METHOD:CANCEL, STATUS:CANCELLED, SEQUENCE+1 to every invitee (RFC 5546 §3.2.5)."""
+    now = site.clock()
+    check_open(meeting, now)
+    meeting.status = "CANCELLED"
+    meeting.sequence += 1
+    meeting.updated_at = now
+    return letters.send(session, site, meeting, _sent(session, meeting, delegated=True),
+                        letters.CANCEL)
+
+
+def send_current(session: Session, site: MeetingSite, meeting: Meeting,
+           invitation: Invitation) -> int:
+    """The current state to one invitee: an answer to REFRESH (RFC 5546 §3.2.6), or the
+    REQUEST again for a delegator whose substitute declined (§4.2.7)."""
+    if meeting.status == "CANCELLED":
+        return letters.send(session, site, meeting, [invitation], letters.CANCEL)
+    if meeting.ends_at <= site.clock() or invitation.state != "active":
+        return 0
+    return letters.send(session, site, meeting, [invitation], letters.INVITATION)
+
+
+def seat_added(session: Session, site: MeetingSite, body: Body) -> int:
+    """A delegate joined the body: invite them to its meetings whose invitations went out."""
+    now = site.clock()
+    return sum(invite(session, site, meeting)
+               for meeting in schedule.upcoming(session, body.id, now)
+               if meeting.send_at <= now)
+
+
+def seat_removed(session: Session, site: MeetingSite, body: Body, delegate: Delegate) -> int:
+    """A delegate left the body: a CANCEL naming only them, SEQUENCE+1 (itip.md G5)."""
+    queued = 0
+    for meeting in schedule.upcoming(session, body.id, site.clock()):
+        invitation = session.scalar(select(Invitation).where(
+            Invitation.meeting_id == meeting.id, Invitation.address == delegate.address,
+            Invitation.state == "active"))
+        if invitation is None:
+            continue
+        invitation.state = "removed"
+        if invitation.sent_sequence is not None:
+            meeting.sequence += 1
+            queued += letters.send(session, site, meeting, [invitation], letters.UNINVITE)
+    return queued
+
+
+def party_of(session: Session, invitation: Invitation) -> int | None:
+    """The party an invitation speaks for: its delegate's, or its delegator's."""
+    current: Invitation | None = invitation
+    for _ in range(MAX_CHAIN):
+        if current is None:
+            return None
+        if current.delegate_id is not None:
+            delegate = session.get(Delegate, current.delegate_id)
+            return delegate.party_id if delegate else None
+        current = session.get(Invitation, current.delegated_from_id or 0)
+    return None
+
+
+def delegate(session: Session, site: MeetingSite, meeting: Meeting,
+             from_invitation: Invitation, to_address: str, to_name: str) -> Invitation:
+    """Send a substitute in an invitee's place (RFC 5546 §3.2.2.3, §4.2.5).
+
+    The invitee becomes DELEGATED with DELEGATED-TO; the substitute gets an invitation
+    of their own (`delegated_from_id`) and a REQUEST with DELEGATED-FROM, at the same
+    SEQUENCE (§2.1.4: a delegation never raises it). The caller records the RsvpEvent
+    if it wants one. MeetingError when the charter or the state forbids it.
+    """
+    now = site.clock()
+    check_open(meeting, now)
+    address = organisation.checked_address(to_address)
+    _check_delegation(session, meeting, from_invitation, address)
+    known = session.scalar(select(Delegate).where(Delegate.address == address))
+    substitute = session.scalar(select(Invitation).where(
+        Invitation.meeting_id == meeting.id, Invitation.address == address))
+    if substitute is None:
+        substitute = Invitation(meeting_id=meeting.id, address=address)
+        session.add(substitute)
+    _reopen(substitute, meeting, passed_offsets(meeting, now, site.reminder_days))
+    substitute.delegate_id = known.id if known else None
+    substitute.name = " ".join(to_name.split()) or (known.name if known else "")
+    substitute.language = known.language if known else from_invitation.language
+    substitute.delegated_from_id = from_invitation.id
+    from_invitation.partstat, from_invitation.delegated_to = "DELEGATED", address
+    session.flush()
+    letters.send(session, site, meeting, [substitute], letters.INVITATION)
+    return substitute
+
+
+def _check_delegation(session: Session, meeting: Meeting, invitation: Invitation,
+                      address: str) -> None:
+    if invitation.meeting_id != meeting.id or invitation.state != "active":
+        raise MeetingError(f"{invitation.address} is not invited to meeting {meeting.id}")
+    if invitation.partstat == "DELEGATED":
+        raise MeetingError(f"{invitation.address} has already sent "
+                           f"{invitation.delegated_to or 'a substitute'}")
+    if address == invitation.address:
+        raise MeetingError(f"{address} cannot stand in for themselves")
+    if session.scalar(select(Invitation.id).where(
+            Invitation.meeting_id == meeting.id, Invitation.address == address,
+            Invitation.state == "active")):
+        raise MeetingError(f"{address} is already invited to meeting {meeting.id}")
+    body = session.get(Body, meeting.body_id)
+    party_id = party_of(session, invitation)
+    if body is not None and party_id is not None:
+        organisation.may_substitute(session, body, party_id, address)
+
+
+def find_invitation(session: Session, meeting: Meeting, address: str) -> Invitation:
+    """The meeting's invitation for that address, or MeetingError."""
+    found = session.scalar(select(Invitation).where(
+        Invitation.meeting_id == meeting.id,
+        Invitation.address == organisation.checked_address(address)))
+    if found is None:
+        raise MeetingError(f"{address} is not invited to meeting {meeting.id}")
+    return found
+
+
+def send_job(site: MeetingSite, every: float = 30.0) -> Job:
+    """The scheduler's job: invitations of meetings whose send-at time has come."""
+    def run(session: Session, now: float) -> int:
+        due = session.scalars(select(Meeting).where(
+            Meeting.send_at <= now, Meeting.ends_at > now, Meeting.status != "CANCELLED")
+            .order_by(Meeting.send_at))
+        return sum(invite(session, site, meeting) for meeting in list(due))
+    return Job("meeting-invitations", every, run)

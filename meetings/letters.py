@@ -1,0 +1,182 @@
+"""Writing and queueing invitation mail: one personalised iMIP message per invitee.
+
+For a mailing (an invitation, an update, a cancel, a reminder) the calendar is
+serialised once (`ical.Frame`) and the MIME shape once per language (`imip.Letterhead`);
+each invitee then costs their own ORGANIZER and ATTENDEE lines, their text and HTML
+bodies from the templates, and a few byte substitutions. The messages are queued in bulk,
+in the caller's transaction, each with its invitee's `rsvp+TOKEN@` as envelope sender, so
+that a bounce comes back to the token that names the invitation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from mailer import compose
+from mailer.models import Delivery, Outgoing
+from meetings import coordination, ical, imip, schedule
+from meetings.models import Body, Invitation, Meeting, Party
+from meetings.site import MeetingSite
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class Mailing:
+    """One kind of invitation mail: its template, its iTIP method, its queue kind."""
+
+    template: str
+    method: str
+    whole: bool = True       # CANCEL: the whole meeting, or only this invitee
+    kind: str = "invitation"
+
+
+INVITATION = Mailing("invitation", "REQUEST")
+UPDATE = Mailing("invitation_update", "REQUEST")
+CANCEL = Mailing("invitation_cancel", "CANCEL")
+UNINVITE = Mailing("invitation_cancel", "CANCEL", whole=False)
+REMINDER = Mailing("reminder", "REQUEST", kind="reminder")
+
+
+def when(meeting: Meeting) -> dict[str, str]:
+    """The meeting's local date and times as templates show them."""
+    start, end = schedule.start_of(meeting), schedule.end_of(meeting)
+    until = f"{end:%H:%M}" if end.date() == start.date() else f"{end:%Y-%m-%d %H:%M}"
+    return {"date": f"{start:%Y-%m-%d}", "start": f"{start:%Y-%m-%d %H:%M}",
+            "end": f"{end:%Y-%m-%d %H:%M}", "tz": meeting.tz,
+            "when": f"{start:%Y-%m-%d %H:%M}–{until} ({meeting.tz})"}
+
+
+def meeting_view(session: Session, meeting: Meeting) -> dict[str, Any]:
+    """The meeting as templates see it: words and times, nothing else."""
+    body = session.get(Body, meeting.body_id)
+    host = session.get(Party, meeting.host_party_id) if meeting.host_party_id else None
+    return {"id": meeting.id, "title": meeting.title, "body": body.name if body else "",
+            "location": meeting.location, "description": meeting.description,
+            "alongside": meeting.alongside, "agenda_url": meeting.agenda_url,
+            "host": host.name if host else "", "status": meeting.status,
+            "sequence": meeting.sequence, **when(meeting)}
+
+
+def attendees(invitation: Invitation, delegators: dict[int, Invitation],
+              mailing: Mailing) -> list[ical.Attendee]:
+    """The ATTENDEE lines one invitee sees: themselves, and whom they stand in for.
+
+    A substitute's REQUEST carries both changes of a delegation: the substitute with
+    DELEGATED-FROM and the delegator with PARTSTAT=DELEGATED and DELEGATED-TO (RFC 5546
+    §3.2.2.3, example §4.2.5).
+    """
+    partstat = invitation.partstat if mailing.method == "REQUEST" else "NEEDS-ACTION"
+    delegator = delegators.get(invitation.delegated_from_id or 0)
+    own = ical.Attendee(invitation.address, invitation.name, partstat=partstat,
+                        rsvp=mailing.method == "REQUEST" and partstat == "NEEDS-ACTION",
+                        delegated_from=delegator.address if delegator else "")
+    if delegator is None:
+        return [own]
+    return [own, ical.Attendee(delegator.address, delegator.name, partstat="DELEGATED",
+                               rsvp=False, role="NON-PARTICIPANT",
+                               delegated_to=invitation.address)]
+
+
+def delegators(session: Session, invitations: Sequence[Invitation]) -> dict[int, Invitation]:
+    """The invitations the given substitutes stand in for, by id."""
+    ids = {i.delegated_from_id for i in invitations if i.delegated_from_id}
+    if not ids:
+        return {}
+    return {i.id: i for i in session.scalars(select(Invitation).where(Invitation.id.in_(ids)))}
+
+
+class Writer:
+    """Writes one mailing's messages; templates and letterheads are made once per language."""
+
+    def __init__(self, site: MeetingSite, mailing: Mailing, organizer: str,
+                 view: dict[str, Any], days_left: int) -> None:
+        self.site = site
+        self.mailing = mailing
+        self.organizer = organizer
+        self.common = {"meeting": view, "organizer": organizer, "site_name": site.name,
+                       "whole": mailing.whole, "days_left": days_left}
+        self._templates: dict[str, tuple[jinja2.Template, jinja2.Template]] = {}
+        self._heads: dict[tuple[str, str], imip.Letterhead] = {}
+
+    def _pair(self, language: str) -> tuple[jinja2.Template, jinja2.Template]:
+        if language not in self._templates:
+            env = self.site.templates
+            self._templates[language] = (
+                env.get_template(f"{language}/{self.mailing.template}.txt"),
+                env.get_template(f"{language}/invitation.html"))
+        return self._templates[language]
+
+    def _head(self, language: str, subject: str) -> imip.Letterhead:
+        key = (language, subject)
+        if key not in self._heads:
+            sender_name = f"{self.organizer} via {self.site.name}"
+            self._heads[key] = imip.letterhead(method=self.mailing.method, subject=subject,
+                                               sender_name=sender_name,
+                                               domain=self.site.domain)
+        return self._heads[key]
+
+    def write(self, invitation: Invitation, sender: str, calendar: bytes,
+              delegator: Invitation | None) -> bytes:
+        """One invitee's message, in their language."""
+        language = compose.language_of(invitation.language)
+        plain_template, html_template = self._pair(language)
+        context = {**self.common, "rsvp": sender,
+                   "invitee": {"name": invitation.name or invitation.address,
+                               "address": invitation.address},
+                   "delegated_from": (delegator.name or delegator.address) if delegator
+                   else ""}
+        module = plain_template.make_module(context)
+        subject = imip.one_line(str(getattr(module, "subject", "")))
+        html = html_template.render({**context, "mailing": self.mailing.template,
+                                     "subject": subject})
+        return self._head(language, subject).letter(imip.Letter(
+            invitation.address, invitation.name, sender, str(module), html, calendar))
+
+
+def send(session: Session, site: MeetingSite, meeting: Meeting,
+         invitations: Sequence[Invitation], mailing: Mailing) -> int:
+    """Queue the mailing to each invitation; their `sent_sequence` becomes the meeting's."""
+    if not invitations:
+        return 0
+    now = site.clock()
+    occasion = schedule.occasion(meeting, now)
+    frame = (ical.request_frame(occasion) if mailing.method == "REQUEST"
+             else ical.cancel_frame(occasion, whole=mailing.whole))
+    organizer = coordination.organizer_name(session, site)
+    writer = Writer(site, mailing, organizer, meeting_view(session, meeting),
+                    max(0, int((meeting.starts_at - now) // DAY)))
+    by_id = delegators(session, invitations)
+    rows = []
+    for invitation in invitations:
+        sender = site.rsvp_address(invitation.id)
+        calendar = frame.fill(ical.Person(sender, organizer),
+                              attendees(invitation, by_id, mailing))
+        data = writer.write(invitation, sender, calendar,
+                            by_id.get(invitation.delegated_from_id or 0))
+        rows.append((sender, invitation.address, data))
+        invitation.sent_sequence = meeting.sequence
+    enqueue_many(session, rows, mailing.kind)
+    return len(rows)
+
+
+def enqueue_many(session: Session, rows: Sequence[tuple[str, str, bytes]], kind: str) -> None:
+    """Store (sender, recipient, data) messages and their deliveries with two statements."""
+    if not rows:
+        return
+    now = time.time()
+    ids = list(session.scalars(
+        insert(Outgoing).returning(Outgoing.id, sort_by_parameter_order=True),
+        [{"created_at": now, "kind": kind, "sender": sender, "source_id": None,
+          "data": data} for sender, _, data in rows]))
+    session.execute(insert(Delivery), [
+        {"outgoing_id": outgoing_id, "recipient": recipient, "member_id": None,
+         "state": "pending", "attempts": 0, "created_at": now, "due_at": now}
+        for outgoing_id, (_, recipient, _) in zip(ids, rows, strict=True)])

@@ -1,0 +1,526 @@
+"""Answers to invitations: what mail to an invitee's `rsvp+TOKEN@` address does.
+
+The token names one invitation (DESIGN §3), so it says which meeting and which invitee a
+message is about even when the calendar data does not (Outlook omits ORGANIZER). In order:
+
+1. A delivery report (RFC 3464) marks the invitation undeliverable; other automatic mail
+   (out-of-office, RFC 3834) is dropped, unless it carries a REPLY, which is applied like
+   any other but never answered or passed on.
+2. The calendar data is read once (`meetings.itip`). A REPLY changes only the PARTSTAT and
+   the note of the attendee the token names (RFC 5546 §3.2.3), and only when the reply
+   names exactly that attendee and comes from their address or their SENT-BY (RFC 6047
+   §2.2.1); a stale reply (RFC 5546 §2.1.5) or one to a cancelled meeting changes nothing.
+   PARTSTAT=DELEGATED with DELEGATED-TO sends a substitute (RFC 5546 §3.2.2.3).
+3. A COUNTER is recorded and summarised for coordination@ (§3.2.7); a REFRESH has the
+   current invitation sent again to the invitee, and to no one else (§3.2.6, §6.1.6).
+4. Without calendar data, the command `delegate ADDRESS [NAME]` sends a substitute.
+5. Everything else, and everything refused, is passed on, as it came, to coordination@,
+   with the reason in an `X-Alliance-RSVP` header (as CalendarServer forwards what it
+   cannot process to the organizer).
+
+Each change (and each REFRESH answered) is an `RsvpEvent` for the coordinator's daily
+summary. Processing a message a second time changes nothing. Hostile input is bounded in
+`meetings.itip`, and nothing in it makes processing raise.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import getaddresses
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lists.automail import automatic
+from lists.bounces import failures
+from lists.commands import body_lines
+from mailer import compose, rawmail
+from mailer.addresses import AddressError, normalize
+from mailer.router import Inbound
+from mailer.routing import Route
+from meetings import coordination, invitations, itip
+from meetings.models import Delegate, Invitation, Meeting, RsvpEvent
+from meetings.organisation import MeetingError
+from meetings.site import MeetingSite
+
+log = logging.getLogger(__name__)
+
+FORWARD_HEADER = "X-Alliance-RSVP"
+CANCELLED = "CANCELLED"
+DELEGATED = "DELEGATED"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a message did: applied, unchanged, forward, dropped, delegated, counter,
+    refreshed or undeliverable, and why."""
+
+    action: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Rsvp:
+    """What every rule needs: whose invitation, to what meeting, who wrote, and when."""
+
+    site: MeetingSite
+    meeting: Meeting
+    invitation: Invitation
+    sender: str
+    now: float
+
+
+class RsvpHandler:
+    """The role handler of `rsvp+TOKEN@`."""
+
+    def __init__(self, site: MeetingSite) -> None:
+        self.site = site
+
+    def accepts(self, session: Session, route: Route) -> bool:
+        """The token is ours and its invitation exists (else 550 at RCPT)."""
+        return invitation_of(session, self.site, route.token or "") is not None
+
+    async def prepare(self, inbound: Inbound) -> None:
+        return None
+
+    def handle(self, session: Session, inbound: Inbound) -> None:
+        invitation = invitation_of(session, self.site, inbound.route.token or "")
+        if invitation is None:
+            log.warning("rsvp: message %d to %s: the invitation is gone", inbound.message_id,
+                        inbound.recipient)
+            return
+        outcome = process(session, self.site, invitation, inbound)
+        log.info("rsvp: message %d for invitation %d: %s (%s)", inbound.message_id,
+                 invitation.id, outcome.action, outcome.reason)
+
+
+def invitation_of(session: Session, site: MeetingSite, token: str) -> Invitation | None:
+    """The invitation a genuine rsvp token names, or None."""
+    ident = site.attendee_tokens.verify(token)
+    return session.get(Invitation, ident) if ident is not None else None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The message as the rules see it, read once."""
+
+    machine: str | None              # why it is automatic mail (RFC 3834), or None
+    report: bool                     # a multipart/report: a delivery report (RFC 3464)
+    sender: str                      # the From: address, else the envelope sender
+    calendars: itip.Calendars
+    command: tuple[str, str] | None  # `delegate ADDRESS [NAME]`, when no calendar came
+
+
+def read(inbound: Inbound) -> Reading:
+    """Read what the rules need; a message no parser can read is one for a person."""
+    message = inbound.message
+    try:
+        calendars = itip.read(message)
+        command = None if calendars.messages or calendars.problems \
+            else delegate_command(message)
+        return Reading(automatic(message, inbound.mail_from),
+                       itip.content_type_of(message)[0] == "multipart/report",
+                       sender_address(inbound), calendars, command)
+    except Exception:
+        # The standard library's header parser raises on some hostile headers (an
+        # IndexError on a broken From:, say): such mail goes to a person, not to quarantine.
+        log.warning("rsvp: message %d could not be read", inbound.message_id, exc_info=True)
+        return Reading(None, False, "", itip.Calendars(problems=("an unreadable message",)),
+                       None)
+
+
+def sender_address(inbound: Inbound) -> str:
+    """The From: address (read from the raw header), else the envelope sender, else ""."""
+    raw = [str(value) for name, value in inbound.message.raw_items() if name.lower() == "from"]
+    candidates = [address for _, address in getaddresses(raw)] + [inbound.mail_from]
+    for candidate in candidates:
+        try:
+            return normalize(candidate)
+        except AddressError:
+            continue
+    return ""
+
+
+def process(session: Session, site: MeetingSite, invitation: Invitation,
+            inbound: Inbound) -> Outcome:
+    """Everything a message to an invitation's rsvp address can do, in the module's order."""
+    meeting = session.get(Meeting, invitation.meeting_id)
+    assert meeting is not None, "an invitation has its meeting"
+    reading = read(inbound)
+    if reading.machine or reading.report:
+        bounce = bounced(session, meeting, invitation, inbound, site.clock())
+        if bounce is not None:
+            return bounce
+    answer = reading.calendars.answer()
+    if reading.machine and (answer is None or answer.method != "REPLY"):
+        return Outcome("dropped", f"automatic mail: {reading.machine}")
+    rsvp = Rsvp(site, meeting, invitation, reading.sender, site.clock())
+    outcome = decide(session, rsvp, reading, answer)
+    if outcome.action == "forward":
+        if reading.machine:
+            return Outcome("dropped", f"automatic mail: {reading.machine}; {outcome.reason}")
+        forward(session, site, inbound, outcome.reason)
+    return outcome
+
+
+def decide(session: Session, rsvp: Rsvp, reading: Reading,
+           answer: itip.ItipMessage | None) -> Outcome:
+    """The rule for what the message carries: an answer, other calendar data, or none."""
+    if answer is None:
+        return without_answer(session, rsvp, reading)
+    if answer.uid != rsvp.meeting.uid:
+        return Outcome("forward", f"{answer.method} about another event (UID {answer.uid!r})")
+    if answer.recurrence_id:
+        # Our meetings do not repeat: an answer about one occurrence matches none (R23).
+        return Outcome("forward", f"{answer.method} about one occurrence "
+                                  f"({answer.recurrence_id}) of a meeting that does not repeat")
+    if answer.method == "REPLY":
+        return reply(session, rsvp, answer)
+    if answer.method == "COUNTER":
+        return counter(session, rsvp, answer)
+    return refresh(session, rsvp, answer)
+
+
+# -- who may answer --------------------------------------------------------------------
+
+def authorise(rsvp: Rsvp, answer: itip.ItipMessage, *,
+              others: bool = False) -> tuple[itip.Attendee | None, str]:
+    """The invitee's ATTENDEE if the answer may act for them, else (None, why).
+
+    The answer must name the attendee the token names, and no one else except the other
+    side of a delegation (RFC 5546 §4.2.5–§4.2.6), or anyone when `others` (a COUNTER may
+    propose attendees); the mail must come from that attendee or their SENT-BY (RFC 6047
+    §2.2.1, RFC 5545 §3.2.18).
+    """
+    invitee = rsvp.invitation.address.lower()
+    mine = answer.attendee(invitee)
+    if mine is None:
+        named = ", ".join(a.address for a in answer.attendees[:3]) or "no attendee"
+        return None, f"the {answer.method} names {named}, not the invitee {invitee}"
+    strangers = [a for a in answer.attendees if a.address != invitee
+                 and not _delegation_pair(mine, a)]
+    if strangers and not others:
+        return None, f"the {answer.method} also names {strangers[0].address}"
+    if rsvp.sender not in (invitee, mine.sent_by):
+        return None, (f"sent by {rsvp.sender or 'no one'}, neither the invitee nor "
+                      f"their SENT-BY")
+    return mine, ""
+
+
+def _delegation_pair(mine: itip.Attendee, other: itip.Attendee) -> bool:
+    """Whether `other` is the substitute `mine` sends, or the delegate `mine` replaces."""
+    return (other.address in mine.delegated_to or mine.address in other.delegated_from
+            or other.address in mine.delegated_from or mine.address in other.delegated_to)
+
+
+def revision(rsvp: Rsvp, answer: itip.ItipMessage) -> tuple[int, float]:
+    """(SEQUENCE, DTSTAMP) of an answer as compared (RFC 5546 §2.1.5).
+
+    No revision above the meeting's exists, and no reply is written in the future: both
+    are capped, so that one odd reply cannot make every later one look stale.
+    """
+    stamp = answer.stamp if answer.stamp is not None else rsvp.now
+    return min(answer.sequence, rsvp.meeting.sequence), min(stamp, rsvp.now)
+
+
+def stale(invitation: Invitation, sequence: int, stamp: float) -> str | None:
+    """Why a reply is too old to apply, or None (RFC 5546 §2.1.5; itip.md §1.3).
+
+    A reply to a version before the last reset of PARTSTAT (a new time) answers a question
+    no longer asked; a reply older than the last one applied (a lower SEQUENCE, or the same
+    with an earlier DTSTAMP) arrived out of order. An equal (SEQUENCE, DTSTAMP) is applied
+    again, which changes nothing when it is the same message, and lets a client that echoes
+    the request's DTSTAMP change its answer.
+    """
+    if sequence < invitation.reset_sequence:
+        return (f"it answers SEQUENCE {sequence}, before the change at "
+                f"SEQUENCE {invitation.reset_sequence}")
+    if invitation.reply_sequence is not None and \
+            (sequence, stamp) < (invitation.reply_sequence, invitation.reply_stamp or 0.0):
+        return "it is older than the reply already applied"
+    return None
+
+
+def closed(rsvp: Rsvp) -> str | None:
+    """Why answers to this invitation change nothing any more, or None."""
+    if rsvp.meeting.status == CANCELLED:
+        return "the meeting is cancelled"
+    if rsvp.invitation.state == "removed":
+        return "the invitee was removed from the meeting"
+    return None
+
+
+# -- REPLY -----------------------------------------------------------------------------
+
+def reply(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> Outcome:
+    """Apply a REPLY: the invitee's PARTSTAT and note, nothing else (RFC 5546 §3.2.3)."""
+    attendee, why = authorise(rsvp, answer)
+    if attendee is None:
+        return Outcome("forward", why)
+    why_not = closed(rsvp)
+    sequence, stamp = revision(rsvp, answer)
+    why_not = why_not or stale(rsvp.invitation, sequence, stamp)
+    if why_not:
+        return Outcome("unchanged", why_not)
+    if not attendee.partstat:
+        return Outcome("forward", "an unreadable PARTSTAT")
+    if rsvp.invitation.partstat == DELEGATED and attendee.partstat != DELEGATED:
+        # Taking the seat back while a substitute holds it is for the coordinator to settle.
+        return Outcome("forward", f"the invitee has sent {rsvp.invitation.delegated_to} "
+                                  "in their place")
+    if attendee.partstat == DELEGATED:
+        outcome = delegation(session, rsvp, answer, attendee)
+    else:
+        outcome = apply(session, rsvp, attendee.partstat, answer.note(attendee))
+    if outcome.action != "forward":
+        rsvp.invitation.reply_sequence, rsvp.invitation.reply_stamp = sequence, stamp
+    return outcome
+
+
+def apply(session: Session, rsvp: Rsvp, partstat: str, comment: str) -> Outcome:
+    """Store an answer and record the change; the same answer again changes nothing."""
+    invitation = rsvp.invitation
+    if (invitation.partstat, invitation.comment) == (partstat, comment):
+        return Outcome("unchanged", f"{partstat} again")
+    invitation.partstat, invitation.comment, invitation.replied_at = \
+        partstat, comment, rsvp.now
+    record(session, rsvp, "reply", partstat, comment)
+    if partstat == "DECLINED" and invitation.delegated_from_id is not None:
+        ask_delegator_again(session, rsvp)
+    return Outcome("applied", partstat)
+
+
+def ask_delegator_again(session: Session, rsvp: Rsvp) -> None:
+    """A substitute declined: their delegator gets the REQUEST again (RFC 5546 §4.2.7)."""
+    delegator = session.get(Invitation, rsvp.invitation.delegated_from_id or 0)
+    if delegator is None or delegator.partstat != DELEGATED \
+            or delegator.delegated_to != rsvp.invitation.address:
+        return
+    delegator.partstat, delegator.delegated_to = "NEEDS-ACTION", ""
+    invitations.send_current(session, rsvp.site, rsvp.meeting, delegator)
+
+
+def record(session: Session, rsvp: Rsvp, kind: str, partstat: str, detail: str) -> None:
+    """One change, for the daily summary of the coordinator."""
+    session.add(RsvpEvent(meeting_id=rsvp.meeting.id, invitation_id=rsvp.invitation.id,
+                          kind=kind, partstat=partstat, detail=detail[:itip.MAX_TEXT],
+                          at=rsvp.now))
+
+
+# -- substitutes -----------------------------------------------------------------------
+
+def delegation(session: Session, rsvp: Rsvp, answer: itip.ItipMessage,
+               attendee: itip.Attendee) -> Outcome:
+    """PARTSTAT=DELEGATED: the one DELEGATED-TO gets an invitation (RFC 5546 §4.2.5)."""
+    if len(attendee.delegated_to) != 1:
+        return Outcome("forward", "a delegation must name exactly one substitute "
+                                  f"(DELEGATED-TO has {len(attendee.delegated_to)})")
+    address = attendee.delegated_to[0]
+    named = answer.attendee(address)
+    return send_substitute(session, rsvp, address, named.name if named else "")
+
+
+def send_substitute(session: Session, rsvp: Rsvp, address: str, name: str) -> Outcome:
+    """The invitee sends a substitute; the charter's rules are `invitations.delegate`'s.
+
+    That marks the invitee DELEGATED and sends the substitute their REQUEST; the change is
+    recorded here. A refusal (one delegate per party, a closed meeting, ...) changes nothing.
+    """
+    try:
+        address = normalize(address)
+    except AddressError:
+        return Outcome("forward", "the substitute's address is not an address")
+    why_not = closed(rsvp)
+    if why_not:
+        return Outcome("unchanged", why_not)
+    invitation = rsvp.invitation
+    if invitation.partstat == DELEGATED and invitation.delegated_to == address:
+        return Outcome("unchanged", f"{address} is already the substitute")
+    try:
+        with session.begin_nested():
+            invitations.delegate(session, rsvp.site, rsvp.meeting, invitation, address,
+                                 one_line(name))
+    except MeetingError as error:
+        return Outcome("forward", f"the substitute cannot be invited: {error}")
+    invitation.replied_at = rsvp.now
+    record(session, rsvp, "delegated", DELEGATED, address)
+    return Outcome("delegated", address)
+
+
+def one_line(text: str) -> str:
+    """Text on one line: line breaks and runs of space become one space.
+
+    >>> one_line("Ana\\r\\nBcc: x@y")
+    'Ana Bcc: x@y'
+    """
+    return " ".join(text.split())
+
+
+def delegate_command(message: EmailMessage) -> tuple[str, str] | None:
+    """(address, name) of a `delegate ADDRESS [NAME]` first line in the body, or None.
+
+    >>> from mailer.router import parse
+    >>> delegate_command(parse(b"Subject: Re: Invitation\\r\\n\\r\\n\\r\\n"
+    ...                        b"Delegate <kofi@party.test> Kofi Mensah\\r\\n> quoted\\r\\n"))
+    ('kofi@party.test', 'Kofi Mensah')
+    >>> delegate_command(parse(b"\\r\\nI will come.\\r\\ndelegate kofi@party.test\\r\\n"))
+    """
+    for line in body_lines(message):
+        words = line.split()
+        if not words:
+            continue
+        if words[0].lower().rstrip(":") != "delegate" or len(words) < 2:
+            return None
+        address = words[1].strip("<>").removeprefix("mailto:")
+        return address, " ".join(words[2:])[:200]
+    return None
+
+
+# -- COUNTER and REFRESH ---------------------------------------------------------------
+
+def counter(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> Outcome:
+    """Record a proposal and tell coordination@; the meeting is unchanged (RFC 5546 §3.2.7)."""
+    attendee, why = authorise(rsvp, answer, others=True)
+    if attendee is None:
+        return Outcome("forward", why)
+    why_not = closed(rsvp)
+    if why_not:
+        return Outcome("unchanged", why_not)
+    proposal = Proposal.of(rsvp.meeting, answer, answer.note(attendee))
+    if session.scalar(select(RsvpEvent.id).where(
+            RsvpEvent.invitation_id == rsvp.invitation.id, RsvpEvent.kind == "counter",
+            RsvpEvent.detail == proposal.line).limit(1)) is not None:
+        return Outcome("unchanged", "the same proposal again")
+    record(session, rsvp, "counter", rsvp.invitation.partstat, proposal.line)
+    summarise(session, rsvp, proposal)
+    return Outcome("counter", proposal.line)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A COUNTER as the coordinator reads it, in the meeting's own time zone."""
+
+    start: str
+    end: str
+    location: str
+    comment: str
+    outdated: bool          # made against an earlier version of the meeting
+
+    @classmethod
+    def of(cls, meeting: Meeting, answer: itip.ItipMessage, comment: str) -> Proposal:
+        return cls(local_time(answer.start, meeting.tz), local_time(answer.end, meeting.tz),
+                   answer.location, comment, answer.sequence < meeting.sequence)
+
+    @property
+    def line(self) -> str:
+        """The proposal in one line, as recorded."""
+        parts = [f"{self.start or '?'} - {self.end or '?'}"]
+        parts += [text for text in (self.location, self.comment) if text]
+        return "; ".join(one_line(part) for part in parts)
+
+
+def local_time(moment: datetime | None, tz: str) -> str:
+    """A proposed time as wall time in the meeting's zone (floating times as they are).
+
+    >>> from datetime import timezone
+    >>> local_time(datetime(2027, 3, 14, 8, 0, tzinfo=timezone.utc), "Europe/Paris")
+    '2027-03-14 09:00'
+    >>> local_time(None, "Europe/Paris")
+    ''
+    """
+    if moment is None:
+        return ""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(ZoneInfo(tz))
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def summarise(session: Session, rsvp: Rsvp, proposal: Proposal) -> None:
+    """The readable summary of a COUNTER, to coordination@, in the coordinator's language."""
+    meeting, invitation = rsvp.meeting, rsvp.invitation
+    context = {"title": meeting.title, "meeting_id": meeting.id,
+               "name": invitation.name or invitation.address, "address": invitation.address,
+               "current_start": meeting.start_local.replace("T", " ")[:16],
+               "current_end": meeting.end_local.replace("T", " ")[:16], "tz": meeting.tz,
+               "current_location": meeting.location, "proposed_start": proposal.start,
+               "proposed_end": proposal.end, "proposed_location": proposal.location,
+               "comment": proposal.comment, "outdated": proposal.outdated,
+               "site_name": rsvp.site.name}
+    site = rsvp.site
+    subject, body = compose.render(site.templates, "counter_summary",
+                                   coordination_language(session), context)
+    own = site.address(coordination.LOCAL)
+    data = compose.robot_message(sender=(site.name, own), to=own, subject=subject, body=body,
+                                 domain=site.domain, reply_to=invitation.address,
+                                 auto="auto-generated")
+    coordination.forward(session, site, data)
+
+
+def coordination_language(session: Session) -> str:
+    """The language of the first coordination contact, when they are a delegate."""
+    contact = next(iter(coordination.contacts(session)), None)
+    language = session.scalar(select(Delegate.language).where(Delegate.address == contact)) \
+        if contact else None
+    return compose.language_of(language)
+
+
+def refresh(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> Outcome:
+    """Send the invitee the current invitation again (RFC 5546 §3.2.6); only to them."""
+    attendee, why = authorise(rsvp, answer)
+    if attendee is None:
+        return Outcome("forward", why)
+    if invitations.send_current(session, rsvp.site, rsvp.meeting, rsvp.invitation) == 0:
+        return Outcome("unchanged", f"nothing to send ({rsvp.invitation.state}, the "
+                                    "meeting is over or the invitation is not active)")
+    record(session, rsvp, "refresh", rsvp.invitation.partstat, "")
+    return Outcome("refreshed", f"SEQUENCE {rsvp.meeting.sequence}")
+
+
+# -- mail without an answer ------------------------------------------------------------
+
+def without_answer(session: Session, rsvp: Rsvp, reading: Reading) -> Outcome:
+    """Other calendar data, a `delegate` command, or a person writing: who acts on it."""
+    calendars, command = reading.calendars, reading.command
+    if calendars.messages:
+        methods = ", ".join(sorted({m.method or "no METHOD" for m in calendars.messages}))
+        return Outcome("forward", f"calendar data that is not an answer ({methods})")
+    if calendars.problems:
+        return Outcome("forward", "; ".join(calendars.problems[:3]))
+    if command is None:
+        return Outcome("forward", "no calendar data")
+    if rsvp.sender != rsvp.invitation.address.lower():
+        return Outcome("forward", f"a delegate command from {rsvp.sender or 'no one'}, "
+                                  "not the invitee")
+    return send_substitute(session, rsvp, *command)
+
+
+def forward(session: Session, site: MeetingSite, inbound: Inbound, reason: str) -> None:
+    """Pass the message on, as it came, to the people behind coordination@, saying why.
+
+    It goes to them directly, as the coordination@ handler would pass it on, rather than
+    out to the smarthost and back in through our own MX.
+    """
+    why = one_line(reason).encode("ascii", "replace").decode()[:300]
+    data = rawmail.rewrite(inbound.raw, {FORWARD_HEADER.lower()}, [(FORWARD_HEADER, why)])
+    coordination.forward(session, site, data)
+
+
+def bounced(session: Session, meeting: Meeting, invitation: Invitation, inbound: Inbound,
+            now: float) -> Outcome | None:
+    """A delivery report about the invitation: undeliverable if it failed for good."""
+    found = failures(inbound.message)
+    if found.kind is None:
+        return None
+    if found.kind == "soft":
+        return Outcome("dropped", "a report of delayed delivery")
+    if invitation.state == "undeliverable":
+        return Outcome("unchanged", "already undeliverable")
+    invitation.state = "undeliverable"
+    failed = ", ".join(sorted(found.permanent))[:500]
+    session.add(RsvpEvent(meeting_id=meeting.id, invitation_id=invitation.id, kind="bounce",
+                          partstat=invitation.partstat, detail=failed, at=now))
+    return Outcome("undeliverable", failed)

@@ -1,0 +1,105 @@
+"""What the coordinators read: the attendance of a meeting, and one daily RSVP summary.
+
+The summary gathers the RSVP events (replies, counters, delegations, bounces) not yet
+reported into one mail to the coordinators, sent when the oldest of them is a day old:
+so at most one a day, and none on a day without news.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailer import compose
+from mailer.scheduler import Job
+from meetings import coordination, letters
+from meetings.letters import DAY
+from meetings.models import Delegate, Invitation, Meeting, Party, RsvpEvent
+from meetings.site import MeetingSite
+
+COLUMNS = ["name", "party", "address", "partstat", "comment", "replied_at"]
+
+
+def _stamp(value: float | None) -> str:
+    return "" if value is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+
+
+def _parties(session: Session, invitations: list[Invitation]) -> dict[int, str]:
+    """Party name by invitation id; a substitute speaks for their delegator's party."""
+    rows = session.execute(select(Delegate.id, Party.name)
+                           .join(Party, Delegate.party_id == Party.id)
+                           .where(Delegate.id.in_({i.delegate_id for i in invitations
+                                                   if i.delegate_id})))
+    by_delegate = {delegate_id: name for delegate_id, name in rows}
+    by_id = {i.id: i for i in invitations}
+    names: dict[int, str] = {}
+    for invitation in invitations:
+        current: Invitation | None = invitation
+        for _ in range(10):
+            if current is None or current.delegate_id is not None:
+                break
+            current = by_id.get(current.delegated_from_id or 0)
+        names[invitation.id] = by_delegate.get(current.delegate_id or 0, "") if current \
+            else ""
+    return names
+
+
+def attendance(session: Session, meeting: Meeting) -> list[dict[str, Any]]:
+    """Each invitee: name, party, address, PARTSTAT, comment, reply time (UTC)."""
+    invitations = list(session.scalars(select(Invitation).where(
+        Invitation.meeting_id == meeting.id, Invitation.state != "removed")
+        .order_by(Invitation.id)))
+    parties = _parties(session, invitations)
+    rows = [{"name": i.name, "party": parties[i.id], "address": i.address,
+             "partstat": i.partstat if i.state == "active" else i.state.upper(),
+             "comment": i.comment, "replied_at": _stamp(i.replied_at)}
+            for i in invitations]
+    return sorted(rows, key=lambda row: (row["party"], row["address"]))
+
+
+def summary_rows(session: Session, events: list[RsvpEvent]) -> list[dict[str, Any]]:
+    """The events as the summary template shows them, by meeting then time."""
+    meetings = {m.id: m for m in session.scalars(select(Meeting).where(
+        Meeting.id.in_({e.meeting_id for e in events})))}
+    invitations = {i.id: i for i in session.scalars(select(Invitation).where(
+        Invitation.id.in_({e.invitation_id for e in events})))}
+    rows = []
+    for event in events:
+        meeting, invitation = meetings[event.meeting_id], invitations[event.invitation_id]
+        rows.append({"meeting": meeting.title, "date": letters.when(meeting)["start"],
+                     "meeting_id": meeting.id, "name": invitation.name or invitation.address,
+                     "address": invitation.address, "kind": event.kind,
+                     "partstat": event.partstat, "detail": event.detail,
+                     "at": _stamp(event.at)})
+    return sorted(rows, key=lambda row: (row["meeting_id"], row["at"]))
+
+
+def summarise(session: Session, site: MeetingSite, now: float) -> int:
+    """One summary mail of unreported RSVP events, once the oldest is a day old."""
+    events = list(session.scalars(select(RsvpEvent).where(RsvpEvent.reported.is_(False))
+                                  .order_by(RsvpEvent.id)))
+    if not events or min(e.at for e in events) > now - DAY:
+        return 0
+    recipients = coordination.contacts(session)
+    if not recipients:
+        return 0
+    subject, body = compose.render(site.templates, "rsvp_summary",
+                                   coordination.language(session),
+                                   {"site_name": site.name, "count": len(events),
+                                    "events": summary_rows(session, events)})
+    own = site.address(coordination.LOCAL)
+    data = compose.robot_message(sender=(site.name, own), to=own, subject=subject,
+                                 body=body, domain=site.domain, auto="auto-generated")
+    compose.enqueue(session, sender=own, recipients=[(a, None) for a in recipients],
+                    data=data, kind="summary")
+    for event in events:
+        event.reported = True
+    return 1
+
+
+def summary_job(site: MeetingSite, every: float = 3600.0) -> Job:
+    """The scheduler's daily RSVP summary to the coordinators."""
+    return Job("rsvp-summary", every, lambda session, now: summarise(session, site, now))

@@ -1,0 +1,230 @@
+"""Meetings: created with their times checked, each with a stable UID and a SEQUENCE.
+
+A meeting's times are the organiser's wall-clock times in an IANA zone (RFC 5545 §3.3.5
+form 3, "date with local time and time zone reference"), stored with the UTC instants
+beside them. Bad input is refused with one line naming the problem, before anything is
+stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from meetings import ical
+from meetings.models import Meeting
+from meetings.organisation import MeetingError, find_body, find_party
+from meetings.site import MeetingSite
+
+STATUSES = ("CONFIRMED", "TENTATIVE")
+
+
+@dataclass(frozen=True)
+class Times:
+    """Checked start and end: wall-clock times in `tz`, and their UTC instants."""
+
+    tz: str
+    start_local: str
+    end_local: str
+    starts_at: float
+    ends_at: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `alliance meeting create` is given."""
+
+    body: str
+    title: str
+    start: str
+    end: str
+    tz: str
+    location: str = ""
+    host: str = ""
+    alongside: str = ""
+    description: str = ""
+    agenda_url: str = ""
+    send_at: str = ""
+
+
+def time_zone(name: str) -> ZoneInfo:
+    """The IANA zone, or MeetingError naming the unknown one."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, KeyError):
+        raise MeetingError(f"unknown time zone {name!r} (use an IANA name such as "
+                           f"Europe/Berlin)") from None
+
+
+def wall_time(text: str, what: str, zone: ZoneInfo) -> datetime:
+    """A date and time in `zone`; one with an offset is converted to it.
+
+    >>> wall_time("2027-03-14T09:00", "start", ZoneInfo("Europe/Berlin")).isoformat()
+    '2027-03-14T09:00:00+01:00'
+    """
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise MeetingError(f"{what}: not a date and time (YYYY-MM-DDTHH:MM): "
+                           f"{text!r}") from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=zone)
+    return moment.astimezone(zone)
+
+
+def times(start: str, end: str, tz: str, now: float) -> Times:
+    """Check a meeting's times: a known zone, an end after the start, a start to come."""
+    zone = time_zone(tz)
+    begins, ends = wall_time(start, "start", zone), wall_time(end, "end", zone)
+    if ends <= begins:
+        raise MeetingError(f"the meeting would end ({_show(ends)}) before it starts "
+                           f"({_show(begins)})")
+    if begins.timestamp() <= now:
+        raise MeetingError(f"the start ({_show(begins)}) is in the past")
+    return Times(tz, _local(begins), _local(ends), begins.timestamp(), ends.timestamp())
+
+
+def _local(moment: datetime) -> str:
+    return moment.replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+def _show(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} {moment.tzinfo}"
+
+
+def _send_at(text: str, zone: ZoneInfo, now: float, starts_at: float) -> float:
+    if not text.strip():
+        return now
+    moment = wall_time(text, "send-at", zone).timestamp()
+    if moment >= starts_at:
+        raise MeetingError("send-at must come before the meeting starts")
+    return max(moment, now)
+
+
+def text(value: str, what: str, limit: int) -> str:
+    """One line of at most `limit` characters, or MeetingError."""
+    value = " ".join(value.split())
+    if len(value) > limit:
+        raise MeetingError(f"{what} is longer than {limit} characters")
+    return value
+
+
+def url(value: str) -> str:
+    """An http(s) URL without spaces, or MeetingError."""
+    value = value.strip()
+    if value and not value.startswith(("https://", "http://")):
+        raise MeetingError(f"the agenda URL must start with https:// ({value!r})")
+    if any(c.isspace() for c in value) or len(value) > 1000:
+        raise MeetingError("the agenda URL is not a single URL of up to 1000 characters")
+    return value
+
+
+def create(session: Session, site: MeetingSite, plan: Plan) -> Meeting:
+    """A new meeting of a body, with a fresh UID and SEQUENCE 0 (RFC 5545 §3.8.4.7)."""
+    body = find_body(session, plan.body)
+    host = find_party(session, plan.host) if plan.host.strip() else None
+    now = site.clock()
+    when = times(plan.start, plan.end, plan.tz, now)
+    title = text(plan.title, "the title", 300)
+    if not title:
+        raise MeetingError("a meeting needs a title")
+    meeting = Meeting(uid=f"{uuid.uuid4()}@{site.domain}", body_id=body.id, title=title,
+                      description=plan.description.strip(),
+                      location=text(plan.location, "the location", 300),
+                      tz=when.tz, start_local=when.start_local, end_local=when.end_local,
+                      starts_at=when.starts_at, ends_at=when.ends_at,
+                      host_party_id=host.id if host else None,
+                      alongside=text(plan.alongside, "the alongside event", 300),
+                      agenda_url=url(plan.agenda_url),
+                      send_at=_send_at(plan.send_at, time_zone(plan.tz), now, when.starts_at),
+                      status="CONFIRMED", sequence=0, created_at=now, updated_at=now)
+    session.add(meeting)
+    session.flush()
+    return meeting
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What `alliance meeting update` may change; None leaves a field as it is."""
+
+    title: str | None = None
+    description: str | None = None
+    location: str | None = None
+    agenda_url: str | None = None
+    alongside: str | None = None
+    status: str | None = None
+
+
+def revise(meeting: Meeting, changes: Changes, now: float) -> tuple[bool, bool]:
+    """Apply the changes; returns (anything changed, a major change).
+
+    A change of STATUS, or of LOCATION (which "jeopardizes the validity of the
+    participation status"), is major: SEQUENCE goes up (RFC 5546 §2.1.4). A title,
+    description, agenda or "alongside" fix is minor and keeps SEQUENCE.
+    """
+    if changes.status is not None and changes.status not in STATUSES:
+        raise MeetingError(f"unknown status {changes.status!r}; choose one of "
+                           f"{', '.join(STATUSES)}")
+    wanted = {
+        "title": None if changes.title is None else text(changes.title, "the title", 300),
+        "description": None if changes.description is None else changes.description.strip(),
+        "location": None if changes.location is None
+        else text(changes.location, "the location", 300),
+        "agenda_url": None if changes.agenda_url is None else url(changes.agenda_url),
+        "alongside": None if changes.alongside is None
+        else text(changes.alongside, "the alongside event", 300),
+        "status": changes.status,
+    }
+    if wanted["title"] == "":
+        raise MeetingError("a meeting needs a title")
+    changed = {k: v for k, v in wanted.items() if v is not None and getattr(meeting, k) != v}
+    for key, value in changed.items():
+        setattr(meeting, key, value)
+    major = bool({"location", "status"} & changed.keys())
+    if major:
+        meeting.sequence += 1
+    if changed:
+        meeting.updated_at = now
+    return bool(changed), major
+
+
+def find(session: Session, meeting_id: int) -> Meeting:
+    """The meeting with that id, or MeetingError."""
+    found = session.get(Meeting, meeting_id)
+    if found is None:
+        raise MeetingError(f"no meeting with id {meeting_id}")
+    return found
+
+
+def upcoming(session: Session, body_id: int, now: float) -> list[Meeting]:
+    """The body's meetings that have not ended and are not cancelled."""
+    return list(session.scalars(select(Meeting).where(
+        Meeting.body_id == body_id, Meeting.ends_at > now, Meeting.status != "CANCELLED")
+        .order_by(Meeting.starts_at)))
+
+
+def start_of(meeting: Meeting) -> datetime:
+    """The start as an aware local time in the meeting's zone."""
+    return datetime.fromisoformat(meeting.start_local).replace(tzinfo=ZoneInfo(meeting.tz))
+
+
+def end_of(meeting: Meeting) -> datetime:
+    """The end as an aware local time in the meeting's zone."""
+    return datetime.fromisoformat(meeting.end_local).replace(tzinfo=ZoneInfo(meeting.tz))
+
+
+def occasion(meeting: Meeting, stamp: float) -> ical.Occasion:
+    """The meeting as a VEVENT sees it; DTSTAMP is `stamp` (RFC 5545 §3.8.7.2)."""
+    description = meeting.description
+    if meeting.alongside:
+        description = f"{description}\n\n{meeting.alongside}".strip()
+    return ical.Occasion(uid=meeting.uid, sequence=meeting.sequence, title=meeting.title,
+                         start=start_of(meeting), end=end_of(meeting),
+                         stamp=datetime.fromtimestamp(int(stamp), UTC),
+                         location=meeting.location, description=description,
+                         url=meeting.agenda_url, status=meeting.status)
