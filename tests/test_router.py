@@ -102,3 +102,40 @@ async def test_work_taken_too_often_without_an_outcome_is_quarantined(
         db.close()
     assert work.error == "processing interrupted 3 times"
     assert handler.handled == []
+
+
+class Picky(Flaky):
+    """Fails on one subject only."""
+
+    def handle(self, session: Session, inbound: Inbound) -> None:
+        if str(inbound.message["Subject"]) == "Poison":
+            session.add(Work(message_id=inbound.message_id, recipient="half@done",
+                             role="post", state="done", attempts=0, due_at=0))
+            session.flush()
+            raise RuntimeError("the handler is broken")
+        self.handled.append(str(inbound.message["Subject"]))
+
+
+async def test_one_failing_unit_in_a_batch_leaves_the_others_done(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    db.upgrade()
+    arrivals = [Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
+                        (f"steering@{DOMAIN}",), mail("a@example.com", "x", subject=subject))
+                for subject in ("One", "Poison", "Three")]
+    db.transaction(_store, arrivals, DOMAIN, DOMAIN)
+    handler = Picky()
+    router = Router(db, {Role.POST: handler}, max_attempts=1, on_outgoing=lambda: None,
+                    poll=0.05)
+    router.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            states = db.query(lambda s: sorted(s.scalars(select(Work.state)).all()))
+            if "pending" not in states and "working" not in states:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await router.stop()
+        db.close()
+    assert sorted(handler.handled) == ["One", "Three"]
+    assert states == ["done", "done", "quarantined"], "the failed unit's writes rolled back"
