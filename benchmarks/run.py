@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Alliance Mail benchmark: list fan-out and SMTP intake against Postfix's smtp-sink.
 
-    python3 benchmarks/run.py [--short] [--scenarios A,B,C,D,F] [--json-out FILE]
+    python3 benchmarks/run.py [--short] [--scenarios A,B,C,D,E,F] [--json-out FILE]
 
 For each scenario: a fresh temporary folder with a SQLite database and a config, Postfix's
 `smtp-sink` on a free loopback port as the smarthost (every transaction appended to a dump
@@ -16,13 +16,16 @@ posts over SMTP, and a watcher that polls the dump every 5 ms.
   C  100 posts to 100 members           (short: 5 posts to 20 members)
   D  intake: 50 concurrent SMTP clients post 5,000 2 KB messages to a list with one
      member (short: 200 messages)
+  E  meeting: `alliance meeting invite` to 1,000 delegates of one body, then each replies
+     ACCEPTED over SMTP, 50 clients at once (short: 50 delegates); see run_meeting
   F  digest: 10 posts archived, then one MIME digest to 10,000 digest members
      (short: 2 posts, 200 members)
 
 A scenario passes when every expected (Message-ID, recipient) pair reached the sink exactly
 once, nothing else did, every post got 250, the database shows every delivery done, every
 list copy at the sink came From the list ("... via bench", DMARC), the digest carried
-every post, and the daemon stopped cleanly with no ERROR in its log. The exit code is 0 if
+every post, each delegate got one invitation and every reply was applied (E), and the
+daemon stopped cleanly with no ERROR in its log. The exit code is 0 if
 every scenario passed, 1 otherwise (also when the harness itself could not run). Timings
 are reported, never asserted. Everything talks to 127.0.0.1 only; every loop is bounded in
 count and time; only the processes started here are stopped, by PID, also on errors and on
@@ -33,13 +36,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import contextlib
+import datetime
+import email
 import email.utils
 import json
 import math
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -52,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+import zoneinfo
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,11 +98,12 @@ class Scenario:
     clients: int = 1          # concurrent SMTP sessions posting
     intake: bool = False      # D: the figures that matter are the poster's
     digest: bool = False      # F: members take digests; one digest each is expected
+    meeting: bool = False     # E: `members` delegates invited, `posts` replies sent
     timeout: float = 300.0    # whole trial, seconds
 
     @property
     def expected(self) -> int:
-        return self.members if self.digest else self.members * self.posts
+        return self.members if self.digest or self.meeting else self.members * self.posts
 
 
 FULL = {
@@ -103,6 +112,8 @@ FULL = {
     "C": Scenario("C", "100 posts -> 100 members", 100, 100, timeout=600),
     "D": Scenario("D", "intake: 50 clients, 5,000 x 2 KB -> list of 1", 1, 5000,
                   clients=50, intake=True, timeout=600),
+    "E": Scenario("E", "meeting: 1,000 invitations, 1,000 replies", 1000, 1000, clients=50,
+                  meeting=True, timeout=600),
     "F": Scenario("F", "digest of 10 posts -> 10,000 members", 10000, 10, digest=True,
                   timeout=900),
 }
@@ -112,6 +123,8 @@ SHORT = {
     "C": Scenario("C", "5 posts -> 20 members", 20, 5, timeout=60),
     "D": Scenario("D", "intake: 50 clients, 200 x 2 KB -> list of 1", 1, 200,
                   clients=50, intake=True, timeout=60),
+    "E": Scenario("E", "meeting: 50 invitations, 50 replies", 50, 50, clients=50,
+                  meeting=True, timeout=90),
     "F": Scenario("F", "digest of 2 posts -> 200 members", 200, 2, digest=True,
                   timeout=150),
 }
@@ -638,6 +651,10 @@ class SmtpError(Exception):
         self.code = code
 
 
+# One message to post: (index, Message-ID, bytes, MAIL FROM, RCPT TO).
+Post = tuple[int, str, bytes, str, str]
+
+
 @dataclass
 class Posted:
     index: int
@@ -700,7 +717,7 @@ async def _step(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         f"{text.strip().decode(errors='replace')}", code)
 
 
-async def _session(port: int, queue: collections.deque[tuple[int, str, bytes]],
+async def _session(port: int, queue: collections.deque[Post],
                    run: PostRun, deadline: float) -> bool:
     """One SMTP session: posts from the queue until it is empty or time is up.
 
@@ -708,7 +725,7 @@ async def _session(port: int, queue: collections.deque[tuple[int, str, bytes]],
     connect again: the post in hand goes back to the queue, as an MTA would send it again.
     """
     writer = None
-    current: tuple[int, str, bytes] | None = None
+    current: Post | None = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port),
                                                 SMTP_STEP_TIMEOUT)
@@ -718,10 +735,10 @@ async def _session(port: int, queue: collections.deque[tuple[int, str, bytes]],
         await _step(reader, writer, b"EHLO bench-client.members.test", 250)
         while queue and time.monotonic() < deadline:
             current = queue.popleft()
-            index, message_id, data = current
+            index, message_id, data, mail_from, rcpt_to = current
             try:
-                await _step(reader, writer, f"MAIL FROM:<{POSTER}>".encode(), 250)
-                await _step(reader, writer, f"RCPT TO:<{LIST_ADDRESS}>".encode(), 250)
+                await _step(reader, writer, f"MAIL FROM:<{mail_from}>".encode(), 250)
+                await _step(reader, writer, f"RCPT TO:<{rcpt_to}>".encode(), 250)
                 await _step(reader, writer, b"DATA", 354)
             except SmtpError as error:
                 if error.code == 421:
@@ -760,7 +777,7 @@ async def _session(port: int, queue: collections.deque[tuple[int, str, bytes]],
                 await asyncio.wait_for(writer.wait_closed(), 5)
 
 
-async def _client(port: int, queue: collections.deque[tuple[int, str, bytes]],
+async def _client(port: int, queue: collections.deque[Post],
                   run: PostRun, deadline: float) -> None:
     for _ in range(1000):  # bounded number of sessions per client
         if not (queue and time.monotonic() < deadline):
@@ -769,7 +786,7 @@ async def _client(port: int, queue: collections.deque[tuple[int, str, bytes]],
             return
 
 
-async def _post_all(port: int, posts: list[tuple[int, str, bytes]], clients: int,
+async def _post_all(port: int, posts: list[Post], clients: int,
                     limit: float) -> PostRun:
     run = PostRun()
     queue = collections.deque(posts)
@@ -803,7 +820,7 @@ OUR_CODE = re.compile(r"\((mailer|lists|meetings)/")
 
 
 def summarise_profile(path: Path, top: int = 15) -> dict[str, list[tuple[str, float]]]:
-    """Top functions by own samples, and our functions (mailer/, lists/) by inclusive ones.
+    """Top functions by own samples, and ours (mailer/, lists/, meetings/) by inclusive ones.
 
     Reads py-spy's raw (collapsed stack) format, recorded with --gil: the shares are of the
     time some thread of the daemon held the GIL.
@@ -903,7 +920,8 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[st
             profiler = start_profiler(daemon.pid, Path(args.profile) / f"{sc.key}.folded")
         watcher = Watcher(sink, sc.expected, sc.timeout + args.settle + 5)
         watcher.start()
-        posts = [(i, *make_post(i, run_id, sc.key)) for i in range(sc.posts)]
+        posts = [(i, *make_post(i, run_id, sc.key), POSTER, LIST_ADDRESS)
+                 for i in range(sc.posts)]
         log(f"{sc.key}: {sc.title}: daemon pid {daemon.pid} on port {daemon.port}, "
             f"sink pid {sink.proc.pid} on port {sink.port}, "  # type: ignore[union-attr]
             f"DNS on port {dns.port}")
@@ -1062,6 +1080,539 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[st
     return result
 
 
+# -- scenario E: one meeting, its invitations and the replies ---------------------------
+
+MEETING_BODY = "bench-forum"
+DELEGATE_FORMAT = "d%06d@delegates.test"    # benchmarks/make_meeting.py's addresses
+MEETING_TZ = "Europe/Berlin"
+SAMPLE_CHECKS = 20                           # invitations taken apart in a full run
+APPLIED = re.compile(r"rsvp: message \d+ for invitation \d+: (\w+) \(([^)]*)\)")
+
+
+def make_meeting(config: Path, delegates: int) -> dict[str, Any]:
+    """benchmarks/make_meeting.py: the custom body and its seated delegates."""
+    done = subprocess.run([sys.executable, str(HERE / "make_meeting.py"), "--config",
+                           str(config), "--body", MEETING_BODY, "--delegates", str(delegates)],
+                          env=child_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
+        log("make_meeting.py's last words:\n" + "\n".join(tail))
+        raise HarnessError(f"make_meeting.py failed: {tail[-1] if tail else 'no output'}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def alliance(config: Path, *args: str, prefix: tuple[str, ...] = (),
+             timeout: float = 300) -> str:
+    """`alliance --config FILE ARGS` as the coordinator runs it; what it printed."""
+    done = subprocess.run([*prefix, *alliance_command(), "--config", str(config), *args],
+                          env=child_env(), cwd=config.parent, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise HarnessError(f"alliance {' '.join(args[:2])} failed: "
+                           + (done.stderr or done.stdout).strip()[-300:])
+    return done.stdout
+
+
+def meeting_times(now: float) -> tuple[str, str, str]:
+    """Start, end and send-at of the benchmark's meeting, as `meeting create` takes them.
+
+    Half a year ahead, so that no reminder is due (14 and 3 days before), with a send-at
+    time months away, so that the daemon's scheduler never sends the invitations itself:
+    `alliance meeting invite` does, as a coordinator would.
+    """
+    day = datetime.datetime.fromtimestamp(now, zoneinfo.ZoneInfo(MEETING_TZ)).date()
+    start = day + datetime.timedelta(days=180)
+    send_at = day + datetime.timedelta(days=120)
+    return f"{start}T09:00", f"{start}T17:00", f"{send_at}T09:00"
+
+
+class DbWatcher(threading.Thread):
+    """Polls one query on the daemon's SQLite database, read-only, every `interval` s.
+
+    `marks` name (column, minimum) pairs; `reached[name]` is the monotonic time the query
+    first showed that column at or above that minimum. Stops when every mark is reached.
+    """
+
+    def __init__(self, path: Path, sql: str, marks: dict[str, tuple[int, int]],
+                 limit: float, interval: float = 0.005) -> None:
+        super().__init__(daemon=True, name="db-watcher")
+        self.path = path
+        self.sql = sql
+        self.marks = marks
+        self.limit = limit
+        self.interval = interval
+        self.reached: dict[str, float] = {}
+        self.last: tuple[Any, ...] = ()
+        self.done = threading.Event()
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                                timeout=5)) as db:
+            while not self.halt.is_set() and time.monotonic() < deadline:
+                try:
+                    row = db.execute(self.sql).fetchone() or ()
+                except sqlite3.Error:
+                    row = ()
+                now = time.monotonic()
+                if row:
+                    self.last = tuple(row)
+                for name, (column, minimum) in self.marks.items():
+                    if name not in self.reached and row and (row[column] or 0) >= minimum:
+                        self.reached[name] = now
+                if len(self.reached) == len(self.marks):
+                    self.done.set()
+                    return
+                self.halt.wait(self.interval)
+
+
+def unfold(text: str) -> list[str]:
+    """The content lines of an iCalendar text, unfolded (RFC 5545 §3.1)."""
+    return [line for line in re.sub(r"\r?\n[ \t]", "", text).splitlines() if line]
+
+
+def split_property(line: str) -> tuple[str, dict[str, str], str]:
+    """NAME, its parameters (upper-cased names) and its value; quoted ':' and ';' kept."""
+    parts, current, quoted, value = [], "", False, ""
+    for index, char in enumerate(line):
+        if char == '"':
+            quoted = not quoted
+        if not quoted and char in ";:":
+            parts.append(current)
+            current = ""
+            if char == ":":
+                value = line[index + 1:]
+                break
+            continue
+        current += char
+    params = {}
+    for part in parts[1:]:
+        key, _, text = part.partition("=")
+        params[key.upper()] = text.strip('"')
+    return parts[0].upper() if parts else line.upper(), params, value
+
+
+def components(lines: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(the VCALENDAR's own lines, the first VEVENT's own lines, the VTIMEZONE lines).
+
+    The event's own lines leave out its sub-components (a VALARM's DESCRIPTION is not
+    the event's); the VTIMEZONE lines are kept whole, BEGIN to END.
+    """
+    calendar: list[str] = []
+    event: list[str] = []
+    zone: list[str] = []
+    stack: list[str] = []
+    events = 0
+    for line in lines:
+        name, _, value = split_property(line)
+        if name == "BEGIN":
+            stack.append(value.upper())
+            events += value.upper() == "VEVENT"
+        if "VTIMEZONE" in stack:
+            zone.append(line)
+        elif stack == ["VCALENDAR"] and name not in ("BEGIN", "END"):
+            calendar.append(line)
+        elif stack == ["VCALENDAR", "VEVENT"] and events == 1 and name not in ("BEGIN",
+                                                                                  "END"):
+            event.append(line)
+        if name == "END" and stack:
+            stack.pop()
+    return calendar, event, zone
+
+
+@dataclass(frozen=True)
+class Invited:
+    """One transaction at the sink, read as an invitation."""
+
+    recipients: tuple[str, ...]     # X-Rcpt-Args: the envelope recipients
+    mail_from: str                  # X-Mail-Args: the envelope sender
+    to: tuple[str, ...]             # the To: addresses
+    sender: str                     # the From: address
+    parts: tuple[str, ...]          # content types, depth first
+    method_param: str               # the text/calendar part's method parameter
+    calendar: str                   # that part, decoded
+
+    def props(self, name: str) -> list[tuple[dict[str, str], str]]:
+        """The VEVENT's own properties of that name: (parameters, value)."""
+        return [(params, value) for key, params, value in
+                map(split_property, components(unfold(self.calendar))[1]) if key == name]
+
+    def prop(self, name: str) -> str:
+        found = self.props(name)
+        return found[0][1] if found else ""
+
+
+def read_invited(record: bytes) -> Invited:
+    """An smtp-sink transaction (its X- lines, then the message) as an invitation."""
+    message = email.message_from_bytes(record)
+
+    def envelope(name: str) -> list[str]:
+        return [str(v).split(">", 1)[0].strip(" <").lower() for v in message.get_all(name, [])]
+
+    def addresses(name: str) -> tuple[str, ...]:
+        return tuple(a.lower() for _, a in email.utils.getaddresses(message.get_all(name, []))
+                     if a)
+
+    calendar, method, parts = "", "", []
+    for part in message.walk():
+        parts.append(part.get_content_type())
+        if part.get_content_type() == "text/calendar" and not calendar:
+            payload = part.get_payload(decode=True)
+            calendar = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+            method = str(part.get_param("method") or "")
+    return Invited(tuple(envelope("X-Rcpt-Args")), (envelope("X-Mail-Args") or [""])[0],
+                   addresses("To"), (addresses("From") or ("",))[0], tuple(parts), method,
+                   calendar)
+
+
+def check_invitation(invited: Invited, uid: str) -> list[str]:
+    """What is wrong with one invitation taken apart (RFC 6047 §2.4, RFC 5546 §3.2.2)."""
+    wrong = []
+    [recipient] = invited.recipients[:1] or [""]
+    if invited.to != (recipient,):
+        wrong.append(f"To: {invited.to}, envelope {invited.recipients}")
+    if invited.parts[:5] != ("multipart/mixed", "multipart/alternative", "text/plain",
+                             "text/html", "text/calendar"):
+        wrong.append(f"MIME parts {invited.parts}")
+    if invited.method_param != "REQUEST":
+        wrong.append(f"text/calendar method={invited.method_param!r}")
+    calendar, _, _ = components(unfold(invited.calendar))
+    if "METHOD:REQUEST" not in calendar:
+        wrong.append(f"calendar METHOD lines {[c for c in calendar if 'METHOD' in c]}")
+    attendees = [value.lower() for _, value in invited.props("ATTENDEE")]
+    if attendees != [f"mailto:{recipient}"]:
+        wrong.append(f"ATTENDEE {attendees}, not {recipient}")
+    organizer = invited.prop("ORGANIZER").lower()
+    if not (invited.sender.startswith("rsvp+") and organizer == f"mailto:{invited.sender}"
+            == f"mailto:{invited.mail_from}"):
+        wrong.append(f"ORGANIZER {organizer}, From {invited.sender}, "
+                     f"MAIL FROM {invited.mail_from}")
+    if invited.prop("UID") != uid or invited.prop("SEQUENCE") != "0":
+        wrong.append(f"UID {invited.prop('UID')!r} SEQUENCE {invited.prop('SEQUENCE')!r}")
+    return [f"{recipient}: {w}" for w in wrong]
+
+
+def fold(line: str) -> str:
+    """One content line folded at 75 octets (RFC 5545 §3.1), CRLF-terminated."""
+    raw, out = line.encode(), list[bytes]()
+    while len(raw) > 75:
+        cut = 75 if not out else 74
+        while cut and (raw[cut] & 0xC0) == 0x80:   # never inside a UTF-8 sequence
+            cut -= 1
+        out.append(raw[:cut])
+        raw = raw[cut:]
+    out.append(raw)
+    return b"\r\n ".join(out).decode() + "\r\n"
+
+
+def make_reply(invited: Invited, index: int, run_id: str) -> tuple[str, bytes]:
+    """ACCEPTED, as Thunderbird sends it (tests/data/replies/thunderbird-reply-*.eml).
+
+    From the invitee to the rsvp+TOKEN@ address the invitation came from; the UID, the
+    SEQUENCE, DTSTART/DTEND, SUMMARY, LOCATION, ORGANIZER and the VTIMEZONE are those of
+    the invitation, DTSTAMP is the time of the reply, and the invitation's own DTSTAMP
+    and SEQUENCE are echoed in X-MOZ-RECEIVED-*, as Thunderbird does.
+    """
+    invitee = invited.recipients[0]
+    rsvp = invited.sender
+    _, event, zone = components(unfold(invited.calendar))
+    own = {split_property(line)[0]: line for line in reversed(event)}
+    attendee = invited.props("ATTENDEE")
+    name = attendee[0][0].get("CN", "") if attendee else ""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    sequence = invited.prop("SEQUENCE") or "0"
+    lines = ["BEGIN:VCALENDAR", "PRODID:-//Mozilla.org/NONSGML Mozilla Calendar V1.1//EN",
+             "VERSION:2.0", "METHOD:REPLY", *zone, "BEGIN:VEVENT",
+             f"CREATED:{stamp}", f"LAST-MODIFIED:{stamp}", f"DTSTAMP:{stamp}",
+             f"UID:{invited.prop('UID')}", own.get("SUMMARY", "SUMMARY:"), own["ORGANIZER"],
+             f"ATTENDEE;CN={name};PARTSTAT=ACCEPTED;ROLE=REQ-PARTICIPANT;CUTYPE=INDIVIDUAL:"
+             f"mailto:{invitee}", own["DTSTART"], own["DTEND"], f"SEQUENCE:{sequence}",
+             own.get("LOCATION", "LOCATION:"), "TRANSP:OPAQUE",
+             f"X-MOZ-RECEIVED-SEQUENCE:{sequence}",
+             f"X-MOZ-RECEIVED-DTSTAMP:{invited.prop('DTSTAMP')}", "X-MOZ-GENERATION:1",
+             "END:VEVENT", "END:VCALENDAR"]
+    calendar = "".join(fold(line) for line in lines).encode()
+    summary = invited.prop("SUMMARY").replace("\\,", ",").replace("\\;", ";")
+    message_id = f"<reply.{run_id}.{index}@delegates.test>"
+    outer, inner = f"------------{index:012d}Mixed", f"------------{index:012d}Alter"
+    attached = base64_lines(calendar)
+    data = (f"Message-ID: {message_id}\r\n"
+            f"Date: {email.utils.formatdate(localtime=False)}\r\n"
+            "MIME-Version: 1.0\r\nUser-Agent: Mozilla Thunderbird\r\n"
+            f"From: {name} <{invitee}>\r\nTo: {rsvp}\r\n"
+            f"Subject: Accepted: {summary}\r\n"
+            f'Content-Type: multipart/mixed; boundary="{outer}"\r\n\r\n'
+            "This is a multi-part message in MIME format.\r\n"
+            f"--{outer}\r\nContent-Type: multipart/alternative;\r\n boundary=\"{inner}\"\r\n\r\n"
+            f"--{inner}\r\nContent-Type: text/plain; charset=UTF-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\n"
+            f"{name} <{invitee}> has accepted your invitation.\r\n\r\n"
+            f"--{inner}\r\nContent-Type: text/calendar; method=REPLY; charset=UTF-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\n").encode() + calendar + (
+            f"\r\n--{inner}--\r\n--{outer}\r\n"
+            'Content-Type: application/ics; name="invite.ics"\r\n'
+            'Content-Disposition: attachment; filename="invite.ics"\r\n'
+            "Content-Transfer-Encoding: base64\r\n\r\n").encode() + attached + (
+            f"\r\n--{outer}--\r\n").encode()
+    return message_id, data
+
+
+def base64_lines(data: bytes) -> bytes:
+    """Base64 in 76-column CRLF lines (RFC 2045 §6.8), without the last line break."""
+    return base64.encodebytes(data).replace(b"\n", b"\r\n").rstrip(b"\r\n")
+
+
+def log_outcomes(daemon: Daemon) -> collections.Counter[str]:
+    """The RSVP handler's log lines by outcome: `applied (ACCEPTED)`, `forward (...)`."""
+    try:
+        text = daemon.stderr.read_text(errors="replace")
+    except OSError:
+        return collections.Counter()
+    return collections.Counter(f"{action} ({reason[:60]})"
+                               for action, reason in APPLIED.findall(text))
+
+
+def run_meeting(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    """E: `alliance meeting invite` to N delegates, then N replies over SMTP (ACCEPTED)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"alliance-bench-{sc.key}-"))
+    result: dict[str, Any] = {"scenario": sc.key, "title": sc.title, "meeting": True,
+                              "delegates": sc.members, "replies": sc.posts,
+                              "clients": sc.clients}
+    problems: list[str] = []
+    sink = Sink(folder / "sink")
+    dns = DnsServer(DMARC_ZONE, sc.timeout + 300)
+    daemon = Daemon(folder, folder / "config.toml")
+    database = folder / "alliance.sqlite3"
+    profiling = bool(args.profile) and (not args.profile_scenarios
+                                        or sc.key in args.profile_scenarios)
+    profiler = None
+    watchers: list[Watcher | DbWatcher] = []
+    started = time.monotonic()
+    try:
+        sink.start()
+        dns.start()
+        write_config(folder, sink.port, dns.port, args.connections)
+        made = make_meeting(daemon.config, sc.members)
+        result["setup_s"] = made["seconds"]
+        result["meetings_package"] = made["meetings"]
+        start, end, send_at = meeting_times(time.time())
+        meeting_id = int(alliance(daemon.config, "meeting", "create", "--body", MEETING_BODY,
+                                  "--title", "Benchmark Forum", "--start", start, "--end", end,
+                                  "--tz", MEETING_TZ, "--location", "Rotes Rathaus, Berlin",
+                                  "--send-at", send_at).strip())
+        [(uid,)] = read_database(database, f"SELECT uid FROM meetings WHERE id = {meeting_id}")
+        daemon.start()
+        time.sleep(0.5)  # start-up work (migrations, first queue scans) out of the way
+        rss_ready = proc_status(daemon.pid).get("VmRSS", 0)
+        sampler = RssSampler(daemon.pid, sc.timeout + 120)
+        sampler.start()
+        log(f"{sc.key}: {sc.title}: meeting {meeting_id}, daemon pid {daemon.pid} on port "
+            f"{daemon.port}, sink pid {sink.proc.pid} on port {sink.port}")  # type: ignore[union-attr]
+
+        # E1: the coordinator's command, then every invitation to the sink.
+        watcher = Watcher(sink, sc.members, sc.timeout + args.settle + 5)
+        queue = DbWatcher(database, "SELECT count(*), sum(state <> 'pending') FROM deliveries",
+                          {"committed": (0, 1), "leased": (1, 1)}, sc.timeout)
+        watchers += [watcher, queue]
+        if profiling:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+            profiler = start_profiler(daemon.pid, Path(args.profile) / "E1.folded")
+        spy = shutil.which("py-spy") if profiling else None
+        cli_prefix: tuple[str, ...] = (
+            (spy, "record", "--format", "raw", "--rate", "200", "--output",
+             str(Path(args.profile) / "E1-cli.folded"), "--") if spy else ())
+        watcher.start()
+        queue.start()
+        # The dispatcher looks for deliveries made by another process once a second; a
+        # random pause puts the CLI's commit at a random point of that cycle, as in use
+        # (otherwise the harness's own rhythm fixes the wait from run to run).
+        time.sleep(random.random())
+        cpu_before = proc_cpu_seconds(daemon.pid) or 0.0
+        cli_started = time.monotonic()
+        said = alliance(daemon.config, "meeting", "invite", str(meeting_id), prefix=cli_prefix)
+        cli_returned = time.monotonic()
+        if f"meeting {meeting_id}: {sc.members} invitation(s) queued" not in said.splitlines():
+            problems.append(f"alliance meeting invite said {said.strip()!r}")
+        if not watcher.complete.wait(max(sc.timeout - (time.monotonic() - started), 0.0)):
+            problems.append(f"timed out with {sink.poll()} of {sc.members} invitations")
+        cpu_invite = (proc_cpu_seconds(daemon.pid) or 0.0) - cpu_before
+        time.sleep(args.settle)  # anything arriving now is a duplicate
+        queue.halt.set()
+        if profiler is not None:
+            stop_process(profiler, grace=30, sig=signal.SIGINT)
+            profiler = None
+            result["profile_E1"] = summarise_profile(Path(args.profile) / "E1.folded")
+            result["profile_E1_cli"] = summarise_profile(Path(args.profile) / "E1-cli.folded")
+        rss_invited = proc_status(daemon.pid).get("VmRSS", 0)
+        done_at = watcher.complete_at
+        committed, leased = queue.reached.get("committed"), queue.reached.get("leased")
+        result.update({
+            "meeting_id": meeting_id,
+            "cli_s": round(cli_returned - cli_started, 3),
+            "cli_to_commit_seen_s": round(committed - cli_started, 3) if committed else None,
+            # The daemon's dispatcher looks for due deliveries every `poll` (1 s) unless
+            # woken in-process: the CLI's commit in another process waits for that look.
+            "commit_to_lease_s": (round(leased - committed, 3)
+                                  if leased and committed else None),
+            "lease_to_first_s": (round(watcher.first - leased, 3)
+                                 if watcher.first and leased else None),
+            "return_to_first_s": (round(watcher.first - cli_returned, 3)
+                                  if watcher.first else None),
+            "return_to_last_s": round(done_at - cli_returned, 3) if done_at else None,
+            "cli_start_to_last_s": round(done_at - cli_started, 3) if done_at else None,
+            "invitation_phase_per_s": (round((sc.members - 1) / (done_at - watcher.first), 1)
+                                       if done_at and watcher.first and done_at > watcher.first
+                                       else None),
+            "daemon_cpu_invite_s": round(cpu_invite, 2),
+        })
+
+        # The invitations as delivered: counts for all, a sample taken apart.
+        delegates = {DELEGATE_FORMAT % n for n in range(1, sc.members + 1)}
+        received = [read_invited(record) for record in sink.records()]
+        per_recipient = collections.Counter(r for inv in received for r in inv.recipients)
+        by_recipient = {inv.recipients[0]: inv for inv in received if inv.recipients}
+        counts = {
+            "transactions": len(received),
+            "deliveries": sum(per_recipient.values()),
+            "duplicates": sum(per_recipient.values()) - len(per_recipient),
+            "missing": len(delegates - per_recipient.keys()),
+            "unexpected": len(per_recipient.keys() - delegates),
+            "one_recipient_each": sum(len(inv.recipients) == 1 for inv in received),
+            "to_is_recipient": sum(inv.to == inv.recipients for inv in received),
+            "distinct_rsvp": len({inv.sender for inv in received}),
+        }
+        result.update(counts)
+        for key in ("duplicates", "missing", "unexpected"):
+            if counts[key]:
+                problems.append(f"{counts[key]} {key} invitation deliveries")
+        for key in ("one_recipient_each", "to_is_recipient", "distinct_rsvp"):
+            if counts[key] != sc.members:
+                problems.append(f"{key}: {counts[key]} of {sc.members}")
+        if not args.short and by_recipient:
+            step = max(1, len(by_recipient) // SAMPLE_CHECKS)
+            sample = sorted(by_recipient)[::step][:SAMPLE_CHECKS]
+            wrong = [w for address in sample for w in check_invitation(by_recipient[address],
+                                                                       uid)]
+            result["sample_checked"] = len(sample)
+            result["sample_wrong"] = len(wrong)
+            if wrong:
+                problems.append(f"{len(wrong)} problem(s) in {len(sample)} invitations taken "
+                                f"apart, first: {wrong[0]}")
+
+        # E2: every invitee accepts, over SMTP, from many clients at once.
+        replies = [(i, *make_reply(by_recipient[address], i, run_id), address,
+                    by_recipient[address].sender)
+                   for i, address in enumerate(sorted(by_recipient)[:sc.posts])]
+        if len(replies) != sc.posts:
+            problems.append(f"only {len(replies)} invitations to reply to")
+        accepted_sql = (f"SELECT count(*) FROM invitations WHERE meeting_id = {meeting_id} "
+                        "AND partstat = 'ACCEPTED'")
+        answers = DbWatcher(database, accepted_sql,
+                            {"first": (0, 1), "all": (0, len(replies))}, sc.timeout,
+                            interval=0.01)
+        watchers.append(answers)
+        if profiling:
+            profiler = start_profiler(daemon.pid, Path(args.profile) / "E2.folded")
+        answers.start()
+        cpu_before = proc_cpu_seconds(daemon.pid) or 0.0
+        posting = asyncio.run(_post_all(daemon.port, replies, sc.clients, sc.timeout))
+        accepted = [p for p in posting.posted if p.code == 250]
+        if posting.errors:
+            problems.append(f"{len(posting.errors)} reply error(s), first: {posting.errors[0]}")
+        if len(accepted) != len(replies):
+            problems.append(f"{len(accepted)} of {len(replies)} replies accepted")
+        remaining = sc.timeout - (time.monotonic() - started)
+        if not answers.done.wait(max(remaining, 0.0)):
+            problems.append(f"timed out with {answers.last[:1]} of {len(replies)} ACCEPTED")
+        cpu_replies = (proc_cpu_seconds(daemon.pid) or 0.0) - cpu_before
+        time.sleep(args.settle)  # anything the replies make would show now
+        if profiler is not None:
+            stop_process(profiler, grace=30, sig=signal.SIGINT)
+            profiler = None
+            result["profile_E2"] = summarise_profile(Path(args.profile) / "E2.folded")
+        all_at = answers.reached.get("all")
+        last_250 = max((p.replied_at for p in accepted), default=None)
+        latencies = sorted(p.latency for p in accepted)
+        result.update({
+            "replies_accepted": len(accepted),
+            "sessions_closed_421": posting.closed_421,
+            "intake_accepted_per_s": (round(len(accepted) / (last_250 - posting.started), 1)
+                                      if last_250 else None),
+            "reply_latency_p50_ms": (round(1000 * statistics.median(latencies), 2)
+                                     if latencies else None),
+            "reply_latency_p99_ms": (round(1000 * percentile(latencies, 0.99), 2)
+                                     if latencies else None),
+            "first_send_to_all_accepted_s": (round(all_at - posting.started, 3)
+                                             if all_at else None),
+            "replies_per_s": (round(len(replies) / (all_at - posting.started), 1)
+                              if all_at else None),
+            "last_250_to_all_accepted_s": (round(all_at - last_250, 3)
+                                           if all_at and last_250 else None),
+            "daemon_cpu_replies_s": round(cpu_replies, 2),
+        })
+
+        watcher.halt.set()
+        at_sink = sink.poll()
+        status = proc_status(daemon.pid)
+        sampler.halt.set()
+        sampler.join(5)
+        exit_code = daemon.stop()
+        sink.stop()
+        dns.stop()
+        if exit_code != 0:
+            problems.append(f"daemon exited with {exit_code} on SIGTERM")
+        errors = daemon.error_lines()
+        if errors:
+            problems.append(f"{len(errors)} ERROR line(s) in the daemon log, first: "
+                            f"{errors[0][:200]}")
+        outcomes = log_outcomes(daemon)
+        result["reply_outcomes"] = dict(outcomes)
+        if outcomes != {"applied (ACCEPTED)": len(replies)}:
+            problems.append(f"reply outcomes in the daemon log: {dict(outcomes)}")
+        if at_sink != sc.members:
+            problems.append(f"{at_sink} deliveries at the sink, not {sc.members} "
+                            "(the replies made mail)")
+        found = database_counts(database)
+        found["invitations"] = dict(read_database(
+            database, "SELECT partstat, count(*) FROM invitations GROUP BY partstat"))
+        found["rsvp_events"] = dict(read_database(
+            database, "SELECT kind || ' ' || partstat, count(*) FROM rsvp_events GROUP BY 1"))
+        result["database"] = found
+        expected_db = {"deliveries": {"done": sc.members}, "work": {"done": len(replies)},
+                       "invitations": {"ACCEPTED": len(replies)}
+                       if len(replies) == sc.members
+                       else {"ACCEPTED": len(replies), "NEEDS-ACTION": sc.members - len(replies)},
+                       "rsvp_events": {"reply ACCEPTED": len(replies)}}
+        for table_name, wanted in expected_db.items():
+            if found.get(table_name) != wanted:
+                problems.append(f"database {table_name}: {found.get(table_name)}, "
+                                f"not {wanted}")
+        result.update({
+            "rss_ready_mib": round(rss_ready / 1024, 1),
+            "rss_invited_mib": round(rss_invited / 1024, 1),
+            "rss_peak_mib": round(max(status.get("VmHWM", 0), sampler.peak_kib) / 1024, 1),
+        })
+    except HarnessError as error:
+        problems.append(f"harness: {error}")
+        result["harness_error"] = True
+    finally:
+        for thread in watchers:
+            thread.halt.set()
+        stop_process(profiler, grace=10, sig=signal.SIGINT)
+        daemon.stop()
+        sink.stop()
+        dns.stop()
+        if args.keep:
+            result["folder"] = str(folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    result["ok"] = not problems
+    result["problems"] = problems
+    return result
+
+
 def percentile(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
@@ -1131,8 +1682,62 @@ def rewritten(result: dict[str, Any]) -> str:
     return f"{fmt(result.get('from_list'))} / {fmt(result.get('transactions'))}"
 
 
+def profiles(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, summary) of each profile a scenario recorded."""
+    found = []
+    if result.get("profile_top"):
+        found.append((f"{result['scenario']} ({result['profile']}, daemon, holding the GIL",
+                      result["profile_top"]))
+    for key, what in (("profile_E1", "daemon during E1, holding the GIL"),
+                      ("profile_E1_cli", "`alliance meeting invite`, on CPU"),
+                      ("profile_E2", "daemon during E2, holding the GIL")):
+        if result.get(key):
+            found.append((f"{key.removeprefix('profile_')} ({what}", result[key]))
+    return found
+
+
+def meeting_tables(results: list[dict[str, Any]]) -> list[str]:
+    """Scenario E's two tables: the invitations (E1) and the replies (E2)."""
+    lines = ["", "| scenario | delegates | CLI invite s | CLI commit -> daemon leases s "
+             "(poll) | lease -> first at sink s | CLI return -> last invitation s "
+             "(target <= 2) | CLI start -> last invitation s | invitations/s (delivery "
+             "phase) | dupes | missing | sample taken apart | daemon CPU s | RSS ready / "
+             "after MiB | ok |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append("| " + " | ".join([
+            f"E1: {fmt(r['delegates'])} invitations", fmt(r["delegates"]), fmt(r.get("cli_s")),
+            fmt(r.get("commit_to_lease_s")), fmt(r.get("lease_to_first_s")),
+            fmt(r.get("return_to_last_s")), fmt(r.get("cli_start_to_last_s")),
+            fmt(r.get("invitation_phase_per_s")), fmt(r.get("duplicates")),
+            fmt(r.get("missing")),
+            f"{fmt(r.get('sample_checked'))}, {fmt(r.get('sample_wrong'))} wrong"
+            if r.get("sample_checked") is not None else "- (counts only)",
+            fmt(r.get("daemon_cpu_invite_s")),
+            f"{fmt(r.get('rss_ready_mib'))} / {fmt(r.get('rss_invited_mib'))}",
+            "yes" if r["ok"] else "**NO**"]) + " |")
+    lines += ["", "| scenario | clients | replies accepted | intake accepted/s | "
+              "end-of-DATA -> 250 p50 ms | p99 ms | first send -> all ACCEPTED s | "
+              "replies/s (target >= 500) | last 250 -> all ACCEPTED s | outcomes | "
+              "daemon CPU s | RSS peak MiB | ok |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append("| " + " | ".join([
+            f"E2: {fmt(r['replies'])} replies (ACCEPTED)", fmt(r["clients"]),
+            f"{fmt(r.get('replies_accepted'))} / {fmt(r['replies'])}",
+            fmt(r.get("intake_accepted_per_s")), fmt(r.get("reply_latency_p50_ms")),
+            fmt(r.get("reply_latency_p99_ms")), fmt(r.get("first_send_to_all_accepted_s")),
+            fmt(r.get("replies_per_s")), fmt(r.get("last_250_to_all_accepted_s")),
+            ", ".join(f"{k}: {v}" for k, v in (r.get("reply_outcomes") or {}).items()) or "-",
+            fmt(r.get("daemon_cpu_replies_s")), fmt(r.get("rss_peak_mib")),
+            "yes" if r["ok"] else "**NO**"]) + " |")
+    return lines
+
+
 def table(results: list[dict[str, Any]], mailman: list[dict[str, Any]]) -> str:
     lines = []
+    meeting = [r for r in results if r.get("meeting")]
+    results = [r for r in results if not r.get("meeting")]
     fanout = [r for r in results if not r.get("clients", 1) > 1 and not r.get("digest")]
     intake = [r for r in results if r.get("clients", 1) > 1]
     digest = [r for r in results if r.get("digest")]
@@ -1184,6 +1789,8 @@ def table(results: list[dict[str, Any]], mailman: list[dict[str, Any]]) -> str:
                 fmt(r.get("duplicates")), fmt(r.get("missing")), fmt(r.get("daemon_cpu_s")),
                 fmt(r.get("rss_ready_mib")), fmt(r.get("rss_peak_mib")),
                 "yes" if r["ok"] else "**NO**"]) + " |")
+    if meeting:
+        lines += meeting_tables(meeting)
     if mailman:
         lines += ["", "| system | scenario | variant | deliveries | "
                   "time to complete s (from before the post) | deliveries/s | "
@@ -1217,7 +1824,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(see benchmarks/README.md).")
     parser.add_argument("--short", action="store_true",
                         help="small sizes; checks counts only (for CI)")
-    parser.add_argument("--scenarios", default="A,B,C,D,F", help="default A,B,C,D,F")
+    parser.add_argument("--scenarios", default="A,B,C,D,E,F", help="default A,B,C,D,E,F")
     parser.add_argument("--json-out", help="write every figure as JSON to this file")
     parser.add_argument("--connections", type=int, default=None,
                         help="outbound.connections for the daemon (default: its own)")
@@ -1255,7 +1862,9 @@ def main(argv: list[str] | None = None) -> int:
     mailman: list[dict[str, Any]] = []
     try:
         for key in keys:
-            result = run_scenario(catalogue[key], args, run_id)
+            scenario = catalogue[key]
+            result = (run_meeting(scenario, args, run_id) if scenario.meeting
+                      else run_scenario(scenario, args, run_id))
             results.append(result)
             log(f"{key}: {'ok' if result['ok'] else 'FAILED: ' + '; '.join(result['problems'])}")
         if args.with_mailman and args.short:
@@ -1270,10 +1879,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_everything()
     print(table(results, mailman))
     for result in results:
-        if result.get("profile_top"):
-            top = result["profile_top"]
-            print(f"\nprofile {result['scenario']} ({result['profile']}, "
-                  f"{top['samples'][0][1]} samples holding the GIL): top functions by "
+        for label, top in profiles(result):
+            print(f"\nprofile {label}, {top['samples'][0][1]} samples): top functions by "
                   "own time / our functions by inclusive time")
             for (own, own_share), (inc, inc_share) in zip(top["self"], top["inclusive"],
                                                               strict=False):

@@ -1,14 +1,13 @@
 """The charter's cadence: Board at least once a year, Steering Committee twice, one Conference.
 
-`report(year)` counts each body's meetings (not cancelled) starting in that calendar year
-(UTC) against the body's `meetings_per_year`. The scheduler warns the coordinators once
-per year and body: from October on when the meetings planned for the year fall short,
-and after the year when it ended short.
+`report(year)` counts each body's meetings (not cancelled) starting in that calendar year,
+by the local date where the meeting is held, against the body's `meetings_per_year`. The
+scheduler warns the coordinators once per year and body: from October on when the
+meetings planned for the year fall short, and after the year when it ended short.
 """
 
 from __future__ import annotations
 
-import calendar
 import time
 from dataclasses import dataclass
 
@@ -42,23 +41,26 @@ class Standing:
         return max(0, self.required - self.held)
 
 
-def year_bounds(year: int) -> tuple[float, float]:
-    """The UTC instants at which a calendar year starts and ends.
+def year_span(year: int) -> tuple[str, str]:
+    """The first local wall times of a year and of the next, as `start_local` sorts.
 
-    >>> year_bounds(1970)
-    (0.0, 31536000.0)
+    >>> year_span(2027)
+    ('2027-01-01T00:00:00', '2028-01-01T00:00:00')
     """
-    return (float(calendar.timegm((year, 1, 1, 0, 0, 0))),
-            float(calendar.timegm((year + 1, 1, 1, 0, 0, 0))))
+    return f"{year:04d}-01-01T00:00:00", f"{year + 1:04d}-01-01T00:00:00"
 
 
 def report(session: Session, year: int) -> list[Standing]:
-    """Each body with a cadence, and how many meetings it has in the year."""
+    """Each body with a cadence, and how many meetings it has in the year.
+
+    A meeting counts in the year of its local start, where it is held: a Board meeting
+    in Auckland on 1 January is that year's, though it starts on 31 December in UTC.
+    """
     ensure_charter(session)
-    start, end = year_bounds(year)
+    first, after = year_span(year)
     counts = {body_id: number for body_id, number in session.execute(
         select(Meeting.body_id, func.count()).where(
-            Meeting.starts_at >= start, Meeting.starts_at < end,
+            Meeting.start_local >= first, Meeting.start_local < after,
             Meeting.status != "CANCELLED").group_by(Meeting.body_id))}
     return [Standing(b.slug, b.name, year, b.meetings_per_year, int(counts.get(b.id, 0)))
             for b in session.scalars(select(Body).where(Body.meetings_per_year > 0)

@@ -238,11 +238,16 @@ def meeting_invite(context: Context, meeting_id: int) -> None:
 def meeting_reschedule(context: Context, meeting_id: int, start: str, end: str,
                        tz: str) -> None:
     """Move the meeting: SEQUENCE+1, answers reset, updates sent."""
-    def move(session: Session, site: MeetingSite, meeting: Meeting) -> int:
+    def move(session: Session, site: MeetingSite, meeting: Meeting) -> int | None:
         when = schedule.times(start, end, tz or meeting.tz, site.clock())
+        if not schedule.moved(meeting, when):
+            return None
         return invitations.reschedule(session, site, meeting, when)
 
     count = _meeting_action(context, meeting_id, move)
+    if count is None:
+        click.echo(f"meeting {meeting_id}: nothing changed (the same times); no updates")
+        return
     click.echo(f"meeting {meeting_id} rescheduled; {count} update(s) queued")
 
 
@@ -292,6 +297,25 @@ def meeting_delegate(context: Context, meeting_id: int, from_address: str, to_ad
     click.echo(f"meeting {meeting_id}: {substitute} invited in place of {from_address}")
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: object) -> object:
+    """A CSV cell that a spreadsheet shows as text, never runs as a formula.
+
+    Invitees write the comments: a cell starting with = + - @ tab or CR gets a leading
+    single quote (OWASP "CSV Injection"; RFC 4180 itself knows no formulas).
+
+    >>> print(spreadsheet_cell("=HYPERLINK(0)"))
+    '=HYPERLINK(0)
+    >>> spreadsheet_cell("Avec plaisir")
+    'Avec plaisir'
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 @meeting_group.command("attendance")
 @click.argument("meeting_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
@@ -304,7 +328,7 @@ def meeting_attendance(context: Context, meeting_id: int, as_json: bool, as_csv:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=reports.COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([{k: spreadsheet_cell(v) for k, v in row.items()} for row in rows])
         click.echo(out.getvalue(), nl=False)
         return
     emit(rows, as_json, reports.COLUMNS)

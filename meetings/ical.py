@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from icalendar import Alarm, Calendar, Event, Timezone, vCalAddress
+from icalendar import Alarm, Calendar, Component, Event, Timezone, vCalAddress
 
 PRODID = "-//Progressive Alliance//Alliance Mail//EN"
 UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Zulu", "Etc/Zulu"})
@@ -72,14 +72,33 @@ def zone(tzid: str) -> ZoneInfo:
 
 
 @functools.lru_cache(maxsize=256)
-def vtimezone(tzid: str, year: int) -> Timezone:
-    """A VTIMEZONE for `tzid` valid from the year before to two years after (RFC 5545 §3.6.5).
+def vtimezone(tzid: str, first_year: int, last_year: int | None = None) -> Timezone:
+    """A VTIMEZONE for `tzid` valid from the year before `first_year` to two years after
+    `last_year` (RFC 5545 §3.6.5).
 
-    The window keeps the component small (clients need only the rules around the meeting);
-    `icalendar` derives the transitions from the IANA database.
+    The window keeps the component small (clients need only the rules around the
+    meetings); `icalendar` derives the transitions from the IANA database.
     """
-    return Timezone.from_tzid(tzid, first_date=date(year - 1, 1, 1),
-                              last_date=date(year + 2, 1, 1))
+    last = first_year if last_year is None else last_year
+    timezone = Timezone.from_tzid(tzid, first_date=date(first_year - 1, 1, 1),
+                                  last_date=date(last + 2, 1, 1))
+    for observance in timezone.subcomponents:
+        _one_rdate_per_line(observance)
+    return timezone
+
+
+def _one_rdate_per_line(observance: Component) -> None:
+    """Write each RDATE of an observance as a property of its own.
+
+    RFC 5545 §3.8.5.2 allows a list in one RDATE, but ical.js (Thunderbird) reads only
+    the first value of each, and would miss every transition after the first year.
+    """
+    found = observance.pop("RDATE", None)
+    if found is None:
+        return
+    for value in found if isinstance(found, list) else [found]:
+        for moment in value.dts:
+            observance.add("rdate", moment.dt)
 
 
 def _is_utc(moment: datetime) -> bool:
@@ -96,15 +115,25 @@ def _calendar(method: str | None) -> Calendar:
     return calendar
 
 
-def _add_timezones(calendar: Calendar, occasions: Iterable[Occasion]) -> None:
-    """One VTIMEZONE per TZID used, none for UTC (RFC 5546 §3.1.2)."""
-    seen: set[str] = set()
+def zone_years(occasions: Iterable[Occasion]) -> dict[str, tuple[int, int]]:
+    """Each TZID used (not UTC) with the first and last year of its events, in order."""
+    years: dict[str, tuple[int, int]] = {}
     for occasion in occasions:
-        tzid = str(occasion.start.tzinfo)
-        if tzid in seen or _is_utc(occasion.start):
+        if _is_utc(occasion.start):
             continue
-        seen.add(tzid)
-        calendar.add_component(vtimezone(tzid, occasion.start.year))
+        tzid = str(occasion.start.tzinfo)
+        low = min(occasion.start.year, occasion.end.year)
+        high = max(occasion.start.year, occasion.end.year)
+        first, last = years.get(tzid, (low, high))
+        years[tzid] = (min(first, low), max(last, high))
+    return years
+
+
+def _add_timezones(calendar: Calendar, occasions: Iterable[Occasion]) -> None:
+    """One VTIMEZONE per TZID used, none for UTC (RFC 5546 §3.1.2), covering every event
+    that uses it (RFC 5545 §3.6.5: the rules must span the times they resolve)."""
+    for tzid, (first, last) in zone_years(occasions).items():
+        calendar.add_component(vtimezone(tzid, first, last))
 
 
 def _event(occasion: Occasion, *, status: str | None) -> Event:

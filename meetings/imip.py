@@ -14,20 +14,22 @@ A `Letterhead` is built once per (method, subject, sender name) with the `email`
 `Letterhead.letter` then writes one recipient's message by putting their headers and their
 base64 parts into it. Every leaf is base64, whose alphabet cannot form a MIME boundary, so
 the substitution cannot change the structure; addresses are checked before they get here,
-and names are RFC 2047-encoded and stripped of line breaks, so no header can be injected.
+and names are stripped of line breaks and written as `Address` objects, which the email
+policy quotes or RFC 2047-encodes and folds, so no header can be injected.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from email.header import Header
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import formataddr, formatdate, make_msgid
+from email.utils import formatdate, make_msgid
 
 _FROM = "from-marker@alliance.invalid"
 _TO = "to-marker@alliance.invalid"
+_TO_LINE = f"To: {_TO}\r\n".encode()
 _MESSAGE_ID = "<message-id-marker@alliance.invalid>"
 _PLAIN, _HTML, _CALENDAR = "@@plain-part@@", "@@html-part@@", "@@calendar-part@@"
 
@@ -53,15 +55,23 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def mailbox(name: str, address: str) -> str:
-    """`Name <address>`, the name quoted or RFC 2047-encoded and folded (RFC 5322 §3.4)."""
-    name = one_line(name)
-    if not name:
-        return address
-    if name.isascii():
-        return formataddr((name, address))
-    encoded = Header(name, "utf-8").encode(maxlinelen=76, linesep="\r\n")
-    return f"{encoded} <{address}>"
+def mailbox(name: str, address: str) -> Address:
+    """`Name <address>` as the email policy writes it (RFC 5322 §3.4, RFC 2047 §5).
+
+    The policy quotes an ASCII name, encodes any other, and folds the header at 78
+    columns (RFC 5322 §2.2.3); the name loses its line breaks first.
+    """
+    return Address(display_name=one_line(name), addr_spec=address)
+
+
+def address_line(field: str, name: str, address: str) -> bytes:
+    """One folded `Field: Name <address>` header line, CRLF-terminated.
+
+    >>> address_line("To", "Zoë", "zoe@example.org")
+    b'To: =?utf-8?q?Zo=C3=AB?= <zoe@example.org>\\r\\n'
+    """
+    _, header = SMTP.header_store_parse(field, mailbox(name, address))
+    return SMTP.fold_binary(field, header)
 
 
 def _leaf(content_type: str, marker: str, disposition: str = "") -> EmailMessage:
@@ -91,8 +101,7 @@ class Letterhead:
         calendar = _b64(letter.calendar)
         return (self.skeleton
                 .replace(_FROM.encode(), letter.sender.encode("ascii"))
-                .replace(_TO.encode(), mailbox(letter.to_name, letter.to_address)
-                         .encode("ascii"))
+                .replace(_TO_LINE, address_line("To", letter.to_name, letter.to_address))
                 .replace(_MESSAGE_ID.encode(), make_msgid(domain=self.domain).encode())
                 .replace(_PLAIN.encode(), _b64(letter.plain.encode("utf-8")))
                 .replace(_HTML.encode(), _b64(letter.html.encode("utf-8")))

@@ -8,15 +8,19 @@
   NEEDS-ACTION (`reset_sequence` = the new SEQUENCE) and sends an update; a fix of the
   title or description keeps SEQUENCE and answers (RFC 5546 §2.1.4).
 - A cancel raises SEQUENCE and sends METHOD:CANCEL with STATUS:CANCELLED; a delegate who
-  loses their seat gets a CANCEL naming only them.
+  loses their seat gets a CANCEL naming only them, and so does their substitute.
 - A delegate may send a substitute (`delegate`): the substitute gets their own REQUEST
-  with DELEGATED-FROM, and the charter's one-delegate-per-party rule still holds.
+  with DELEGATED-FROM and speaks for the delegator's party; no delegate of another party
+  may stand in, so no party gets a second voice. When the seat goes back to the delegator
+  (the substitute declined), the substitute is uninvited.
+- Updates go to delegators too, their ATTENDEE line DELEGATED with DELEGATED-TO.
 
 Each function takes a session and the site and queues mail in the caller's transaction.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from sqlalchemy import insert, select
@@ -29,6 +33,7 @@ from meetings.models import Body, Delegate, Invitation, Meeting, Seat
 from meetings.organisation import MeetingError
 from meetings.site import MeetingSite
 
+log = logging.getLogger(__name__)
 REMINDER_DAYS = (14, 3)
 MAX_CHAIN = 10
 
@@ -105,27 +110,39 @@ def _sent(session: Session, meeting: Meeting, *, delegated: bool = False) -> lis
 
 def _reset(session: Session, meeting: Meeting, now: float,
            days: Sequence[int] = REMINDER_DAYS) -> None:
-    """A major change: every answer back to NEEDS-ACTION (RFC 5546 §2.1.4; itip.md §1.3)."""
+    """A major change: every answer back to NEEDS-ACTION (RFC 5546 §2.1.4; itip.md §1.3).
+
+    A delegator keeps DELEGATED, but a reply of theirs to the old version is stale too.
+    """
     reminded = passed_offsets(meeting, now, days)
     for invitation in _all(session, meeting):
-        if invitation.state == "active" and invitation.partstat != "DELEGATED":
+        if invitation.state != "active":
+            continue
+        invitation.reset_sequence = meeting.sequence
+        if invitation.partstat != "DELEGATED":
             invitation.partstat = "NEEDS-ACTION"
-            invitation.reset_sequence = meeting.sequence
             invitation.reminded = reminded
 
 
 def reschedule(session: Session, site: MeetingSite, meeting: Meeting,
                when: schedule.Times) -> int:
-    """New times: SEQUENCE+1, answers reset, "Updated:" to everyone already invited."""
+    """New times: SEQUENCE+1, answers reset, "Updated:" to everyone already invited.
+
+    The same zone, start and end change nothing and send nothing (RFC 5546 §2.1.4: only
+    a change raises SEQUENCE).
+    """
     now = site.clock()
     check_open(meeting, now)
+    if not schedule.moved(meeting, when):
+        return 0
     meeting.tz, meeting.start_local, meeting.end_local = when.tz, when.start_local, \
         when.end_local
     meeting.starts_at, meeting.ends_at = when.starts_at, when.ends_at
     meeting.sequence += 1
     meeting.updated_at = now
     _reset(session, meeting, now, site.reminder_days)
-    return letters.send(session, site, meeting, _sent(session, meeting), letters.UPDATE)
+    return letters.send(session, site, meeting, _sent(session, meeting, delegated=True),
+                        letters.UPDATE)
 
 
 def update(session: Session, site: MeetingSite, meeting: Meeting,
@@ -134,6 +151,7 @@ def update(session: Session, site: MeetingSite, meeting: Meeting,
 
     A minor change is sent at the same SEQUENCE, each invitee's answer kept in their
     ATTENDEE line, so that clients update the event without asking again (itip.md G4).
+    Delegators get it too, as DELEGATED (RFC 5546 §3.2.2.3).
     """
     now = site.clock()
     check_open(meeting, now)
@@ -144,7 +162,8 @@ def update(session: Session, site: MeetingSite, meeting: Meeting,
         return 0
     if major:
         _reset(session, meeting, now, site.reminder_days)
-    return letters.send(session, site, meeting, _sent(session, meeting), letters.UPDATE)
+    return letters.send(session, site, meeting, _sent(session, meeting, delegated=True),
+                        letters.UPDATE)
 
 
 def cancel(session: Session, site: MeetingSite, meeting: Meeting) -> int:
@@ -178,32 +197,69 @@ def seat_added(session: Session, site: MeetingSite, body: Body) -> int:
 
 
 def seat_removed(session: Session, site: MeetingSite, body: Body, delegate: Delegate) -> int:
-    """A delegate left the body: a CANCEL naming only them, SEQUENCE+1 (itip.md G5)."""
+    """A delegate left the body: a CANCEL naming only them, and their substitutes, who
+    speak for them, SEQUENCE+1 (itip.md G5)."""
     queued = 0
     for meeting in schedule.upcoming(session, body.id, site.clock()):
         invitation = session.scalar(select(Invitation).where(
             Invitation.meeting_id == meeting.id, Invitation.address == delegate.address,
             Invitation.state == "active"))
-        if invitation is None:
-            continue
-        invitation.state = "removed"
-        if invitation.sent_sequence is not None:
-            meeting.sequence += 1
-            queued += letters.send(session, site, meeting, [invitation], letters.UNINVITE)
+        if invitation is not None:
+            queued += withdraw(session, site, meeting,
+                               [invitation, *substitutes(session, invitation)])
     return queued
 
 
-def party_of(session: Session, invitation: Invitation) -> int | None:
-    """The party an invitation speaks for: its delegate's, or its delegator's."""
-    current: Invitation | None = invitation
+def substitutes(session: Session, invitation: Invitation) -> list[Invitation]:
+    """The substitutes an invitation sent, and theirs, down the chain (not removed ones)."""
+    found: list[Invitation] = []
+    ids = [invitation.id]
     for _ in range(MAX_CHAIN):
-        if current is None:
+        more = list(session.scalars(select(Invitation).where(
+            Invitation.meeting_id == invitation.meeting_id,
+            Invitation.delegated_from_id.in_(ids), Invitation.state != "removed")
+            .order_by(Invitation.id)))
+        if not more:
+            break
+        found += more
+        ids = [i.id for i in more]
+    return found
+
+
+def withdraw(session: Session, site: MeetingSite, meeting: Meeting,
+             invitations: Sequence[Invitation]) -> int:
+    """Take invitations back: each "removed", and a CANCEL naming only them to those who
+    had mail, at SEQUENCE+1 (RFC 5546 §3.2.5, §2.1.4; itip.md G5)."""
+    for invitation in invitations:
+        invitation.state = "removed"
+    sent = [i for i in invitations if i.sent_sequence is not None]
+    if not sent:
+        return 0
+    meeting.sequence += 1
+    meeting.updated_at = site.clock()
+    return letters.send(session, site, meeting, sent, letters.UNINVITE)
+
+
+def delegator_of(session: Session, invitation: Invitation) -> Invitation | None:
+    """The first invitation of a delegation chain: the delegate who holds the seat."""
+    current = invitation
+    for _ in range(MAX_CHAIN):
+        if current.delegated_from_id is None:
+            return current
+        parent = session.get(Invitation, current.delegated_from_id)
+        if parent is None:
             return None
-        if current.delegate_id is not None:
-            delegate = session.get(Delegate, current.delegate_id)
-            return delegate.party_id if delegate else None
-        current = session.get(Invitation, current.delegated_from_id or 0)
+        current = parent
     return None
+
+
+def party_of(session: Session, invitation: Invitation) -> int | None:
+    """The party an invitation speaks for: a substitute speaks for their delegator's party,
+    whatever party they belong to themselves (DESIGN §1)."""
+    holder = delegator_of(session, invitation)
+    delegate = session.get(Delegate, holder.delegate_id) \
+        if holder is not None and holder.delegate_id is not None else None
+    return delegate.party_id if delegate else None
 
 
 def delegate(session: Session, site: MeetingSite, meeting: Meeting,
@@ -249,10 +305,10 @@ def _check_delegation(session: Session, meeting: Meeting, invitation: Invitation
             Invitation.meeting_id == meeting.id, Invitation.address == address,
             Invitation.state == "active")):
         raise MeetingError(f"{address} is already invited to meeting {meeting.id}")
-    body = session.get(Body, meeting.body_id)
     party_id = party_of(session, invitation)
-    if body is not None and party_id is not None:
-        organisation.may_substitute(session, body, party_id, address)
+    if party_id is None:
+        raise MeetingError(f"cannot tell which party {invitation.address} speaks for")
+    organisation.may_substitute(session, party_id, address)
 
 
 def find_invitation(session: Session, meeting: Meeting, address: str) -> Invitation:
@@ -265,11 +321,22 @@ def find_invitation(session: Session, meeting: Meeting, address: str) -> Invitat
     return found
 
 
+def invite_apart(session: Session, site: MeetingSite, meeting: Meeting) -> int:
+    """`invite` in a savepoint of its own: a meeting that fails is logged and rolled back
+    alone, so that it cannot hold back the invitations of every other meeting."""
+    try:
+        with session.begin_nested():
+            return invite(session, site, meeting)
+    except Exception:
+        log.exception("invitations of meeting %d could not be sent", meeting.id)
+        return 0
+
+
 def send_job(site: MeetingSite, every: float = 30.0) -> Job:
     """The scheduler's job: invitations of meetings whose send-at time has come."""
     def run(session: Session, now: float) -> int:
         due = session.scalars(select(Meeting).where(
             Meeting.send_at <= now, Meeting.ends_at > now, Meeting.status != "CANCELLED")
             .order_by(Meeting.send_at))
-        return sum(invite(session, site, meeting) for meeting in list(due))
+        return sum(invite_apart(session, site, meeting) for meeting in list(due))
     return Job("meeting-invitations", every, run)

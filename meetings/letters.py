@@ -71,13 +71,16 @@ def attendees(invitation: Invitation, delegators: dict[int, Invitation],
 
     A substitute's REQUEST carries both changes of a delegation: the substitute with
     DELEGATED-FROM and the delegator with PARTSTAT=DELEGATED and DELEGATED-TO (RFC 5546
-    §3.2.2.3, example §4.2.5).
+    §3.2.2.3, example §4.2.5). A delegator's own update says DELEGATED, RSVP=FALSE and
+    DELEGATED-TO, so that their client keeps the event without asking them again.
     """
     partstat = invitation.partstat if mailing.method == "REQUEST" else "NEEDS-ACTION"
     delegator = delegators.get(invitation.delegated_from_id or 0)
     own = ical.Attendee(invitation.address, invitation.name, partstat=partstat,
                         rsvp=mailing.method == "REQUEST" and partstat == "NEEDS-ACTION",
-                        delegated_from=delegator.address if delegator else "")
+                        delegated_from=delegator.address if delegator else "",
+                        delegated_to=invitation.delegated_to if partstat == "DELEGATED"
+                        else "")
     if delegator is None:
         return [own]
     return [own, ical.Attendee(delegator.address, delegator.name, partstat="DELEGATED",

@@ -248,17 +248,18 @@ def seats(session: Session, body: Body) -> list[tuple[Seat, Delegate, Party]]:
     return [(s, d, p) for s, d, p in rows]
 
 
-def may_substitute(session: Session, body: Body, party_id: int, address: str) -> None:
+def may_substitute(session: Session, party_id: int, address: str) -> None:
     """Refuse a substitute who would give a party a second voice (DESIGN §1).
 
-    In a body with one delegate per party, the substitute of a party's delegate must not
-    be a delegate of another party.
+    A substitute speaks for the party of the delegate they stand in for. A registered
+    delegate of another party may not, in any body: in the Steering Committee their party
+    would have two voices, and on the Board a party outside the 30 could take a seat.
     """
-    if not body.one_delegate_per_party:
+    theirs = session.execute(select(Party).join(Delegate, Delegate.party_id == Party.id)
+                             .where(Delegate.address == address)).scalar()
+    if theirs is None or theirs.id == party_id:
         return
-    other = session.execute(select(Delegate, Party).join(Party, Delegate.party_id ==
-                                                          Party.id)
-                            .where(Delegate.address == address)).first()
-    if other is not None and other[0].party_id != party_id:
-        raise MeetingError(f"{address} is a delegate of {other[1].name}; the {body.name} "
-                           f"takes one delegate per party")
+    ours = session.get(Party, party_id)
+    raise MeetingError(f"{address} is a delegate of {theirs.name}; a substitute speaks for "
+                       f"{ours.name if ours else 'the party of the delegate'}, and no party "
+                       f"may have a second voice")

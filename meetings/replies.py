@@ -8,8 +8,10 @@ message is about even when the calendar data does not (Outlook omits ORGANIZER).
    any other but never answered or passed on.
 2. The calendar data is read once (`meetings.itip`). A REPLY changes only the PARTSTAT and
    the note of the attendee the token names (RFC 5546 §3.2.3), and only when the reply
-   names exactly that attendee and comes from their address or their SENT-BY (RFC 6047
-   §2.2.1); a stale reply (RFC 5546 §2.1.5) or one to a cancelled meeting changes nothing.
+   names exactly that attendee and comes from their own address (RFC 6047 §2.2.1, §3);
+   a SENT-BY the reply writes about itself proves nothing, so a secretary's reply goes to
+   a person. A stale reply (RFC 5546 §2.1.5) or one to a cancelled meeting changes
+   nothing; a valid reply after a bounce makes the invitation deliverable again.
    PARTSTAT=DELEGATED with DELEGATED-TO sends a substitute (RFC 5546 §3.2.2.3).
 3. A COUNTER is recorded and summarised for coordination@ (§3.2.7); a REFRESH has the
    current invitation sent again to the invitee, and to no one else (§3.2.6, §6.1.6).
@@ -191,10 +193,13 @@ def authorise(rsvp: Rsvp, answer: itip.ItipMessage, *,
               others: bool = False) -> tuple[itip.Attendee | None, str]:
     """The invitee's ATTENDEE if the answer may act for them, else (None, why).
 
-    The answer must name the attendee the token names, and no one else except the other
-    side of a delegation (RFC 5546 §4.2.5–§4.2.6), or anyone when `others` (a COUNTER may
-    propose attendees); the mail must come from that attendee or their SENT-BY (RFC 6047
-    §2.2.1, RFC 5545 §3.2.18).
+    The token is the first proof (DESIGN §5): it names the only attendee whose PARTSTAT
+    may change. The answer must name that attendee, and no one else except the other side
+    of a delegation (RFC 5546 §4.2.5–§4.2.6), or anyone when `others` (a COUNTER may
+    propose attendees). The second is the sender: the mail must come from the attendee's
+    own address (RFC 6047 §2.2.1). The reply's own SENT-BY (RFC 5545 §3.2.18) is not
+    trusted, since whoever forges the From can write it too (RFC 6047 §3); no SENT-BY is
+    stored for anyone, so none is accepted, and a missing sender never matches.
     """
     invitee = rsvp.invitation.address.lower()
     mine = answer.attendee(invitee)
@@ -205,9 +210,8 @@ def authorise(rsvp: Rsvp, answer: itip.ItipMessage, *,
                  and not _delegation_pair(mine, a)]
     if strangers and not others:
         return None, f"the {answer.method} also names {strangers[0].address}"
-    if rsvp.sender not in (invitee, mine.sent_by):
-        return None, (f"sent by {rsvp.sender or 'no one'}, neither the invitee nor "
-                      f"their SENT-BY")
+    if not rsvp.sender or rsvp.sender != invitee:
+        return None, f"sent by {rsvp.sender or 'no one'}, not the invitee"
     return mine, ""
 
 
@@ -278,7 +282,15 @@ def reply(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> Outcome:
         outcome = apply(session, rsvp, attendee.partstat, answer.note(attendee))
     if outcome.action != "forward":
         rsvp.invitation.reply_sequence, rsvp.invitation.reply_stamp = sequence, stamp
+        reachable(rsvp.invitation)
     return outcome
+
+
+def reachable(invitation: Invitation) -> None:
+    """A valid reply from the invitee proves their address works: a bounce (RFC 3464)
+    marked it undeliverable, and now it is active again, for updates and reminders."""
+    if invitation.state == "undeliverable":
+        invitation.state = "active"
 
 
 def apply(session: Session, rsvp: Rsvp, partstat: str, comment: str) -> Outcome:
@@ -295,12 +307,19 @@ def apply(session: Session, rsvp: Rsvp, partstat: str, comment: str) -> Outcome:
 
 
 def ask_delegator_again(session: Session, rsvp: Rsvp) -> None:
-    """A substitute declined: their delegator gets the REQUEST again (RFC 5546 §4.2.7)."""
-    delegator = session.get(Invitation, rsvp.invitation.delegated_from_id or 0)
+    """A substitute declined: their delegator gets the REQUEST again (RFC 5546 §4.2.7).
+
+    The seat goes back to the delegator, so the substitute is uninvited (a CANCEL naming
+    only them): a party never has two invitees who may answer for it (DESIGN §1).
+    """
+    substitute = rsvp.invitation
+    delegator = session.get(Invitation, substitute.delegated_from_id or 0)
     if delegator is None or delegator.partstat != DELEGATED \
-            or delegator.delegated_to != rsvp.invitation.address:
+            or delegator.delegated_to != substitute.address:
         return
     delegator.partstat, delegator.delegated_to = "NEEDS-ACTION", ""
+    invitations.withdraw(session, rsvp.site, rsvp.meeting,
+                         [substitute, *invitations.substitutes(session, substitute)])
     invitations.send_current(session, rsvp.site, rsvp.meeting, delegator)
 
 
@@ -383,19 +402,27 @@ def delegate_command(message: EmailMessage) -> tuple[str, str] | None:
 # -- COUNTER and REFRESH ---------------------------------------------------------------
 
 def counter(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> Outcome:
-    """Record a proposal and tell coordination@; the meeting is unchanged (RFC 5546 §3.2.7)."""
+    """Record a proposal and tell coordination@; the meeting is unchanged (RFC 5546 §3.2.7).
+
+    A COUNTER to a SEQUENCE above the meeting's answers no version we sent: it is passed
+    on, not recorded (RFC 5546 §2.1.5; itip.md R32).
+    """
     attendee, why = authorise(rsvp, answer, others=True)
     if attendee is None:
         return Outcome("forward", why)
+    if answer.sequence > rsvp.meeting.sequence:
+        return Outcome("forward", f"a COUNTER to SEQUENCE {answer.sequence}, a version of "
+                                  f"the meeting that does not exist (itip.md R32)")
     why_not = closed(rsvp)
     if why_not:
         return Outcome("unchanged", why_not)
     proposal = Proposal.of(rsvp.meeting, answer, answer.note(attendee))
+    detail = proposal.line[:itip.MAX_TEXT]      # compared as it is stored
     if session.scalar(select(RsvpEvent.id).where(
             RsvpEvent.invitation_id == rsvp.invitation.id, RsvpEvent.kind == "counter",
-            RsvpEvent.detail == proposal.line).limit(1)) is not None:
+            RsvpEvent.detail == detail).limit(1)) is not None:
         return Outcome("unchanged", "the same proposal again")
-    record(session, rsvp, "counter", rsvp.invitation.partstat, proposal.line)
+    record(session, rsvp, "counter", rsvp.invitation.partstat, detail)
     summarise(session, rsvp, proposal)
     return Outcome("counter", proposal.line)
 

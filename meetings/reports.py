@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from mailer import compose
 from mailer.scheduler import Job
 from meetings import coordination, letters
+from meetings.invitations import MAX_CHAIN
 from meetings.letters import DAY
 from meetings.models import Delegate, Invitation, Meeting, Party, RsvpEvent
 from meetings.site import MeetingSite
@@ -27,24 +28,31 @@ def _stamp(value: float | None) -> str:
     return "" if value is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
 
 
+def _holder(invitation: Invitation, by_id: dict[int, Invitation]) -> Invitation | None:
+    """The first invitation of the delegation chain the invitation belongs to."""
+    current = invitation
+    for _ in range(MAX_CHAIN):
+        if current.delegated_from_id is None:
+            return current
+        parent = by_id.get(current.delegated_from_id)
+        if parent is None:
+            return None
+        current = parent
+    return None
+
+
 def _parties(session: Session, invitations: list[Invitation]) -> dict[int, str]:
-    """Party name by invitation id; a substitute speaks for their delegator's party."""
+    """Party name by invitation id; a substitute speaks for their delegator's party,
+    whatever party they belong to themselves (DESIGN §1)."""
+    by_id = {i.id: i for i in invitations}
+    holders = {i.id: _holder(i, by_id) for i in invitations}
     rows = session.execute(select(Delegate.id, Party.name)
                            .join(Party, Delegate.party_id == Party.id)
-                           .where(Delegate.id.in_({i.delegate_id for i in invitations
-                                                   if i.delegate_id})))
+                           .where(Delegate.id.in_({h.delegate_id for h in holders.values()
+                                                   if h and h.delegate_id})))
     by_delegate = {delegate_id: name for delegate_id, name in rows}
-    by_id = {i.id: i for i in invitations}
-    names: dict[int, str] = {}
-    for invitation in invitations:
-        current: Invitation | None = invitation
-        for _ in range(10):
-            if current is None or current.delegate_id is not None:
-                break
-            current = by_id.get(current.delegated_from_id or 0)
-        names[invitation.id] = by_delegate.get(current.delegate_id or 0, "") if current \
-            else ""
-    return names
+    return {i: by_delegate.get(h.delegate_id or 0, "") if h else ""
+            for i, h in holders.items()}
 
 
 def attendance(session: Session, meeting: Meeting) -> list[dict[str, Any]]:

@@ -62,19 +62,44 @@ def time_zone(name: str) -> ZoneInfo:
 
 
 def wall_time(text: str, what: str, zone: ZoneInfo) -> datetime:
-    """A date and time in `zone`; one with an offset is converted to it.
+    """A date and time in `zone` that names exactly one instant, or MeetingError.
+
+    A time in the hour skipped when the clocks go forward names no instant, and one in
+    the hour repeated when they go back names two. RFC 5545 §3.3.5 reads them by a rule
+    (the offset before the gap, the first of the two) the organiser may not have meant,
+    and calendar clients differ, so both are refused. An offset, when given, must be the
+    zone's own at that time, so that --start and --tz cannot disagree.
 
     >>> wall_time("2027-03-14T09:00", "start", ZoneInfo("Europe/Berlin")).isoformat()
     '2027-03-14T09:00:00+01:00'
+    >>> wall_time("2027-03-28T02:30", "start", ZoneInfo("Europe/Berlin"))
+    Traceback (most recent call last):
+    meetings.organisation.MeetingError: start: 2027-03-28 02:30 Europe/Berlin does not \
+exist (the clocks go forward); choose another time
     """
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise MeetingError(f"{what}: not a date and time (YYYY-MM-DDTHH:MM): "
                            f"{text!r}") from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=zone)
-    return moment.astimezone(zone)
+    local = moment.replace(tzinfo=zone)
+    _check_exists(local, what)
+    if moment.tzinfo is not None and moment.utcoffset() != local.utcoffset():
+        raise MeetingError(f"{what}: the offset of {text.strip()!r} is not that of {zone} "
+                           f"at that time ({local:%z}); give the local time without one")
+    return local
+
+
+def _check_exists(local: datetime, what: str) -> None:
+    """Refuse a wall time in a gap (no instant) or a fold (two instants) of its zone."""
+    shown = f"{local:%Y-%m-%d %H:%M} {local.tzinfo}"
+    there_and_back = local.astimezone(UTC).astimezone(local.tzinfo)
+    if there_and_back.replace(tzinfo=None) != local.replace(tzinfo=None):
+        raise MeetingError(f"{what}: {shown} does not exist (the clocks go forward); "
+                           "choose another time")
+    if local.replace(fold=1).utcoffset() != local.replace(fold=0).utcoffset():
+        raise MeetingError(f"{what}: {shown} happens twice (the clocks go back); "
+                           "choose another time")
 
 
 def times(start: str, end: str, tz: str, now: float) -> Times:
@@ -87,6 +112,12 @@ def times(start: str, end: str, tz: str, now: float) -> Times:
     if begins.timestamp() <= now:
         raise MeetingError(f"the start ({_show(begins)}) is in the past")
     return Times(tz, _local(begins), _local(ends), begins.timestamp(), ends.timestamp())
+
+
+def moved(meeting: Meeting, when: Times) -> bool:
+    """Whether new times differ from the meeting's: zone, start or end."""
+    return (meeting.tz, meeting.start_local, meeting.end_local) != \
+        (when.tz, when.start_local, when.end_local)
 
 
 def _local(moment: datetime) -> str:

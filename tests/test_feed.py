@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from click.testing import CliRunner
 from icalendar import Calendar
@@ -74,3 +77,43 @@ async def test_the_board_feed_publishes_meetings_without_attendees(tmp_path: Pat
     from_cli = feed_of(path, "board")
     check_feed(from_cli, ["Board meeting", "Board meeting"])
     assert b"mailto:coordination@lists.example.org" in from_cli
+
+
+def test_the_feed_time_zone_covers_its_last_meeting_too(tmp_path: Path,
+                                                       sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url, site={"name": "Progressive Alliance"})
+    path = config_file(config, tmp_path)
+    create_meeting(path, "board")
+    later = NEXT_YEAR + 4
+    create_meeting(path, "board", start=f"{later}-07-01T09:00", end=f"{later}-07-01T17:00")
+    data = feed_of(path, "board")
+    calendar = check_feed(data, ["Board meeting", "Board meeting"])
+    [zone] = calendar.walk("VTIMEZONE")
+    assert f"RDATE:{later}03".encode() in zone.to_ical(), "the last meeting's summer"
+    assert b"RDATE" in data and not any(
+        line.startswith(b"RDATE") and b"," in line for line in data.split(b"\r\n")), \
+        "one RDATE a line: ical.js reads only the first of a list"
+    summer = datetime(later, 7, 1, 9, 0, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    assert [e["start_utc"] for e in icaljs(data)["events"]][1] == int(summer)
+
+
+async def test_the_feed_is_served_from_a_reader_while_the_writer_is_busy(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         site={"name": "Progressive Alliance"})
+    path = config_file(config, tmp_path)
+    meeting_id = create_meeting(path, "board")
+    async with running(config) as daemon:
+        port = daemon.ports["http"]
+        _, _, first = await get(port, "/feeds/board.ics")
+        release = threading.Event()
+        busy = asyncio.ensure_future(daemon.db.write(lambda session: release.wait(30)))
+        try:
+            status, _, again = await get(port, "/feeds/board.ics")
+        finally:
+            release.set()
+            await busy
+        assert (status, again) == (200, first), "served while the writer was taken"
+        cli(path, "meeting", "update", str(meeting_id), "--title", "Board meeting 2")
+        _, _, changed = await get(port, "/feeds/board.ics")
+    assert b"SUMMARY:Board meeting 2" in changed and changed != first

@@ -188,6 +188,13 @@ async def test_reschedule_cancel_and_minor_fixes(tmp_path: Path, sqlite_url: str
             {("NEEDS-ACTION", 1, 1)}
 
         sink.received.clear()
+        assert cli(path, "meeting", "reschedule", str(meeting_id), "--start",
+                   f"{NEXT_YEAR}-03-15T10:00", "--end", f"{NEXT_YEAR}-03-15T18:00") == \
+            f"meeting {meeting_id}: nothing changed (the same times); no updates\n"
+        await wait_quiet(sink, 0)
+        assert daemon.db.query(lambda s: s.get(Meeting, meeting_id).sequence) == 1
+
+        sink.received.clear()
         cli(path, "meeting", "update", str(meeting_id), "--location", "Willy-Brandt-Haus")
         relocated = by_rcpt(await wait_quiet(sink, 2))
         assert event_of(calendars(relocated[ANA].message)[0])[1]["SEQUENCE"] == 2
@@ -400,8 +407,8 @@ async def test_a_substitute_gets_a_request_with_delegated_from(tmp_path: Path,
         seat(path, "zuma@anc.example", "Zuma", "ANC", "board")
         assert cli_error(path, "meeting", "delegate", str(meeting_id), "ama@odm.example",
                          "zuma@anc.example") == "zuma@anc.example is a delegate of ANC; " \
-                                                "the Steering Committee takes one delegate " \
-                                                "per party"
+                                                "a substitute speaks for ODM, and no party " \
+                                                "may have a second voice"
         assert cli(path, "meeting", "delegate", str(meeting_id), "ama@odm.example",
                    "wanjiru@odm.example", "--name", "Wanjiru") == \
             f"meeting {meeting_id}: wanjiru@odm.example invited in place of ama@odm.example\n"
@@ -453,3 +460,114 @@ def test_the_html_part_renders_in_every_language(language: str, mailing: str) ->
          "subject": "Invitation", "invitee": {"name": "<Ana>", "address": ANA}})
     assert "&lt;Ana&gt;" in html and "<Ana>" not in html, "autoescaped"
     assert "KICC, Nairobi" in html
+
+
+async def test_a_coordinating_party_with_an_accented_name_and_a_broken_meeting(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    """The organiser's name is RFC 2047-encoded and folded by the email policy; a meeting
+    that cannot be sent holds back no other (each has its own savepoint)."""
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    path = config_file(config, tmp_path)
+    organise(path)
+    prd = "Partido de la Revolución Democrática"
+    party(path, prd, "MX", "latin-america")
+    cli(path, "coordination", "handover", prd, "--contact", "enlace@prd.example")
+    broken = create_meeting(path, "board", start=f"{NEXT_YEAR}-02-01T09:00",
+                            end=f"{NEXT_YEAR}-02-01T17:00")
+    meeting_id = create_meeting(path, "board")
+
+    def unknown_zone(session: Any) -> None:
+        session.get(Meeting, broken).tz = "Atlantis/Poseidonis"
+    Database(config.database.url, config.base_dir).transaction(unknown_zone)
+    async with running(config) as daemon:
+        await sink.wait_for(2)
+        await wait_quiet(sink, len(sink.received))
+        rows = daemon.db.query(lambda s: [(i.meeting_id, i.sent_sequence) for i in
+                                          s.scalars(select(Invitation))])
+    delivered = by_rcpt([d for d in sink.received if d.rcpt in (ANA, JORG)])
+    assert set(delivered) == {ANA, JORG}
+    for delivery in delivered.values():
+        check_invitation(delivery, method="REQUEST", organizer_cn=prd)
+        sender = delivery.message["From"]
+        assert sender.addresses[0].display_name == f"{prd} via Progressive Alliance"
+        assert b"=?utf-8?" in delivery.data.split(b"\r\n\r\n")[0], "RFC 2047"
+    assert sorted(rows) == [(meeting_id, 0), (meeting_id, 0)], "nothing of the broken one"
+
+
+async def test_a_delegator_gets_updates_and_takes_their_substitute_along_when_unseated(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    path = config_file(config, tmp_path)
+    party(path, "ODM", "KE", "africa")
+    party(path, "ANC", "ZA", "africa")
+    seat(path, "ama@odm.example", "Ama Owino", "ODM", "steering")
+    seat(path, "thabo@anc.example", "Thabo", "ANC", "steering")
+    meeting_id = create_meeting(path, "steering")
+    async with running(config) as daemon:
+        await wait_quiet(sink, 2)
+        cli(path, "meeting", "delegate", str(meeting_id), "ama@odm.example",
+            "wanjiru@odm.example", "--name", "Wanjiru")
+        await wait_quiet(sink, 3)
+        sink.received.clear()
+        assert cli(path, "meeting", "reschedule", str(meeting_id), "--start",
+                   f"{NEXT_YEAR}-03-15T10:00", "--end", f"{NEXT_YEAR}-03-15T18:00") == \
+            f"meeting {meeting_id} rescheduled; 3 update(s) queued\n"
+        updates = by_rcpt(await wait_quiet(sink, 3))
+        event = check_invitation(updates["ama@odm.example"], method="REQUEST",
+                                 organizer_cn="Progressive Alliance")
+        ama = event["ATTENDEE"]
+        assert (ama.params["PARTSTAT"], ama.params["RSVP"], ama.params["DELEGATED-TO"]) == \
+            ("DELEGATED", "FALSE", "mailto:wanjiru@odm.example"), "RFC 5546 §3.2.2.3"
+        assert event["SEQUENCE"] == 1
+        assert invitations(daemon.db)["ama@odm.example"].reset_sequence == 1
+
+        sink.received.clear()
+        assert cli(path, "delegate", "remove", "ama@odm.example", "--body", "steering") == \
+            "ama@odm.example has no seat in steering any more; 2 invitation(s) cancelled\n"
+        gone = by_rcpt(await wait_quiet(sink, 2))
+        assert set(gone) == {"ama@odm.example", "wanjiru@odm.example"}
+        for delivery in gone.values():
+            event = check_invitation(delivery, method="CANCEL",
+                                     organizer_cn="Progressive Alliance")
+            assert "STATUS" not in event and event["SEQUENCE"] == 2
+        rows = invitations(daemon.db)
+    assert {a: i.state for a, i in rows.items()} == {
+        "ama@odm.example": "removed", "wanjiru@odm.example": "removed",
+        "thabo@anc.example": "active"}, "ODM keeps no voice through the substitute"
+
+
+def test_no_delegate_of_another_party_stands_in_on_the_board(tmp_path: Path,
+                                                              sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url)
+    path = config_file(config, tmp_path)
+    party(path, "ODM", "KE", "africa")
+    party(path, "ANC", "ZA", "africa")
+    seat(path, "ama@odm.example", "Ama Owino", "ODM", "board")
+    seat(path, "zuma@anc.example", "Zuma", "ANC", "conference")
+    meeting_id = create_meeting(path, "board")
+    cli(path, "meeting", "invite", str(meeting_id))
+    assert cli_error(path, "meeting", "delegate", str(meeting_id), "ama@odm.example",
+                     "zuma@anc.example") == "zuma@anc.example is a delegate of ANC; a " \
+                                            "substitute speaks for ODM, and no party may " \
+                                            "have a second voice"
+
+
+def test_attendance_csv_never_carries_a_formula(tmp_path: Path, sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url)
+    path = config_file(config, tmp_path)
+    organise(path)
+    meeting_id = create_meeting(path, "board")
+    cli(path, "meeting", "invite", str(meeting_id))
+
+    def comments(session: Any) -> None:
+        for invitation in session.scalars(select(Invitation)):
+            invitation.partstat = "ACCEPTED"
+            invitation.comment = '=HYPERLINK("http://evil.example","ok")' \
+                if invitation.address == ANA else "@SUM(A1:A9)"
+    Database(config.database.url, config.base_dir).transaction(comments)
+    rows = list(csv.DictReader(io.StringIO(cli(path, "meeting", "attendance",
+                                               str(meeting_id), "--csv"))))
+    assert [r["comment"] for r in rows] == ["\'=HYPERLINK(\"http://evil.example\",\"ok\")",
+                                            "\'@SUM(A1:A9)"]
+    as_json = json.loads(cli(path, "meeting", "attendance", str(meeting_id), "--json"))
+    assert as_json[0]["comment"].startswith("="), "only the CSV is for spreadsheets"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 from pathlib import Path
 
@@ -104,8 +105,14 @@ def test_the_steering_committee_takes_one_delegate_per_party_and_a_substitute(
     db.close()
 
 
+def last_sunday(year: int, month: int) -> str:
+    """The day of the month when clocks change in the European Union: its last Sunday."""
+    return f"{max(week[calendar.SUNDAY] for week in calendar.monthcalendar(year, month)):02d}"
+
+
 def test_bad_meetings_are_refused_with_one_line_and_nothing_stored(tmp_path: Path) -> None:
     config, db = setup(tmp_path)
+    spring, autumn = last_sunday(NEXT_YEAR, 3), last_sunday(NEXT_YEAR, 10)
     party(config, "SPD", "DE")
     good = {"--body": "board", "--title": "Board", "--start": f"{NEXT_YEAR}-03-14T09:00",
             "--end": f"{NEXT_YEAR}-03-14T17:00", "--tz": "Europe/Berlin"}
@@ -121,6 +128,15 @@ def test_bad_meetings_are_refused_with_one_line_and_nothing_stored(tmp_path: Pat
          "the start (2001-03-14 09:00 Europe/Berlin) is in the past"),
         ({"--start": "next tuesday"},
          "start: not a date and time (YYYY-MM-DDTHH:MM): 'next tuesday'"),
+        ({"--start": f"{NEXT_YEAR}-03-{spring}T02:30"},
+         f"start: {NEXT_YEAR}-03-{spring} 02:30 Europe/Berlin does not exist (the clocks "
+         f"go forward); choose another time"),
+        ({"--start": f"{NEXT_YEAR}-10-{autumn}T02:30", "--end": f"{NEXT_YEAR}-10-{autumn}T09:00"},
+         f"start: {NEXT_YEAR}-10-{autumn} 02:30 Europe/Berlin happens twice (the clocks go "
+         f"back); choose another time"),
+        ({"--end": f"{NEXT_YEAR}-03-14T17:00+02:00"},
+         f"end: the offset of '{NEXT_YEAR}-03-14T17:00+02:00' is not that of Europe/Berlin "
+         f"at that time (+0100); give the local time without one"),
     ]
     for change, message in cases:
         options = {**good, **change}
@@ -129,6 +145,11 @@ def test_bad_meetings_are_refused_with_one_line_and_nothing_stored(tmp_path: Pat
     assert count(db, Meeting) == 0
     meeting_id = create_meeting(config, "board", "--host", "spd")
     assert db.query(lambda s: s.get(Meeting, meeting_id).host_party_id) is not None
+    assert cli_error(config, "meeting", "reschedule", str(meeting_id), "--start",
+                     f"{NEXT_YEAR}-03-{spring}T02:00", "--end", f"{NEXT_YEAR}-03-{spring}T09:00") \
+        == f"start: {NEXT_YEAR}-03-{spring} 02:00 Europe/Berlin does not exist (the clocks " \
+           f"go forward); choose another time"
+    assert create_meeting(config, "board", start=f"{NEXT_YEAR}-03-14T09:00+01:00")
     db.close()
 
 
@@ -146,3 +167,13 @@ def test_cadence_report_counts_each_body_against_the_charter(tmp_path: Path) -> 
         ("conference", 0, 1, "1 missing")]
     table = cli(config, "cadence", str(NEXT_YEAR))
     assert table.splitlines()[0].split() == ["body", "year", "held", "required", "status"]
+
+
+def test_a_meeting_counts_in_the_year_of_its_local_start(tmp_path: Path) -> None:
+    config, _ = setup(tmp_path)
+    # New Year's morning in Auckland is still the old year in UTC.
+    create_meeting(config, "board", "--tz", "Pacific/Auckland",
+                   start=f"{NEXT_YEAR + 1}-01-01T09:00", end=f"{NEXT_YEAR + 1}-01-01T12:00")
+    held = {year: json.loads(cli(config, "cadence", str(year), "--json"))[0]["held"]
+            for year in (NEXT_YEAR, NEXT_YEAR + 1)}
+    assert held == {NEXT_YEAR: 0, NEXT_YEAR + 1: 1}

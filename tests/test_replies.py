@@ -346,21 +346,36 @@ def test_a_spoofed_reply_naming_another_attendee_changes_nothing_and_goes_to_coo
     assert events(db) == []
 
 
-def test_a_reply_from_neither_the_attendee_nor_their_sent_by_changes_nothing(
+def test_a_reply_from_someone_other_than_the_attendee_changes_nothing(
         db: Database, world: World) -> None:
     raw = fixture("thunderbird-reply-tentative.eml", world,
                   **{"From: Ana Silva <ana@party.test>": "From: Mallory <mallory@else.test>"})
     assert deliver(db, world, "ana@party.test", raw).action == "forward"
     assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
-    assert forwards(db) == ["sent by mallory@else.test, neither the invitee nor their SENT-BY"]
+    assert forwards(db) == ["sent by mallory@else.test, not the invitee"]
 
 
-def test_a_secretary_named_in_sent_by_may_answer(db: Database, world: World) -> None:
+def test_a_sent_by_the_reply_names_itself_proves_nothing(db: Database, world: World) -> None:
+    # A secretary's reply goes to a person: the SENT-BY is written by whoever sends it.
     line = ('ATTENDEE;PARTSTAT=ACCEPTED;SENT-BY="mailto:office@party.test":'
             'mailto:ana@party.test')
     raw = wrapped(reply_calendar(world, line), world, "office@party.test", "REPLY")
-    assert deliver(db, world, "ana@party.test", raw).action == "applied"
-    assert standing(db, world, "ana@party.test").partstat == "ACCEPTED"
+    assert deliver(db, world, "ana@party.test", raw).action == "forward"
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert forwards(db) == ["sent by office@party.test, not the invitee"]
+    raw = fixture("spoofed-sent-by.eml", world)
+    assert deliver(db, world, "ana@party.test", raw,
+                   mail_from="mallory@evil.test").action == "forward"
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+
+
+def test_a_reply_without_a_readable_sender_changes_nothing(db: Database,
+                                                          world: World) -> None:
+    raw = fixture("null-sender-broken-from.eml", world)
+    outcome = deliver(db, world, "ana@party.test", raw, mail_from="")
+    assert outcome.action == "dropped" and "sent by no one" in outcome.reason
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert events(db) == [] and outgoing(db) == []
 
 
 def test_a_reply_with_two_attendees_that_is_no_delegation_changes_nothing(
@@ -570,6 +585,11 @@ def test_a_dsn_bounce_of_the_invitation_marks_it_undeliverable(db: Database,
     assert events(db) == [("bounce", "NEEDS-ACTION", "kofi@party.test")]
     assert deliver(db, world, "kofi@party.test", raw, mail_from="").action == "unchanged"
     assert len(events(db)) == 1 and outgoing(db) == []
+    # Kofi answers after all: his address works, and he gets updates again.
+    reply = answer_of(world, "ACCEPTED", "kofi@party.test")
+    assert deliver(db, world, "kofi@party.test", reply,
+                   mail_from="kofi@party.test") == Outcome("applied", "ACCEPTED")
+    assert standing(db, world, "kofi@party.test") == Standing("ACCEPTED", "", "active")
 
 
 # -- hostile input -------------------------------------------------------------------------
@@ -653,6 +673,27 @@ def test_a_counter_is_recorded_and_summarised_for_coordination_once(db: Database
     assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
     assert deliver(db, world, "ana@party.test", raw).action == "unchanged"
     assert len(outgoing(db)) == 1
+
+
+def test_a_counter_to_a_sequence_we_never_sent_is_passed_on_not_recorded(
+        db: Database, world: World) -> None:
+    raw = fixture("outlook-counter.eml", world, **{"SEQUENCE:0": "SEQUENCE:5"})
+    outcome = deliver(db, world, "ana@party.test", raw)
+    assert outcome.action == "forward" and "R32" in outcome.reason
+    assert events(db) == []
+    assert [r for r, _ in outgoing(db)] == [COORDINATOR]
+
+
+def test_a_long_counter_counts_once(db: Database, world: World) -> None:
+    note = "COMMENT:" + "We could meet on the fifteenth instead. " * 80
+    lines = "ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:ana@party.test"
+    calendar = reply_calendar(world, lines, method="COUNTER", extra=(
+        "DTSTART:20270315T060000Z\nDTEND:20270315T140000Z\n" + note))
+    raw = wrapped(calendar, world, "ana@party.test", "COUNTER")
+    assert deliver(db, world, "ana@party.test", raw).action == "counter"
+    assert deliver(db, world, "ana@party.test", raw) == \
+        Outcome("unchanged", "the same proposal again")
+    assert [e[0] for e in events(db)] == ["counter"]
 
 
 def test_a_counter_from_someone_else_is_only_passed_on(db: Database, world: World) -> None:
@@ -761,11 +802,13 @@ def test_the_delegate_command_from_someone_else_is_passed_on(db: Database,
 
 
 def test_a_substitute_the_charter_forbids_changes_nothing(db: Database, world: World) -> None:
-    # Lena is a delegate of another party: the Forum takes one delegate per party.
+    # Lena is a delegate of another party: she cannot speak for Ana's.
     raw = command(world, "ana@party.test", "delegate lena@party.test\n")
     outcome = deliver(db, world, "ana@party.test", raw)
     assert outcome.action == "forward"
-    assert "one delegate per party" in outcome.reason
+    assert outcome.reason == ("the substitute cannot be invited: lena@party.test is a "
+                              "delegate of African National Congress; a substitute speaks "
+                              "for Frente Amplio, and no party may have a second voice")
     assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
     assert db.query(lambda s: s.scalar(select(func.count()).select_from(Invitation).where(
         Invitation.address == "lena@party.test"))) == 0
@@ -783,7 +826,16 @@ def test_when_the_substitute_declines_the_delegator_is_asked_again(db: Database,
     assert deliver(db, world, "maria@party.test", declined,
                    mail_from="maria@party.test").action == "applied"
     assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
-    assert [r for r, _ in outgoing(db)] == ["maria@party.test", "ana@party.test"]
+    # The seat is Ana's again: Maria is uninvited, so the party has one voice only.
+    assert standing(db, world, "maria@party.test").state == "removed"
+    sent = [(r, itip.read(m).messages[0]) for r, m in outgoing(db)]
+    assert [(r, m.method) for r, m in sent] == [("maria@party.test", "REQUEST"),
+                                                ("maria@party.test", "CANCEL"),
+                                                ("ana@party.test", "REQUEST")]
+    accepted = answer_of(world, "ACCEPTED", "maria@party.test", sequence=1)
+    assert deliver(db, world, "maria@party.test", accepted,
+                   mail_from="maria@party.test") == \
+        Outcome("unchanged", "the invitee was removed from the meeting")
 
 
 # -- over SMTP -------------------------------------------------------------------------------
@@ -892,3 +944,50 @@ async def test_an_unknown_or_forged_token_is_refused_at_rcpt(tmp_path: Path, sql
                 await send(daemon.ports["smtp"], "ana@party.test", [address],
                            fixture("outlook-reply-accepted.eml", world))
             assert refused.value.recipients[0].code == 550
+
+
+async def test_spoofs_bounces_counters_and_a_declining_substitute_over_smtp(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    async with running(config) as daemon:
+        world = daemon.db.transaction(organise)
+        port = daemon.ports["smtp"]
+        ana, kofi = world.rsvp("ana@party.test"), world.rsvp("kofi@party.test")
+        await send(port, "mallory@evil.test", [ana], fixture("spoofed-sent-by.eml", world))
+        await send(port, "", [ana], fixture("null-sender-broken-from.eml", world))
+        await send(port, "ana@party.test", [ana], fixture(
+            "outlook-counter.eml", world, **{"SEQUENCE:0": "SEQUENCE:5"}))
+        await quiet(daemon)
+        assert standing(daemon.db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+        passed_on = [(d.rcpt, str(d.message[FORWARD_HEADER])) for d in ours(sink)]
+        assert sorted(passed_on) == [
+            (COORDINATOR, "a COUNTER to SEQUENCE 5, a version of the meeting that does not "
+                          "exist (itip.md R32)"),
+            (COORDINATOR, "sent by mallory@evil.test, not the invitee")]
+        assert events(daemon.db) == []
+
+        await send(port, "", [kofi], sample("dsn-bounce-with-ics.eml", world,
+                                            "kofi@party.test"))
+        await quiet(daemon)
+        assert standing(daemon.db, world, "kofi@party.test").state == "undeliverable"
+        await send(port, "kofi@party.test", [kofi],
+                   answer_of(world, "ACCEPTED", "kofi@party.test"))
+        await quiet(daemon)
+        assert standing(daemon.db, world, "kofi@party.test") == \
+            Standing("ACCEPTED", "", "active")
+
+        sink.received.clear()
+        await send(port, "ana@party.test", [ana],
+                   command(world, "ana@party.test", "delegate maria@party.test Maria Lopez"))
+        await quiet(daemon)
+        world.invitations["maria@party.test"] = daemon.db.query(lambda s: s.scalar(
+            select(Invitation.id).where(Invitation.address == "maria@party.test")))
+        await send(port, "maria@party.test", [world.rsvp("maria@party.test")],
+                   answer_of(world, "DECLINED", "maria@party.test"))
+        await quiet(daemon)
+        mail = sorted((d.rcpt, m.sequence, m.method) for d in sink.received
+                      for m in itip.read(d.message).messages)
+        assert mail == [("ana@party.test", 1, "REQUEST"), ("maria@party.test", 0, "REQUEST"),
+                        ("maria@party.test", 1, "CANCEL")], "the seat is Ana's again"
+        assert standing(daemon.db, world, "maria@party.test").state == "removed"
+        assert standing(daemon.db, world, "ana@party.test").partstat == "NEEDS-ACTION"
