@@ -20,6 +20,7 @@ from typing import Any
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import insert
 
 from mailer import replies
 from mailer.addresses import AddressError, normalize
@@ -44,22 +45,27 @@ class Arrival:
 
 
 def _store(session: Any, arrivals: list[Arrival], domain: str, hostname: str) -> list[int]:
+    """Insert the arrivals and their recipients in bulk; returns the message ids, in order."""
     now = time.time()
-    ids = []
+    rows = []
     for arrival in arrivals:
         raw = _trace(arrival, hostname) + arrival.raw
-        message = Message(received_at=now, protocol=arrival.protocol, peer=arrival.peer[:100],
-                          mail_from=arrival.mail_from, size=len(raw),
-                          sha256=hashlib.sha256(raw).hexdigest(), raw=raw)
-        session.add(message)
-        session.flush()
+        rows.append({"received_at": now, "protocol": arrival.protocol,
+                     "peer": arrival.peer[:100], "mail_from": arrival.mail_from,
+                     "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest(), "raw": raw})
+    ids = list(session.execute(insert(Message).returning(Message.id,
+                                                         sort_by_parameter_order=True),
+                               rows).scalars())
+    work = []
+    for arrival, message_id in zip(arrivals, ids, strict=True):
         for recipient in arrival.recipients:
             route = resolve(recipient, domain)
             assert route is not None, "recipients were resolved at RCPT time"
-            session.add(Work(message_id=message.id, recipient=recipient.lower(),
-                             role=route.role.value, list_name=route.list, token=route.token,
-                             state="pending", attempts=0, due_at=now))
-        ids.append(message.id)
+            work.append({"message_id": message_id, "recipient": recipient.lower(),
+                         "role": route.role.value, "list_name": route.list,
+                         "token": route.token, "state": "pending", "attempts": 0,
+                         "due_at": now})
+    session.execute(insert(Work), work)
     return ids
 
 

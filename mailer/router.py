@@ -1,10 +1,8 @@
 """The router: hands each stored recipient of a message to the handler of its role.
 
-Work is leased in batches first (attempts + 1, committed), then a batch is handled in one
-transaction, each unit in a savepoint of its own: a unit's state changes, the mail they
-cause and its "done" mark commit together, and a unit that fails takes nobody else's work
-down with it. One commit per batch, not per message, is what lets replies and posts flow
-at hundreds a second on SQLite's single writer. A handler that fails is tried again with
+Each unit of work is leased first (attempts + 1, committed), then handled in a transaction
+of its own: the handler's state changes and the mail they cause commit together, and the
+work row is marked done in that same transaction. A handler that fails is tried again with
 backoff; after `router.max_attempts` tries the work is quarantined with the error, where
 `alliance quarantine` lists and replays it (Mailman's shunt queue, DESIGN §4).
 """
@@ -31,7 +29,6 @@ from mailer.models import Message, Work
 from mailer.routing import Role, Route
 
 log = logging.getLogger(__name__)
-BATCH = 50
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,7 @@ class Router:
         self._task = asyncio.create_task(self._run(), name="router")
 
     async def stop(self) -> None:
-        """Finish the batch in hand; the rest stays pending for the next start."""
+        """Finish the unit in hand; the rest stays pending for the next start."""
         self._stopping = True
         self._wake.set()
         if self._task:
@@ -122,127 +119,84 @@ class Router:
             self._wake.clear()
             now = time.time()
             try:
-                claimed = await self.db.write(claim, now, now + self.lease, BATCH)
+                ids = await self.db.write(claim, now, now + self.lease, 50)
             except Exception:
                 log.exception("could not take work from the queue; retrying")
-                claimed = []
-            if self._stopping and claimed:
-                await self.db.write(_unclaim, [work_id for work_id, _ in claimed])
-                return
-            # Taken more often than allowed without an outcome: the process died while
-            # handling it (even while parsing it). Stop before it does so again.
-            crashed = [work_id for work_id, attempts in claimed if attempts > self.max_attempts]
-            fresh = [work_id for work_id, attempts in claimed if attempts <= self.max_attempts]
-            if crashed:
-                await self.db.write(_interrupted, crashed)
-            if fresh:
-                await self._process(fresh)
-            if claimed:
+                ids = []
+            for work_id, attempts in ids:
+                if self._stopping:
+                    await self.db.write(_unclaim, work_id)
+                elif attempts > self.max_attempts:
+                    # Taken more often than allowed without an outcome: the process died
+                    # while handling it (even while parsing it). Stop before it does again.
+                    await self.db.write(_interrupted, work_id)
+                else:
+                    await self._process(work_id)
+            if ids:
                 self.on_outgoing()
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll)
 
-    async def _process(self, ids: list[int]) -> None:
-        """Load and parse a batch, do its look-ups, then handle it in one transaction."""
-        loaded = await self.db.read(_load, ids)
-        ready = await asyncio.gather(*(self._prepare(item) for item in loaded))
+    async def _process(self, work_id: int) -> None:
         try:
-            await self.db.write(self._handle, ready)
+            inbound = await self.db.read(_load, work_id)
+            if inbound is not None:
+                handler = self.handlers.get(inbound.route.role)
+                if handler is None:
+                    raise LookupError(f"no handler for the {inbound.route.role} role")
+                prepared = await handler.prepare(inbound)
+                inbound = dataclasses.replace(inbound, prepared=prepared)
+            await self.db.write(self._handle, work_id, inbound)
         except Exception as error:
-            log.exception("a batch of %d failed to commit", len(ready))
+            log.exception("work %d failed", work_id)
             with contextlib.suppress(Exception):
-                await self.db.write(_failed, [(item.work_id, _why(error)) for item in ready],
+                await self.db.write(_failed, work_id, f"{type(error).__name__}: {error}",
                                     self.max_attempts)
 
-    async def _prepare(self, item: Inbound | Failure) -> Inbound | Failure:
-        if isinstance(item, Failure):
-            return item
-        try:
-            handler = self.handlers.get(item.route.role)
-            if handler is None:
-                raise LookupError(f"no handler for the {item.route.role} role")
-            return dataclasses.replace(item, prepared=await handler.prepare(item))
-        except Exception as error:
-            log.exception("work %d failed while preparing", item.work_id)
-            return Failure(item.work_id, _why(error))
-
-    def _handle(self, session: Session, items: list[Inbound | Failure]) -> None:
-        """Each unit in a savepoint of its own: one failure leaves the others' work."""
-        failed: list[tuple[int, str]] = []
-        for item in items:
-            if isinstance(item, Failure):
-                failed.append((item.work_id, item.error))
-                continue
-            work = session.get(Work, item.work_id)
-            if work is None or work.state != "working":
-                continue
-            try:
-                with session.begin_nested():
-                    self.handlers[item.route.role].handle(session, item)
-                    work.state, work.done_at, work.error = "done", time.time(), None
-            except Exception as error:
-                log.exception("work %d failed", item.work_id)
-                failed.append((item.work_id, _why(error)))
-        _failed(session, failed, self.max_attempts)
+    def _handle(self, session: Session, work_id: int, inbound: Inbound | None) -> None:
+        work = session.get(Work, work_id)
+        if work is None or work.state != "working":
+            return
+        assert inbound is not None, "a working row has its message"
+        self.handlers[inbound.route.role].handle(session, inbound)
+        work.state, work.done_at, work.error = "done", time.time(), None
 
 
-@dataclass(frozen=True)
-class Failure:
-    """A unit of work that could not be loaded or prepared, and why."""
-
-    work_id: int
-    error: str
-
-
-def _why(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
-def _load(session: Session, ids: list[int]) -> list[Inbound | Failure]:
-    """The work with its messages, each parsed once (on a reader thread, off the loop)."""
-    loaded: list[Inbound | Failure] = []
-    for work_id in ids:
-        try:
-            work = session.get(Work, work_id)
-            if work is None or work.state != "working":
-                continue
-            stored = session.get(Message, work.message_id)
-            assert stored is not None
-            route = Route(Role(work.role), work.list_name, work.token)
-            loaded.append(Inbound(work.id, stored.id, route, work.recipient,
-                                  stored.mail_from, stored.raw, parse(stored.raw),
-                                  stored.peer))
-        except Exception as error:  # a message the parser cannot take: it fails alone
-            log.exception("work %d could not be loaded", work_id)
-            loaded.append(Failure(work_id, _why(error)))
-    return loaded
+def _load(session: Session, work_id: int) -> Inbound | None:
+    """The work with its message, parsed once (on a reader thread, off the loop)."""
+    work = session.get(Work, work_id)
+    if work is None or work.state != "working":
+        return None
+    stored = session.get(Message, work.message_id)
+    assert stored is not None
+    route = Route(Role(work.role), work.list_name, work.token)
+    return Inbound(work.id, stored.id, route, work.recipient, stored.mail_from, stored.raw,
+                   parse(stored.raw), stored.peer)
 
 
-def _interrupted(session: Session, ids: list[int]) -> None:
-    for work in session.scalars(select(Work).where(Work.id.in_(ids),
-                                                   Work.state == "working")):
+def _interrupted(session: Session, work_id: int) -> None:
+    work = session.get(Work, work_id)
+    if work is not None and work.state == "working":
         work.state = "quarantined"
         work.error = work.error or f"processing interrupted {work.attempts - 1} times"
 
 
-def _unclaim(session: Session, ids: list[int]) -> None:
-    session.execute(update(Work).where(Work.id.in_(ids))
+def _unclaim(session: Session, work_id: int) -> None:
+    session.execute(update(Work).where(Work.id == work_id)
                     .values(state="pending", due_at=time.time(),
                             attempts=Work.attempts - 1))
 
 
-def _failed(session: Session, failures: list[tuple[int, str]], max_attempts: int) -> None:
-    """Try failed work again later with backoff, or quarantine it after max_attempts."""
-    for work_id, error in failures:
-        work = session.get(Work, work_id)
-        if work is None:
-            continue
-        work.error = error[:2000]
-        if work.attempts >= max_attempts:
-            work.state = "quarantined"
-        else:
-            work.state, work.due_at = "pending", time.time() + 2.0 ** work.attempts
+def _failed(session: Session, work_id: int, error: str, max_attempts: int) -> None:
+    work = session.get(Work, work_id)
+    if work is None:
+        return
+    work.error = error[:2000]
+    if work.attempts >= max_attempts:
+        work.state = "quarantined"
+    else:
+        work.state, work.due_at = "pending", time.time() + 2.0 ** work.attempts
 
 
 def quarantined(session: Session) -> list[Work]:
