@@ -188,6 +188,24 @@ def stop_everything() -> None:
         stop_process(proc, grace=10)
 
 
+def wind_down(daemon: Any, sink: Any, dns: Any, sampler: Any,
+              problems: list[str]) -> Any:
+    """Read the daemon's memory, stop everything, and note a bad exit or ERROR lines."""
+    status = proc_status(daemon.pid)
+    sampler.halt.set()
+    sampler.join(5)
+    exit_code = daemon.stop()
+    sink.stop()
+    dns.stop()
+    if exit_code != 0:
+        problems.append(f"daemon exited with {exit_code} on SIGTERM")
+    errors = daemon.error_lines()
+    if errors:
+        problems.append(f"{len(errors)} ERROR line(s) in the daemon log, first: "
+                        f"{errors[0][:200]}")
+    return status
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a process, in KiB (empty if it is gone)."""
     found = {}
@@ -961,18 +979,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[st
             profile = Path(args.profile) / f"{sc.key}.folded"
             result["profile"] = str(profile)
             result["profile_top"] = summarise_profile(profile)
-        status = proc_status(daemon.pid)
-        sampler.halt.set()
-        sampler.join(5)
-        exit_code = daemon.stop()
-        sink.stop()
-        dns.stop()
-        if exit_code != 0:
-            problems.append(f"daemon exited with {exit_code} on SIGTERM")
-        errors = daemon.error_lines()
-        if errors:
-            problems.append(f"{len(errors)} ERROR line(s) in the daemon log, first: "
-                            f"{errors[0][:200]}")
+        status = wind_down(daemon, sink, dns, sampler, problems)
         members = [MEMBER_FORMAT % n for n in range(1, sc.members + 1)]
         post_ids = [p.message_id for p in accepted]
         database_path = folder / "alliance.sqlite3"
@@ -1555,18 +1562,7 @@ def run_meeting(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[str
 
         watcher.halt.set()
         at_sink = sink.poll()
-        status = proc_status(daemon.pid)
-        sampler.halt.set()
-        sampler.join(5)
-        exit_code = daemon.stop()
-        sink.stop()
-        dns.stop()
-        if exit_code != 0:
-            problems.append(f"daemon exited with {exit_code} on SIGTERM")
-        errors = daemon.error_lines()
-        if errors:
-            problems.append(f"{len(errors)} ERROR line(s) in the daemon log, first: "
-                            f"{errors[0][:200]}")
+        status = wind_down(daemon, sink, dns, sampler, problems)
         outcomes = log_outcomes(daemon)
         result["reply_outcomes"] = dict(outcomes)
         if outcomes != {"applied (ACCEPTED)": len(replies)}:

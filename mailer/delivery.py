@@ -57,9 +57,11 @@ class Personaliser:
         Only that field is touched, so a poster who writes the marker into a header of
         their own (a Reply-To, say) cannot make us reveal members' tokens to them.
         """
-        start = data.find(b"\nList-Unsubscribe: ")
-        start = 0 if data.startswith(b"List-Unsubscribe: ") else start + 1 if start >= 0 \
-            else -1
+        if data.startswith(b"List-Unsubscribe: "):
+            start = 0
+        else:
+            found = data.find(b"\r\nList-Unsubscribe: ")
+            start = found + 2 if found >= 0 else -1
         end = data.find(b"\r\n", start)
         if start < 0 or end < 0 or UNSUBSCRIBE_MARKER not in data[start:end]:
             return data
