@@ -99,6 +99,8 @@ class Meetings:
 @dataclass(frozen=True)
 class Router:
     max_attempts: int = _key(3, "tries before a message that fails processing is quarantined")
+    processes: int = _key(1, "worker processes that read replies to invitations beside the "
+                             "daemon (0: in the daemon itself)")
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("outbound.connections: must be at least 1")
     if config.intake.max_recipients < 1:
         raise ConfigError("intake.max_recipients: must be at least 1")
+    if not 0 <= config.router.processes <= 64:
+        raise ConfigError("router.processes: expected 0 to 64 worker processes")
     scheme = config.outbound.url.split(":", 1)[0]
     if scheme not in ("maildir", "smtp"):
         raise ConfigError("outbound.url: expected maildir:PATH or smtp://host:port")

@@ -33,6 +33,7 @@ from mailer.scheduler import Scheduler
 from mailer.tokens import Signer
 from mailer.transport import Transport, from_url
 from mailer.web import WebServer
+from mailer.workers import Workers
 from meetings import app as meeting_side
 from meetings.site import MeetingSite
 
@@ -50,6 +51,7 @@ class Daemon:
     scheduler: Scheduler
     web: WebServer
     gate: Gate
+    workers: Workers
     servers: dict[str, asyncio.Server] = field(default_factory=dict)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -65,6 +67,7 @@ class Daemon:
             # A SQLite file belongs to one daemon, so whatever is leased was leased by a
             # previous run of this one that died: take it back now, not when leases end.
             await self.db.write(recover_leases, time.time())
+        self.workers.start()
         self.inbox.start()
         self.router.start()
         self.dispatcher.start()
@@ -94,6 +97,7 @@ class Daemon:
         await self.inbox.stop()
         await self.scheduler.stop()
         await self.router.stop()
+        await asyncio.to_thread(self.workers.stop)
         await self.dispatcher.stop()
         await asyncio.to_thread(self.db.close)
         self.stopped.set()
@@ -165,11 +169,14 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
                             config.outbound, poll=poll,
                             on_refused=smarthost_refusals(site))
     meeting_site = make_meeting_site(config, db, site)
-    router = Router(db, {**list_side.handlers(site), **meeting_side.handlers(meeting_site)},
+    workers = Workers(config.router.processes, preload=("meetings.replies",))
+    router = Router(db, {**list_side.handlers(site),
+                         **meeting_side.handlers(meeting_site, workers)},
                     max_attempts=config.router.max_attempts, on_outgoing=dispatcher.wake,
                     poll=poll)
     inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake)
     scheduler = Scheduler(db, list_side.jobs(site) + meeting_side.jobs(meeting_site),
                           on_outgoing=dispatcher.wake, clock=clock, tick=poll)
     web = WebServer(list_side.routes(site, db) + meeting_side.routes(meeting_site, db))
-    return Daemon(config, db, transport, inbox, router, dispatcher, scheduler, web, Gate())
+    return Daemon(config, db, transport, inbox, router, dispatcher, scheduler, web, Gate(),
+                  workers)

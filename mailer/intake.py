@@ -13,6 +13,7 @@ import asyncio
 import email.utils
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -230,6 +231,28 @@ class Handler:
 
 # Calls of one command per session. An MTA in front reuses its connection for thousands of
 # messages, so MAIL, RCPT and DATA are generous; commands that only probe or stall are not.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(rf"\s*<({_ATOM}(?:\.{_ATOM})*)@({_ATOM}(?:\.{_ATOM})*)>\s*([^(]*)",
+                         re.DOTALL)
+
+
+def plain_path(arg: str) -> tuple[str, str] | None:
+    """(address, parameters) of `<local@domain> PARAMS` when both halves are dot-atoms,
+    as nearly every client sends them, else None.
+
+    This is what aiosmtpd's full parser (the email package's) returns for such a path, at
+    a tenth of its cost; anything else (quoted local parts, address literals, comments)
+    is left to that parser.
+
+    >>> plain_path(" <ana.silva+x@ps.example> SIZE=1200 BODY=8BITMIME")
+    ('ana.silva+x@ps.example', 'SIZE=1200 BODY=8BITMIME')
+    >>> plain_path('<"ana silva"@ps.example>') is None
+    True
+    """
+    found = _PLAIN_PATH.fullmatch(arg)
+    return (f"{found.group(1)}@{found.group(2)}", found.group(3)) if found else None
+
+
 CALL_LIMITS = {"NOOP": 100, "RSET": 1000, "VRFY": 20, "EXPN": 20, "HELP": 20, "*": 100_000}
 
 
@@ -276,6 +299,10 @@ class Listener(SMTP):
             raw = raw.split(" ", 1)[0]
         if "=?" in raw or raw.startswith("@") or any(ord(c) < 33 for c in raw):
             return None, None
+        plain = plain_path(arg)
+        if plain is not None and not (self.local_part_limit and
+                                      len(plain[0].rpartition("@")[0]) > self.local_part_limit):
+            return plain
         address, params = super()._getaddr(arg)
         if address == "<>" and raw == "":
             return address, params  # the null sender of bounces (RFC 5321 §4.5.5)

@@ -1,10 +1,20 @@
 """The router: hands each stored recipient of a message to the handler of its role.
 
-Each unit of work is leased first (attempts + 1, committed), then handled in a transaction
-of its own: the handler's state changes and the mail they cause commit together, and the
-work row is marked done in that same transaction. A handler that fails is tried again with
-backoff; after `router.max_attempts` tries the work is quarantined with the error, where
+Each unit of work is leased first (attempts + 1, committed), then handled in a transaction:
+the handler's state changes and the mail they cause commit together, and the work row is
+marked done in that same transaction. A handler that fails is tried again with backoff;
+after `router.max_attempts` tries the work is quarantined with the error, where
 `alliance quarantine` lists and replays it (Mailman's shunt queue, DESIGN §4).
+
+The leased units are loaded with their messages in one query and parsed off the event
+loop; each handler's `prepare` then does what must not hold the write transaction (DNS,
+reading the message). A handler whose units are small and many (the replies to an
+invitation) may set `batch` above 1: that many consecutive units of its role are handled
+in one transaction, after its `preload` fetched what they share in one query. If any unit
+of a batch fails, the batch is rolled back and its units are handled again one by one,
+each in a transaction of its own, so that only the failing unit is retried. A handler may
+also set `policy`, the email policy its messages are parsed with (default: the modern one),
+and `lazy`, when it reads the raw bytes itself (in a worker process, say).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
+from email.policy import Policy
 from email.policy import default as default_policy
 from typing import Any, Protocol
 
@@ -41,9 +52,22 @@ class Inbound:
     recipient: str
     mail_from: str
     raw: bytes
-    message: EmailMessage
+    parsed: EmailMessage | None = None      # `message`, once parsed
     peer: str = ""
     prepared: Any = None
+    policy: Policy = default_policy
+
+    @property
+    def message(self) -> EmailMessage:
+        """The message, parsed with `policy` on first use.
+
+        The router parses it early, on a reader thread, unless the handler is `lazy`.
+        """
+        if self.parsed is None:
+            # A cache, not a change: the value follows from `raw` and `policy` alone.
+            object.__setattr__(self, "parsed", parse(self.raw, self.policy))
+        assert self.parsed is not None
+        return self.parsed
 
 
 class RoleHandler(Protocol):
@@ -52,7 +76,8 @@ class RoleHandler(Protocol):
         ...
 
     async def prepare(self, inbound: Inbound) -> Any:
-        """Network look-ups the handling needs (DNS), done outside any transaction.
+        """What the handling needs that must not hold the write transaction: network
+        look-ups (DNS), reading the message. Done outside any transaction.
 
         What it returns reaches `handle` as `inbound.prepared`; most handlers return None.
         """
@@ -62,10 +87,19 @@ class RoleHandler(Protocol):
         """Act on the message; write state and outgoing mail through the session."""
         ...
 
+    # Optional, read with getattr: `batch: int` (units per transaction, default 1),
+    # `policy: email.policy.Policy` (how this role's messages are parsed), `lazy: bool`
+    # (parse only when `inbound.message` is first asked for, default False) and
+    # `preload(session, inbounds)` (called once per transaction, before `handle`).
 
-def parse(raw: bytes) -> EmailMessage:
-    """Parse stored bytes once, with the modern policy."""
-    message = BytesParser(policy=default_policy).parsebytes(raw)
+
+BATCH = 50        # units leased at once
+DEPTH = 3         # leased batches in hand at once
+
+
+def parse(raw: bytes, policy: Policy = default_policy) -> EmailMessage:
+    """Parse stored bytes once, with the modern policy unless told otherwise."""
+    message = BytesParser(policy=policy).parsebytes(raw)
     assert isinstance(message, EmailMessage)
     return message
 
@@ -115,64 +149,176 @@ class Router:
         return handler is not None and await self.db.read(handler.accepts, route)
 
     async def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            now = time.time()
-            try:
-                ids = await self.db.write(claim, now, now + self.lease, 50)
-            except Exception:
-                log.exception("could not take work from the queue; retrying")
-                ids = []
-            for work_id, attempts in ids:
-                if self._stopping:
-                    await self.db.write(_unclaim, work_id)
-                elif attempts > self.max_attempts:
-                    # Taken more often than allowed without an outcome: the process died
-                    # while handling it (even while parsing it). Stop before it does again.
-                    await self.db.write(_interrupted, work_id)
-                else:
-                    await self._process(work_id)
-            if ids:
-                self.on_outgoing()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll)
-
-    async def _process(self, work_id: int) -> None:
+        # Up to DEPTH leased batches are in hand at once: while one is being written, the
+        # next are loaded and prepared (in worker processes, DNS look-ups), so neither the
+        # writer nor the workers wait for the other. Batches are written in lease order.
+        in_hand: set[asyncio.Task[None]] = set()
+        last: asyncio.Task[None] | None = None
         try:
-            inbound = await self.db.read(_load, work_id)
-            if inbound is not None:
-                handler = self.handlers.get(inbound.route.role)
-                if handler is None:
-                    raise LookupError(f"no handler for the {inbound.route.role} role")
-                prepared = await handler.prepare(inbound)
-                inbound = dataclasses.replace(inbound, prepared=prepared)
-            await self.db.write(self._handle, work_id, inbound)
+            while not self._stopping:
+                self._wake.clear()
+                if len(in_hand) >= DEPTH:
+                    await asyncio.wait(in_hand, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                ids = await self._lease()
+                if ids:
+                    last = asyncio.create_task(self._prepare_and_write(ids, last))
+                    in_hand.add(last)
+                    last.add_done_callback(in_hand.discard)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll)
+        finally:
+            if in_hand:
+                await asyncio.gather(*in_hand, return_exceptions=True)
+
+    async def _prepare_and_write(self, ids: list[int],
+                                 before: asyncio.Task[None] | None) -> None:
+        """One leased batch: prepared now, written once the batch before it is."""
+        ready = await self._prepare_all(ids)
+        if before is not None:
+            await asyncio.gather(before, return_exceptions=True)
+        await self._write(ready)
+
+    async def _lease(self) -> list[int]:
+        """Due work leased to us, oldest first, without what keeps killing the process."""
+        now = time.time()
+        try:
+            ids = await self.db.write(claim, now, now + self.lease, BATCH)
+        except Exception:
+            log.exception("could not take work from the queue; retrying")
+            return []
+        live = []
+        for work_id, attempts in ids:
+            if attempts > self.max_attempts:
+                # Taken more often than allowed without an outcome: the process died
+                # while handling it (even while parsing it). Stop before it does again.
+                await self.db.write(_interrupted, work_id)
+            else:
+                live.append(work_id)
+        return live
+
+    async def _prepare_all(self, ids: list[int]) -> list[Inbound]:
+        """Load leased units with their messages, and prepare each; failures recorded."""
+        try:
+            loaded = await self.db.read(_load, ids, self._parsing())
+        except Exception as error:
+            log.exception("could not load work %s", ids)
+            for work_id in ids:
+                await self._fail(work_id, error)
+            return []
+        # Prepared side by side: DNS look-ups overlap, and work sent to worker processes
+        # queues there while this process goes on with intake.
+        outcomes = await asyncio.gather(*(self._prepare(work_id, loaded.get(work_id))
+                                          for work_id in ids))
+        return [inbound for inbound in outcomes if inbound is not None]
+
+    async def _write(self, ready: list[Inbound]) -> None:
+        """Handle prepared units, in order, a transaction per group; then wake delivery."""
+        for group in self._groups(ready):
+            if self._stopping:
+                for inbound in group:
+                    await self.db.write(_unclaim, inbound.work_id)
+                continue
+            if len(group) > 1:
+                try:
+                    await self.db.write(self._handle, group)
+                    continue
+                except Exception:
+                    log.warning("a batch of %d units failed; handling them one by one",
+                                len(group), exc_info=True)
+            for inbound in group:
+                try:
+                    await self.db.write(self._handle, [inbound])
+                except Exception as error:
+                    log.exception("work %d failed", inbound.work_id)
+                    await self._fail(inbound.work_id, error)
+        self.on_outgoing()
+
+    async def _prepare(self, work_id: int,
+                       inbound: Inbound | Exception | None) -> Inbound | None:
+        """The unit with what its handler prepared; None if it failed or is not ours."""
+        try:
+            if isinstance(inbound, Exception):
+                raise inbound
+            if inbound is None:     # no longer leased to us
+                return None
+            prepared = await self._handler(inbound).prepare(inbound)
+            return dataclasses.replace(inbound, prepared=prepared)
         except Exception as error:
             log.exception("work %d failed", work_id)
-            with contextlib.suppress(Exception):
-                await self.db.write(_failed, work_id, f"{type(error).__name__}: {error}",
-                                    self.max_attempts)
+            await self._fail(work_id, error)
+            return None
 
-    def _handle(self, session: Session, work_id: int, inbound: Inbound | None) -> None:
-        work = session.get(Work, work_id)
-        if work is None or work.state != "working":
+    def _handler(self, inbound: Inbound) -> RoleHandler:
+        handler = self.handlers.get(inbound.route.role)
+        if handler is None:
+            raise LookupError(f"no handler for the {inbound.route.role} role")
+        return handler
+
+    def _parsing(self) -> dict[str, tuple[Policy, bool]]:
+        """How each role's messages are parsed: (policy, early)."""
+        return {role.value: (getattr(handler, "policy", default_policy),
+                             not getattr(handler, "lazy", False))
+                for role, handler in self.handlers.items()}
+
+    def _groups(self, ready: list[Inbound]) -> list[list[Inbound]]:
+        """Consecutive units of one role, at most its handler's `batch` in a group."""
+        groups: list[list[Inbound]] = []
+        for inbound in ready:
+            size = max(1, int(getattr(self.handlers[inbound.route.role], "batch", 1)))
+            last = groups[-1] if groups else None
+            if last and last[0].route.role == inbound.route.role and len(last) < size:
+                last.append(inbound)
+            else:
+                groups.append([inbound])
+        return groups
+
+    async def _fail(self, work_id: int, error: Exception) -> None:
+        with contextlib.suppress(Exception):
+            await self.db.write(_failed, work_id, f"{type(error).__name__}: {error}",
+                                self.max_attempts)
+
+    def _handle(self, session: Session, group: list[Inbound]) -> None:
+        """Handle units of one role in this transaction and mark them done with it."""
+        ids = [inbound.work_id for inbound in group]
+        working = set(session.scalars(select(Work.id).where(Work.id.in_(ids),
+                                                            Work.state == "working")))
+        units = [inbound for inbound in group if inbound.work_id in working]
+        if not units:
             return
-        assert inbound is not None, "a working row has its message"
-        self.handlers[inbound.route.role].handle(session, inbound)
-        work.state, work.done_at, work.error = "done", time.time(), None
+        handler = self.handlers[units[0].route.role]
+        preload = getattr(handler, "preload", None)
+        if preload is not None:
+            preload(session, units)
+        for inbound in units:
+            handler.handle(session, inbound)
+        session.execute(update(Work).where(Work.id.in_([u.work_id for u in units]))
+                        .values(state="done", done_at=time.time(), error=None))
 
 
-def _load(session: Session, work_id: int) -> Inbound | None:
-    """The work with its message, parsed once (on a reader thread, off the loop)."""
-    work = session.get(Work, work_id)
-    if work is None or work.state != "working":
-        return None
-    stored = session.get(Message, work.message_id)
-    assert stored is not None
-    route = Route(Role(work.role), work.list_name, work.token)
-    return Inbound(work.id, stored.id, route, work.recipient, stored.mail_from, stored.raw,
-                   parse(stored.raw), stored.peer)
+def _load(session: Session, ids: list[int],
+          parsing: Mapping[str, tuple[Policy, bool]]) -> dict[int, Inbound | Exception]:
+    """The leased units with their messages, parsed here (on a reader thread) unless
+    their handler is lazy."""
+    rows = session.execute(
+        select(Work.id, Work.role, Work.list_name, Work.token, Work.recipient,
+               Message.id, Message.mail_from, Message.raw, Message.peer)
+        .join(Message, Message.id == Work.message_id)
+        .where(Work.id.in_(ids), Work.state == "working"))
+    loaded: dict[int, Inbound | Exception] = {}
+    for work_id, role, list_name, token, recipient, message_id, mail_from, raw, peer in rows:
+        try:
+            route = Route(Role(role), list_name, token)
+            policy, early = parsing.get(role, (default_policy, True))
+            inbound = Inbound(work_id, message_id, route, recipient, mail_from, raw,
+                              peer=peer, policy=policy)
+            if early:
+                inbound.message  # noqa: B018 (parsed now, off the event loop)
+            loaded[work_id] = inbound
+        except Exception as error:
+            loaded[work_id] = error
+    return loaded
 
 
 def _interrupted(session: Session, work_id: int) -> None:

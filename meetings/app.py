@@ -11,15 +11,18 @@ from mailer.router import RoleHandler
 from mailer.routing import Role
 from mailer.scheduler import Job
 from mailer.web import Route
+from mailer.workers import Workers
 from meetings import cadence, feed, invitations, reminders, reports
 from meetings.coordination import CoordinationHandler
 from meetings.replies import RsvpHandler
 from meetings.site import MeetingSite
 
 
-def handlers(site: MeetingSite) -> dict[Role, RoleHandler]:
-    """The handler of each meetings role (rsvp+TOKEN@, coordination@)."""
-    return {Role.RSVP: RsvpHandler(site), Role.COORDINATION: CoordinationHandler(site)}
+def handlers(site: MeetingSite, workers: Workers | None = None) -> dict[Role, RoleHandler]:
+    """The handler of each meetings role (rsvp+TOKEN@, coordination@); replies are read
+    in the worker processes, if there are any."""
+    return {Role.RSVP: RsvpHandler(site, workers),
+            Role.COORDINATION: CoordinationHandler(site)}
 
 
 def jobs(site: MeetingSite) -> tuple[Job, ...]:

@@ -177,6 +177,9 @@ def make_config(base: Path, database_url: str, *, smarthost_port: int | None = N
         "outbound": {"url": f"smtp://127.0.0.1:{smarthost_port}" if smarthost_port
                      else "maildir:outbox",
                      "retry_initial": 0.2, "retry_max": 0.5, "connections": 4},
+        # Replies are read in the daemon's own process, where the tests' clock and fakes
+        # reach; test_workers.py runs the worker processes.
+        "router": {"processes": 0},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

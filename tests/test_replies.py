@@ -45,7 +45,7 @@ from meetings.models import (
     Party,
     RsvpEvent,
 )
-from meetings.replies import FORWARD_HEADER, Outcome, process
+from meetings.replies import FORWARD_HEADER, Outcome, RsvpHandler, process
 from meetings.site import MeetingSite
 from tests.conftest import DOMAIN, Delivered, Sink, make_config, running, send
 
@@ -267,7 +267,8 @@ def deliver(db: Database, world: World, address: str, raw: bytes, *,
     """What the router does with one message to `address`'s rsvp address, in one transaction."""
     rcpt = world.rsvp(address)
     token = rcpt.split("+", 1)[1].split("@", 1)[0]
-    inbound = Inbound(1, 1, Route(Role.RSVP, None, token), rcpt, mail_from, raw, parse(raw))
+    inbound = Inbound(1, 1, Route(Role.RSVP, None, token), rcpt, mail_from, raw,
+                      parse(raw, RsvpHandler.policy))     # as the router parses it
 
     def run(session: Session) -> Outcome:
         invitation = session.get(Invitation, world.invitations[address])
@@ -865,9 +866,16 @@ def ours(sink: Sink) -> list[Delivered]:
             or str(d.message["Subject"]).startswith("New time proposed:")]
 
 
+# Replies are read in the daemon's process (the tests' default) and in a worker process
+# (the shipped default), where every client's message crosses as bytes and comes back read.
+IN_DAEMON_OR_WORKER = pytest.mark.parametrize("processes", [0, 1], ids=["in-daemon", "worker"])
+
+
+@IN_DAEMON_OR_WORKER
 async def test_replies_from_every_client_over_smtp(tmp_path: Path, database_url: str,
-                                                  sink: Sink) -> None:
-    config = make_config(tmp_path, database_url, smarthost_port=sink.port)
+                                                  sink: Sink, processes: int) -> None:
+    config = make_config(tmp_path, database_url, smarthost_port=sink.port,
+                         router={"processes": processes})
     async with running(config) as daemon:
         world = daemon.db.transaction(organise)
         port = daemon.ports["smtp"]
@@ -903,9 +911,12 @@ async def test_replies_from_every_client_over_smtp(tmp_path: Path, database_url:
         assert len(events(daemon.db)) == 4
 
 
+@IN_DAEMON_OR_WORKER
 async def test_counter_refresh_substitute_and_bounce_over_smtp(tmp_path: Path, sqlite_url: str,
-                                                              sink: Sink) -> None:
-    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+                                                              sink: Sink,
+                                                              processes: int) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         router={"processes": processes})
     async with running(config) as daemon:
         world = daemon.db.transaction(organise)
         port = daemon.ports["smtp"]

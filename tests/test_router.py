@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -105,7 +106,16 @@ async def test_work_taken_too_often_without_an_outcome_is_quarantined(
 
 
 class Picky(Flaky):
-    """Fails on one subject only."""
+    """Fails on one subject only; counts the units of each transaction it is given."""
+
+    batch = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transactions: list[int] = []
+
+    def preload(self, session: Session, inbounds: list[Inbound]) -> None:
+        self.transactions.append(len(inbounds))
 
     def handle(self, session: Session, inbound: Inbound) -> None:
         if str(inbound.message["Subject"]) == "Poison":
@@ -116,7 +126,11 @@ class Picky(Flaky):
         self.handled.append(str(inbound.message["Subject"]))
 
 
-async def test_one_failing_unit_in_a_batch_leaves_the_others_done(sqlite_url: str) -> None:
+@pytest.mark.parametrize("batch", [1, 10], ids=["a-transaction-each", "one-transaction"])
+async def test_one_failing_unit_in_a_batch_leaves_the_others_done(sqlite_url: str,
+                                                                  batch: int) -> None:
+    """With `batch` > 1 the three are handled in one transaction, which fails and is
+    rolled back; each is then handled on its own, so only the poison is retried."""
     db = Database(sqlite_url)
     db.upgrade()
     arrivals = [Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
@@ -124,6 +138,7 @@ async def test_one_failing_unit_in_a_batch_leaves_the_others_done(sqlite_url: st
                 for subject in ("One", "Poison", "Three")]
     db.transaction(_store, arrivals, DOMAIN, DOMAIN)
     handler = Picky()
+    handler.batch = batch
     router = Router(db, {Role.POST: handler}, max_attempts=1, on_outgoing=lambda: None,
                     poll=0.05)
     router.start()
@@ -137,5 +152,43 @@ async def test_one_failing_unit_in_a_batch_leaves_the_others_done(sqlite_url: st
     finally:
         await router.stop()
         db.close()
-    assert sorted(handler.handled) == ["One", "Three"]
+    handled_once = ["One", "Three"]
+    assert handler.handled == (handled_once if batch == 1 else ["One", *handled_once])
+    assert handler.transactions == ([1, 1, 1] if batch == 1 else [3, 1, 1, 1])
     assert states == ["done", "done", "quarantined"], "the failed unit's writes rolled back"
+
+
+class Counting(Flaky):
+    """Records how its messages were given to it: parsed or not, and in which policy."""
+
+    batch = 10
+    lazy = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+        self.parsed_before: list[bool] = []
+
+    def handle(self, session: Session, inbound: Inbound) -> None:
+        self.parsed_before.append(inbound.parsed is not None)
+        super().handle(session, inbound)
+
+
+async def test_a_lazy_handler_gets_its_message_unparsed_until_it_asks(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    db.upgrade()
+    arrivals = [Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
+                        (f"steering@{DOMAIN}",), mail("a@example.com", "x", subject=subject))
+                for subject in ("One", "Two")]
+    db.transaction(_store, arrivals, DOMAIN, DOMAIN)
+    handler = Counting()
+    router = Router(db, {Role.POST: handler}, max_attempts=1, on_outgoing=lambda: None,
+                    poll=0.05)
+    router.start()
+    try:
+        await wait_for_state(db, "done")
+    finally:
+        await router.stop()
+        db.close()
+    assert handler.parsed_before == [False, False]
+    assert handler.handled == ["One", "Two"], "parsed on first use"
