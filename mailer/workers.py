@@ -18,6 +18,9 @@ import asyncio
 import importlib
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -27,12 +30,26 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 A = TypeVar("A")
+WATCH = 0.5     # seconds between a worker's looks at whether the daemon still lives
 
 
-def _warm(modules: tuple[str, ...]) -> None:
-    """In each new worker: import what the work needs before the first call waits for it."""
+def _warm(modules: tuple[str, ...], daemon: int | None = None) -> None:
+    """In each new worker: import what the work needs before the first call waits for it,
+    and watch the daemon, so as to end with it even when it is killed."""
     for name in modules:
         importlib.import_module(name)
+    if daemon is not None:
+        threading.Thread(target=_end_with, args=(daemon,), daemon=True,
+                         name="end-with-daemon").start()
+
+
+def _end_with(daemon: int) -> None:
+    # The daemon holds the queue's other end, but so does each worker (the pool hands
+    # both ends to its children), so its death is never seen as an end of file: a
+    # worker whose parent changed has been orphaned, and ends.
+    while os.getppid() == daemon:
+        time.sleep(WATCH)
+    os._exit(0)
 
 
 class Workers:
@@ -51,7 +68,8 @@ class Workers:
         # their locks in whatever state they are.
         self._pool = ProcessPoolExecutor(self.processes,
                                          mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_warm, initargs=(self.preload,))
+                                         initializer=_warm,
+                                         initargs=(self.preload, os.getpid()))
         for _ in range(self.processes):
             self._pool.submit(_warm, ())
 

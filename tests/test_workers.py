@@ -6,6 +6,8 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mailer.workers import Workers
-from tests.conftest import Sink, make_config, running, send
+from tests.conftest import Sink, free_port, make_config, running, send
 from tests.test_replies import fixture, organise, quiet, standing
 
 
@@ -80,3 +82,62 @@ def test_a_wrong_number_of_processes_is_refused(tmp_path: Path, processes: int) 
     from mailer.config import ConfigError
     with pytest.raises(ConfigError, match="router.processes: expected 0 to 64"):
         make_config(tmp_path, "sqlite://", router={"processes": processes})
+
+
+def children(pid: int) -> dict[int, str]:
+    """The live child processes of `pid` and their command lines."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            found[int(stat.parent.name)] = command
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] \
+            != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+async def test_worker_processes_end_when_the_daemon_is_killed(tmp_path: Path) -> None:
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(f"""
+[site]
+domain = "lists.example.org"
+[database]
+url = "sqlite:///alliance.sqlite3"
+[smtp]
+listen = "127.0.0.1:{free_port()}"
+[lmtp]
+listen = ""
+[http]
+listen = ""
+[outbound]
+url = "maildir:outbox"
+[router]
+processes = 1
+""")
+    daemon = subprocess.Popen([sys.executable, "-m", "mailer", "--config", str(config_path),
+                               "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not any("spawn_main" in c for c in children(daemon.pid).values()):
+            assert time.monotonic() < deadline, "no worker process started"
+            assert daemon.poll() is None, "the daemon ended"
+            await asyncio.sleep(0.1)
+        started = children(daemon.pid)
+    finally:
+        daemon.kill()
+        daemon.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in started):
+        assert time.monotonic() < deadline, f"orphaned: {started}"
+        await asyncio.sleep(0.1)
