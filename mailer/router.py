@@ -6,15 +6,23 @@ marked done in that same transaction. A handler that fails is tried again with b
 after `router.max_attempts` tries the work is quarantined with the error, where
 `alliance quarantine` lists and replays it (Mailman's shunt queue, DESIGN §4).
 
-The leased units are loaded with their messages in one query and parsed off the event
-loop; each handler's `prepare` then does what must not hold the write transaction (DNS,
-reading the message). A handler whose units are small and many (the replies to an
-invitation) may set `batch` above 1: that many consecutive units of its role are handled
-in one transaction, after its `preload` fetched what they share in one query. If any unit
-of a batch fails, the batch is rolled back and its units are handled again one by one,
-each in a transaction of its own, so that only the failing unit is retried. A handler may
-also set `policy`, the email policy its messages are parsed with (default: the modern one),
-and `lazy`, when it reads the raw bytes itself (in a worker process, say).
+Units are leased fifty at a time and loaded with their messages in one query, parsed on a
+reader thread; each handler's `prepare` then does what must not hold the write transaction
+(DNS, reading the message). While one leased batch is written, the next ones are loaded
+and prepared; batches are written in the order they were leased. A handler whose units
+are small and many (the replies to an invitation) may set `batch` above 1: that many
+consecutive units of its role are handled in one transaction, after its `preload` fetched
+what they share in one query. If any unit of such a transaction fails, it is rolled back
+and its units are handled again one by one, so that only the failing unit is retried. A
+handler may also set `policy`, the email policy its messages are parsed with (default: the
+modern one), and `lazy`, when it reads the raw bytes itself (in a worker process, say).
+
+Every outcome is fenced by the lease: it is written only if the unit is still `working`
+under the lease this router took (`due_at` is the lease's end), so a unit whose lease ran
+out and was taken again, here or by another daemon, is never handled twice. A unit leased
+again after an earlier try (attempts above 1: it failed, or the process died holding it)
+is handled alone, with nothing else in hand, so that a message that kills the process
+costs the others in its batch nothing but one retry.
 """
 
 from __future__ import annotations
@@ -52,7 +60,8 @@ class Inbound:
     recipient: str
     mail_from: str
     raw: bytes
-    parsed: EmailMessage | None = None      # `message`, once parsed
+    parsed: EmailMessage | None = dataclasses.field(    # `message`, once parsed
+        default=None, compare=False, repr=False)
     peer: str = ""
     prepared: Any = None
     policy: Policy = default_policy
@@ -95,6 +104,7 @@ class RoleHandler(Protocol):
 
 BATCH = 50        # units leased at once
 DEPTH = 3         # leased batches in hand at once
+STOP_GRACE = 10.0  # seconds a stop waits for batches being prepared before dropping them
 
 
 def parse(raw: bytes, policy: Policy = default_policy) -> EmailMessage:
@@ -116,20 +126,24 @@ def claim(session: Session, now: float, lease_end: float,
 
 
 class Router:
-    """Runs the role handlers over stored work, one transaction per unit."""
+    """Runs the role handlers over stored work, each unit in a transaction with its effects."""
 
     def __init__(self, db: Database, handlers: Mapping[Role, RoleHandler], *,
                  max_attempts: int, on_outgoing: Callable[[], None],
-                 poll: float = 1.0, lease: float = 300.0) -> None:
+                 poll: float = 1.0, lease: float = 300.0,
+                 stop_grace: float = STOP_GRACE) -> None:
         self.db = db
         self.handlers = handlers
         self.max_attempts = max_attempts
         self.on_outgoing = on_outgoing
         self.poll = poll
         self.lease = lease
+        self.stop_grace = stop_grace
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._held: dict[int, float] = {}      # units in hand without an outcome: lease end
+        self._in_hand: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -138,9 +152,14 @@ class Router:
         self._task = asyncio.create_task(self._run(), name="router")
 
     async def stop(self) -> None:
-        """Finish the unit in hand; the rest stays pending for the next start."""
+        """Finish the transaction in hand; what is leased but not written goes back to the
+        queue as it was (a batch still being prepared after `stop_grace` s is dropped)."""
         self._stopping = True
         self._wake.set()
+        if self._in_hand:
+            _, late = await asyncio.wait(self._in_hand, timeout=self.stop_grace)
+            for task in late:
+                task.cancel()
         if self._task:
             await asyncio.gather(self._task, return_exceptions=True)
 
@@ -149,56 +168,88 @@ class Router:
         return handler is not None and await self.db.read(handler.accepts, route)
 
     async def _run(self) -> None:
-        # Up to DEPTH leased batches are in hand at once: while one is being written, the
-        # next are loaded and prepared (in worker processes, DNS look-ups), so neither the
-        # writer nor the workers wait for the other. Batches are written in lease order.
-        in_hand: set[asyncio.Task[None]] = set()
         last: asyncio.Task[None] | None = None
         try:
             while not self._stopping:
                 self._wake.clear()
-                if len(in_hand) >= DEPTH:
-                    await asyncio.wait(in_hand, return_when=asyncio.FIRST_COMPLETED)
+                if len(self._in_hand) >= DEPTH:
+                    await asyncio.wait(self._in_hand, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                ids = await self._lease()
-                if ids:
-                    last = asyncio.create_task(self._prepare_and_write(ids, last))
-                    in_hand.add(last)
-                    last.add_done_callback(in_hand.discard)
-                else:
+                leased, lease_end = await self._lease()
+                fresh = [work_id for work_id, attempts in leased if attempts == 1]
+                again = [work_id for work_id, attempts in leased if attempts > 1]
+                if again:
+                    await self._alone(again, fresh, lease_end)
+                elif fresh:
+                    last = asyncio.create_task(self._prepare_and_write(fresh, lease_end, last))
+                    self._in_hand.add(last)
+                    last.add_done_callback(self._finished)
+                elif not leased:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll)
         finally:
-            if in_hand:
-                await asyncio.gather(*in_hand, return_exceptions=True)
+            if self._in_hand:
+                await asyncio.gather(*self._in_hand, return_exceptions=True)
 
-    async def _prepare_and_write(self, ids: list[int],
-                                 before: asyncio.Task[None] | None) -> None:
-        """One leased batch: prepared now, written once the batch before it is."""
-        ready = await self._prepare_all(ids)
-        if before is not None:
-            await asyncio.gather(before, return_exceptions=True)
-        await self._write(ready)
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_hand.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a batch of work failed", exc_info=task.exception())
 
-    async def _lease(self) -> list[int]:
-        """Due work leased to us, oldest first, without what keeps killing the process."""
+    async def _lease(self) -> tuple[list[tuple[int, int]], float]:
+        """Due work leased to us, oldest first, (id, attempts), and the lease's end;
+        what was taken too often without an outcome is quarantined instead."""
         now = time.time()
+        lease_end = now + self.lease
         try:
-            ids = await self.db.write(claim, now, now + self.lease, BATCH)
+            leased = await self.db.write(claim, now, lease_end, BATCH)
         except Exception:
             log.exception("could not take work from the queue; retrying")
-            return []
-        live = []
-        for work_id, attempts in ids:
+            return [], lease_end
+        kept = []
+        for work_id, attempts in leased:
             if attempts > self.max_attempts:
                 # Taken more often than allowed without an outcome: the process died
                 # while handling it (even while parsing it). Stop before it does again.
-                await self.db.write(_interrupted, work_id)
+                try:
+                    await self.db.write(_interrupted, work_id, lease_end)
+                except Exception:
+                    log.exception("could not quarantine work %d", work_id)
             else:
-                live.append(work_id)
-        return live
+                self._held[work_id] = lease_end
+                kept.append((work_id, attempts))
+        return kept, lease_end
 
-    async def _prepare_all(self, ids: list[int]) -> list[Inbound]:
+    async def _alone(self, again: list[int], fresh: list[int], lease_end: float) -> None:
+        """Units tried before, each on its own with nothing else in hand: if one of them
+        kills the process, no other is charged for it."""
+        if self._in_hand:
+            await asyncio.gather(*self._in_hand, return_exceptions=True)
+        for work_id in fresh:
+            await self._unclaim(work_id)
+        for work_id in again:
+            if self._stopping:
+                await self._unclaim(work_id)
+            else:
+                await self._prepare_and_write([work_id], lease_end, None)
+
+    async def _prepare_and_write(self, ids: list[int], lease_end: float,
+                                 before: asyncio.Task[None] | None) -> None:
+        """One leased batch: prepared now, written once the batch leased before it is.
+
+        Whatever has no outcome when this ends (a stop, a cancellation, a fault of our
+        own) goes back to the queue as it was."""
+        try:
+            ready = await self._prepare_all(ids, lease_end) if not self._stopping else []
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            await self._write(ready, lease_end)
+        finally:
+            left = [work_id for work_id in ids if self._held.get(work_id) == lease_end]
+            if left:
+                await asyncio.shield(self._unclaim_all(left))
+
+    async def _prepare_all(self, ids: list[int], lease_end: float) -> list[Inbound]:
         """Load leased units with their messages, and prepare each; failures recorded."""
         try:
             loaded = await self.db.read(_load, ids, self._parsing())
@@ -208,32 +259,10 @@ class Router:
                 await self._fail(work_id, error)
             return []
         # Prepared side by side: DNS look-ups overlap, and work sent to worker processes
-        # queues there while this process goes on with intake.
+        # goes there in one call while this process goes on with intake.
         outcomes = await asyncio.gather(*(self._prepare(work_id, loaded.get(work_id))
                                           for work_id in ids))
         return [inbound for inbound in outcomes if inbound is not None]
-
-    async def _write(self, ready: list[Inbound]) -> None:
-        """Handle prepared units, in order, a transaction per group; then wake delivery."""
-        for group in self._groups(ready):
-            if self._stopping:
-                for inbound in group:
-                    await self.db.write(_unclaim, inbound.work_id)
-                continue
-            if len(group) > 1:
-                try:
-                    await self.db.write(self._handle, group)
-                    continue
-                except Exception:
-                    log.warning("a batch of %d units failed; handling them one by one",
-                                len(group), exc_info=True)
-            for inbound in group:
-                try:
-                    await self.db.write(self._handle, [inbound])
-                except Exception as error:
-                    log.exception("work %d failed", inbound.work_id)
-                    await self._fail(inbound.work_id, error)
-        self.on_outgoing()
 
     async def _prepare(self, work_id: int,
                        inbound: Inbound | Exception | None) -> Inbound | None:
@@ -241,7 +270,8 @@ class Router:
         try:
             if isinstance(inbound, Exception):
                 raise inbound
-            if inbound is None:     # no longer leased to us
+            if inbound is None:     # no longer working: someone else settled it
+                self._held.pop(work_id, None)
                 return None
             prepared = await self._handler(inbound).prepare(inbound)
             return dataclasses.replace(inbound, prepared=prepared)
@@ -249,6 +279,35 @@ class Router:
             log.exception("work %d failed", work_id)
             await self._fail(work_id, error)
             return None
+
+    async def _write(self, ready: list[Inbound], lease_end: float) -> None:
+        """Handle prepared units, in order, a transaction per group; then wake delivery."""
+        for group in self._groups(ready):
+            if self._stopping:
+                await self._unclaim_all([inbound.work_id for inbound in group])
+                continue
+            if len(group) > 1:
+                try:
+                    await self.db.write(self._handle, group, lease_end)
+                    self._settled(group)
+                    continue
+                except Exception:
+                    log.warning("a transaction of %d units failed and was rolled back "
+                                "(what was logged for them did not happen); handling them "
+                                "one by one", len(group), exc_info=True)
+            for inbound in group:
+                try:
+                    await self.db.write(self._handle, [inbound], lease_end)
+                    self._settled([inbound])
+                except Exception as error:
+                    log.exception("work %d failed", inbound.work_id)
+                    await self._fail(inbound.work_id, error)
+        if ready:
+            self.on_outgoing()
+
+    def _settled(self, group: list[Inbound]) -> None:
+        for inbound in group:
+            self._held.pop(inbound.work_id, None)
 
     def _handler(self, inbound: Inbound) -> RoleHandler:
         handler = self.handlers.get(inbound.route.role)
@@ -275,16 +334,40 @@ class Router:
         return groups
 
     async def _fail(self, work_id: int, error: Exception) -> None:
-        with contextlib.suppress(Exception):
-            await self.db.write(_failed, work_id, f"{type(error).__name__}: {error}",
-                                self.max_attempts)
+        lease_end = self._held.pop(work_id, None)
+        if lease_end is None:
+            return
+        try:
+            await self.db.write(_failed, work_id, lease_end,
+                                f"{type(error).__name__}: {error}", self.max_attempts)
+        except Exception:
+            log.exception("could not record the failure of work %d", work_id)
 
-    def _handle(self, session: Session, group: list[Inbound]) -> None:
-        """Handle units of one role in this transaction and mark them done with it."""
+    async def _unclaim(self, work_id: int) -> None:
+        await self._unclaim_all([work_id])
+
+    async def _unclaim_all(self, ids: list[int]) -> None:
+        leases = [(work_id, self._held.pop(work_id)) for work_id in ids
+                  if work_id in self._held]
+        if not leases:
+            return
+        try:
+            await self.db.write(_unclaim, leases)
+        except Exception:
+            log.exception("could not put work %s back in the queue; its lease will end",
+                          [work_id for work_id, _ in leases])
+
+    def _handle(self, session: Session, group: list[Inbound], lease_end: float) -> None:
+        """Handle units of one role in this transaction and mark them done with it, if
+        they are still ours (working, under this lease)."""
         ids = [inbound.work_id for inbound in group]
-        working = set(session.scalars(select(Work.id).where(Work.id.in_(ids),
-                                                            Work.state == "working")))
-        units = [inbound for inbound in group if inbound.work_id in working]
+        ours = set(session.scalars(select(Work.id).where(
+            Work.id.in_(ids), Work.state == "working", Work.due_at == lease_end)
+            .with_for_update()))
+        units = [inbound for inbound in group if inbound.work_id in ours]
+        if len(units) < len(group):
+            log.warning("work %s was taken by another lease; left to it",
+                        sorted(set(ids) - ours))
         if not units:
             return
         handler = self.handlers[units[0].route.role]
@@ -321,21 +404,29 @@ def _load(session: Session, ids: list[int],
     return loaded
 
 
-def _interrupted(session: Session, work_id: int) -> None:
-    work = session.get(Work, work_id)
-    if work is not None and work.state == "working":
+def _mine(work_id: int, lease_end: float) -> Any:
+    """The unit, while it is working under this lease."""
+    return (Work.id == work_id) & (Work.state == "working") & (Work.due_at == lease_end)
+
+
+def _interrupted(session: Session, work_id: int, lease_end: float) -> None:
+    work = session.scalars(select(Work).where(_mine(work_id, lease_end))).first()
+    if work is not None:
         work.state = "quarantined"
         work.error = work.error or f"processing interrupted {work.attempts - 1} times"
 
 
-def _unclaim(session: Session, work_id: int) -> None:
-    session.execute(update(Work).where(Work.id == work_id)
-                    .values(state="pending", due_at=time.time(),
-                            attempts=Work.attempts - 1))
+def _unclaim(session: Session, leases: list[tuple[int, float]]) -> None:
+    """Back to the queue as before the lease: pending, due now, the attempt not counted."""
+    for work_id, lease_end in leases:
+        session.execute(update(Work).where(_mine(work_id, lease_end))
+                        .values(state="pending", due_at=time.time(),
+                                attempts=Work.attempts - 1))
 
 
-def _failed(session: Session, work_id: int, error: str, max_attempts: int) -> None:
-    work = session.get(Work, work_id)
+def _failed(session: Session, work_id: int, lease_end: float, error: str,
+            max_attempts: int) -> None:
+    work = session.scalars(select(Work).where(_mine(work_id, lease_end))).first()
     if work is None:
         return
     work.error = error[:2000]

@@ -6,10 +6,14 @@ of one core. `router.processes` worker processes do such work on the other cores
 daemon's own process keeps the sockets and the database. A function sent to a worker must
 be pure (bytes in, a picklable value out) and importable by name.
 
-With `processes = 0` the work runs in the daemon itself, as it does in the tests, whose
-injected clock and fakes a worker process could not see. A worker that dies (killed, out
-of memory) costs nothing but time: the pool is started again and the call in hand runs in
-the daemon.
+Without workers (`processes = 0`, as in the tests, whose injected clock and fakes a worker
+could not see; or while a pool cannot be started) the work runs in a thread of the daemon,
+never on its event loop.
+
+A worker that dies takes the call in hand with it. A call of many items (`batched`) is
+then split, each item sent alone to a fresh worker, so that only the item that kills a
+worker fails (`WorkerDied`): one hostile message never costs the others anything, nor
+takes the daemon down with it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import importlib
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,12 +35,23 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 A = TypeVar("A")
-WATCH = 0.5     # seconds between a worker's looks at whether the daemon still lives
+WATCH = 0.5          # seconds between a worker's looks at whether the daemon still lives
+BREAKS = 3           # pools broken in a row, none having finished a call, before a pause
+PAUSE = 30.0         # seconds of working in the daemon after that, before a new pool
+STOP_WAIT = 5.0      # seconds a worker has to finish when the daemon stops
 
 
-def _warm(modules: tuple[str, ...], daemon: int | None = None) -> None:
-    """In each new worker: import what the work needs before the first call waits for it,
-    and watch the daemon, so as to end with it even when it is killed."""
+class WorkerDied(RuntimeError):
+    """The worker process died while doing this, and nothing else was in its hands."""
+
+
+def _warm(modules: tuple[str, ...], daemon: int | None = None,
+          level: int = logging.WARNING) -> None:
+    """In each new worker: log as the daemon does, import what the work needs before the
+    first call waits for it, and watch the daemon, so as to end with it even if killed."""
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s worker {os.getpid()} "
+                               "%(name)s: %(message)s")
     for name in modules:
         importlib.import_module(name)
     if daemon is not None:
@@ -53,54 +69,118 @@ def _end_with(daemon: int) -> None:
 
 
 class Workers:
-    """A pool of `processes` worker processes (none: run in this process)."""
+    """A pool of `processes` worker processes (none: a thread of the daemon)."""
 
     def __init__(self, processes: int, preload: tuple[str, ...] = ()) -> None:
         self.processes = processes
         self.preload = preload
         self._pool: ProcessPoolExecutor | None = None
+        self._breaks = 0            # pools broken in a row without finishing a call
+        self._paused_until = 0.0
+        self._stopped = False
 
     def start(self) -> None:
         """Start the worker processes now, in the background, rather than on first use."""
-        if self.processes <= 0 or self._pool is not None:
-            return
-        # Spawned, not forked: the daemon has threads (the database's), and a fork copies
-        # their locks in whatever state they are.
-        self._pool = ProcessPoolExecutor(self.processes,
-                                         mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_warm,
-                                         initargs=(self.preload, os.getpid()))
-        for _ in range(self.processes):
-            self._pool.submit(_warm, ())
+        self._current()
+
+    def _current(self) -> ProcessPoolExecutor | None:
+        """The pool, started if need be; None when the work is to run in the daemon."""
+        if self._pool is not None or self.processes <= 0 or self._stopped \
+                or time.monotonic() < self._paused_until:
+            return self._pool
+        try:
+            # Spawned, not forked: the daemon has threads (the database's), and a fork
+            # copies their locks in whatever state they are.
+            pool = ProcessPoolExecutor(self.processes,
+                                       mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_warm,
+                                       initargs=(self.preload, os.getpid(),
+                                                 logging.getLogger().getEffectiveLevel()))
+            for _ in range(self.processes):
+                pool.submit(_warm, ())
+        except Exception:
+            # No processes to be had (file descriptors, memory, /dev/shm): the daemon
+            # does the work itself for a while.
+            log.exception("could not start worker processes; working in the daemon for "
+                          "%.0f s", PAUSE)
+            self._paused_until = time.monotonic() + PAUSE
+            return None
+        self._pool = pool
+        return pool
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) in a worker process, or here if there is none or the pool broke."""
-        if self.processes > 0 and self._pool is None:
-            self.start()
-        pool = self._pool
-        if pool is not None:
-            try:
-                return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-            except BrokenProcessPool:
-                log.warning("a worker process died; starting the pool again")
-                if self._pool is pool:
-                    self._pool = None
-                    pool.shutdown(wait=False, cancel_futures=True)
-        return fn(*args)
+        """fn(*args) in a worker process (in a thread of the daemon if there is none).
+
+        WorkerDied if the worker died doing it.
+        """
+        pool = self._current()
+        if pool is None:
+            return await asyncio.to_thread(fn, *args)
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(pool, fn, *args)
+        except BrokenProcessPool:
+            self._broken(pool)
+            return await self.run(fn, *args)    # it broke before this call: a new pool
+        except Exception:
+            log.exception("could not hand work to a worker process; doing it in the daemon")
+            self._broken(pool)
+            return await asyncio.to_thread(fn, *args)
+        try:
+            result = await future
+        except BrokenProcessPool as error:
+            self._broken(pool)
+            raise WorkerDied(f"a worker process died running {fn.__name__}") from error
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise           # this caller is being cancelled
+            # The pool was shut down under the call: a failure, not a cancellation.
+            raise WorkerDied(f"the worker processes were stopped during {fn.__name__}") \
+                from None
+        self._breaks = 0
+        return result
+
+    def _broken(self, pool: ProcessPoolExecutor) -> None:
+        """Forget a broken pool; after BREAKS in a row that never finished a call (a
+        worker that cannot start), pause before the next."""
+        if self._pool is not pool:
+            return
+        self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+        self._breaks += 1
+        if self._breaks >= BREAKS:
+            log.error("worker processes broke %d times in a row; working in the daemon for "
+                      "%.0f s", self._breaks, PAUSE)
+            self._paused_until = time.monotonic() + PAUSE
+            self._breaks = 0
+        else:
+            log.warning("a worker process died; starting the pool again")
 
     def batched(self, fn: Callable[[Sequence[A]], list[T]]) -> Callable[[A], Awaitable[T]]:
         """An async fn of one item that sends the items asked for together in one call.
 
         Every call made before the event loop next turns joins the same `fn(items)` in a
         worker, so that a batch of fifty replies crosses to a worker once, not fifty times.
+        `fn` must return one result per item, in order, and never raise for one item.
         """
         return _Batcher(self, fn)
 
     def stop(self) -> None:
-        """End the worker processes (what they hold is repeated by the router's lease)."""
+        """End the worker processes; what they held is taken again by the router's lease."""
+        self._stopped = True
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + STOP_WAIT
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("worker process %s did not end; terminating it", process.pid)
+                process.terminate()
+                process.join(1.0)
 
 
 class _Batcher(Generic[A, T]):
@@ -108,6 +188,7 @@ class _Batcher(Generic[A, T]):
         self.workers = workers
         self.fn = fn
         self.waiting: list[tuple[A, asyncio.Future[T]]] = []
+        self.sending: set[asyncio.Task[None]] = set()
 
     async def __call__(self, item: A) -> T:
         loop = asyncio.get_running_loop()
@@ -119,16 +200,41 @@ class _Batcher(Generic[A, T]):
 
     def _send(self) -> None:
         batch, self.waiting = self.waiting, []
-        sent = asyncio.ensure_future(self.workers.run(self.fn, [item for item, _ in batch]))
+        task = asyncio.create_task(self._answer(batch))
+        self.sending.add(task)                  # a task is kept only while referenced
+        task.add_done_callback(self.sending.discard)
 
-        def answer(done: asyncio.Future[list[T]]) -> None:
-            error = done.exception() if not done.cancelled() else asyncio.CancelledError()
-            results = done.result() if error is None else []
-            for index, (_, future) in enumerate(batch):
-                if future.done():
-                    continue
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(results[index])
-        sent.add_done_callback(answer)
+    async def _answer(self, batch: list[tuple[A, asyncio.Future[T]]]) -> None:
+        try:
+            results = await self.workers.run(self.fn, [item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{self.fn.__name__} gave {len(results)} results "
+                                   f"for {len(batch)} items")
+        except WorkerDied:
+            if len(batch) == 1:
+                _settle(batch[0][1], error=WorkerDied(
+                    f"a worker process died running {self.fn.__name__} on this item"))
+                return
+            # One of them may have killed it: each alone, so that only that one fails.
+            for item, future in batch:
+                await self._answer([(item, future)])
+            return
+        except BaseException as error:
+            for _, future in batch:
+                _settle(future, error=error if isinstance(error, Exception)
+                        else RuntimeError(f"{self.fn.__name__} was cancelled"))
+            if not isinstance(error, Exception):
+                raise
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            _settle(future, result=result)
+
+
+def _settle(future: asyncio.Future[Any], *, result: Any = None,
+            error: BaseException | None = None) -> None:
+    if future.done():
+        return      # its caller was cancelled
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -27,6 +27,7 @@ summary. Processing a message a second time changes nothing. Hostile input is bo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,11 +86,13 @@ class RsvpHandler:
     Replies come by the hundred when an invitation has gone out, and each is small, so
     they are handled many to a transaction (`batch`), with their invitations and meetings
     fetched in one query (`preload`). Their messages are parsed with the compat32 policy
-    (`policy`), which leaves headers as the strings they are: the rules read raw headers
-    and MIME parts, and the modern policy's header objects would cost ten times the parse.
-    The rare message that needs the modern API (a command in the body, a delivery report)
-    is parsed again with it. Reading is pure CPU work, done before the transaction, in a
-    worker process when the daemon has them (`lazy`: the router leaves the bytes unparsed).
+    (`policy`), which leaves headers as the strings they are: the modern policy's header
+    objects would cost ten times the parse. What the rules read is the same either way
+    unless a header they read holds an encoded word or 8-bit bytes, which only the modern
+    policy decodes: such a message is parsed again with it (`readable`), as is the rare one
+    that needs its API (a command in the body, a delivery report). Reading is pure CPU
+    work, done before the transaction, in a worker process when the daemon has them
+    (`lazy`: the router leaves the bytes unparsed), else in a thread.
     """
 
     batch = 50
@@ -110,7 +113,7 @@ class RsvpHandler:
     async def prepare(self, inbound: Inbound) -> Reading:
         """The message read once, before the transaction (pure CPU work)."""
         if self._read is None:
-            return read(inbound)
+            return await asyncio.to_thread(read, inbound)
         return await self._read((inbound.raw, inbound.mail_from, inbound.message_id))
 
     def preload(self, session: Session, inbounds: Sequence[Inbound]) -> None:
@@ -161,9 +164,12 @@ def read_many(stored: Sequence[tuple[bytes, str, int]]) -> list[Reading]:
 
 
 def read(inbound: Inbound) -> Reading:
-    """Read what the rules need; a message no parser can read is one for a person."""
-    message = inbound.message
+    """Read what the rules need; a message no parser can read is one for a person.
+
+    Never raises: what goes wrong is a problem in the reading.
+    """
     try:
+        message = readable(inbound)
         calendars = itip.read(message)
         command = None if calendars.messages or calendars.problems \
             else delegate_command(modern(inbound))
@@ -178,9 +184,36 @@ def read(inbound: Inbound) -> Reading:
                        None)
 
 
+# Headers whose values the rules take through the email package (the others they read
+# raw, the same under any policy): a part's type, name and encoding, a message's date,
+# and what marks automatic mail.
+DECODED_HEADERS = frozenset({
+    "content-type", "content-disposition", "content-transfer-encoding", "date",
+    "auto-submitted", "precedence", "list-id", "x-autoreply", "x-autorespond",
+    "x-auto-response-suppress"})
+
+
+def readable(inbound: Inbound) -> EmailMessage:
+    """The message as the rules must read it: as parsed, unless compat32 would read one of
+    the DECODED_HEADERS of any part differently from the modern policy, that is when its
+    value holds an encoded word (RFC 2047) or 8-bit bytes."""
+    message = inbound.message
+    if hasattr(message.policy, "content_manager"):
+        return message
+    for part in message.walk():
+        for name, value in part.raw_items():
+            if name.lower() in DECODED_HEADERS and ("=?" in value or not value.isascii()):
+                return modern(inbound)
+    return message
+
+
 def modern(inbound: Inbound) -> EmailMessage:
     """The message with the modern policy's API (`get_body`, `get_content`)."""
-    if hasattr(inbound.message.policy, "content_manager"):
+    parsed = inbound.parsed
+    if parsed is not None:
+        if hasattr(parsed.policy, "content_manager"):
+            return parsed
+    elif hasattr(inbound.policy, "content_manager"):
         return inbound.message
     return parse(inbound.raw)
 

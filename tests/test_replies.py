@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ from meetings.models import (
     Party,
     RsvpEvent,
 )
-from meetings.replies import FORWARD_HEADER, Outcome, RsvpHandler, process
+from meetings.replies import FORWARD_HEADER, Outcome, Reading, RsvpHandler, process, read
 from meetings.site import MeetingSite
 from tests.conftest import DOMAIN, Delivered, Sink, make_config, running, send
 
@@ -268,7 +269,7 @@ def deliver(db: Database, world: World, address: str, raw: bytes, *,
     rcpt = world.rsvp(address)
     token = rcpt.split("+", 1)[1].split("@", 1)[0]
     inbound = Inbound(1, 1, Route(Role.RSVP, None, token), rcpt, mail_from, raw,
-                      parse(raw, RsvpHandler.policy))     # as the router parses it
+                      policy=RsvpHandler.policy)     # as the router leaves it
 
     def run(session: Session) -> Outcome:
         invitation = session.get(Invitation, world.invitations[address])
@@ -1002,3 +1003,55 @@ async def test_spoofs_bounces_counters_and_a_declining_substitute_over_smtp(
                         ("maria@party.test", 1, "CANCEL")], "the seat is Ana's again"
         assert standing(daemon.db, world, "maria@party.test").state == "removed"
         assert standing(daemon.db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+
+
+# -- compat32, as replies are parsed, reads what the modern policy reads ------------------------
+
+CALENDAR = (b"BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\nBEGIN:VEVENT\r\nUID:m1\r\nSEQUENCE:0\r\n"
+            b"DTSTAMP:20250301T100000Z\r\n"
+            b"ATTENDEE;PARTSTAT=ACCEPTED:mailto:ana@party.test\r\nEND:VEVENT\r\n"
+            b"END:VCALENDAR\r\n")
+
+
+def crafted(headers: bytes, part_headers: bytes = b"Content-Type: text/calendar\r\n",
+            body: bytes = CALENDAR) -> bytes:
+    return (b"From: ana@party.test\r\nTo: rsvp+x@lists.example.org\r\nSubject: Re\r\n"
+            b"Date: Sat, 01 Mar 2025 10:00:00 +0000\r\nMIME-Version: 1.0\r\n" + headers +
+            b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n' + part_headers +
+            b"\r\n" + body + b"\r\n--b--\r\n")
+
+
+CRAFTED = {
+    # An Outlook-style attachment named only in Content-Disposition, in an encoded word.
+    "encoded filename": crafted(b"", b"Content-Type: application/octet-stream\r\n"
+                                     b'Content-Disposition: attachment; filename="=?utf-8?b?'
+                                     b'TcO8bGxlci5pY3M=?="\r\n'),
+    "encoded Precedence": crafted(b"Precedence: =?us-ascii?q?bulk?=\r\n"),
+    "encoded transfer encoding": crafted(
+        b"", b"Content-Type: text/calendar\r\nContent-Transfer-Encoding: "
+             b"=?us-ascii?q?base64?=\r\n", base64.encodebytes(CALENDAR).replace(b"\n", b"\r\n")),
+    "8-bit X-Autoreply": crafted("X-Autoreply: jaé\r\n".encode()),
+    "8-bit Auto-Submitted": crafted("Auto-Submitted: auto-replied (café)\r\n".encode()),
+}
+
+
+def both_ways(raw: bytes) -> tuple[Reading, Reading]:
+    """What `read` makes of a message parsed as replies are, and with the modern policy."""
+    inbound = Inbound(1, 1, Route(Role.RSVP, None, "x"), "rsvp+x@lists.example.org",
+                      "ana@party.test", raw)
+    return read(dataclasses.replace(inbound, policy=RsvpHandler.policy)), read(inbound)
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED))
+def test_compat32_reads_crafted_headers_as_the_modern_policy_does(name: str) -> None:
+    light, full = both_ways(CRAFTED[name])
+    assert light == full
+    assert full.calendars.messages or full.machine, "the case reads as something"
+
+
+def test_compat32_reads_every_client_message_as_the_modern_policy_does() -> None:
+    files = sorted(DATA.glob("*.eml")) + sorted(interop_folder().glob("*.eml"))
+    assert len(files) > 15
+    for path in files:
+        light, full = both_ways(crlf(path.read_bytes()))
+        assert light == full, path.name

@@ -159,7 +159,7 @@ async def test_one_failing_unit_in_a_batch_leaves_the_others_done(sqlite_url: st
 
 
 class Counting(Flaky):
-    """Records how its messages were given to it: parsed or not, and in which policy."""
+    """Records whether its messages were parsed before it asked for them."""
 
     batch = 10
     lazy = True
@@ -192,3 +192,135 @@ async def test_a_lazy_handler_gets_its_message_unparsed_until_it_asks(sqlite_url
         db.close()
     assert handler.parsed_before == [False, False]
     assert handler.handled == ["One", "Two"], "parsed on first use"
+
+
+# -- batches in hand: order, stops, fences, retries alone -----------------------------------
+
+def store(db: Database, subjects: list[str]) -> None:
+    arrivals = [Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
+                        (f"steering@{DOMAIN}",), mail("a@example.com", "x", subject=subject))
+                for subject in subjects]
+    db.transaction(_store, arrivals, DOMAIN, DOMAIN)
+
+
+def states(db: Database) -> list[tuple[str, int]]:
+    return db.query(lambda s: [(w.state, w.attempts) for w in s.scalars(
+        select(Work).order_by(Work.id))])
+
+
+async def settle(db: Database, timeout: float = 15) -> list[tuple[str, int]]:
+    deadline = time.monotonic() + timeout
+    while any(state in ("pending", "working") for state, _ in states(db)):
+        assert time.monotonic() < deadline, states(db)
+        await asyncio.sleep(0.02)
+    return states(db)
+
+
+class Recorder(Picky):
+    """Works; prepares slowly (or never) what it is told to; records what it handles."""
+
+    batch = 10
+
+    def __init__(self, slow: str = "", stuck: str = "") -> None:
+        super().__init__()
+        self.broken = False
+        self.slow, self.stuck = slow, stuck
+
+    async def prepare(self, inbound: Inbound) -> None:
+        subject = str(inbound.message["Subject"])
+        if subject == self.slow:
+            await asyncio.sleep(0.5)
+        if subject == self.stuck:
+            await asyncio.Event().wait()
+
+
+async def test_batches_are_written_in_the_order_they_were_leased(sqlite_url: str) -> None:
+    """The first batch of fifty prepares slowly: the two after it wait for it."""
+    db = Database(sqlite_url)
+    db.upgrade()
+    subjects = [f"Post {n:03d}" for n in range(130)]
+    store(db, subjects)
+    handler = Recorder(slow="Post 000")
+    router = Router(db, {Role.POST: handler}, max_attempts=1, on_outgoing=lambda: None,
+                    poll=0.05)
+    router.start()
+    try:
+        assert {state for state, _ in await settle(db)} == {"done"}
+    finally:
+        await router.stop()
+        db.close()
+    assert handler.handled == subjects
+
+
+async def test_a_stop_puts_what_is_in_hand_back_as_it_was(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    db.upgrade()
+    store(db, ["One", "Stuck", "Three"])
+    handler = Recorder(stuck="Stuck")
+    router = Router(db, {Role.POST: handler}, max_attempts=3, on_outgoing=lambda: None,
+                    poll=0.05, stop_grace=0.3)
+    router.start()
+    try:
+        deadline = time.monotonic() + 10
+        while states(db) != [("working", 1)] * 3:
+            assert time.monotonic() < deadline, states(db)
+            await asyncio.sleep(0.02)
+    finally:
+        await router.stop()
+    assert states(db) == [("pending", 0)] * 3, "not handled, and the lease not counted"
+    assert handler.handled == []
+    db.close()
+
+
+class Usurped(Recorder):
+    """While the first unit is prepared, another daemon's lease takes it over."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__()
+        self.db = db
+
+    async def prepare(self, inbound: Inbound) -> None:
+        if str(inbound.message["Subject"]) == "Taken":
+            self.db.transaction(lambda s: s.execute(
+                Work.__table__.update().where(Work.id == inbound.work_id)
+                .values(attempts=Work.attempts + 1, due_at=time.time() + 600)))
+
+
+async def test_a_unit_leased_again_elsewhere_is_left_to_that_lease(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    db.upgrade()
+    store(db, ["Taken", "Mine"])
+    handler = Usurped(db)
+    router = Router(db, {Role.POST: handler}, max_attempts=3, on_outgoing=lambda: None,
+                    poll=0.05)
+    router.start()
+    try:
+        deadline = time.monotonic() + 10
+        while states(db)[1][0] != "done":
+            assert time.monotonic() < deadline, states(db)
+            await asyncio.sleep(0.02)
+    finally:
+        await router.stop()
+    assert handler.handled == ["Mine"]
+    assert states(db) == [("working", 2), ("done", 1)], "the other lease's, untouched"
+    db.close()
+
+
+async def test_a_unit_tried_before_is_handled_alone(sqlite_url: str) -> None:
+    """As after a crash: the unit the dead process held is tried on its own, first."""
+    db = Database(sqlite_url)
+    db.upgrade()
+    store(db, ["Held at the crash", "Two", "Three"])
+    db.transaction(lambda s: s.execute(Work.__table__.update().where(
+        Work.id == s.scalar(select(Work.id).order_by(Work.id))).values(attempts=1)))
+    handler = Recorder()
+    router = Router(db, {Role.POST: handler}, max_attempts=3, on_outgoing=lambda: None,
+                    poll=0.05)
+    router.start()
+    try:
+        assert await settle(db) == [("done", 2), ("done", 1), ("done", 1)]
+    finally:
+        await router.stop()
+        db.close()
+    assert handler.transactions == [1, 2]
+    assert handler.handled == ["Held at the crash", "Two", "Three"]

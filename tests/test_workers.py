@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mailer.workers import Workers
+from mailer import workers as workers_module
+from mailer.workers import WorkerDied, Workers
 from tests.conftest import Sink, free_port, make_config, running, send
 from tests.test_replies import fixture, organise, quiet, standing
 
@@ -40,6 +41,40 @@ async def test_calls_made_together_cross_to_the_worker_once() -> None:
     outcome = await asyncio.gather(measure("x"), measure("boom"), return_exceptions=True)
     assert [type(o) for o in outcome] == [ValueError, ValueError]
     assert await measure("ok") == 2
+
+
+def lengths_or_die(items: Sequence[str]) -> list[int]:
+    """In a worker process: the lengths, unless an item kills the process."""
+    if "die" in items:
+        os._exit(1)
+    return [len(item) for item in items]
+
+
+async def test_only_the_item_that_kills_a_worker_fails() -> None:
+    workers = Workers(1)
+    measure = workers.batched(lengths_or_die)
+    try:
+        outcome = await asyncio.gather(measure("a"), measure("die"), measure("ccc"),
+                                       return_exceptions=True)
+        assert outcome[0] == 1 and outcome[2] == 3
+        assert isinstance(outcome[1], WorkerDied)
+        assert await measure("later") == 5, "a new worker took over"
+    finally:
+        workers.stop()
+
+
+async def test_without_processes_to_be_had_the_work_is_done_in_the_daemon(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_processes(*args: object, **kwargs: object) -> None:
+        raise OSError(24, "Too many open files")
+    monkeypatch.setattr(workers_module, "ProcessPoolExecutor", no_processes)
+    workers = Workers(1)
+    workers.start()
+    measure = workers.batched(lengths)
+    calls.clear()
+    assert await asyncio.gather(measure("a"), measure("bb")) == [1, 2]
+    assert calls == [["a", "bb"]], "done here, in one call"
+    workers.stop()
 
 
 def worker_pids() -> set[int]:
