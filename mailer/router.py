@@ -225,13 +225,15 @@ class Router:
         kills the process, no other is charged for it."""
         if self._in_hand:
             await asyncio.gather(*self._in_hand, return_exceptions=True)
-        for work_id in fresh:
-            await self._unclaim(work_id)
+        await self._unclaim_all(fresh, lease_end)
         for work_id in again:
             if self._stopping:
-                await self._unclaim(work_id)
-            else:
-                await self._prepare_and_write([work_id], lease_end, None)
+                await self._unclaim_all([work_id], lease_end)
+                continue
+            task = asyncio.create_task(self._prepare_and_write([work_id], lease_end, None))
+            self._in_hand.add(task)     # so that a stop's grace applies to it too
+            task.add_done_callback(self._finished)
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _prepare_and_write(self, ids: list[int], lease_end: float,
                                  before: asyncio.Task[None] | None) -> None:
@@ -247,7 +249,7 @@ class Router:
         finally:
             left = [work_id for work_id in ids if self._held.get(work_id) == lease_end]
             if left:
-                await asyncio.shield(self._unclaim_all(left))
+                await asyncio.shield(self._unclaim_all(left, lease_end))
 
     async def _prepare_all(self, ids: list[int], lease_end: float) -> list[Inbound]:
         """Load leased units with their messages, and prepare each; failures recorded."""
@@ -256,40 +258,45 @@ class Router:
         except Exception as error:
             log.exception("could not load work %s", ids)
             for work_id in ids:
-                await self._fail(work_id, error)
+                await self._fail(work_id, lease_end, error)
             return []
         # Prepared side by side: DNS look-ups overlap, and work sent to worker processes
         # goes there in one call while this process goes on with intake.
-        outcomes = await asyncio.gather(*(self._prepare(work_id, loaded.get(work_id))
+        outcomes = await asyncio.gather(*(self._prepare(work_id, lease_end,
+                                                        loaded.get(work_id))
                                           for work_id in ids))
         return [inbound for inbound in outcomes if inbound is not None]
 
-    async def _prepare(self, work_id: int,
+    async def _prepare(self, work_id: int, lease_end: float,
                        inbound: Inbound | Exception | None) -> Inbound | None:
-        """The unit with what its handler prepared; None if it failed or is not ours."""
+        """The unit with what its handler prepared; None if it failed or is not ours.
+
+        A prepare that takes longer than a fifth of the lease fails (it is tried again
+        later, alone), so that nothing hung can hold the router."""
         try:
             if isinstance(inbound, Exception):
                 raise inbound
             if inbound is None:     # no longer working: someone else settled it
-                self._held.pop(work_id, None)
+                self._release(work_id, lease_end)
                 return None
-            prepared = await self._handler(inbound).prepare(inbound)
+            prepared = await asyncio.wait_for(self._handler(inbound).prepare(inbound),
+                                              self.lease / 5)
             return dataclasses.replace(inbound, prepared=prepared)
         except Exception as error:
             log.exception("work %d failed", work_id)
-            await self._fail(work_id, error)
+            await self._fail(work_id, lease_end, error)
             return None
 
     async def _write(self, ready: list[Inbound], lease_end: float) -> None:
         """Handle prepared units, in order, a transaction per group; then wake delivery."""
         for group in self._groups(ready):
             if self._stopping:
-                await self._unclaim_all([inbound.work_id for inbound in group])
+                await self._unclaim_all([inbound.work_id for inbound in group], lease_end)
                 continue
             if len(group) > 1:
                 try:
                     await self.db.write(self._handle, group, lease_end)
-                    self._settled(group)
+                    self._settled(group, lease_end)
                     continue
                 except Exception:
                     log.warning("a transaction of %d units failed and was rolled back "
@@ -298,16 +305,24 @@ class Router:
             for inbound in group:
                 try:
                     await self.db.write(self._handle, [inbound], lease_end)
-                    self._settled([inbound])
+                    self._settled([inbound], lease_end)
                 except Exception as error:
                     log.exception("work %d failed", inbound.work_id)
-                    await self._fail(inbound.work_id, error)
+                    await self._fail(inbound.work_id, lease_end, error)
         if ready:
             self.on_outgoing()
 
-    def _settled(self, group: list[Inbound]) -> None:
+    def _settled(self, group: list[Inbound], lease_end: float) -> None:
         for inbound in group:
-            self._held.pop(inbound.work_id, None)
+            self._release(inbound.work_id, lease_end)
+
+    def _release(self, work_id: int, lease_end: float) -> bool:
+        """Forget a unit in hand under this lease; False if it is not (any more): its
+        lease ran out and it was leased again, and that lease's outcome is not ours."""
+        if self._held.get(work_id) != lease_end:
+            return False
+        del self._held[work_id]
+        return True
 
     def _handler(self, inbound: Inbound) -> RoleHandler:
         handler = self.handlers.get(inbound.route.role)
@@ -333,9 +348,8 @@ class Router:
                 groups.append([inbound])
         return groups
 
-    async def _fail(self, work_id: int, error: Exception) -> None:
-        lease_end = self._held.pop(work_id, None)
-        if lease_end is None:
+    async def _fail(self, work_id: int, lease_end: float, error: Exception) -> None:
+        if not self._release(work_id, lease_end):
             return
         try:
             await self.db.write(_failed, work_id, lease_end,
@@ -343,12 +357,8 @@ class Router:
         except Exception:
             log.exception("could not record the failure of work %d", work_id)
 
-    async def _unclaim(self, work_id: int) -> None:
-        await self._unclaim_all([work_id])
-
-    async def _unclaim_all(self, ids: list[int]) -> None:
-        leases = [(work_id, self._held.pop(work_id)) for work_id in ids
-                  if work_id in self._held]
+    async def _unclaim_all(self, ids: list[int], lease_end: float) -> None:
+        leases = [(work_id, lease_end) for work_id in ids if self._release(work_id, lease_end)]
         if not leases:
             return
         try:

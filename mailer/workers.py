@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Generic, TypeVar
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 A = TypeVar("A")
 WATCH = 0.5          # seconds between a worker's looks at whether the daemon still lives
-BREAKS = 3           # pools broken in a row, none having finished a call, before a pause
+BREAKS = 3           # pools in a row whose workers could not even start, before a pause
 PAUSE = 30.0         # seconds of working in the daemon after that, before a new pool
 STOP_WAIT = 5.0      # seconds a worker has to finish when the daemon stops
 
@@ -75,7 +75,8 @@ class Workers:
         self.processes = processes
         self.preload = preload
         self._pool: ProcessPoolExecutor | None = None
-        self._breaks = 0            # pools broken in a row without finishing a call
+        self._warmed: Future[None] | None = None    # the pool's first call: did it start?
+        self._breaks = 0            # pools in a row whose workers never started
         self._paused_until = 0.0
         self._stopped = False
 
@@ -96,7 +97,8 @@ class Workers:
                                        initializer=_warm,
                                        initargs=(self.preload, os.getpid(),
                                                  logging.getLogger().getEffectiveLevel()))
-            for _ in range(self.processes):
+            self._warmed = pool.submit(_warm, ())
+            for _ in range(self.processes - 1):
                 pool.submit(_warm, ())
         except Exception:
             # No processes to be had (file descriptors, memory, /dev/shm): the daemon
@@ -138,17 +140,21 @@ class Workers:
             # The pool was shut down under the call: a failure, not a cancellation.
             raise WorkerDied(f"the worker processes were stopped during {fn.__name__}") \
                 from None
-        self._breaks = 0
         return result
 
     def _broken(self, pool: ProcessPoolExecutor) -> None:
-        """Forget a broken pool; after BREAKS in a row that never finished a call (a
-        worker that cannot start), pause before the next."""
+        """Forget a broken pool. If its workers never started, BREAKS times in a row, the
+        work is done in the daemon for a while; a worker that started and then died was
+        killed by what it was given (or from outside), which must never reach the daemon,
+        so that never counts."""
         if self._pool is not pool:
             return
         self._pool = None
+        warmed = self._warmed
         pool.shutdown(wait=False, cancel_futures=True)
-        self._breaks += 1
+        started = warmed is not None and warmed.done() and not warmed.cancelled() \
+            and warmed.exception() is None
+        self._breaks = 0 if started else self._breaks + 1
         if self._breaks >= BREAKS:
             log.error("worker processes broke %d times in a row; working in the daemon for "
                       "%.0f s", self._breaks, PAUSE)
@@ -189,6 +195,9 @@ class _Batcher(Generic[A, T]):
         self.fn = fn
         self.waiting: list[tuple[A, asyncio.Future[T]]] = []
         self.sending: set[asyncio.Task[None]] = set()
+        # Items that were in a worker when it died go back one at a time, each alone in
+        # the pool as far as this batcher goes, so that a killer takes no suspect with it.
+        self.suspects = asyncio.Lock()
 
     async def __call__(self, item: A) -> T:
         loop = asyncio.get_running_loop()
@@ -204,20 +213,29 @@ class _Batcher(Generic[A, T]):
         self.sending.add(task)                  # a task is kept only while referenced
         task.add_done_callback(self.sending.discard)
 
-    async def _answer(self, batch: list[tuple[A, asyncio.Future[T]]]) -> None:
+    async def _answer(self, batch: list[tuple[A, asyncio.Future[T]]],
+                      suspect: bool = False) -> None:
+        batch = [(item, future) for item, future in batch if not future.done()]
+        if not batch:
+            return      # every caller has gone (cancelled by a stop)
         try:
-            results = await self.workers.run(self.fn, [item for item, _ in batch])
+            if suspect:
+                async with self.suspects:
+                    results = await self.workers.run(self.fn, [item for item, _ in batch])
+            else:
+                results = await self.workers.run(self.fn, [item for item, _ in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"{self.fn.__name__} gave {len(results)} results "
                                    f"for {len(batch)} items")
         except WorkerDied:
-            if len(batch) == 1:
+            if suspect:
                 _settle(batch[0][1], error=WorkerDied(
-                    f"a worker process died running {self.fn.__name__} on this item"))
-                return
-            # One of them may have killed it: each alone, so that only that one fails.
-            for item, future in batch:
-                await self._answer([(item, future)])
+                    f"a worker process died running {self.fn.__name__} on this item alone"))
+            else:
+                # Any of them, or another call's item, may have killed it: each again,
+                # alone, so that only the item that kills a worker fails.
+                for item, future in batch:
+                    await self._answer([(item, future)], suspect=True)
             return
         except BaseException as error:
             for _, future in batch:

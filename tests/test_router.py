@@ -252,8 +252,8 @@ async def test_batches_are_written_in_the_order_they_were_leased(sqlite_url: str
     assert handler.handled == subjects
 
 
-async def test_a_stop_puts_what_is_in_hand_back_as_it_was(sqlite_url: str) -> None:
-    db = Database(sqlite_url)
+async def test_a_stop_puts_what_is_in_hand_back_as_it_was(database_url: str) -> None:
+    db = Database(database_url)
     db.upgrade()
     store(db, ["One", "Stuck", "Three"])
     handler = Recorder(stuck="Stuck")
@@ -286,8 +286,8 @@ class Usurped(Recorder):
                 .values(attempts=Work.attempts + 1, due_at=time.time() + 600)))
 
 
-async def test_a_unit_leased_again_elsewhere_is_left_to_that_lease(sqlite_url: str) -> None:
-    db = Database(sqlite_url)
+async def test_a_unit_leased_again_elsewhere_is_left_to_that_lease(database_url: str) -> None:
+    db = Database(database_url)
     db.upgrade()
     store(db, ["Taken", "Mine"])
     handler = Usurped(db)
@@ -324,3 +324,59 @@ async def test_a_unit_tried_before_is_handled_alone(sqlite_url: str) -> None:
         db.close()
     assert handler.transactions == [1, 2]
     assert handler.handled == ["Held at the crash", "Two", "Three"]
+
+
+async def test_a_stop_ends_a_retry_that_hangs(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    db.upgrade()
+    store(db, ["Stuck"])
+    db.transaction(lambda s: s.execute(Work.__table__.update().values(attempts=1)))
+    router = Router(db, {Role.POST: Recorder(stuck="Stuck")}, max_attempts=3,
+                    on_outgoing=lambda: None, poll=0.05, stop_grace=0.3)
+    router.start()
+    try:
+        deadline = time.monotonic() + 10
+        while states(db) != [("working", 2)]:
+            assert time.monotonic() < deadline, states(db)
+            await asyncio.sleep(0.02)
+    finally:
+        await asyncio.wait_for(router.stop(), 5)
+    assert states(db) == [("pending", 1)]
+    db.close()
+
+
+async def test_a_prepare_that_hangs_fails_and_frees_the_router(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    db.upgrade()
+    store(db, ["Stuck", "Next"])
+    handler = Recorder(stuck="Stuck")
+    handler.batch = 1
+    router = Router(db, {Role.POST: handler}, max_attempts=1, on_outgoing=lambda: None,
+                    poll=0.05, lease=1.0)       # a prepare may take a fifth of it
+    router.start()
+    try:
+        assert await settle(db) == [("quarantined", 1), ("done", 1)]
+    finally:
+        await router.stop()
+    error = db.query(lambda s: s.scalar(select(Work.error).order_by(Work.id)))
+    assert error is not None and error.startswith("TimeoutError")
+    assert handler.handled == ["Next"]
+    db.close()
+
+
+async def test_the_outcome_of_an_old_lease_never_touches_the_new_one(database_url: str) -> None:
+    """A unit whose lease ran out in hand, and which this router leased again: what the
+    first batch still does with it (it failed, say) is not recorded against the second."""
+    db = Database(database_url)
+    db.upgrade()
+    store(db, ["Leased twice"])
+    router = Router(db, {Role.POST: Recorder()}, max_attempts=2, on_outgoing=lambda: None)
+    [(work_id, _)], first = await router._lease()
+    db.transaction(lambda s: s.execute(Work.__table__.update().values(due_at=0)))
+    [(_, attempts)], second = await router._lease()
+    assert attempts == 2 and second != first
+    await router._fail(work_id, first, RuntimeError("from the first batch"))
+    await router._unclaim_all([work_id], first)
+    assert states(db) == [("working", 2)]
+    assert router._held == {work_id: second}
+    db.close()

@@ -47,6 +47,8 @@ def lengths_or_die(items: Sequence[str]) -> list[int]:
     """In a worker process: the lengths, unless an item kills the process."""
     if "die" in items:
         os._exit(1)
+    if "slow" in items:
+        time.sleep(0.5)
     return [len(item) for item in items]
 
 
@@ -59,6 +61,36 @@ async def test_only_the_item_that_kills_a_worker_fails() -> None:
         assert outcome[0] == 1 and outcome[2] == 3
         assert isinstance(outcome[1], WorkerDied)
         assert await measure("later") == 5, "a new worker took over"
+    finally:
+        workers.stop()
+
+
+async def test_items_that_kill_workers_never_run_in_the_daemon() -> None:
+    """However often workers die of what they are given, the daemon never runs it itself
+    (here it would end the test run)."""
+    workers = Workers(1)
+    measure = workers.batched(lengths_or_die)
+    try:
+        outcome = await asyncio.gather(measure("die"), measure("die"), measure("ok"),
+                                       return_exceptions=True)
+        assert [type(o) for o in outcome[:2]] == [WorkerDied, WorkerDied]
+        assert outcome[2] == 2
+    finally:
+        workers.stop()
+
+
+async def test_a_call_that_was_only_waiting_when_a_worker_died_is_done_again() -> None:
+    workers = Workers(1)
+    measure = workers.batched(lengths_or_die)
+    try:
+        slow = asyncio.ensure_future(measure("slow"))
+        await asyncio.sleep(0.01)       # three calls, queued one behind the other
+        dying = asyncio.ensure_future(measure("die"))
+        await asyncio.sleep(0.01)
+        assert await measure("innocent") == 8
+        assert await slow == 4
+        with pytest.raises(WorkerDied):
+            await dying
     finally:
         workers.stop()
 
