@@ -43,13 +43,25 @@ async def test_calls_made_together_cross_to_the_worker_once() -> None:
     assert await measure("ok") == 2
 
 
+THE_TESTS = "ALLIANCE_TESTS_PID"     # the test run's own process, which workers inherit
+
+
 def lengths_or_die(items: Sequence[str]) -> list[int]:
-    """In a worker process: the lengths, unless an item kills the process."""
+    """In a worker process: the lengths, unless an item kills the process or hangs."""
+    if os.environ.get(THE_TESTS) == str(os.getpid()) and ("die" in items or "hang" in items):
+        raise AssertionError("an item that kills workers ran in the daemon's process")
     if "die" in items:
         os._exit(1)
+    if "hang" in items:
+        time.sleep(3600)
     if "slow" in items:
         time.sleep(0.5)
     return [len(item) for item in items]
+
+
+@pytest.fixture(autouse=True)
+def tests_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(THE_TESTS, str(os.getpid()))
 
 
 async def test_only_the_item_that_kills_a_worker_fails() -> None:
@@ -71,10 +83,10 @@ async def test_items_that_kill_workers_never_run_in_the_daemon() -> None:
     workers = Workers(1)
     measure = workers.batched(lengths_or_die)
     try:
-        outcome = await asyncio.gather(measure("die"), measure("die"), measure("ok"),
+        outcome = await asyncio.gather(*(measure("die") for _ in range(4)), measure("ok"),
                                        return_exceptions=True)
-        assert [type(o) for o in outcome[:2]] == [WorkerDied, WorkerDied]
-        assert outcome[2] == 2
+        assert [type(o) for o in outcome[:4]] == [WorkerDied] * 4
+        assert outcome[4] == 2
     finally:
         workers.stop()
 
@@ -95,6 +107,26 @@ async def test_a_call_that_was_only_waiting_when_a_worker_died_is_done_again() -
         workers.stop()
 
 
+async def test_an_item_that_hangs_a_worker_is_ended_and_fails_alone() -> None:
+    workers = Workers(1, call_limit=1.0)
+    measure = workers.batched(lengths_or_die)
+    try:
+        outcome = await asyncio.gather(measure("hang"), measure("ok"), return_exceptions=True)
+        assert isinstance(outcome[0], WorkerDied) and "took more than 1 s" in str(outcome[0])
+        assert outcome[1] == 2
+    finally:
+        workers.stop()
+
+
+async def test_a_suspect_never_runs_in_the_daemon_even_without_workers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_processes(*args: object, **kwargs: object) -> None:
+        raise OSError(12, "Cannot allocate memory")
+    monkeypatch.setattr(workers_module, "ProcessPoolExecutor", no_processes)
+    with pytest.raises(WorkerDied, match="no worker process"):
+        await Workers(1).run(lengths_or_die, ["die"], alone=True)
+
+
 async def test_without_processes_to_be_had_the_work_is_done_in_the_daemon(
         monkeypatch: pytest.MonkeyPatch) -> None:
     def no_processes(*args: object, **kwargs: object) -> None:
@@ -113,22 +145,24 @@ def worker_pids() -> set[int]:
     return {child.pid for child in multiprocessing.active_children() if child.pid}
 
 
-async def wait_for_workers(count: int, timeout: float = 30.0) -> set[int]:
+async def new_worker(others: set[int], timeout: float = 30.0) -> int:
+    """The pid of a worker process started after `others` were seen."""
     deadline = time.monotonic() + timeout
-    while len(worker_pids()) < count:
-        assert time.monotonic() < deadline, "the worker processes did not start"
+    while not worker_pids() - others:
+        assert time.monotonic() < deadline, "no worker process started"
         await asyncio.sleep(0.05)
-    return worker_pids()
+    return min(worker_pids() - others)
 
 
 async def test_replies_are_applied_when_a_worker_process_dies(tmp_path: Path, sqlite_url: str,
                                                               sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
                          router={"processes": 1})
+    earlier = worker_pids()     # other tests' workers, perhaps still ending
     async with running(config) as daemon:
         world = daemon.db.transaction(organise)
         port = daemon.ports["smtp"]
-        [first] = await wait_for_workers(1)
+        first = await new_worker(earlier)
         os.kill(first, signal.SIGKILL)
         await send(port, "ana@party.test", [world.rsvp("ana@party.test")],
                    fixture("outlook-reply-accepted.eml", world))
@@ -140,8 +174,8 @@ async def test_replies_are_applied_when_a_worker_process_dies(tmp_path: Path, sq
                    fixture("thunderbird-reply-tentative.eml", world, "zara@party.test"))
         await quiet(daemon)
         assert standing(daemon.db, world, "zara@party.test").partstat == "TENTATIVE"
-        assert worker_pids() - {first}, "a new worker process took over"
-    assert worker_pids() == set(), "stopping the daemon ends its workers"
+        assert worker_pids() - earlier - {first}, "a new worker process took over"
+    assert not worker_pids() - earlier, "stopping the daemon ends its workers"
 
 
 @pytest.mark.parametrize("processes", [-1, 65])
