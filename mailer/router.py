@@ -32,7 +32,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -144,6 +144,10 @@ class Router:
         self._stopping = False
         self._held: dict[int, float] = {}      # units in hand without an outcome: lease end
         self._in_hand: set[asyncio.Task[None]] = set()
+        # How each role's messages are parsed: (policy, early).
+        self._parsing = {role.value: (getattr(handler, "policy", default_policy),
+                                      not getattr(handler, "lazy", False))
+                         for role, handler in handlers.items()}
 
     def wake(self) -> None:
         self._wake.set()
@@ -181,15 +185,20 @@ class Router:
                 if again:
                     await self._alone(again, fresh, lease_end)
                 elif fresh:
-                    last = asyncio.create_task(self._prepare_and_write(fresh, lease_end, last))
-                    self._in_hand.add(last)
-                    last.add_done_callback(self._finished)
+                    last = self._take(self._prepare_and_write(fresh, lease_end, last))
                 elif not leased:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll)
         finally:
             if self._in_hand:
                 await asyncio.gather(*self._in_hand, return_exceptions=True)
+
+    def _take(self, batch: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A leased batch in hand, as a task: a stop's grace applies to it."""
+        task = asyncio.create_task(batch)
+        self._in_hand.add(task)
+        task.add_done_callback(self._finished)
+        return task
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_hand.discard(task)
@@ -230,9 +239,7 @@ class Router:
             if self._stopping:
                 await self._unclaim_all([work_id], lease_end)
                 continue
-            task = asyncio.create_task(self._prepare_and_write([work_id], lease_end, None))
-            self._in_hand.add(task)     # so that a stop's grace applies to it too
-            task.add_done_callback(self._finished)
+            task = self._take(self._prepare_and_write([work_id], lease_end, None))
             await asyncio.gather(task, return_exceptions=True)
 
     async def _prepare_and_write(self, ids: list[int], lease_end: float,
@@ -254,7 +261,7 @@ class Router:
     async def _prepare_all(self, ids: list[int], lease_end: float) -> list[Inbound]:
         """Load leased units with their messages, and prepare each; failures recorded."""
         try:
-            loaded = await self.db.read(_load, ids, self._parsing())
+            loaded = await self.db.read(_load, ids, self._parsing)
         except Exception as error:
             log.exception("could not load work %s", ids)
             for work_id in ids:
@@ -329,12 +336,6 @@ class Router:
         if handler is None:
             raise LookupError(f"no handler for the {inbound.route.role} role")
         return handler
-
-    def _parsing(self) -> dict[str, tuple[Policy, bool]]:
-        """How each role's messages are parsed: (policy, early)."""
-        return {role.value: (getattr(handler, "policy", default_policy),
-                             not getattr(handler, "lazy", False))
-                for role, handler in self.handlers.items()}
 
     def _groups(self, ready: list[Inbound]) -> list[list[Inbound]]:
         """Consecutive units of one role, at most its handler's `batch` in a group."""

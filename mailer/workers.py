@@ -146,7 +146,7 @@ class Workers:
         except TimeoutError:
             log.error("%s took more than %.0f s in a worker process; ending the workers",
                       fn.__name__, self.call_limit)
-            for process in list(getattr(pool, "_processes", {}).values()):
+            for process in _processes(pool):
                 process.kill()
             self._broken(pool, alone)
             raise WorkerDied(f"{fn.__name__} took more than {self.call_limit:.0f} s in a "
@@ -202,8 +202,7 @@ class Workers:
         """End the worker processes; what they held is taken again by the router's lease."""
         self._stopped = True
         pools, self._pools = list(self._pools.values()), {}
-        processes = [process for pool in pools
-                     for process in getattr(pool, "_processes", {}).values()]
+        processes = [process for pool in pools for process in _processes(pool)]
         for pool in pools:
             pool.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + STOP_WAIT
@@ -213,6 +212,11 @@ class Workers:
                 log.warning("worker process %s did not end; terminating it", process.pid)
                 process.terminate()
                 process.join(1.0)
+
+
+def _processes(pool: ProcessPoolExecutor) -> list[Any]:
+    """The pool's worker processes (the executor keeps them in a private attribute)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
 
 
 class _Batcher(Generic[A, T]):
