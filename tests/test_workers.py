@@ -111,7 +111,8 @@ async def test_an_item_that_hangs_a_worker_is_ended_and_fails_alone() -> None:
     workers = Workers(1, call_limit=1.0)
     measure = workers.batched(lengths_or_die)
     try:
-        outcome = await asyncio.gather(measure("hang"), measure("ok"), return_exceptions=True)
+        outcome = await asyncio.wait_for(   # without the limit it would hang: fail instead
+            asyncio.gather(measure("hang"), measure("ok"), return_exceptions=True), 60)
         assert isinstance(outcome[0], WorkerDied) and "took more than 1 s" in str(outcome[0])
         assert outcome[1] == 2
     finally:
