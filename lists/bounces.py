@@ -225,15 +225,12 @@ class BounceHandler:
                      ", ".join(m.address for m, _ in named) or "no member")
             return
         member = verp_member(session, self.site, mailing_list, inbound.route.token)
-        kind = found.kind
-        targets = [(member, kind)] if member is not None and kind is not None else []
-        if not targets:
+        if member is None or found.kind is None:
             log.info("bounces: message %d to %s discarded: %s", inbound.message_id,
                      inbound.recipient,
                      "not a bounce" if found.kind is None else "names no member")
             return
-        for member, kind in targets:
-            register(session, self.site, mailing_list, member, kind, inbound.message_id)
+        register(session, self.site, mailing_list, member, found.kind, inbound.message_id)
 
 
 def smarthost_refusals(site: ListSite) -> Callable[[Session, list[Refusal]], None]:

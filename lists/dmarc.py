@@ -37,8 +37,6 @@ from mailer.config import ConfigError, parse_listen
 log = logging.getLogger(__name__)
 
 POLICIES = ("none", "quarantine", "reject")
-MODES = ("always", "dmarc-policy", "never")
-POSTER_IN = ("reply-to", "cc")
 
 # A failed lookup is tried again sooner than an answer is, so a DNS outage delays each
 # post by at most one timeout a minute per domain, and the outage is soon forgotten.

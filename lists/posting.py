@@ -131,7 +131,7 @@ def policy_rule(session: Session, post: Post) -> Decision | None:
 
 def _stranger(post: Post, reason: str, code: str) -> Decision:
     action = post.mailing_list.nonmember_action
-    return Decision("hold" if action == "hold" else action, reason, code)  # type: ignore
+    return Decision(action, reason, code)  # type: ignore[arg-type]
 
 
 RULES: tuple[Callable[[Session, Post], Decision | None], ...] = (
@@ -244,8 +244,7 @@ def distribute(session: Session, post: Post) -> int:
     return fan_out(session, post, data)
 
 
-def make_post(session: Session, site: ListSite, mailing_list: MailingList,
-              inbound: Inbound) -> Post:
+def make_post(site: ListSite, mailing_list: MailingList, inbound: Inbound) -> Post:
     facts = inbound.prepared if isinstance(inbound.prepared, PostFacts) else PostFacts()
     return Post(mailing_list, site, inbound.message, inbound.raw, inbound.message_id,
                 inbound.mail_from, senders_of(inbound.message, inbound.mail_from), facts)
@@ -270,7 +269,7 @@ class PostHandler:
     def handle(self, session: Session, inbound: Inbound) -> None:
         from lists import moderation
         mailing_list = service.find(session, inbound.route.list or "")
-        post = make_post(session, self.site, mailing_list, inbound)
+        post = make_post(self.site, mailing_list, inbound)
         decision = decide(session, post)
         if decision.action == "accept":
             distribute(session, post)
