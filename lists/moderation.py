@@ -53,9 +53,8 @@ def hold(session: Session, site: ListSite, post: Post, decision: Decision) -> He
                "reason_code": decision.code,
                "token": held.token, "confirm_address": reply_to, "id": held.id,
                "days": mailing_list.hold_days}
-    for moderator in service.moderators(session, mailing_list.id):
-        robot.send(session, site, mailing_list, "held_moderator", to=moderator,
-                   kind="notice", from_local="-owner", reply_to=reply_to, context=context)
+    robot.notify_moderators(session, site, mailing_list, "held_moderator", context,
+                            service.moderators(session, mailing_list.id), reply_to)
     _tell_poster(session, site, post, "held_poster",
                  {"post_subject": held.subject, "reason": reason,
                   "reason_code": decision.code})  # never the moderators' token

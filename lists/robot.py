@@ -82,11 +82,11 @@ def list_view(site: ListSite, mailing_list: MailingList) -> dict[str, str]:
 
 
 def notify_moderators(session: Session, site: ListSite, mailing_list: MailingList,
-                      template: str, context: dict[str, Any],
-                      moderators: list[str]) -> None:
+                      template: str, context: dict[str, Any], moderators: list[str],
+                      reply_to: str | None = None) -> None:
     """The same notice to each owner and moderator, from the -owner address."""
     for address in moderators:
         send(session, site, mailing_list, template, to=address, context=context,
-             kind="notice", from_local="-owner")
+             kind="notice", from_local="-owner", reply_to=reply_to)
 
 

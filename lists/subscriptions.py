@@ -159,11 +159,10 @@ def _ask_owners(session: Session, site: ListSite, mailing_list: MailingList,
     approval = open_pending(session, site, mailing_list, "approve", pending.address,
                             display_name=pending.display_name, language=pending.language)
     reply_to = confirm_address(site, mailing_list, approval.token)
-    for moderator in service.moderators(session, mailing_list.id):
-        robot.send(session, site, mailing_list, "subscription_approval", to=moderator,
-                   kind="notice", from_local="-owner", reply_to=reply_to,
-                   context={"address": pending.address, "token": approval.token,
-                            "confirm_address": reply_to})
+    robot.notify_moderators(session, site, mailing_list, "subscription_approval",
+                            {"address": pending.address, "token": approval.token,
+                             "confirm_address": reply_to},
+                            service.moderators(session, mailing_list.id), reply_to)
     robot.send(session, site, mailing_list, "subscription_awaiting_approval",
                to=pending.address, language=pending.language, kind="notice")
     return Outcome("awaiting_approval", pending.address)
