@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -414,10 +413,7 @@ def cadence_command(context: Context, year: int | None, as_json: bool) -> None:
         {"body": r.body, "year": r.year, "held": r.held, "required": r.required,
          "status": "ok" if not r.short else f"{r.short} missing"}
         for r in cadence.report(s, year)])
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    emit(rows, False, ["body", "year", "held", "required", "status"])
+    emit(rows, as_json, ["body", "year", "held", "required", "status"])
 
 
 COMMANDS: tuple[click.Command, ...] = (party_group, body_group, delegate_group, meeting_group,

@@ -18,7 +18,6 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from icalendar import Alarm, Calendar, Component, Event, Timezone, vCalAddress
 
@@ -64,11 +63,6 @@ class Occasion:
     description: str = ""
     url: str = ""
     status: str = "CONFIRMED"
-
-
-def zone(tzid: str) -> ZoneInfo:
-    """The IANA zone of that name; KeyError or ValueError if there is none."""
-    return ZoneInfo(tzid)
 
 
 @functools.lru_cache(maxsize=256)
@@ -227,13 +221,12 @@ def _frame(calendar: Calendar) -> Frame:
     return Frame(data[:cut], data[cut:])
 
 
-def request_frame(occasion: Occasion, *, alarm: bool = True) -> Frame:
+def request_frame(occasion: Occasion) -> Frame:
     """METHOD:REQUEST (RFC 5546 §3.2.2): STATUS, VTIMEZONE and a VALARM."""
     calendar = _calendar("REQUEST")
     _add_timezones(calendar, [occasion])
     event = _event(occasion, status=occasion.status)
-    if alarm:
-        event.add_component(_alarm(occasion.title))
+    event.add_component(_alarm(occasion.title))
     calendar.add_component(event)
     return _frame(calendar)
 
@@ -245,17 +238,6 @@ def cancel_frame(occasion: Occasion, *, whole: bool = True) -> Frame:
     _add_timezones(calendar, [occasion])
     calendar.add_component(_event(occasion, status="CANCELLED" if whole else None))
     return _frame(calendar)
-
-
-def request(occasion: Occasion, organizer: Person, attendees: Sequence[Attendee]) -> bytes:
-    """A whole REQUEST calendar (RFC 5546 §3.2.2), as bytes."""
-    return request_frame(occasion).fill(organizer, attendees)
-
-
-def cancel(occasion: Occasion, organizer: Person, attendees: Sequence[Attendee], *,
-           whole: bool = True) -> bytes:
-    """A whole CANCEL calendar (RFC 5546 §3.2.5), as bytes."""
-    return cancel_frame(occasion, whole=whole).fill(organizer, attendees)
 
 
 def publish(occasions: Sequence[Occasion], *, name: str, organizer: Person,

@@ -21,6 +21,7 @@ from lists.models import LANGUAGES, MailingList
 from lists.service import ListError
 from mailer.addresses import AddressError, normalize
 from mailer.routing import check_list_name
+from meetings.imip import one_line
 from meetings.models import REGIONS, Body, Delegate, Party, Seat
 
 SEAT_ROLES = ("delegate", "substitute")
@@ -93,7 +94,7 @@ def add_body(session: Session, slug: str, name: str, *, subscription: str = "clo
         raise MeetingError(f"body {slug!r} already exists")
     if not name.strip():
         raise MeetingError("a body needs a name")
-    return _create_body(session, slug, _one_line(name), "custom", subscription, None,
+    return _create_body(session, slug, one_line(name), "custom", subscription, None,
                         False, 0)
 
 
@@ -114,7 +115,7 @@ def bodies(session: Session) -> list[Body]:
 
 def add_party(session: Session, name: str, *, country: str, region: str) -> Party:
     """A member party: its name, its country (ISO 3166 alpha-2) and its charter region."""
-    name = _one_line(name)
+    name = one_line(name)
     if not name:
         raise MeetingError("a party needs a name")
     if not (len(country) == 2 and country.isascii() and country.isalpha()):
@@ -148,10 +149,6 @@ def checked_address(text: str) -> str:
         return normalize(text.strip())
     except AddressError as error:
         raise MeetingError(str(error)) from None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _delegate(session: Session, address: str, name: str, party: Party,
@@ -202,7 +199,7 @@ def seat(session: Session, body: Body, party: Party, *, address: str, name: str,
     if role not in SEAT_ROLES:
         raise MeetingError(f"unknown seat {role!r}; choose one of {', '.join(SEAT_ROLES)}")
     address = checked_address(address)
-    delegate = _delegate(session, address, _one_line(name), party, language)
+    delegate = _delegate(session, address, one_line(name), party, language)
     if session.scalar(select(Seat.id).where(Seat.body_id == body.id,
                                             Seat.delegate_id == delegate.id)):
         raise MeetingError(f"{address} already has a seat in the {body.name}")

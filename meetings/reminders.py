@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from mailer.scheduler import Job
 from meetings import letters
-from meetings.invitations import REMINDER_DAYS
+from meetings.invitations import REMINDER_DAYS, passed_offsets
 from meetings.letters import DAY
 from meetings.models import Invitation, Meeting
 from meetings.site import MeetingSite
@@ -40,7 +40,7 @@ def remind(session: Session, site: MeetingSite, meeting: Meeting, now: float,
     offset = due_offset(meeting, now, days)
     if offset is None:
         return 0
-    passed = ",".join(str(d) for d in days if now >= meeting.starts_at - d * DAY)
+    passed = passed_offsets(meeting, now, days)
     waiting = [i for i in session.scalars(select(Invitation).where(
         Invitation.meeting_id == meeting.id, Invitation.state == "active",
         Invitation.partstat == "NEEDS-ACTION", Invitation.sent_sequence.is_not(None)))

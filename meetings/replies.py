@@ -49,6 +49,7 @@ from mailer.router import Inbound, parse
 from mailer.routing import Role, Route
 from mailer.workers import Workers
 from meetings import coordination, invitations, itip
+from meetings.imip import one_line
 from meetings.models import Delegate, Invitation, Meeting, RsvpEvent
 from meetings.organisation import MeetingError
 from meetings.site import MeetingSite
@@ -454,15 +455,6 @@ def send_substitute(session: Session, rsvp: Rsvp, address: str, name: str) -> Ou
     invitation.replied_at = rsvp.now
     record(session, rsvp, "delegated", DELEGATED, address)
     return Outcome("delegated", address)
-
-
-def one_line(text: str) -> str:
-    """Text on one line: line breaks and runs of space become one space.
-
-    >>> one_line("Ana\\r\\nBcc: x@y")
-    'Ana Bcc: x@y'
-    """
-    return " ".join(text.split())
 
 
 def delegate_command(message: EmailMessage) -> tuple[str, str] | None:
