@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import compose
 from mailer.models import Setting
 from mailer.scheduler import Job
 from meetings import coordination
@@ -90,19 +89,12 @@ def shortfalls(session: Session, now: float) -> list[Standing]:
 def warn(session: Session, site: MeetingSite, now: float) -> int:
     """One mail to the coordinators about the bodies that fall short; the number queued."""
     short = shortfalls(session, now)
-    recipients = coordination.contacts(session)
-    if not short or not recipients:
+    if not short or not coordination.notify(
+            session, site, "cadence_warning",
+            {"site_name": site.name, "shortfalls": [
+                {"body": s.name, "year": s.year, "held": s.held, "required": s.required}
+                for s in short]}, kind="cadence"):
         return 0
-    subject, body = compose.render(site.templates, "cadence_warning",
-                                   coordination.language(session),
-                                   {"site_name": site.name, "shortfalls": [
-                                       {"body": s.name, "year": s.year, "held": s.held,
-                                        "required": s.required} for s in short]})
-    own = site.address(coordination.LOCAL)
-    data = compose.robot_message(sender=(site.name, own), to=own, subject=subject,
-                                 body=body, domain=site.domain, auto="auto-generated")
-    compose.enqueue(session, sender=own, recipients=[(a, None) for a in recipients],
-                    data=data, kind="cadence")
     for standing in short:
         setting = _warned(session, standing.year)
         setting.value = ",".join(filter(None, [setting.value, standing.body]))

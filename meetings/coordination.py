@@ -79,6 +79,22 @@ def terms(session: Session) -> list[tuple[CoordinationTerm, Party]]:
     return [(t, p) for t, p in rows]
 
 
+def notify(session: Session, site: MeetingSite, template: str, context: dict[str, Any],
+           kind: str) -> int:
+    """One robot mail from coordination@ to the coordinators, in their language; the
+    number queued (0 when there is no coordination contact)."""
+    recipients = contacts(session)
+    if not recipients:
+        return 0
+    subject, body = compose.render(site.templates, template, language(session), context)
+    own = site.address(LOCAL)
+    data = compose.robot_message(sender=(site.name, own), to=own, subject=subject,
+                                 body=body, domain=site.domain, auto="auto-generated")
+    compose.enqueue(session, sender=own, recipients=[(a, None) for a in recipients],
+                    data=data, kind=kind)
+    return 1
+
+
 def forward(session: Session, site: MeetingSite, raw: bytes) -> int:
     """Queue a message unchanged to the coordinators; the number of recipients.
 

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailer import compose
 from mailer.scheduler import Job
 from meetings import coordination, letters
 from meetings.invitations import MAX_CHAIN
@@ -91,18 +90,11 @@ def summarise(session: Session, site: MeetingSite, now: float) -> int:
                                   .order_by(RsvpEvent.id)))
     if not events or min(e.at for e in events) > now - DAY:
         return 0
-    recipients = coordination.contacts(session)
-    if not recipients:
+    if not coordination.contacts(session) or not coordination.notify(
+            session, site, "rsvp_summary",
+            {"site_name": site.name, "count": len(events),
+             "events": summary_rows(session, events)}, kind="summary"):
         return 0
-    subject, body = compose.render(site.templates, "rsvp_summary",
-                                   coordination.language(session),
-                                   {"site_name": site.name, "count": len(events),
-                                    "events": summary_rows(session, events)})
-    own = site.address(coordination.LOCAL)
-    data = compose.robot_message(sender=(site.name, own), to=own, subject=subject,
-                                 body=body, domain=site.domain, auto="auto-generated")
-    compose.enqueue(session, sender=own, recipients=[(a, None) for a in recipients],
-                    data=data, kind="summary")
     for event in events:
         event.reported = True
     return 1
