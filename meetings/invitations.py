@@ -61,14 +61,16 @@ def _all(session: Session, meeting: Meeting) -> list[Invitation]:
 
 
 def sync(session: Session, meeting: Meeting, now: float,
-         days: Sequence[int] = REMINDER_DAYS) -> None:
-    """Give every delegate seated in the meeting's body an invitation row (not yet sent)."""
+         days: Sequence[int] = REMINDER_DAYS) -> list[Invitation]:
+    """Give every delegate seated in the meeting's body an invitation row (not yet sent);
+    the meeting's invitations, in order."""
     seated = session.execute(select(Delegate.id, Delegate.address, Delegate.name,
                                     Delegate.language)
                              .join(Seat, Seat.delegate_id == Delegate.id)
                              .where(Seat.body_id == meeting.body_id,
                                     Seat.role == "delegate")).all()
-    known = {i.address: i for i in _all(session, meeting)}
+    rows = _all(session, meeting)
+    known = {i.address: i for i in rows}
     reminded = passed_offsets(meeting, now, days)
     new = []
     for delegate_id, address, name, language in seated:
@@ -80,8 +82,10 @@ def sync(session: Session, meeting: Meeting, now: float,
         elif found.state == "removed":
             _reopen(found, meeting, reminded)
             found.delegate_id, found.delegated_from_id = delegate_id, None
-    if new:
-        session.execute(insert(Invitation), new)
+    if not new:
+        return rows
+    session.execute(insert(Invitation), new)
+    return _all(session, meeting)
 
 
 def _reopen(invitation: Invitation, meeting: Meeting, reminded: str) -> None:
@@ -96,8 +100,7 @@ def invite(session: Session, site: MeetingSite, meeting: Meeting) -> int:
     """Send the first REQUEST to every invitee who has had none; the number queued."""
     now = site.clock()
     check_open(meeting, now)
-    sync(session, meeting, now, site.reminder_days)
-    unsent = [i for i in _all(session, meeting) if i.state == "active"
+    unsent = [i for i in sync(session, meeting, now, site.reminder_days) if i.state == "active"
               and i.sent_sequence is None and i.partstat != "DELEGATED"]
     return letters.send(session, site, meeting, unsent, letters.INVITATION)
 
