@@ -25,11 +25,13 @@ import aiosmtplib
 import psycopg
 import pytest
 from aiosmtpd.smtp import SMTP
+from sqlalchemy import func, select
 
 from lists import service
 from mailer.config import Config, from_dict
 from mailer.daemon import Daemon, build
 from mailer.db import Database
+from mailer.models import Delivery, Work
 
 DOMAIN = "lists.example.org"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -204,6 +206,20 @@ async def running(config: Config, **kwargs: Any) -> AsyncIterator[Daemon]:
     finally:
         if not daemon.stopped.is_set():
             await daemon.stop(grace=5)
+
+
+async def quiet(daemon: Daemon, timeout: float = 15.0) -> None:
+    """Wait until every received message is handled and every delivery has an outcome."""
+    def busy(session: Any) -> int:
+        work = session.scalar(select(func.count()).select_from(Work).where(
+            Work.state.in_(("pending", "working"))))
+        sending = session.scalar(select(func.count()).select_from(Delivery).where(
+            Delivery.state.in_(("pending", "sending"))))
+        return int(work or 0) + int(sending or 0)
+    deadline = time.monotonic() + timeout
+    while await daemon.db.read(busy):
+        assert time.monotonic() < deadline, "the daemon did not settle"
+        await asyncio.sleep(0.05)
 
 
 def make_list(config: Config, name: str, members: list[str], **options: Any) -> None:

@@ -24,9 +24,19 @@ from mailer import compose
 from mailer.config import Config
 from mailer.daemon import Daemon
 from mailer.db import Database
-from mailer.models import Delivery, Work
 from mailer.tokens import Signer
-from tests.conftest import DOMAIN, Clock, Delivered, Sink, mail, make_config, members, running, send
+from tests.conftest import (
+    DOMAIN,
+    Clock,
+    Delivered,
+    Sink,
+    mail,
+    make_config,
+    members,
+    quiet,
+    running,
+    send,
+)
 
 LIST = f"steering@{DOMAIN}"
 BOUNCES = f"steering-bounces@{DOMAIN}"
@@ -82,19 +92,6 @@ def standing(daemon: Daemon, address: str) -> Standing:
         return Standing(member.enabled, member.disabled_reason, member.bounce_score,
                         tuple(kinds))
     return daemon.db.query(read)
-
-
-async def quiet(daemon: Daemon, timeout: float = 15.0) -> None:
-    """Wait until every received message is handled and every delivery has an outcome."""
-    def busy(session: Session) -> int:
-        work = session.scalars(select(Work.id).where(Work.state.in_(("pending", "working"))))
-        sending = session.scalars(select(Delivery.id).where(
-            Delivery.state.in_(("pending", "sending"))))
-        return len(list(work)) + len(list(sending))
-    deadline = time.monotonic() + timeout
-    while await daemon.db.read(busy):
-        assert time.monotonic() < deadline, "the daemon did not settle"
-        await asyncio.sleep(0.05)
 
 
 async def post(daemon: Daemon, sink: Sink, sender: str, subject: str) -> dict[str, Delivered]:

@@ -13,7 +13,7 @@ from email.parser import BytesParser, Parser
 from email.policy import default as default_policy
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lists import archive, digests, service
@@ -23,9 +23,20 @@ from mailer import compose
 from mailer.config import Config
 from mailer.daemon import Daemon
 from mailer.db import Database
-from mailer.models import Delivery, Outgoing, Work
+from mailer.models import Delivery, Outgoing
 from mailer.tokens import Signer
-from tests.conftest import DOMAIN, Clock, Delivered, Sink, mail, make_config, members, running, send
+from tests.conftest import (
+    DOMAIN,
+    Clock,
+    Delivered,
+    Sink,
+    mail,
+    make_config,
+    members,
+    quiet,
+    running,
+    send,
+)
 
 LIST = f"steering@{DOMAIN}"
 DAY = 86_400.0
@@ -61,19 +72,6 @@ def make_steering(config: Config, people: list[str], delivery: dict[str, str],
         db.transaction(create)
     finally:
         db.close()
-
-
-async def quiet(daemon: Daemon, timeout: float = 15.0) -> None:
-    """Wait until every received message is handled and every delivery has an outcome."""
-    def busy(session: Session) -> int:
-        return int(session.scalar(select(func.count()).select_from(Work).where(
-            Work.state.in_(("pending", "working")))) or 0) + int(session.scalar(
-                select(func.count()).select_from(Delivery).where(
-                    Delivery.state.in_(("pending", "sending")))) or 0)
-    deadline = time.monotonic() + timeout
-    while await daemon.db.read(busy):
-        assert time.monotonic() < deadline, "the daemon did not settle"
-        await asyncio.sleep(0.05)
 
 
 async def scheduled(daemon: Daemon) -> None:

@@ -11,7 +11,6 @@ where the daemon's router would call them.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import os
@@ -49,6 +48,7 @@ from meetings.models import (
 from meetings.replies import FORWARD_HEADER, Outcome, Reading, RsvpHandler, process, read
 from meetings.site import MeetingSite
 from tests.conftest import DOMAIN, Delivered, Sink, make_config, running, send
+from tests.conftest import quiet as settled
 
 DATA = Path(__file__).parent / "data" / "replies"
 INTEROP = Path(__file__).resolve().parent.parent.parent / "shared" / "interop-samples"
@@ -843,17 +843,8 @@ def test_when_the_substitute_declines_the_delegator_is_asked_again(db: Database,
 # -- over SMTP -------------------------------------------------------------------------------
 
 async def quiet(daemon: Daemon, timeout: float = 15.0) -> None:
-    """Wait until every received message is handled and every delivery has an outcome."""
-    def busy(session: Session) -> int:
-        work = session.scalar(select(func.count()).select_from(Work).where(
-            Work.state.in_(("pending", "working"))))
-        sending = session.scalar(select(func.count()).select_from(Delivery).where(
-            Delivery.state.in_(("pending", "sending"))))
-        return int(work or 0) + int(sending or 0)
-    deadline = time.monotonic() + timeout
-    while await daemon.db.read(busy):
-        assert time.monotonic() < deadline, "the daemon did not settle"
-        await asyncio.sleep(0.05)
+    """Everything handled and delivered (conftest's `quiet`), and nothing quarantined."""
+    await settled(daemon, timeout)
     quarantined = await daemon.db.read(lambda s: list(s.scalars(
         select(Work.error).where(Work.state == "quarantined"))))
     assert quarantined == []
