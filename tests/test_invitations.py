@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +59,13 @@ def invitations(db: Database) -> dict[str, Invitation]:
     return db.query(lambda s: {i.address: i for i in s.scalars(select(Invitation))})
 
 
-def change(db: Database, fn: Callable[[Any], None]) -> None:
-    db.transaction(fn)
+def odm_and_anc(path: Path, ama_body: str = "steering", thabo: tuple[str, ...] = (
+        "thabo@anc.example", "Thabo", "steering")) -> None:
+    """Two African parties, Ama Owino of ODM and a delegate of the ANC."""
+    party(path, "ODM", "KE", "africa")
+    party(path, "ANC", "ZA", "africa")
+    seat(path, "ama@odm.example", "Ama Owino", "ODM", ama_body)
+    seat(path, thabo[0], thabo[1], "ANC", thabo[2])
 
 
 def by_rcpt(delivered: list[Delivered]) -> dict[str, Delivered]:
@@ -160,7 +164,7 @@ async def test_reschedule_cancel_and_minor_fixes(tmp_path: Path, sqlite_url: str
         def answered(session: Any) -> None:
             for invitation in session.scalars(select(Invitation)):
                 invitation.partstat = "ACCEPTED"
-        change(daemon.db, answered)
+        daemon.db.transaction(answered)
 
         sink.received.clear()
         cli(path, "meeting", "update", str(meeting_id), "--description", "Typo fixed.")
@@ -275,7 +279,7 @@ async def test_reminders_at_fourteen_and_three_days_only_to_those_who_have_not_a
         def ana_accepts(session: Any) -> None:
             session.scalar(select(Invitation).where(Invitation.address == ANA)).partstat = \
                 "ACCEPTED"
-        change(daemon.db, ana_accepts)
+        daemon.db.transaction(ana_accepts)
 
         clock.advance(days=6, seconds=600)     # 14 days before
         daemon.scheduler.wake()
@@ -317,7 +321,7 @@ async def test_attendance_and_one_daily_summary_for_the_coordinators(
                 session.add(RsvpEvent(meeting_id=meeting_id, invitation_id=invitation.id,
                                       kind="reply", partstat=partstat,
                                       detail=invitation.comment, at=clock.now))
-        change(daemon.db, replies)
+        daemon.db.transaction(replies)
         daemon.scheduler.wake()
         await daemon.scheduler.run_due()
         await wait_quiet(sink, 0)               # not a day old yet
@@ -393,10 +397,7 @@ async def test_a_substitute_gets_a_request_with_delegated_from(tmp_path: Path,
                                                                sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
-    party(path, "ODM", "KE", "africa")
-    party(path, "ANC", "ZA", "africa")
-    seat(path, "ama@odm.example", "Ama Owino", "ODM", "steering")
-    seat(path, "thabo@anc.example", "Thabo", "ANC", "steering")
+    odm_and_anc(path)
     meeting_id = create_meeting(path, "steering")
     async with running(config) as daemon:
         await wait_quiet(sink, 2)
@@ -498,10 +499,7 @@ async def test_a_delegator_gets_updates_and_takes_their_substitute_along_when_un
         tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
-    party(path, "ODM", "KE", "africa")
-    party(path, "ANC", "ZA", "africa")
-    seat(path, "ama@odm.example", "Ama Owino", "ODM", "steering")
-    seat(path, "thabo@anc.example", "Thabo", "ANC", "steering")
+    odm_and_anc(path)
     meeting_id = create_meeting(path, "steering")
     async with running(config) as daemon:
         await wait_quiet(sink, 2)
@@ -540,10 +538,7 @@ def test_no_delegate_of_another_party_stands_in_on_the_board(tmp_path: Path,
                                                               sqlite_url: str) -> None:
     config = make_config(tmp_path, sqlite_url)
     path = config_file(config, tmp_path)
-    party(path, "ODM", "KE", "africa")
-    party(path, "ANC", "ZA", "africa")
-    seat(path, "ama@odm.example", "Ama Owino", "ODM", "board")
-    seat(path, "zuma@anc.example", "Zuma", "ANC", "conference")
+    odm_and_anc(path, "board", ("zuma@anc.example", "Zuma", "conference"))
     meeting_id = create_meeting(path, "board")
     cli(path, "meeting", "invite", str(meeting_id))
     assert cli_error(path, "meeting", "delegate", str(meeting_id), "ama@odm.example",
