@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from lists import robot, service
 from lists.models import Archived, DigestState, MailingList, Member
-from lists.posting import Post, list_headers
+from lists.posting import with_list_fields
 from lists.site import ListSite
 from mailer import compose
 from mailer.addresses import named_addresses
@@ -212,10 +212,9 @@ def texts(site: ListSite, issue: Issue) -> Texts:
         "volume": issue.volume, "issue": issue.number,
         "topics": [{"number": n, "subject": e.subject, "author": e.author}
                    for n, e in enumerate(issue.entries, start=1)]}
-    header = site.templates.get_template(f"{language}/digest_header.txt")
-    module = header.make_module(context)
+    module = compose.render_module(site.templates, "digest_header", language, context)
     signoff, footer = compose.render(site.templates, "digest_footer", language, context)
-    return Texts(subject=" ".join(str(getattr(module, "subject", "")).split()),
+    return Texts(subject=compose.subject_of(module),
                  masthead=str(module), omitted=str(getattr(module, "omitted", "")),
                  signoff=signoff, footer=footer)
 
@@ -246,10 +245,7 @@ def _addressed(site: ListSite, issue: Issue, subject: str) -> EmailMessage:
 
 def _as_list_mail(site: ListSite, mailing_list: MailingList, data: bytes) -> bytes:
     """The list's RFC 2369 / RFC 2919 fields, as on every post (lists/posting.py)."""
-    message = EmailMessage()
-    # A digest is mail the list itself sends: there is no inbound message or poster.
-    post = Post(mailing_list, site, message, data, 0, "", ())
-    return list_headers(post, data)
+    return with_list_fields(site, mailing_list, data)
 
 
 def mime(site: ListSite, issue: Issue) -> bytes:

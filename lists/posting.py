@@ -67,8 +67,7 @@ class Post:
 
     @property
     def list_id_header(self) -> str:
-        """RFC 2919 list identifier: the posting address with '@' turned into '.'."""
-        return f"{self.name}.{self.site.domain}"
+        return list_id(self.site, self.mailing_list)
 
     def address(self, suffix: str = "") -> str:
         return self.site.address(f"{self.name}{suffix}")
@@ -192,25 +191,40 @@ def add_footer(post: Post, data: bytes) -> bytes:
     return footer.add_footer(data, post.message, text)
 
 
+def list_id(site: ListSite, mailing_list: MailingList) -> str:
+    """RFC 2919 list identifier: the posting address with '@' turned into '.'."""
+    return f"{mailing_list.name}.{site.domain}"
+
+
 def list_headers(post: Post, data: bytes) -> bytes:
     """RFC 2369, RFC 2919 and RFC 8058 fields, Precedence and X-Loop, replacing old ones."""
-    leave = f"<mailto:{post.address('-leave')}>"
+    return with_list_fields(post.site, post.mailing_list, data)
+
+
+def with_list_fields(site: ListSite, mailing_list: MailingList, data: bytes) -> bytes:
+    """The list's own fields on a message it sends (a post, a digest), old ones replaced."""
+    name = mailing_list.name
+
+    def address(suffix: str = "") -> str:
+        return site.address(f"{name}{suffix}")
+    leave = f"<mailto:{address('-leave')}>"
     fields = [
-        ("List-Id", f"{rawmail.phrase(post.mailing_list.display_name)} <{post.list_id_header}>"),
-        ("List-Post", f"<mailto:{post.address()}>"),
-        ("List-Help", f"<mailto:{post.address('-request')}?subject=help>"),
-        ("List-Subscribe", f"<mailto:{post.address('-join')}>"),
+        ("List-Id", f"{rawmail.phrase(mailing_list.display_name)} "
+                    f"<{list_id(site, mailing_list)}>"),
+        ("List-Post", f"<mailto:{address()}>"),
+        ("List-Help", f"<mailto:{address('-request')}?subject=help>"),
+        ("List-Subscribe", f"<mailto:{address('-join')}>"),
         ("List-Unsubscribe", leave),
-        ("List-Owner", f"<mailto:{post.address('-owner')}>"),
+        ("List-Owner", f"<mailto:{address('-owner')}>"),
         ("Precedence", "list"),
-        ("X-Loop", post.address()),
+        ("X-Loop", address()),
     ]
-    if post.site.base_url:
-        one_click = f"{post.site.base_url}/unsubscribe/{UNSUBSCRIBE_MARKER.decode()}"
+    if site.base_url:
+        one_click = f"{site.base_url}/unsubscribe/{UNSUBSCRIBE_MARKER.decode()}"
         fields[4] = ("List-Unsubscribe", f"<{one_click}>, {leave}")
         fields.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-        if post.mailing_list.public_archive:
-            fields.append(("List-Archive", f"<{post.site.base_url}/lists/{post.name}/>"))
+        if mailing_list.public_archive:
+            fields.append(("List-Archive", f"<{site.base_url}/lists/{name}/>"))
     return rawmail.rewrite(data, LIST_FIELDS, fields)
 
 

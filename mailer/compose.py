@@ -56,10 +56,19 @@ def language_of(*choices: str | None) -> str:
 def render(env: jinja2.Environment, name: str, language: str,
            context: dict[str, Any]) -> tuple[str, str]:
     """(subject, body) of template `name` in `language`."""
-    template = env.get_template(f"{language_of(language)}/{name}.txt")
-    module = template.make_module(context)
-    subject = " ".join(str(getattr(module, "subject", "")).split())
-    return subject, str(module)
+    module = render_module(env, name, language, context)
+    return subject_of(module), str(module)
+
+
+def render_module(env: jinja2.Environment, name: str, language: str,
+                  context: dict[str, Any]) -> Any:
+    """Template `name` in `language`, rendered: its text, and what it sets (`subject`)."""
+    return env.get_template(f"{language_of(language)}/{name}.txt").make_module(context)
+
+
+def subject_of(module: Any) -> str:
+    """The `subject` a rendered template set, on one line."""
+    return " ".join(str(getattr(module, "subject", "")).split())
 
 
 def robot_message(*, sender: tuple[str, str], to: str, subject: str, body: str,
