@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -21,6 +22,7 @@ from lists import robot, service
 from lists.models import Held, MailingList, Member, Pending
 from lists.site import ListSite
 
+T = TypeVar("T", Pending, Held)
 log = logging.getLogger(__name__)
 DAY = 86_400.0
 
@@ -58,13 +60,8 @@ def open_pending(session: Session, site: ListSite, mailing_list: MailingList, ac
 def find_pending(session: Session, site: ListSite, mailing_list: MailingList,
                  token: str) -> Pending | None:
     """The live pending action a token names, compared in constant time."""
-    ident, _, _ = token.partition("-")
-    if not re.fullmatch(r"[0-9]{1,18}", ident):
-        return None
-    pending = session.get(Pending, int(ident))
-    if pending is None or pending.list_id != mailing_list.id or pending.state != "pending":
-        return None
-    if not hmac.compare_digest(pending.token.encode(), token.lower().encode()):
+    pending = _by_token(session, Pending, mailing_list, token)
+    if pending is None or pending.state != "pending":
         return None
     if pending.expires_at < site.clock():
         pending.state = "expired"
@@ -74,15 +71,21 @@ def find_pending(session: Session, site: ListSite, mailing_list: MailingList,
 
 def find_held(session: Session, mailing_list: MailingList, token: str) -> Held | None:
     """The held post a moderator's token names (tokens of holds start with 'h')."""
+    return _by_token(session, Held, mailing_list, token, prefix="h")
+
+
+def _by_token(session: Session, model: type[T], mailing_list: MailingList, token: str,
+              prefix: str = "") -> T | None:
+    """The row of this list that `PREFIX<id>-<secret>` names, compared in constant time."""
     ident, _, _ = token.partition("-")
-    if not re.fullmatch(r"h[0-9]{1,18}", ident):
+    if not re.fullmatch(f"{prefix}[0-9]{{1,18}}", ident):
         return None
-    held = session.get(Held, int(ident[1:]))
-    if held is None or held.list_id != mailing_list.id or held.token is None:
+    row = session.get(model, int(ident[len(prefix):]))
+    if row is None or row.list_id != mailing_list.id or row.token is None:
         return None
-    if not hmac.compare_digest(held.token.encode(), token.lower().encode()):
+    if not hmac.compare_digest(row.token.encode(), token.lower().encode()):
         return None
-    return held
+    return row
 
 
 def request_join(session: Session, site: ListSite, mailing_list: MailingList, address: str,
