@@ -28,6 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lists import robot, service, subscriptions
+from lists.handler import ListHandler
 from lists.models import Bounce, MailingList, Member, Pending
 from lists.site import ListSite
 from mailer.delivery import Refusal
@@ -197,21 +198,13 @@ def named_members(session: Session, mailing_list: MailingList,
             if (kind := found.kind_of(member.address)) is not None]
 
 
-class BounceHandler:
+class BounceHandler(ListHandler):
     """The role handler for `NAME-bounces@` and `NAME-bounces+TOKEN@`."""
-
-    def __init__(self, site: ListSite) -> None:
-        self.site = site
 
     def accepts(self, session: Session, route: Route) -> bool:
         """The list exists, and a token, if there is one, is ours (else 550 at RCPT)."""
-        if session.scalar(select(MailingList.id).where(MailingList.name == route.list)) \
-                is None:
-            return False
-        return route.token is None or self.site.member_tokens.verify(route.token) is not None
-
-    async def prepare(self, inbound: Inbound) -> None:
-        return None
+        return super().accepts(session, route) and (
+            route.token is None or self.site.member_tokens.verify(route.token) is not None)
 
     def handle(self, session: Session, inbound: Inbound) -> None:
         mailing_list = service.find(session, inbound.route.list or "")

@@ -19,6 +19,7 @@ from sqlalchemy import insert, literal, select
 from sqlalchemy.orm import Session
 
 from lists import archive, dmarc, footer, robot, service
+from lists.handler import ListHandler
 from lists.models import MailingList, Member
 from lists.site import ListSite
 from mailer import compose, rawmail
@@ -26,7 +27,6 @@ from mailer.addresses import AddressError, named_addresses, normalize
 from mailer.delivery import UNSUBSCRIBE_MARKER
 from mailer.models import Delivery, Outgoing
 from mailer.router import Inbound
-from mailer.routing import Route
 
 log = logging.getLogger(__name__)
 Action = Literal["accept", "hold", "reject", "discard"]
@@ -264,15 +264,8 @@ def make_post(site: ListSite, mailing_list: MailingList, inbound: Inbound) -> Po
                 inbound.mail_from, senders_of(inbound.message, inbound.mail_from), facts)
 
 
-class PostHandler:
+class PostHandler(ListHandler):
     """The role handler for `NAME@`: posting to a list."""
-
-    def __init__(self, site: ListSite) -> None:
-        self.site = site
-
-    def accepts(self, session: Session, route: Route) -> bool:
-        return session.scalar(select(MailingList.id).where(
-            MailingList.name == route.list)) is not None
 
     async def prepare(self, inbound: Inbound) -> PostFacts:
         domain = dmarc.from_domain(inbound.raw)

@@ -10,18 +10,18 @@ from __future__ import annotations
 import logging
 import re
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lists import moderation, robot, service, subscriptions
 from lists.automail import automatic
 from lists.commands import Command, first_command, read
+from lists.handler import ListHandler
 from lists.models import MailingList
 from lists.site import ListSite
 from lists.subscriptions import Outcome
 from mailer.addresses import AddressError, named_addresses, normalize
 from mailer.router import Inbound
-from mailer.routing import Role, Route
+from mailer.routing import Role
 
 log = logging.getLogger(__name__)
 WHO_LIMIT = 5000
@@ -74,18 +74,8 @@ def why_not_answer(inbound: Inbound, site: ListSite, mailing_list: MailingList) 
     return None
 
 
-class ListRobot:
+class ListRobot(ListHandler):
     """Shared by the list robot roles: which list, and may we answer."""
-
-    def __init__(self, site: ListSite) -> None:
-        self.site = site
-
-    def accepts(self, session: Session, route: Route) -> bool:
-        return session.scalar(select(MailingList.id).where(
-            MailingList.name == route.list)) is not None
-
-    async def prepare(self, inbound: Inbound) -> None:
-        return None
 
     def _list(self, session: Session, inbound: Inbound) -> MailingList | None:
         mailing_list = service.find(session, inbound.route.list or "")
