@@ -21,7 +21,7 @@ from lists.site import ListSite
 from mailer.addresses import named_addresses
 from mailer.db import Database
 from mailer.router import parse
-from mailer.web import Request, Response, Route, page
+from mailer.web import Request, Response, Route, document, page
 
 
 def _member(session: Session, site: ListSite, token: str) -> tuple[Member, MailingList] | None:
@@ -39,23 +39,20 @@ def routes(site: ListSite, db: Database) -> tuple[Route, ...]:
         token = match["token"]
         found = await db.read(lambda s: _describe(s, site, token))
         if found is None:
-            return page(404, "Unknown link", "This unsubscribe link is not valid, or you "
-                        "have already left the list.")
+            return _unknown_link()
         address, display = found
-        body = (f"<!doctype html><html><head><meta charset='utf-8'><title>Unsubscribe"
-                f"</title></head><body><h1>Leave {escape(display)}?</h1><p>"
-                f"{escape(address)} will no longer receive mail from this list.</p>"
-                f"<form method='post'><input type='hidden' name='List-Unsubscribe' "
-                f"value='One-Click'><button type='submit'>Unsubscribe</button></form>"
-                f"</body></html>")
+        body = document("Unsubscribe", (
+            f"<h1>Leave {escape(display)}?</h1><p>"
+            f"{escape(address)} will no longer receive mail from this list.</p>"
+            f"<form method='post'><input type='hidden' name='List-Unsubscribe' "
+            f"value='One-Click'><button type='submit'>Unsubscribe</button></form>"))
         return Response(200, body.encode())
 
     async def unsubscribe(request: Request, match: re.Match[str]) -> Response:
         token = match["token"]
         done = await db.write(lambda s: _leave(s, site, token))
         if done is None:
-            return page(404, "Unknown link", "This unsubscribe link is not valid, or you "
-                        "have already left the list.")
+            return _unknown_link()
         return page(200, "Unsubscribed", f"{done[0]} has left {done[1]}.")
 
     async def index(request: Request, match: re.Match[str]) -> Response:
@@ -77,6 +74,11 @@ def routes(site: ListSite, db: Database) -> tuple[Route, ...]:
                                               r"(?P<id>[0-9]{1,12})"), post))
 
 
+def _unknown_link() -> Response:
+    return page(404, "Unknown link", "This unsubscribe link is not valid, or you have "
+                "already left the list.")
+
+
 def public(mailing_list: MailingList | None) -> bool:
     return mailing_list is not None and mailing_list.public_archive
 
@@ -93,8 +95,7 @@ def _archive_index(session: Session, name: str) -> str | None:
                     f"<a href='{ident}'>{escape(subject or '(no subject)')}</a></li>"
                     for ident, at, subject in rows)
     title = escape(mailing_list.display_name)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-            f"<body><h1>{title}</h1><ul>{items}</ul></body></html>")
+    return document(title, f"<h1>{title}</h1><ul>{items}</ul>")
 
 
 def _archived_post(session: Session, name: str, ident: int) -> str | None:
@@ -108,11 +109,11 @@ def _archived_post(session: Session, name: str, ident: int) -> str | None:
     text = body.get_content() if body is not None else "(no plain-text part)"
     sender = ", ".join(name or "(no name)" for name, _ in
                        named_addresses(message))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>"
-            f"{escape(archived.subject)}</title></head><body><h1>"
-            f"{escape(archived.subject)}</h1><p>{escape(sender)}, "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(archived.archived_at))}</p>"
-            f"<pre>{escape(str(text))}</pre></body></html>")
+    subject = escape(archived.subject)
+    return document(subject, (
+        f"<h1>{subject}</h1><p>{escape(sender)}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(archived.archived_at))}</p>"
+        f"<pre>{escape(str(text))}</pre>"))
 
 
 def _describe(session: Session, site: ListSite, token: str) -> tuple[str, str] | None:

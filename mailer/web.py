@@ -52,13 +52,17 @@ class Route:
     handler: Handler
 
 
+def document(title: str, body: str) -> str:
+    """An HTML page around `body`; both arguments are HTML, escaped by the caller."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"</head><body>{body}</body></html>")
+
+
 def page(status: int, title: str, text: str) -> Response:
     """A minimal page, for errors and for the answers of our own pages."""
     from html import escape
-    body = (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}"
-            f"</title></head><body><h1>{escape(title)}</h1><p>{escape(text)}</p>"
-            f"</body></html>")
-    return Response(status, body.encode())
+    return Response(status, document(escape(title), f"<h1>{escape(title)}</h1>"
+                                                    f"<p>{escape(text)}</p>").encode())
 
 
 class WebServer:
