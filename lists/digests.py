@@ -33,7 +33,7 @@ from email.policy import default as default_policy
 from email.utils import formataddr, formatdate, make_msgid
 from typing import Any, cast
 
-from sqlalchemy import Select, exists, func, insert, literal, select
+from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
 from lists import robot, service
@@ -42,7 +42,6 @@ from lists.posting import with_list_fields
 from lists.site import ListSite
 from mailer import compose
 from mailer.addresses import named_addresses
-from mailer.models import Delivery
 from mailer.scheduler import Job
 
 log = logging.getLogger(__name__)
@@ -338,13 +337,7 @@ def queue(session: Session, site: ListSite, mailing_list: MailingList, data: byt
     sender = site.address(mailing_list.name + "-bounces+{token}")
     outgoing = compose.enqueue(session, sender=sender, recipients=(), data=data, kind=KIND)
     # Deliveries are due by the wall clock, whatever time the scheduler was given.
-    stamp = time.time()
-    members = readers(mailing_list.id, form).subquery()
-    rows = select(literal(outgoing.id), members.c.address, members.c.id, literal("pending"),
-                  literal(0), literal(stamp), literal(stamp))
-    session.execute(insert(Delivery).from_select(
-        ["outgoing_id", "recipient", "member_id", "state", "attempts", "created_at", "due_at"],
-        rows))
+    compose.enqueue_each(session, outgoing, readers(mailing_list.id, form))
     return outgoing.id
 
 

@@ -9,13 +9,12 @@ INSERT ... SELECT, so a 10,000-member list costs one statement, not 10,000 objec
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Literal
 
-from sqlalchemy import insert, literal, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lists import archive, dmarc, footer, robot, service
@@ -25,7 +24,6 @@ from lists.site import ListSite
 from mailer import compose, rawmail
 from mailer.addresses import AddressError, named_addresses, normalize
 from mailer.delivery import UNSUBSCRIBE_MARKER
-from mailer.models import Delivery, Outgoing
 from mailer.router import Inbound
 
 log = logging.getLogger(__name__)
@@ -235,18 +233,12 @@ PIPELINE: tuple[Callable[[Post, bytes], bytes], ...] = (
 def fan_out(session: Session, post: Post, data: bytes) -> int:
     """Store the list copy once and one delivery per regular member; returns its id."""
     archive.keep(session, post, data)
-    now = time.time()
-    outgoing = Outgoing(created_at=now, kind="list", source_id=post.message_id,
-                        sender=post.address("-bounces+{token}"), data=data)
-    session.add(outgoing)
-    session.flush()
-    members = select(literal(outgoing.id), Member.address, Member.id, literal("pending"),
-                     literal(0), literal(now), literal(now)).where(
+    outgoing = compose.enqueue(session, sender=post.address("-bounces+{token}"),
+                               recipients=(), data=data, kind="list",
+                               source_id=post.message_id)
+    compose.enqueue_each(session, outgoing, select(Member.address, Member.id).where(
         Member.list_id == post.mailing_list.id, Member.role == "member",
-        Member.enabled.is_(True), Member.delivery == "regular")
-    session.execute(insert(Delivery).from_select(
-        ["outgoing_id", "recipient", "member_id", "state", "attempts", "created_at", "due_at"],
-        members))
+        Member.enabled.is_(True), Member.delivery == "regular"))
     return outgoing.id
 
 
