@@ -103,15 +103,14 @@ class RequestHandler(ListRobot):
             commands = [Command("unsubscribe", (), "unsubscribe")]
         else:
             commands = read(inbound.message) or [Command("help", (), "")]
-        results = [self.run(session, mailing_list, command, address, name, inbound)
-                   for command in commands]
-        self.reply(session, mailing_list, address, inbound, commands, results)
+        source, in_reply_to = source_of(inbound), message_id(inbound)
+        results = [self.run(session, mailing_list, command, address, name, source,
+                            in_reply_to) for command in commands]
+        reply(session, self.site, mailing_list, address, inbound, commands, results)
 
     def run(self, session: Session, mailing_list: MailingList, command: Command,
-            address: str, name: str, inbound: Inbound) -> Outcome:
+            address: str, name: str, source: str, in_reply_to: str | None) -> Outcome:
         """Carry out one command for the sender."""
-        source = source_of(inbound)
-        in_reply_to = str(inbound.message.get("message-id", "")) or None
         site = self.site
         if command.verb == "subscribe":
             return subscriptions.request_join(session, site, mailing_list, address,
@@ -141,26 +140,31 @@ class RequestHandler(ListRobot):
             return Outcome("help")
         return Outcome("unknown", command.line[:200])
 
-    def reply(self, session: Session, mailing_list: MailingList, address: str,
-              inbound: Inbound, commands: list[Command], results: list[Outcome]) -> None:
-        """One answer with every result that no dedicated mail has already given."""
-        dedicated = {"confirm_sent", "unsubscribe_confirm_sent", "closed", "subscribed",
-                     "unsubscribed", "awaiting_approval", "limited", "reenabled"}
-        lines = [{"command": c.line, "code": r.code, "detail": r.detail}
-                 for c, r in zip(commands, results, strict=True) if r.code not in dedicated]
-        if not lines:
-            return
-        source = source_of(inbound)
-        if not robot.allowed(session, self.site, kind="reply", target=address,
-                             sources=(source,)):
-            log.warning("reply to %s not sent: rate limit", address)
-            return
-        member = service.member(session, mailing_list.id, address)
-        robot.send(session, self.site, mailing_list, "command_results", to=address,
-                   language=member.language if member else "", kind="reply", source=source,
-                   in_reply_to=str(inbound.message.get("message-id", "")) or None,
-                   context={"results": lines,
-                            "help": any(r.code in ("help", "unknown") for r in results)})
+
+def message_id(inbound: Inbound) -> str | None:
+    """The Message-ID a robot's answer refers to (In-Reply-To), if there is one."""
+    return str(inbound.message.get("message-id", "")) or None
+
+
+def reply(session: Session, site: ListSite, mailing_list: MailingList, address: str,
+          inbound: Inbound, commands: list[Command], results: list[Outcome]) -> None:
+    """One answer with every result that no dedicated mail has already given."""
+    dedicated = {"confirm_sent", "unsubscribe_confirm_sent", "closed", "subscribed",
+                 "unsubscribed", "awaiting_approval", "limited", "reenabled"}
+    lines = [{"command": c.line, "code": r.code, "detail": r.detail}
+             for c, r in zip(commands, results, strict=True) if r.code not in dedicated]
+    if not lines:
+        return
+    source = source_of(inbound)
+    if not robot.allowed(session, site, kind="reply", target=address, sources=(source,)):
+        log.warning("reply to %s not sent: rate limit", address)
+        return
+    member = service.member(session, mailing_list.id, address)
+    robot.send(session, site, mailing_list, "command_results", to=address,
+               language=member.language if member else "", kind="reply", source=source,
+               in_reply_to=message_id(inbound),
+               context={"results": lines,
+                        "help": any(r.code in ("help", "unknown") for r in results)})
 
 
 def confirm_token(session: Session, site: ListSite, mailing_list: MailingList, token: str,
@@ -188,9 +192,8 @@ class ConfirmHandler(ListRobot):
         outcome = confirm_token(session, self.site, mailing_list,
                                 inbound.route.token or "", address, words)
         if outcome.code in ("bad_token", "moderation_help") and address:
-            handler = RequestHandler(self.site)
             command = Command("confirm", (inbound.route.token or "",), "confirm")
-            handler.reply(session, mailing_list, address, inbound, [command], [outcome])
+            reply(session, self.site, mailing_list, address, inbound, [command], [outcome])
 
 
 class OwnerHandler(ListRobot):
