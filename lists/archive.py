@@ -13,18 +13,15 @@ import time
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lists.models import Archived, MailingList
+from lists.post import Post
 from lists.service import ListError
 from mailer import rawmail
-from mailer.delivery import UNSUBSCRIBE_MARKER
-
-if TYPE_CHECKING:
-    from lists.posting import Post
+from mailer.outbox import UNSUBSCRIBE_MARKER
 
 BATCH = 200
 

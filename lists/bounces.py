@@ -29,13 +29,13 @@ from sqlalchemy.orm import Session
 
 from lists import robot, service, subscriptions
 from lists.handler import ListHandler
+from lists.list_site import ListSite
 from lists.models import Bounce, MailingList, Member, Pending
-from lists.site import ListSite
-from mailer.delivery import Refusal
+from mailer.addresses import Route
+from mailer.inbound import Inbound
+from mailer.jobs import Job
 from mailer.models import Outgoing
-from mailer.router import Inbound
-from mailer.routing import Route
-from mailer.scheduler import Job
+from mailer.outbox import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +141,6 @@ def disable(session: Session, site: ListSite, mailing_list: MailingList,
                             service.moderators(session, mailing_list.id))
     log.info("bounces: delivery to %s on %s disabled", member.address, mailing_list.name)
     return pending
-
-
-def reenable(session: Session, site: ListSite, mailing_list: MailingList,
-             pending: Pending) -> None:
-    """The member confirmed a re-enable token: deliver again, with a clean score."""
-    member = service.member(session, mailing_list.id, pending.address)
-    if member is None:
-        log.info("bounces: %s left %s before re-enabling", pending.address,
-                 mailing_list.name)
-        return
-    if not member.enabled and member.disabled_reason not in ("", "bounces"):
-        # Disabled for another reason (by an owner, say): a bounce token cannot undo that.
-        log.info("bounces: %s on %s stays disabled (%s)", member.address,
-                 mailing_list.name, member.disabled_reason)
-        return
-    member.enabled, member.disabled_reason, member.bounce_score = True, "", 0.0
 
 
 def decay(session: Session, now: float) -> int:

@@ -37,12 +37,12 @@ from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
 from lists import robot, service
+from lists.list_site import ListSite
 from lists.models import Archived, DigestState, MailingList, Member
-from lists.posting import with_list_fields
-from lists.site import ListSite
-from mailer import compose
+from lists.pipeline import with_list_fields
+from mailer import outbox, templates
 from mailer.addresses import named_addresses
-from mailer.scheduler import Job
+from mailer.jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -205,15 +205,15 @@ class Texts:
 
 def texts(site: ListSite, issue: Issue) -> Texts:
     """Render the digest's header and footer templates."""
-    language = compose.language_of(issue.mailing_list.language)
+    language = templates.language_of(issue.mailing_list.language)
     context: dict[str, Any] = {
         "list": robot.list_view(site, issue.mailing_list), "site_name": site.name,
         "volume": issue.volume, "issue": issue.number,
         "topics": [{"number": n, "subject": e.subject, "author": e.author}
                    for n, e in enumerate(issue.entries, start=1)]}
-    module = compose.render_module(site.templates, "digest_header", language, context)
-    signoff, footer = compose.render(site.templates, "digest_footer", language, context)
-    return Texts(subject=compose.subject_of(module),
+    module = templates.render_module(site.templates, "digest_header", language, context)
+    signoff, footer = templates.render(site.templates, "digest_footer", language, context)
+    return Texts(subject=templates.subject_of(module),
                  masthead=str(module), omitted=str(getattr(module, "omitted", "")),
                  signoff=signoff, footer=footer)
 
@@ -243,7 +243,7 @@ def _addressed(site: ListSite, issue: Issue, subject: str) -> EmailMessage:
 
 
 def _as_list_mail(site: ListSite, mailing_list: MailingList, data: bytes) -> bytes:
-    """The list's RFC 2369 / RFC 2919 fields, as on every post (lists/posting.py)."""
+    """The list's RFC 2369 / RFC 2919 fields, as on every post (lists/pipeline.py)."""
     return with_list_fields(site, mailing_list, data)
 
 
@@ -335,9 +335,9 @@ def queue(session: Session, site: ListSite, mailing_list: MailingList, data: byt
     """Store the digest once and one delivery per digest member; returns its id."""
     # VERP: the delivery engine puts each member's signed token in place of {token}.
     sender = site.address(mailing_list.name + "-bounces+{token}")
-    outgoing = compose.enqueue(session, sender=sender, recipients=(), data=data, kind=KIND)
+    outgoing = outbox.enqueue(session, sender=sender, recipients=(), data=data, kind=KIND)
     # Deliveries are due by the wall clock, whatever time the scheduler was given.
-    compose.enqueue_each(session, outgoing, readers(mailing_list.id, form))
+    outbox.enqueue_each(session, outgoing, readers(mailing_list.id, form))
     return outgoing.id
 
 

@@ -1,4 +1,4 @@
-"""DMARC: find the poster's domain policy, and rewrite From when that policy would bounce.
+"""DMARC: the poster's domain policy, and From rewritten when that policy would bounce.
 
 A list changes the posts it relays (List-* fields, subject prefix, footer), so the
 poster's DKIM signature no longer verifies, and the list's server is not in the poster's
@@ -8,40 +8,31 @@ or bin the copy (RFC 7489 §6.3, §10.1; RFC 7960 §3.2.3). The remedy that mail
 handle best is the one Mailman and Google Groups use: the list sends the copy From its
 own address, with the poster's name kept in the display name and the poster's address
 in Reply-To or Cc (RFC 7960 §4.1.3).
+
+The rules are here; the DNS look-ups they need are asked through `TxtLookup`, which the
+composition root implements (mailer.dns): this package never opens a socket.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
-import socket
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.policy import default as default_policy
 from email.utils import getaddresses
+from typing import Protocol
 
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.resolver
+import idna
 from publicsuffixlist import PublicSuffixList
 
 from mailer import rawmail
-from mailer.config import ConfigError, parse_listen
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("none", "quarantine", "reject")
 
-# A failed lookup is tried again sooner than an answer is, so a DNS outage delays each
-# post by at most one timeout a minute per domain, and the outage is soon forgotten.
-FAILURE_SECONDS = 60.0
-CACHE_ENTRIES = 10_000
 # Names past this length are cut: a From field must stay under 998 octets (RFC 5322 §2.1.1).
 MAX_NAME = 100
 
@@ -110,44 +101,44 @@ def policy_of(records: Records, subdomain: bool) -> str | None:
     return tags.get("p") if tags.get("p") in POLICIES else None
 
 
-def nameserver_address(nameserver: str) -> tuple[str, int]:
-    """The IP address and port of `dns.nameserver` ("host", "host:port", "[v6]:port").
+class TxtLookup(Protocol):
+    """DNS as this module needs it (the composition root hands in mailer.dns.TxtResolver)."""
 
-    >>> nameserver_address("127.0.0.1:5353"), nameserver_address("::1")
-    (('127.0.0.1', 5353), ('::1', 53))
+    async def txt(self, name: str) -> Records | None:
+        """The TXT strings at `name`: () when there are none, None when DNS failed."""
+        ...
+
+
+def dns_name(domain: str) -> str | None:
+    """A domain as DNS is asked for it: lower-case A-labels, no final dot; None if it
+    cannot be a domain name (RFC 1035 §2.3.4, IDNA 2008 for Unicode labels).
+
+    >>> dns_name("STRICT.example."), dns_name("bücher.example"), dns_name("a..b")
+    ('strict.example', 'xn--bcher-kva.example', None)
     """
-    if nameserver.startswith("[") or nameserver.count(":") == 1:
-        host, port = parse_listen(nameserver, "dns.nameserver")
-    else:
-        host, port = nameserver, 53
-    try:
-        return str(ipaddress.ip_address(host)), port
-    except ValueError:
-        pass
-    try:
-        return str(socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][4][0]), port
-    except OSError as error:
-        raise ConfigError(f"dns.nameserver: cannot resolve {host!r} ({error})") from None
+    labels = []
+    for label in domain.strip().rstrip(".").split("."):
+        try:
+            ascii_label = label if label.isascii() else idna.encode(
+                label, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError, ValueError):
+            return None
+        if not 0 < len(ascii_label) <= 63:
+            return None
+        labels.append(ascii_label.lower())
+    name = ".".join(labels)
+    return name if len(name) <= 253 else None
 
 
 class DmarcLookup:
-    """Finds a domain's DMARC policy over DNS, remembering answers for `cache_seconds`.
+    """Finds a domain's DMARC policy (RFC 7489 §6.6.3) from the TXT records `dns` gives.
 
-    `nameserver` is "" for the system's resolver, or "host[:port]". Lookups never raise:
-    a DNS failure is logged and answers None, and the post goes on unchanged.
+    Lookups never raise: a DNS failure answers None, and the post goes on unchanged.
     """
 
-    def __init__(self, nameserver: str, timeout: float, cache_seconds: float,
-                 clock: Callable[[], float] = time.monotonic, *,
-                 cache_entries: int = CACHE_ENTRIES) -> None:
-        self.timeout = timeout
-        self.cache_seconds = cache_seconds
-        self.cache_entries = cache_entries
-        self.clock = clock
-        self.server = nameserver_address(nameserver) if nameserver else None
+    def __init__(self, dns: TxtLookup) -> None:
+        self.dns = dns
         self.suffixes = PublicSuffixList()
-        self.cache: OrderedDict[str, tuple[float, Records | None]] = OrderedDict()
-        self._resolver: dns.asyncresolver.Resolver | None = None
 
     async def policy(self, domain: str) -> str | None:
         """"reject", "quarantine", "none", or None: no record, or no answer (RFC 7489 §6.6.3).
@@ -156,12 +147,10 @@ class DmarcLookup:
         domain (the registrable domain by the Public Suffix List, RFC 7489 §3.2) is asked,
         and its `sp=` applies to its subdomains.
         """
-        try:
-            name = dns.name.from_text(domain.strip().rstrip(".")).to_text(omit_final_dot=True)
-        except (dns.exception.DNSException, UnicodeError, ValueError):
+        name = dns_name(domain)
+        if name is None:
             return None
-        name = name.lower()
-        records = await self._records(name)
+        records = await self.dns.txt(f"_dmarc.{name}")
         if records is None:
             return None
         if any(parse_record(record) is not None for record in records):
@@ -169,49 +158,8 @@ class DmarcLookup:
         organisational = self.suffixes.privatesuffix(name)
         if organisational is None or organisational == name:
             return None
-        records = await self._records(organisational)
+        records = await self.dns.txt(f"_dmarc.{organisational}")
         return None if records is None else policy_of(records, subdomain=True)
-
-    async def _records(self, domain: str) -> Records | None:
-        """The TXT strings at `_dmarc.<domain>`, () when there are none, None on failure."""
-        now = self.clock()
-        cached = self.cache.get(domain)
-        if cached is not None and cached[0] > now:
-            self.cache.move_to_end(domain)
-            return cached[1]
-        records = await self._query(domain)
-        lasting = self.cache_seconds if records is not None else min(FAILURE_SECONDS,
-                                                                      self.cache_seconds)
-        self.cache[domain] = (now + lasting, records)
-        self.cache.move_to_end(domain)
-        while len(self.cache) > self.cache_entries:
-            self.cache.popitem(last=False)
-        return records
-
-    async def _query(self, domain: str) -> Records | None:
-        try:
-            answer = await self.resolver().resolve(f"_dmarc.{domain}", "TXT",
-                                                   lifetime=self.timeout)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return ()
-        except Exception as error:  # a lookup must never lose the post (issue 4)
-            log.warning("DMARC lookup for %s failed: %s", domain, error or type(error).__name__)
-            return None
-        return tuple(b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer)
-
-    def resolver(self) -> dns.asyncresolver.Resolver:
-        """The resolver, made on first use (reading resolv.conf for the system's)."""
-        if self._resolver is None:
-            if self.server is None:
-                resolver = dns.asyncresolver.Resolver()
-            else:
-                resolver = dns.asyncresolver.Resolver(configure=False)
-                resolver.nameservers = [self.server[0]]
-                resolver.port = self.server[1]
-            resolver.timeout = resolver.lifetime = self.timeout
-            resolver.cache = None
-            self._resolver = resolver
-        return self._resolver
 
 
 # -- the list copy From the list ------------------------------------------------------
@@ -292,7 +240,7 @@ def mailbox(name: str, addr_spec: str) -> str:
     policy = default_policy.clone(utf8=not addr_spec.isascii())
     try:
         field = policy.header_factory("To", Address(name, addr_spec=addr_spec))
-        return field.fold(policy=policy).split(":", 1)[1].replace("\n", "").strip()
+        return str(field.fold(policy=policy)).split(":", 1)[1].replace("\n", "").strip()
     except Exception:  # an address the email package cannot redo keeps going without name
         return addr_spec
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lists.list_site import ListSite
 from lists.models import MailingList
-from lists.site import ListSite
-from mailer.router import Inbound
-from mailer.routing import Route
+from mailer.addresses import Route
+from mailer.inbound import RoleHandler
 
 
-class ListHandler:
+class ListHandler(RoleHandler):
     """A role handler of `NAME…@`: the list must exist (else 550 at RCPT)."""
 
     def __init__(self, site: ListSite) -> None:
@@ -20,7 +20,3 @@ class ListHandler:
     def accepts(self, session: Session, route: Route) -> bool:
         return session.scalar(select(MailingList.id).where(
             MailingList.name == route.list)) is not None
-
-    async def prepare(self, inbound: Inbound) -> object:
-        """Nothing to look up on the network."""
-        return None

@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session
 
 from lists import robot, service, subscriptions
 from lists.automail import automatic
+from lists.list_site import ListSite
 from lists.models import Held, MailingList
-from lists.posting import Decision, Post, PostFacts, distribute, senders_of
-from lists.site import ListSite
-from lists.subscriptions import Outcome
+from lists.pipeline import distribute
+from lists.post import Decision, Post, PostFacts, senders_of
+from lists.subscriptions import RequestOutcome
+from mailer.inbound import parse
 from mailer.models import Message
-from mailer.router import parse
 
 log = logging.getLogger(__name__)
 DAY = 86_400.0
@@ -122,16 +123,16 @@ def _post(session: Session, site: ListSite, mailing_list: MailingList, held: Hel
 
 
 def by_mail(session: Session, site: ListSite, mailing_list: MailingList, held: Held,
-            actor: str, words: list[str]) -> Outcome:
+            actor: str, words: list[str]) -> RequestOutcome:
     """A moderator replied to a hold notice: the first word says what to do."""
     if held.state != "held":
-        return Outcome("already_decided", held.state)
+        return RequestOutcome("already_decided", held.state)
     verb = words[0] if words else ""
     if verb not in DECISIONS:
-        return Outcome("moderation_help")
+        return RequestOutcome("moderation_help")
     reason = " ".join(words[1:])
     decide(session, site, mailing_list, held, verb, reason=reason, actor=actor)
-    return Outcome("moderated", verb)
+    return RequestOutcome("moderated", verb)
 
 
 def expire(site: ListSite) -> Callable[[Session, float], int]:

@@ -16,12 +16,12 @@ from lists import moderation, robot, service, subscriptions
 from lists.automail import automatic
 from lists.commands import Command, first_command, read
 from lists.handler import ListHandler
+from lists.list_site import ListSite
 from lists.models import MailingList
-from lists.site import ListSite
-from lists.subscriptions import Outcome
-from mailer.addresses import AddressError, named_addresses, normalize
-from mailer.router import Inbound
-from mailer.routing import Role
+from lists.subscriptions import RequestOutcome
+from mailer import outbox, rawmail
+from mailer.addresses import AddressError, Role, named_addresses, normalize
+from mailer.inbound import Inbound
 
 log = logging.getLogger(__name__)
 WHO_LIMIT = 5000
@@ -109,7 +109,7 @@ class RequestHandler(ListRobot):
         reply(session, self.site, mailing_list, address, inbound, commands, results)
 
     def run(self, session: Session, mailing_list: MailingList, command: Command,
-            address: str, name: str, source: str, in_reply_to: str | None) -> Outcome:
+            address: str, name: str, source: str, in_reply_to: str | None) -> RequestOutcome:
         """Carry out one command for the sender."""
         site = self.site
         if command.verb == "subscribe":
@@ -125,20 +125,20 @@ class RequestHandler(ListRobot):
         if command.verb == "set":
             member = service.member(session, mailing_list.id, address)
             if member is None:
-                return Outcome("not_member", address)
+                return RequestOutcome("not_member", address)
             option = command.args[0].lower() if command.args else ""
             value = command.args[1].lower() if len(command.args) > 1 else ""
             return subscriptions.set_option(session, site, mailing_list, member, option, value)
         if command.verb == "who":
             if not service.has_role(session, mailing_list.id, [address],
                                     ("owner", "moderator")):
-                return Outcome("who_refused")
+                return RequestOutcome("who_refused")
             roster = [m.address for m in service.members(session, mailing_list)]
             detail = "\n".join(roster[:WHO_LIMIT])
-            return Outcome("who", detail)
+            return RequestOutcome("who", detail)
         if command.verb == "help":
-            return Outcome("help")
-        return Outcome("unknown", command.line[:200])
+            return RequestOutcome("help")
+        return RequestOutcome("unknown", command.line[:200])
 
 
 def message_id(inbound: Inbound) -> str | None:
@@ -147,7 +147,7 @@ def message_id(inbound: Inbound) -> str | None:
 
 
 def reply(session: Session, site: ListSite, mailing_list: MailingList, address: str,
-          inbound: Inbound, commands: list[Command], results: list[Outcome]) -> None:
+          inbound: Inbound, commands: list[Command], results: list[RequestOutcome]) -> None:
     """One answer with every result that no dedicated mail has already given."""
     dedicated = {"confirm_sent", "unsubscribe_confirm_sent", "closed", "subscribed",
                  "unsubscribed", "awaiting_approval", "limited", "reenabled"}
@@ -168,14 +168,14 @@ def reply(session: Session, site: ListSite, mailing_list: MailingList, address: 
 
 
 def confirm_token(session: Session, site: ListSite, mailing_list: MailingList, token: str,
-                  actor: str, words: list[str]) -> Outcome:
+                  actor: str, words: list[str]) -> RequestOutcome:
     """A token came back: confirm what it stands for, or moderate the post it names."""
     held = subscriptions.find_held(session, mailing_list, token)
     if held is not None:
         return moderation.by_mail(session, site, mailing_list, held, actor, words)
     pending = subscriptions.find_pending(session, site, mailing_list, token)
     if pending is None:
-        return Outcome("bad_token", token[:80])
+        return RequestOutcome("bad_token", token[:80])
     rejected = bool(words) and words[0] == "reject"
     return subscriptions.confirm(session, site, mailing_list, pending, rejected=rejected)
 
@@ -206,9 +206,8 @@ class OwnerHandler(ListRobot):
             log.warning("mail %d to %s-owner kept: the list has no owner", inbound.message_id,
                         mailing_list.name)
             return
-        from mailer import compose, rawmail
         data = rawmail.rewrite(inbound.raw, set(),
                                [("X-Loop", self.site.address(f"{mailing_list.name}-owner"))])
-        compose.enqueue(session, sender=self.site.address(f"{mailing_list.name}-bounces"),
-                        recipients=[(address, None) for address in moderators], data=data,
-                        kind="owner", source_id=inbound.message_id)
+        outbox.enqueue(session, sender=self.site.address(f"{mailing_list.name}-bounces"),
+                       recipients=[(address, None) for address in moderators], data=data,
+                       kind="owner", source_id=inbound.message_id)

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from lists.list_site import ListSite
 from lists.models import MailingList, RobotLog
-from lists.site import ListSite
-from mailer import compose
+from mailer import outbox, robot_mail, templates
 
 DAY = 86_400.0
 
@@ -57,17 +57,17 @@ def send(session: Session, site: ListSite, mailing_list: MailingList, template: 
     """Render a template for one recipient and queue it from a list robot address."""
     values = {"list": list_view(site, mailing_list), "site_name": site.name,
               **(context or {})}
-    language = compose.language_of(language, mailing_list.language)
-    subject, body = compose.render(site.templates, template, language, values)
-    data = compose.robot_message(
+    language = templates.language_of(language, mailing_list.language)
+    subject, body = templates.render(site.templates, template, language, values)
+    data = robot_mail.robot_message(
         sender=(f"{mailing_list.display_name}", site.address(mailing_list.name + from_local)),
         to=to, subject=subject, body=body, domain=site.domain, reply_to=reply_to,
         in_reply_to=in_reply_to,
         auto="auto-replied" if in_reply_to else "auto-generated")
     # Mail to a member carries their VERP token, so that its bounce is theirs for sure.
     bounces = "-bounces+{token}" if member_id is not None else "-bounces"
-    compose.enqueue(session, sender=site.address(mailing_list.name + bounces),
-                    recipients=[(to, member_id)], data=data, kind=kind)
+    outbox.enqueue(session, sender=site.address(mailing_list.name + bounces),
+                   recipients=[(to, member_id)], data=data, kind=kind)
     session.add(RobotLog(kind=kind, target=to, source=source or to, sent_at=site.clock()))
 
 

@@ -22,8 +22,7 @@ from lists.models import (
     MailingList,
     Member,
 )
-from mailer.addresses import AddressError, normalize
-from mailer.routing import check_list_name
+from mailer.addresses import AddressError, check_list_name, normalize
 
 
 class ListError(Exception):

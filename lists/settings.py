@@ -18,7 +18,7 @@ class SettingError(ValueError):
 
 
 @dataclass(frozen=True)
-class Setting:
+class ListSetting:
     key: str
     kind: type
     help: str
@@ -26,33 +26,33 @@ class Setting:
     minimum: float | None = None
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("display_name", str, "name shown in List-Id, robot mail and the DMARC From"),
-    Setting("description", str, "one paragraph about the list, shown in help and welcome"),
-    Setting("language", str, "language of robot mail for members who chose none",
+SETTINGS: tuple[ListSetting, ...] = (
+    ListSetting("display_name", str, "name shown in List-Id, robot mail and the DMARC From"),
+    ListSetting("description", str, "one paragraph about the list, shown in help and welcome"),
+    ListSetting("language", str, "language of robot mail for members who chose none",
             models.LANGUAGES),
-    Setting("subscription_policy", str, "confirm: double opt-in; moderate: confirm, then an "
+    ListSetting("subscription_policy", str, "confirm: double opt-in; moderate: confirm, then an "
             "owner approves; closed: only owners add members", models.SUBSCRIPTION_POLICIES),
-    Setting("posting_policy", str, "members, anyone, moderated (every post held) or "
+    ListSetting("posting_policy", str, "members, anyone, moderated (every post held) or "
             "announce (owners and named posters only)", models.POSTING_POLICIES),
-    Setting("nonmember_action", str, "what happens to a post from a non-member",
+    ListSetting("nonmember_action", str, "what happens to a post from a non-member",
             models.NONMEMBER_ACTIONS),
-    Setting("subject_prefix", str, "put before each subject, e.g. [steering]; empty: none"),
-    Setting("reply_to", str, "where replies go: the poster, or the list", models.REPLY_TO),
-    Setting("footer", bool, "add a footer with the way to unsubscribe"),
-    Setting("dmarc_mode", str, "rewrite From: always, never, or when the poster's domain "
+    ListSetting("subject_prefix", str, "put before each subject, e.g. [steering]; empty: none"),
+    ListSetting("reply_to", str, "where replies go: the poster, or the list", models.REPLY_TO),
+    ListSetting("footer", bool, "add a footer with the way to unsubscribe"),
+    ListSetting("dmarc_mode", str, "rewrite From: always, never, or when the poster's domain "
             "publishes p=reject or p=quarantine", models.DMARC_MODES),
-    Setting("dmarc_poster_in", str, "where the poster goes when From is rewritten",
+    ListSetting("dmarc_poster_in", str, "where the poster goes when From is rewritten",
             models.DMARC_POSTER_IN),
-    Setting("hold_days", int, "days a held post waits for a moderator before it expires",
+    ListSetting("hold_days", int, "days a held post waits for a moderator before it expires",
             minimum=1),
-    Setting("confirm_days", int, "days a confirmation token stays valid", minimum=1),
-    Setting("bounce_threshold", float, "bounce score at which delivery is disabled",
+    ListSetting("confirm_days", int, "days a confirmation token stays valid", minimum=1),
+    ListSetting("bounce_threshold", float, "bounce score at which delivery is disabled",
             minimum=1),
-    Setting("bounce_decay_days", int, "days after which an old bounce score is forgotten",
+    ListSetting("bounce_decay_days", int, "days after which an old bounce score is forgotten",
             minimum=1),
-    Setting("digest_period", str, "how often digests are sent", models.DIGEST_PERIODS),
-    Setting("digest_max_kb", int, "a digest is sent early when it grows past this size",
+    ListSetting("digest_period", str, "how often digests are sent", models.DIGEST_PERIODS),
+    ListSetting("digest_max_kb", int, "a digest is sent early when it grows past this size",
             minimum=1),
 )
 BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -63,7 +63,7 @@ def show(mailing_list: MailingList) -> dict[str, Any]:
     return {setting.key: getattr(mailing_list, setting.key) for setting in SETTINGS}
 
 
-def parse(setting: Setting, text: str) -> Any:
+def parse(setting: ListSetting, text: str) -> Any:
     """Turn an owner's text into the setting's value, or SettingError.
 
     >>> parse(BY_KEY["footer"], "no")

@@ -19,8 +19,8 @@ from typing import TypeVar
 from sqlalchemy.orm import Session
 
 from lists import robot, service
+from lists.list_site import ListSite
 from lists.models import Held, MailingList, Member, Pending
-from lists.site import ListSite
 
 T = TypeVar("T", Pending, Held)
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ DAY = 86_400.0
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RequestOutcome:
     """The result of one request, for the reply: a code the templates know, and a detail."""
 
     code: str
@@ -90,38 +90,38 @@ def _by_token(session: Session, model: type[T], mailing_list: MailingList, token
 
 def request_join(session: Session, site: ListSite, mailing_list: MailingList, address: str,
                  *, display_name: str = "", language: str = "", source: str = "",
-                 in_reply_to: str | None = None) -> Outcome:
+                 in_reply_to: str | None = None) -> RequestOutcome:
     """Someone asked to join: refuse (closed), or mail them a confirmation."""
     if mailing_list.subscription_policy == "closed":
         if robot.allowed(session, site, kind="reply", target=address, sources=(source,)):
             robot.send(session, site, mailing_list, "subscription_refused", to=address,
                        language=language, kind="reply", source=source,
                        in_reply_to=in_reply_to)
-        return Outcome("closed")
+        return RequestOutcome("closed")
     if service.member(session, mailing_list.id, address) is not None:
-        return Outcome("already_member")
+        return RequestOutcome("already_member")
     if not robot.allowed(session, site, kind="confirm", target=address, sources=(source,)):
         log.warning("confirmation to %s for %s not sent: rate limit", address,
                     mailing_list.name)
-        return Outcome("limited")
+        return RequestOutcome("limited")
     pending = open_pending(session, site, mailing_list, "subscribe", address,
                            display_name=display_name, language=language)
     _ask(session, site, mailing_list, pending, "confirm_subscribe", source, in_reply_to)
-    return Outcome("confirm_sent", address)
+    return RequestOutcome("confirm_sent", address)
 
 
 def request_leave(session: Session, site: ListSite, mailing_list: MailingList, address: str,
-                  *, source: str = "", in_reply_to: str | None = None) -> Outcome:
+                  *, source: str = "", in_reply_to: str | None = None) -> RequestOutcome:
     """A member asked to leave: mail them a confirmation (a forged From cannot do it)."""
     member = service.member(session, mailing_list.id, address)
     if member is None:
-        return Outcome("not_member", address)
+        return RequestOutcome("not_member", address)
     if not robot.allowed(session, site, kind="confirm", target=address, sources=(source,)):
-        return Outcome("limited")
+        return RequestOutcome("limited")
     pending = open_pending(session, site, mailing_list, "unsubscribe", address,
                            language=member.language)
     _ask(session, site, mailing_list, pending, "confirm_unsubscribe", source, in_reply_to)
-    return Outcome("unsubscribe_confirm_sent", address)
+    return RequestOutcome("unsubscribe_confirm_sent", address)
 
 
 def _ask(session: Session, site: ListSite, mailing_list: MailingList, pending: Pending,
@@ -135,7 +135,7 @@ def _ask(session: Session, site: ListSite, mailing_list: MailingList, pending: P
 
 
 def confirm(session: Session, site: ListSite, mailing_list: MailingList, pending: Pending,
-            *, rejected: bool = False) -> Outcome:
+            *, rejected: bool = False) -> RequestOutcome:
     """Carry out a confirmed pending action (or an owner's refusal of a join)."""
     pending.state = "done"
     if pending.action == "subscribe":
@@ -146,19 +146,18 @@ def confirm(session: Session, site: ListSite, mailing_list: MailingList, pending
         if rejected:
             robot.send(session, site, mailing_list, "subscription_rejected",
                        to=pending.address, language=pending.language, kind="notice")
-            return Outcome("join_rejected", pending.address)
+            return RequestOutcome("join_rejected", pending.address)
         return _welcome(session, site, mailing_list, pending)
     if pending.action == "unsubscribe":
         return leave(session, site, mailing_list, pending.address)
     if pending.action == "reenable":
-        from lists.bounces import reenable
         reenable(session, site, mailing_list, pending)
-        return Outcome("reenabled", pending.address)
-    return Outcome("bad_token")
+        return RequestOutcome("reenabled", pending.address)
+    return RequestOutcome("bad_token")
 
 
 def _ask_owners(session: Session, site: ListSite, mailing_list: MailingList,
-                pending: Pending) -> Outcome:
+                pending: Pending) -> RequestOutcome:
     approval = open_pending(session, site, mailing_list, "approve", pending.address,
                             display_name=pending.display_name, language=pending.language)
     reply_to = confirm_address(site, mailing_list, approval.token)
@@ -168,11 +167,11 @@ def _ask_owners(session: Session, site: ListSite, mailing_list: MailingList,
                             service.moderators(session, mailing_list.id), reply_to)
     robot.send(session, site, mailing_list, "subscription_awaiting_approval",
                to=pending.address, language=pending.language, kind="notice")
-    return Outcome("awaiting_approval", pending.address)
+    return RequestOutcome("awaiting_approval", pending.address)
 
 
 def _welcome(session: Session, site: ListSite, mailing_list: MailingList,
-             pending: Pending) -> Outcome:
+             pending: Pending) -> RequestOutcome:
     member, new = service.subscribe(session, mailing_list, pending.address,
                                     display_name=pending.display_name,
                                     language=pending.language)
@@ -180,20 +179,20 @@ def _welcome(session: Session, site: ListSite, mailing_list: MailingList,
         robot.send(session, site, mailing_list, "welcome", to=member.address,
                    language=member.language, kind="notice", member_id=member.id,
                    context={"address": member.address})
-    return Outcome("subscribed", member.address)
+    return RequestOutcome("subscribed", member.address)
 
 
 def leave(session: Session, site: ListSite, mailing_list: MailingList,
-          address: str) -> Outcome:
+          address: str) -> RequestOutcome:
     """Remove a member now and say goodbye (after a confirmation or a one-click POST)."""
     member = service.member(session, mailing_list.id, address)
     if member is None:
-        return Outcome("not_member", address)
+        return RequestOutcome("not_member", address)
     language = member.language
     session.delete(member)
     robot.send(session, site, mailing_list, "goodbye", to=address, language=language,
                kind="notice", context={"address": address})
-    return Outcome("unsubscribed", address)
+    return RequestOutcome("unsubscribed", address)
 
 
 def expire(session: Session, now: float) -> int:
@@ -205,16 +204,32 @@ def expire(session: Session, now: float) -> int:
 
 
 def set_option(session: Session, site: ListSite, mailing_list: MailingList, member: Member,
-               option: str, value: str) -> Outcome:
+               option: str, value: str) -> RequestOutcome:
     """`set digest|nomail|regular` and `set language CODE` for the sender's membership."""
     from lists.models import DELIVERY_MODES, DIGEST_FORMATS, LANGUAGES
     if option == "digest" and value in DIGEST_FORMATS:
         member.delivery, member.digest_format = "digest", value
-        return Outcome("delivery_set", f"digest {value}")
+        return RequestOutcome("delivery_set", f"digest {value}")
     if option in DELIVERY_MODES and not value:
         member.delivery = option
-        return Outcome("delivery_set", option)
+        return RequestOutcome("delivery_set", option)
     if option == "language" and value in LANGUAGES:
         member.language = value
-        return Outcome("language_set", value)
-    return Outcome("bad_set", f"{option} {value}".strip())
+        return RequestOutcome("language_set", value)
+    return RequestOutcome("bad_set", f"{option} {value}".strip())
+
+
+def reenable(session: Session, site: ListSite, mailing_list: MailingList,
+             pending: Pending) -> None:
+    """The member confirmed a re-enable token: deliver again, with a clean score."""
+    member = service.member(session, mailing_list.id, pending.address)
+    if member is None:
+        log.info("bounces: %s left %s before re-enabling", pending.address,
+                 mailing_list.name)
+        return
+    if not member.enabled and member.disabled_reason not in ("", "bounces"):
+        # Disabled for another reason (by an owner, say): a bounce token cannot undo that.
+        log.info("bounces: %s on %s stays disabled (%s)", member.address,
+                 mailing_list.name, member.disabled_reason)
+        return
+    member.enabled, member.disabled_reason, member.bounce_score = True, "", 0.0

@@ -23,7 +23,7 @@ def _key(default: Any, help: str) -> Any:
 
 
 @dataclass(frozen=True)
-class Site:
+class SiteSection:
     domain: str = _key("lists.example.org", "domain of every list and role address")
     name: str = _key("Progressive Alliance", "the network's name, shown in robot mail")
     secret: str = _key(
@@ -32,7 +32,7 @@ class Site:
 
 
 @dataclass(frozen=True)
-class Database:
+class DatabaseSection:
     url: str = _key(
         "sqlite:///var/alliance.sqlite3",
         "SQLAlchemy URL: sqlite:///relative/or/absolute/path or postgresql://user@host/db",
@@ -40,17 +40,17 @@ class Database:
 
 
 @dataclass(frozen=True)
-class Smtp:
+class SmtpSection:
     listen: str = _key("127.0.0.1:8025", 'SMTP listener, host:port; "" turns it off')
 
 
 @dataclass(frozen=True)
-class Lmtp:
+class LmtpSection:
     listen: str = _key("127.0.0.1:8024", 'LMTP listener for an MTA in front; "" turns it off')
 
 
 @dataclass(frozen=True)
-class Intake:
+class IntakeSection:
     max_message_size: int = _key(10_485_760, "largest message accepted, bytes (552 above)")
     max_recipients: int = _key(100, "recipients per transaction (452 above)")
     max_line_length: int = _key(1000, "longest line, bytes with CRLF (RFC 5321 4.5.3.1.6)")
@@ -59,7 +59,7 @@ class Intake:
 
 
 @dataclass(frozen=True)
-class Outbound:
+class OutboundSection:
     url: str = _key("maildir:var/outbox", "maildir:PATH, or smtp://host:port for a smarthost")
     connections: int = _key(24, "concurrent SMTP connections to the smarthost")
     timeout: float = _key(60.0, "seconds to wait for the smarthost at each step")
@@ -70,13 +70,13 @@ class Outbound:
 
 
 @dataclass(frozen=True)
-class Http:
+class HttpSection:
     listen: str = _key("127.0.0.1:8080", "HTTP listener for pages and one-click unsubscribe")
     base_url: str = _key("http://127.0.0.1:8080", "public URL of that listener")
 
 
 @dataclass(frozen=True)
-class Lists:
+class ListsSection:
     confirmations_per_address: int = _key(3, "confirmation mails one address may get per 24 h")
     confirmations_per_source: int = _key(
         10, "confirmation mails one sender or client address may cause per 24 h")
@@ -84,45 +84,55 @@ class Lists:
 
 
 @dataclass(frozen=True)
-class Dns:
+class DnsSection:
     nameserver: str = _key("", "DNS server for DMARC lookups, host or host:port; empty: system")
     timeout: float = _key(2.0, "seconds a DNS lookup may take before the post goes on without")
     cache_seconds: float = _key(3600.0, "how long a DMARC answer is remembered")
 
 
 @dataclass(frozen=True)
-class Meetings:
+class MeetingsSection:
     reminder_days: tuple[int, ...] = _key(
         (14, 3), "days before a meeting when invitees who have not answered are reminded")
 
 
 @dataclass(frozen=True)
-class Router:
+class RouterSection:
     max_attempts: int = _key(3, "tries before a message that fails processing is quarantined")
     processes: int = _key(1, "worker processes that read replies to invitations beside the "
                              "daemon (0: in the daemon itself)")
 
 
 @dataclass(frozen=True)
-class Templates:
+class TemplatesSection:
     folder: str = _key("", "folder of the robot mail templates; empty: the shipped templates/")
 
 
 @dataclass(frozen=True)
 class Config:
-    site: Site = field(default_factory=Site)
-    database: Database = field(default_factory=Database)
-    smtp: Smtp = field(default_factory=Smtp)
-    lmtp: Lmtp = field(default_factory=Lmtp)
-    intake: Intake = field(default_factory=Intake)
-    outbound: Outbound = field(default_factory=Outbound)
-    http: Http = field(default_factory=Http)
-    router: Router = field(default_factory=Router)
-    lists: Lists = field(default_factory=Lists)
-    dns: Dns = field(default_factory=Dns)
-    meetings: Meetings = field(default_factory=Meetings)
-    templates: Templates = field(default_factory=Templates)
+    site: SiteSection = field(default_factory=SiteSection)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    smtp: SmtpSection = field(default_factory=SmtpSection)
+    lmtp: LmtpSection = field(default_factory=LmtpSection)
+    intake: IntakeSection = field(default_factory=IntakeSection)
+    outbound: OutboundSection = field(default_factory=OutboundSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    router: RouterSection = field(default_factory=RouterSection)
+    lists: ListsSection = field(default_factory=ListsSection)
+    dns: DnsSection = field(default_factory=DnsSection)
+    meetings: MeetingsSection = field(default_factory=MeetingsSection)
+    templates: TemplatesSection = field(default_factory=TemplatesSection)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    @property
+    def base_url(self) -> str:
+        """The public root of our pages, with no final slash; "" with no HTTP listener."""
+        return self.http.base_url.rstrip("/") if self.http.listen else ""
+
+    @property
+    def templates_folder(self) -> Path | None:
+        """The folder of the templates, when the config names one (else the shipped ones)."""
+        return self.path(self.templates.folder) if self.templates.folder else None
 
     def path(self, relative: str) -> Path:
         """A path from the config, taken relative to the config file's folder."""

@@ -17,25 +17,20 @@ from dataclasses import dataclass, field
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from lists import app as list_side
-from lists.bounces import smarthost_refusals
-from lists.dmarc import DmarcLookup
-from lists.site import ListSite
-from mailer import compose
-from mailer.compose import TEMPLATES
+from lists import wiring as list_side
+from mailer import templates
 from mailer.config import Config, parse_listen
 from mailer.db import Database
 from mailer.delivery import Dispatcher, Personaliser
+from mailer.dns import TxtResolver
+from mailer.http_server import WebServer
 from mailer.intake import Gate, Handler, Inbox, Listener, LmtpListener
 from mailer.models import Delivery, Work
 from mailer.router import Router
 from mailer.scheduler import Scheduler
-from mailer.tokens import Signer
 from mailer.transport import Transport, from_url
-from mailer.web import WebServer
 from mailer.workers import Workers
-from meetings import app as meeting_side
-from meetings.site import MeetingSite
+from meetings import wiring as meeting_side
 
 log = logging.getLogger(__name__)
 
@@ -126,29 +121,6 @@ def recover_leases(session: Session, now: float) -> None:
                     .values(state="pending", due_at=now))
 
 
-def make_site(config: Config, db: Database,
-              clock: Callable[[], float] = time.time) -> ListSite:
-    """What the list side needs of the site: domain, templates, token keys, limits."""
-    secret = db.secret(config.site.secret)
-    folder = config.path(config.templates.folder) if config.templates.folder else TEMPLATES
-    return ListSite(domain=config.site.domain.lower(), name=config.site.name,
-                    templates=compose.environment(folder),
-                    member_tokens=Signer(secret, "member"),
-                    unsubscribe_tokens=Signer(secret, "unsubscribe"),
-                    base_url=config.http.base_url.rstrip("/") if config.http.listen else "",
-                    limits=config.lists, clock=clock,
-                    dmarc=DmarcLookup(config.dns.nameserver, config.dns.timeout,
-                                      config.dns.cache_seconds))
-
-
-def make_meeting_site(config: Config, db: Database, site: ListSite) -> MeetingSite:
-    """What the meetings side needs of the site; shares the list side's templates."""
-    return MeetingSite(domain=site.domain, name=site.name, templates=site.templates,
-                       attendee_tokens=Signer(db.secret(config.site.secret), "attendee"),
-                       base_url=site.base_url, clock=site.clock,
-                       reminder_days=config.meetings.reminder_days)
-
-
 def build(config: Config, transport: Transport | None = None, *, poll: float = 1.0,
           clock: Callable[[], float] = time.time) -> Daemon:
     """Make every part of the daemon from the config, migrating the database first.
@@ -158,25 +130,28 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     """
     db = Database(config.database.url, config.base_dir)
     db.upgrade()
-    site = make_site(config, db, clock)
+    secret = db.secret(config.site.secret)
+    pages = templates.environment(config.templates_folder or templates.TEMPLATES)
+    dns = TxtResolver(config.dns.nameserver, config.dns.timeout, config.dns.cache_seconds)
+    list_site = list_side.site(config, secret, pages, dns, clock=clock)
+    meeting_site = meeting_side.site(config, secret, pages, clock=clock)
     hostname = config.intake.hostname or config.site.domain
     transport = transport or from_url(config.outbound.url, base=config.base_dir,
                                       connections=config.outbound.connections,
                                       timeout=config.outbound.timeout,
                                       local_hostname=hostname)
-    dispatcher = Dispatcher(db, transport, Personaliser(site.member_tokens,
-                                                        site.unsubscribe_tokens),
+    dispatcher = Dispatcher(db, transport, Personaliser(list_site.member_tokens,
+                                                        list_site.unsubscribe_tokens),
                             config.outbound, poll=poll,
-                            on_refused=smarthost_refusals(site))
-    meeting_site = make_meeting_site(config, db, site)
-    workers = Workers(config.router.processes, preload=("meetings.replies",))
-    router = Router(db, {**list_side.handlers(site),
+                            on_refused=list_side.on_refused(list_site))
+    workers = Workers(config.router.processes, preload=meeting_side.WORKER_MODULES)
+    router = Router(db, {**list_side.handlers(list_site),
                          **meeting_side.handlers(meeting_site, workers)},
                     max_attempts=config.router.max_attempts, on_outgoing=dispatcher.wake,
                     poll=poll)
     inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake)
-    scheduler = Scheduler(db, list_side.jobs(site) + meeting_side.jobs(meeting_site),
+    scheduler = Scheduler(db, list_side.jobs(list_site) + meeting_side.jobs(meeting_site),
                           on_outgoing=dispatcher.wake, clock=clock, tick=poll)
-    web = WebServer(list_side.routes(site, db) + meeting_side.routes(meeting_site, db))
+    web = WebServer(list_side.pages(list_site, db) + meeting_side.pages(meeting_site, db))
     return Daemon(config, db, transport, inbox, router, dispatcher, scheduler, web, Gate(),
                   workers)

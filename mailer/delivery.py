@@ -15,28 +15,23 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from mailer.config import Outbound
+from mailer.config import OutboundSection
 from mailer.db import Database
 from mailer.models import Delivery, Outgoing
+from mailer.outbox import UNSUBSCRIBE_MARKER, Refusal, RefusalHook
 from mailer.tokens import Signer
-from mailer.transport import Outcome, Transport
+from mailer.transport import HopReply, Transport
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 CACHE_BYTES = 64 * 1024 * 1024  # messages kept in memory between claim and send
-# Stands in the header block of a stored message where each member's own token goes
-# (the RFC 8058 one-click unsubscribe URL); replaced at send time, per recipient.
-UNSUBSCRIBE_MARKER = b"@@unsubscribe-token@@"
-
-
 class Personaliser:
     """Makes one member's envelope sender and copy from the message stored once."""
 
@@ -71,20 +66,7 @@ class Personaliser:
 
 
 @dataclass(frozen=True, slots=True)
-class Refusal:
-    """A member's address refused for good by the next hop (for bounce processing)."""
-
-    member_id: int
-    outgoing_id: int
-    code: int
-    text: str
-
-
-RefusalHook = Callable[[Session, list[Refusal]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
+class LeasedDelivery:
     """One leased delivery, ready to send."""
 
     id: int
@@ -95,7 +77,7 @@ class Job:
     created_at: float
 
 
-def claim(session: Session, now: float, lease_end: float, limit: int) -> list[Job]:
+def claim(session: Session, now: float, lease_end: float, limit: int) -> list[LeasedDelivery]:
     """Lease up to `limit` due deliveries (SKIP LOCKED where the database has it)."""
     due = (select(Delivery.id)
            .where(Delivery.state.in_(("pending", "sending")), Delivery.due_at <= now)
@@ -106,7 +88,7 @@ def claim(session: Session, now: float, lease_end: float, limit: int) -> list[Jo
         .values(state="sending", attempts=Delivery.attempts + 1, due_at=lease_end)
         .returning(Delivery.id, Delivery.outgoing_id, Delivery.recipient, Delivery.member_id,
                    Delivery.attempts, Delivery.created_at))
-    return sorted((Job(*row) for row in rows), key=lambda job: job.id)
+    return sorted((LeasedDelivery(*row) for row in rows), key=lambda job: job.id)
 
 
 def load_messages(session: Session, ids: list[int]) -> list[tuple[int, str, bytes]]:
@@ -138,18 +120,18 @@ def release(session: Session, ids: list[int], now: float) -> None:
                                 attempts=Delivery.attempts - 1))
 
 
-def backoff(attempts: int, policy: Outbound) -> float:
+def backoff(attempts: int, policy: OutboundSection) -> float:
     """Seconds to wait after the n-th failed try: doubling, capped at retry_max.
 
-    >>> policy = Outbound(retry_initial=60, retry_max=3600)
+    >>> policy = OutboundSection(retry_initial=60, retry_max=3600)
     >>> [backoff(n, policy) for n in (1, 2, 3, 8)]
     [60.0, 120.0, 240.0, 3600.0]
     """
     return float(min(policy.retry_initial * 2 ** max(attempts - 1, 0), policy.retry_max))
 
 
-def record(session: Session, results: list[tuple[Job, Outcome]], now: float,
-           policy: Outbound, on_refused: RefusalHook | None = None) -> None:
+def record(session: Session, results: list[tuple[LeasedDelivery, HopReply]], now: float,
+           policy: OutboundSection, on_refused: RefusalHook | None = None) -> None:
     """Write many outcomes in one transaction (RFC 5321 §4.5.4.1 retry strategy)."""
     refused = [Refusal(job.member_id, job.outgoing_id, outcome.code, outcome.text)
                for job, outcome in results
@@ -189,7 +171,7 @@ class Dispatcher:
     """Leases due deliveries, sends them concurrently, and records what happened."""
 
     def __init__(self, db: Database, transport: Transport, personaliser: Personaliser,
-                 policy: Outbound, *, poll: float = 1.0,
+                 policy: OutboundSection, *, poll: float = 1.0,
                  on_refused: RefusalHook | None = None) -> None:
         self.db = db
         self.on_refused = on_refused
@@ -197,9 +179,9 @@ class Dispatcher:
         self.personaliser = personaliser
         self.policy = policy
         self.poll = poll
-        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=BATCH)
+        self._queue: asyncio.Queue[LeasedDelivery] = asyncio.Queue(maxsize=BATCH)
         self._messages: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
-        self._results: list[tuple[Job, Outcome]] = []
+        self._results: list[tuple[LeasedDelivery, HopReply]] = []
         self._wake = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._stopping = False
@@ -278,7 +260,7 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
-    async def _load(self, jobs: list[Job]) -> None:
+    async def _load(self, jobs: list[LeasedDelivery]) -> None:
         missing = sorted({job.outgoing_id for job in jobs} - self._messages.keys())
         if missing:
             for ident, sender, data in await self.db.read(load_messages, missing):
@@ -292,7 +274,7 @@ class Dispatcher:
     def _cached_bytes(self) -> int:
         return sum(len(data) for _, data in self._messages.values())
 
-    def _envelope(self, job: Job) -> tuple[str, bytes]:
+    def _envelope(self, job: LeasedDelivery) -> tuple[str, bytes]:
         sender, data = self._messages[job.outgoing_id]
         self._messages.move_to_end(job.outgoing_id)
         return (self.personaliser.sender(sender, job.member_id),
@@ -310,7 +292,7 @@ class Dispatcher:
                 outcome = await self.transport.send(sender, job.recipient, data)
             except Exception as error:  # a fault of ours: retry later, never drop
                 log.exception("delivery %d failed locally", job.id)
-                outcome = Outcome(451, f"local error: {error!r}")
+                outcome = HopReply(451, f"local error: {error!r}")
             self._results.append((job, outcome))
             self._flush_now.set()
 

@@ -23,12 +23,11 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import insert
 
-from mailer import replies
-from mailer.addresses import AddressError, normalize
-from mailer.config import Intake as IntakeLimits
+from mailer import smtp_replies
+from mailer.addresses import AddressError, Route, normalize, resolve
+from mailer.config import IntakeSection
 from mailer.db import Database
 from mailer.models import Message, Work
-from mailer.routing import Route, resolve
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +164,7 @@ class Gate:
 class Handler:
     """aiosmtpd hooks: refuse at RCPT what we do not serve; commit, then answer DATA."""
 
-    def __init__(self, *, protocol: str, domain: str, limits: IntakeLimits, inbox: Inbox,
+    def __init__(self, *, protocol: str, domain: str, limits: IntakeSection, inbox: Inbox,
                  accepts: Callable[[Route], Awaitable[bool]], gate: Gate) -> None:
         self.protocol = protocol
         self.domain = domain.lower()
@@ -180,29 +179,29 @@ class Handler:
             try:
                 address = normalize(address)
             except AddressError:
-                return replies.BAD_SENDER
+                return smtp_replies.BAD_SENDER
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        return replies.MAIL_OK
+        return smtp_replies.MAIL_OK
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         try:
             address = normalize(address)
         except AddressError:
-            return replies.BAD_ADDRESS
+            return smtp_replies.BAD_ADDRESS
         if address in envelope.rcpt_tos:
-            return replies.RCPT_OK  # the same list twice gets one copy, not two
+            return smtp_replies.RCPT_OK  # the same list twice gets one copy, not two
         if len(envelope.rcpt_tos) >= self.limits.max_recipients:
-            return replies.TOO_MANY_RECIPIENTS
+            return smtp_replies.TOO_MANY_RECIPIENTS
         route = resolve(address, self.domain)
         if route is None:
             local_domain = address.rpartition("@")[2] == self.domain
-            return replies.UNKNOWN_ADDRESS if local_domain else replies.NO_RELAY
+            return smtp_replies.UNKNOWN_ADDRESS if local_domain else smtp_replies.NO_RELAY
         if not await self.accepts(route):
-            return replies.UNKNOWN_ADDRESS
+            return smtp_replies.UNKNOWN_ADDRESS
         envelope.rcpt_tos.append(address)
-        return replies.RCPT_OK
+        return smtp_replies.RCPT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         arrival = Arrival(protocol=self.protocol, peer=str(session.peer[0] if session.peer
@@ -215,9 +214,9 @@ class Handler:
         self.gate.enter()
         try:
             await self.inbox.store(arrival)
-            status = replies.OK
+            status = smtp_replies.OK
         except Exception:
-            status = replies.TEMPORARY_FAILURE
+            status = smtp_replies.TEMPORARY_FAILURE
         finally:
             self.gate.leave()
         if self.protocol == "lmtp":
@@ -226,7 +225,7 @@ class Handler:
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("intake fault: %r", error, exc_info=error)
-        return replies.TEMPORARY_FAILURE
+        return smtp_replies.TEMPORARY_FAILURE
 
 
 # Calls of one command per session. An MTA in front reuses its connection for thousands of
@@ -259,7 +258,7 @@ CALL_LIMITS = {"NOOP": 100, "RSET": 1000, "VRFY": 20, "EXPN": 20, "HELP": 20, "*
 class Listener(SMTP):
     """aiosmtpd's SMTP session with our limits, strict envelope addresses and drain."""
 
-    def __init__(self, handler: Handler, limits: IntakeLimits, hostname: str) -> None:
+    def __init__(self, handler: Handler, limits: IntakeSection, hostname: str) -> None:
         # +1 for the transparency dot (RFC 5321 §4.5.2), as aiosmtpd's own default does.
         self.line_length_limit = limits.max_line_length + 1
         self.local_part_limit = 64
@@ -278,7 +277,7 @@ class Listener(SMTP):
 
     async def _handle_client(self) -> None:
         if self.gate.draining:
-            await self.push(replies.SHUTTING_DOWN)
+            await self.push(smtp_replies.SHUTTING_DOWN)
             self.hang_up(say_goodbye=False)
             return
         await super()._handle_client()
@@ -287,7 +286,7 @@ class Listener(SMTP):
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             if say_goodbye:
-                transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
+                transport.write(smtp_replies.SHUTTING_DOWN.encode() + b"\r\n")
             transport.close()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:

@@ -10,12 +10,13 @@ Units are leased fifty at a time and loaded with their messages in one query, pa
 reader thread; each handler's `prepare` then does what must not hold the write transaction
 (DNS, reading the message). While one leased batch is written, the next ones are loaded
 and prepared; batches are written in the order they were leased. A handler whose units
-are small and many (the replies to an invitation) may set `batch` above 1: that many
-consecutive units of its role are handled in one transaction, after its `preload` fetched
-what they share in one query. If any unit of such a transaction fails, it is rolled back
-and its units are handled again one by one, so that only the failing unit is retried. A
-handler may also set `policy`, the email policy its messages are parsed with (default: the
-modern one), and `lazy`, when it reads the raw bytes itself (in a worker process, say).
+are small and many (the replies to an invitation) may ask for a `batch` above 1 in its
+`HandlerOptions` (mailer.inbound): that many consecutive units of its role are handled in
+one transaction, after its `preload` fetched what they share in one query. If any unit of
+such a transaction fails, it is rolled back and its units are handled again one by one,
+so that only the failing unit is retried. The options also say `policy`, the email policy
+its messages are parsed with (default: the modern one), and `lazy`, when the handler reads
+the raw bytes itself (in a worker process, say).
 
 Every outcome is fenced by the lease: it is written only if the unit is still `working`
 under the lease this router took (`due_at` is the lease's end), so a unit whose lease ran
@@ -33,85 +34,24 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
-from email.message import EmailMessage
-from email.parser import BytesParser
 from email.policy import Policy
 from email.policy import default as default_policy
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from mailer.addresses import Role, Route
 from mailer.db import Database
+from mailer.inbound import Inbound, RoleHandler
 from mailer.models import Message, Work
-from mailer.routing import Role, Route
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Inbound:
-    """What a handler is given: one recipient of one stored message."""
-
-    work_id: int
-    message_id: int
-    route: Route
-    recipient: str
-    mail_from: str
-    raw: bytes
-    parsed: EmailMessage | None = dataclasses.field(    # `message`, once parsed
-        default=None, compare=False, repr=False)
-    peer: str = ""
-    prepared: Any = None
-    policy: Policy = default_policy
-
-    @property
-    def message(self) -> EmailMessage:
-        """The message, parsed with `policy` on first use.
-
-        The router parses it early, on a reader thread, unless the handler is `lazy`.
-        """
-        if self.parsed is None:
-            # A cache, not a change: the value follows from `raw` and `policy` alone.
-            object.__setattr__(self, "parsed", parse(self.raw, self.policy))
-        assert self.parsed is not None
-        return self.parsed
-
-
-class RoleHandler(Protocol):
-    def accepts(self, session: Session, route: Route) -> bool:
-        """Whether an address of this role exists (asked at RCPT time)."""
-        ...
-
-    async def prepare(self, inbound: Inbound) -> Any:
-        """What the handling needs that must not hold the write transaction: network
-        look-ups (DNS), reading the message. Done outside any transaction.
-
-        What it returns reaches `handle` as `inbound.prepared`; most handlers return None.
-        """
-        ...
-
-    def handle(self, session: Session, inbound: Inbound) -> None:
-        """Act on the message; write state and outgoing mail through the session."""
-        ...
-
-    # Optional, read with getattr: `batch: int` (units per transaction, default 1),
-    # `policy: email.policy.Policy` (how this role's messages are parsed), `lazy: bool`
-    # (parse only when `inbound.message` is first asked for, default False) and
-    # `preload(session, inbounds)` (called once per transaction, before `handle`).
 
 
 BATCH = 50        # units leased at once
 DEPTH = 3         # leased batches in hand at once
 STOP_GRACE = 10.0  # seconds a stop waits for batches being prepared before dropping them
-
-
-def parse(raw: bytes, policy: Policy = default_policy) -> EmailMessage:
-    """Parse stored bytes once, with the modern policy unless told otherwise."""
-    message = BytesParser(policy=policy).parsebytes(raw)
-    assert isinstance(message, EmailMessage)
-    return message
 
 
 def claim(session: Session, now: float, lease_end: float,
@@ -145,8 +85,7 @@ class Router:
         self._held: dict[int, float] = {}      # units in hand without an outcome: lease end
         self._in_hand: set[asyncio.Task[None]] = set()
         # How each role's messages are parsed: (policy, early).
-        self._parsing = {role.value: (getattr(handler, "policy", default_policy),
-                                      not getattr(handler, "lazy", False))
+        self._parsing = {role.value: (handler.options.policy, not handler.options.lazy)
                          for role, handler in handlers.items()}
 
     def wake(self) -> None:
@@ -341,7 +280,7 @@ class Router:
         """Consecutive units of one role, at most its handler's `batch` in a group."""
         groups: list[list[Inbound]] = []
         for inbound in ready:
-            size = max(1, int(getattr(self.handlers[inbound.route.role], "batch", 1)))
+            size = self.handlers[inbound.route.role].options.batch
             last = groups[-1] if groups else None
             if last and last[0].route.role == inbound.route.role and len(last) < size:
                 last.append(inbound)
@@ -382,9 +321,7 @@ class Router:
         if not units:
             return
         handler = self.handlers[units[0].route.role]
-        preload = getattr(handler, "preload", None)
-        if preload is not None:
-            preload(session, units)
+        handler.preload(session, units)
         for inbound in units:
             handler.handle(session, inbound)
         session.execute(update(Work).where(Work.id.in_([u.work_id for u in units]))

@@ -13,21 +13,14 @@ import logging
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from mailer.db import Database
+from mailer.jobs import Job
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Job:
-    name: str
-    every: float
-    run: Callable[[Session, float], int]
 
 
 def exclusive(session: Session, name: str) -> bool:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Outcome:
+class HopReply:
     """What the next hop said: an SMTP code and its text."""
 
     code: int
@@ -41,7 +41,7 @@ class Outcome:
 
 
 class Transport(Protocol):
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+    async def send(self, sender: str, recipient: str, data: bytes) -> HopReply:
         """Hand one message to one recipient; never raises for delivery problems."""
         ...
 
@@ -67,7 +67,7 @@ class SmtpTransport:
         await client.connect()
         return client
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+    async def send(self, sender: str, recipient: str, data: bytes) -> HopReply:
         async with self._slots:
             client = self._idle.pop() if self._idle else None
             try:
@@ -75,17 +75,17 @@ class SmtpTransport:
                     client = await self._connect()
                 _, reply = await client.sendmail(sender, [recipient], data)
                 self._idle.append(client)
-                return Outcome(250, reply)
+                return HopReply(250, reply)
             except aiosmtplib.SMTPRecipientsRefused as refused:
                 error = refused.recipients[0]
                 await self._recycle(client)
-                return Outcome(error.code, error.message)
+                return HopReply(error.code, error.message)
             except aiosmtplib.SMTPResponseException as error:
                 await self._recycle(client)
-                return Outcome(error.code, error.message)
+                return HopReply(error.code, error.message)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
                 await self._discard(client)
-                return Outcome(451, f"smarthost {self.host}:{self.port} unreachable: {error}")
+                return HopReply(451, f"smarthost {self.host}:{self.port} unreachable: {error}")
 
     async def _recycle(self, client: aiosmtplib.SMTP | None) -> None:
         """After a refusal the session is still good once reset; keep it if RSET works."""
@@ -136,12 +136,12 @@ class MaildirTransport:
         finally:
             os.close(directory)
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
+    async def send(self, sender: str, recipient: str, data: bytes) -> HopReply:
         try:
             await asyncio.to_thread(self._write, sender, recipient, data)
         except OSError as error:
-            return Outcome(451, f"maildir {self.path}: {error.strerror or error}")
-        return Outcome(250, "written")
+            return HopReply(451, f"maildir {self.path}: {error.strerror or error}")
+        return HopReply(250, "written")
 
     async def close(self) -> None:
         return None

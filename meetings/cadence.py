@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mailer.jobs import Job
 from mailer.models import Setting
-from mailer.scheduler import Job
 from meetings import coordination
+from meetings.meeting_site import MeetingSite
 from meetings.models import Body, Meeting
 from meetings.organisation import ensure_charter
-from meetings.site import MeetingSite
 
 WARN_FROM_MONTH = 10
 

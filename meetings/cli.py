@@ -20,7 +20,7 @@ import click
 from sqlalchemy.orm import Session
 
 from lists.service import ListError
-from mailer.cli import Context, emit
+from mailer.console import Context, emit, pass_context, when
 from meetings import (
     cadence,
     coordination,
@@ -30,29 +30,24 @@ from meetings import (
     reports,
     schedule,
 )
+from meetings.meeting_site import MeetingSite
 from meetings.models import REGIONS, Meeting
 from meetings.organisation import MeetingError
-from meetings.site import MeetingSite
 
 T = TypeVar("T")
-pass_context = click.make_pass_decorator(Context)
 
 
 def _site(context: Context) -> MeetingSite:
-    from mailer.daemon import make_meeting_site, make_site
-    return make_meeting_site(context.config, context.db, make_site(context.config, context.db))
+    return MeetingSite.from_config(context.config, context.secret, context.templates)
 
 
 def run(context: Context, fn: Callable[..., T], *args: Any) -> T:
     """fn(session, *args) in one transaction; a MeetingError becomes one line."""
-    try:
-        return context.transaction(fn, *args)
-    except (MeetingError, ListError) as error:
-        raise click.ClickException(str(error)) from None
+    return context.transaction(fn, *args, mistakes=(MeetingError, ListError))
 
 
 def _when(stamp: float | None) -> str:
-    return "" if stamp is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(stamp))
+    return when(stamp, seconds=False)
 
 
 # -- parties --------------------------------------------------------------------------

@@ -14,12 +14,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailer import compose
-from mailer.router import Inbound
-from mailer.routing import Route
+from mailer import outbox, robot_mail, templates
+from mailer.addresses import Route
+from mailer.inbound import Inbound, RoleHandler
+from meetings.meeting_site import MeetingSite
 from meetings.models import CoordinationTerm, Delegate, Party
 from meetings.organisation import MeetingError, checked_address, find_party
-from meetings.site import MeetingSite
 
 log = logging.getLogger(__name__)
 LOCAL = "coordination"
@@ -68,7 +68,7 @@ def language(session: Session) -> str:
     term = current_term(session)
     found = session.scalar(select(Delegate.language).where(
         Delegate.party_id == term.party_id).order_by(Delegate.id).limit(1)) if term else None
-    return compose.language_of(found)
+    return templates.language_of(found)
 
 
 def terms(session: Session) -> list[tuple[CoordinationTerm, Party]]:
@@ -86,12 +86,12 @@ def notify(session: Session, site: MeetingSite, template: str, context: dict[str
     recipients = contacts(session)
     if not recipients:
         return 0
-    subject, body = compose.render(site.templates, template, language(session), context)
+    subject, body = templates.render(site.templates, template, language(session), context)
     own = site.address(LOCAL)
-    data = compose.robot_message(sender=(site.name, own), to=own, subject=subject,
-                                 body=body, domain=site.domain, auto="auto-generated")
-    compose.enqueue(session, sender=own, recipients=[(a, None) for a in recipients],
-                    data=data, kind=kind)
+    data = robot_mail.robot_message(sender=(site.name, own), to=own, subject=subject,
+                                    body=body, domain=site.domain, auto="auto-generated")
+    outbox.enqueue(session, sender=own, recipients=[(a, None) for a in recipients],
+                   data=data, kind=kind)
     return 1
 
 
@@ -107,13 +107,13 @@ def forward(session: Session, site: MeetingSite, raw: bytes) -> int:
                     "handover PARTY --contact ADDRESS)", site.address(LOCAL))
         return 0
     data = f"Delivered-To: {site.address(LOCAL)}\r\n".encode() + raw
-    compose.enqueue(session, sender=site.address(LOCAL),
-                    recipients=[(address, None) for address in recipients], data=data,
-                    kind="forward")
+    outbox.enqueue(session, sender=site.address(LOCAL),
+                   recipients=[(address, None) for address in recipients], data=data,
+                   kind="forward")
     return len(recipients)
 
 
-class CoordinationHandler:
+class CoordinationHandler(RoleHandler):
     """`coordination@`: forwards to the current coordinators, except bounces and loops."""
 
     def __init__(self, site: MeetingSite) -> None:

@@ -12,12 +12,11 @@ import re
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from mailer.db import Database
-from mailer.web import Request, Response, Route, page
+from mailer.web import Page, Request, Response, Store, page
 from meetings import coordination, ical, schedule
+from meetings.meeting_site import MeetingSite
 from meetings.models import Body, Meeting
 from meetings.organisation import MeetingError, find_body
-from meetings.site import MeetingSite
 
 PAST = 365 * 86_400.0
 CONTENT_TYPE = "text/calendar; charset=utf-8"
@@ -88,7 +87,7 @@ class FeedCache:
         return data
 
 
-def routes(site: MeetingSite, db: Database) -> tuple[Route, ...]:
+def pages(site: MeetingSite, db: Store) -> tuple[Page, ...]:
     """`GET /feeds/<body>.ics`, served from a read session and the cache."""
     cache = FeedCache(site)
 
@@ -100,4 +99,4 @@ def routes(site: MeetingSite, db: Database) -> tuple[Route, ...]:
         return Response(200, data, CONTENT_TYPE)
 
     pattern = re.compile(r"/feeds/(?P<body>[a-z0-9][a-z0-9_.-]{0,39})\.ics")
-    return (Route(("GET", "HEAD"), pattern, serve),)
+    return (Page(("GET", "HEAD"), pattern, serve),)

@@ -36,7 +36,7 @@ class Person:
 
 
 @dataclass(frozen=True)
-class Attendee:
+class AttendeeLine:
     """One ATTENDEE line (RFC 5545 §3.8.4.1 with the parameters of §3.2)."""
 
     address: str
@@ -168,7 +168,7 @@ def organizer_property(person: Person) -> vCalAddress:
     return value
 
 
-def attendee_property(attendee: Attendee) -> vCalAddress:
+def attendee_property(attendee: AttendeeLine) -> vCalAddress:
     """ATTENDEE with CUTYPE, ROLE, PARTSTAT, RSVP, CN and delegation (RFC 5545 §3.2)."""
     value = vCalAddress(f"mailto:{attendee.address}")
     value.params["CUTYPE"] = attendee.cutype
@@ -196,12 +196,12 @@ class Frame:
     head: bytes
     tail: bytes
 
-    def fill(self, organizer: Person, attendees: Sequence[Attendee]) -> bytes:
+    def fill(self, organizer: Person, attendees: Sequence[AttendeeLine]) -> bytes:
         """The complete calendar for one recipient."""
         return self.head + people_lines(organizer, attendees) + self.tail
 
 
-def people_lines(organizer: Person, attendees: Sequence[Attendee]) -> bytes:
+def people_lines(organizer: Person, attendees: Sequence[AttendeeLine]) -> bytes:
     """ORGANIZER and ATTENDEE content lines, folded and escaped by `icalendar`."""
     holder = Event()
     holder.add("organizer", organizer_property(organizer))
@@ -210,7 +210,7 @@ def people_lines(organizer: Person, attendees: Sequence[Attendee]) -> bytes:
     lines = holder.to_ical()
     start = lines.index(b"\r\n") + 2
     end = lines.rindex(b"END:VEVENT\r\n")
-    return lines[start:end]
+    return bytes(lines[start:end])
 
 
 def _frame(calendar: Calendar) -> Frame:

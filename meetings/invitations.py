@@ -26,12 +26,12 @@ from collections.abc import Sequence
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from mailer.scheduler import Job
+from mailer.jobs import Job
 from meetings import letters, organisation, schedule
 from meetings.letters import DAY
+from meetings.meeting_site import MeetingSite
 from meetings.models import Body, Delegate, Invitation, Meeting, Seat
 from meetings.organisation import MeetingError
-from meetings.site import MeetingSite
 
 log = logging.getLogger(__name__)
 REMINDER_DAYS = (14, 3)

@@ -63,7 +63,7 @@ class ItipError(ValueError):
 
 
 @dataclass(frozen=True)
-class Attendee:
+class AttendeeReply:
     """One ATTENDEE line, as an address and the parameters a reply may carry."""
 
     address: str
@@ -84,18 +84,18 @@ class ItipMessage:
     sequence: int
     stamp: float | None
     organizer: str
-    attendees: tuple[Attendee, ...]
+    attendees: tuple[AttendeeReply, ...]
     comment: str = ""
     recurrence_id: str = ""
     start: datetime | None = None
     end: datetime | None = None
     location: str = ""
 
-    def attendee(self, address: str) -> Attendee | None:
+    def attendee(self, address: str) -> AttendeeReply | None:
         """The ATTENDEE with this address, or None."""
         return next((a for a in self.attendees if a.address == address), None)
 
-    def note(self, attendee: Attendee) -> str:
+    def note(self, attendee: AttendeeReply) -> str:
         """What the attendee wrote: Google's X-RESPONSE-COMMENT, else the COMMENT."""
         return attendee.comment or self.comment
 
@@ -190,7 +190,7 @@ def content_type_of(part: Message) -> tuple[str, dict[str, str]]:
     a reply's processing; a part's type and its `method`, `charset` and `name` need far
     less. A part without a readable type is text/plain (RFC 2045 §5.2).
 
-    >>> from mailer.router import parse
+    >>> from mailer.inbound import parse
     >>> content_type_of(parse(b'Content-Type: Text/Calendar;\\r\\n METHOD=reply; '
     ...                       b'name="a; b.ics"\\r\\n\\r\\nx'))
     ('text/calendar', {'method': 'reply', 'name': 'a; b.ics'})
@@ -400,13 +400,13 @@ def _partstat(value: Any) -> str:
     return text if _TOKEN.fullmatch(text) else ""
 
 
-def _attendees(event: Component) -> tuple[Attendee, ...]:
+def _attendees(event: Component) -> tuple[AttendeeReply, ...]:
     value = event.get("ATTENDEE")
     values = value if isinstance(value, list) else [value] if value is not None else []
     found = []
     for item in values[:MAX_ATTENDEES]:
         params = getattr(item, "params", {})
-        found.append(Attendee(
+        found.append(AttendeeReply(
             address=_address(item),
             name=_text(params.get("CN"), 200),
             partstat=_partstat(params.get("PARTSTAT")),

@@ -19,11 +19,11 @@ import jinja2
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from mailer import compose
+from mailer import templates
 from mailer.models import Delivery, Outgoing
 from meetings import coordination, ical, imip, schedule
+from meetings.meeting_site import MeetingSite
 from meetings.models import Body, Invitation, Meeting, Party
-from meetings.site import MeetingSite
 
 DAY = 86_400.0
 
@@ -66,7 +66,7 @@ def meeting_view(session: Session, meeting: Meeting) -> dict[str, Any]:
 
 
 def attendees(invitation: Invitation, delegators: dict[int, Invitation],
-              mailing: Mailing) -> list[ical.Attendee]:
+              mailing: Mailing) -> list[ical.AttendeeLine]:
     """The ATTENDEE lines one invitee sees: themselves, and whom they stand in for.
 
     A substitute's REQUEST carries both changes of a delegation: the substitute with
@@ -76,14 +76,14 @@ def attendees(invitation: Invitation, delegators: dict[int, Invitation],
     """
     partstat = invitation.partstat if mailing.method == "REQUEST" else "NEEDS-ACTION"
     delegator = delegators.get(invitation.delegated_from_id or 0)
-    own = ical.Attendee(invitation.address, invitation.name, partstat=partstat,
+    own = ical.AttendeeLine(invitation.address, invitation.name, partstat=partstat,
                         rsvp=mailing.method == "REQUEST" and partstat == "NEEDS-ACTION",
                         delegated_from=delegator.address if delegator else "",
                         delegated_to=invitation.delegated_to if partstat == "DELEGATED"
                         else "")
     if delegator is None:
         return [own]
-    return [own, ical.Attendee(delegator.address, delegator.name, partstat="DELEGATED",
+    return [own, ical.AttendeeLine(delegator.address, delegator.name, partstat="DELEGATED",
                                rsvp=False, role="NON-PARTICIPANT",
                                delegated_to=invitation.address)]
 
@@ -129,7 +129,7 @@ class Writer:
     def write(self, invitation: Invitation, sender: str, calendar: bytes,
               delegator: Invitation | None) -> bytes:
         """One invitee's message, in their language."""
-        language = compose.language_of(invitation.language)
+        language = templates.language_of(invitation.language)
         plain_template, html_template = self._pair(language)
         context = {**self.common, "rsvp": sender,
                    "invitee": {"name": invitation.name or invitation.address,

@@ -19,8 +19,7 @@ from sqlalchemy.orm import Session
 from lists import service
 from lists.models import LANGUAGES, MailingList
 from lists.service import ListError
-from mailer.addresses import AddressError, normalize
-from mailer.routing import check_list_name
+from mailer.addresses import AddressError, check_list_name, normalize
 from meetings.imip import one_line
 from meetings.models import REGIONS, Body, Delegate, Party, Seat
 

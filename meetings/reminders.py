@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailer.scheduler import Job
+from mailer.jobs import Job
 from meetings import letters
 from meetings.invitations import REMINDER_DAYS, passed_offsets
 from meetings.letters import DAY
+from meetings.meeting_site import MeetingSite
 from meetings.models import Invitation, Meeting
-from meetings.site import MeetingSite
 
 
 def due_offset(meeting: Meeting, now: float, days: Sequence[int]) -> int | None:

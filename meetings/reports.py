@@ -13,12 +13,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailer.scheduler import Job
+from mailer.jobs import Job
 from meetings import coordination, letters
 from meetings.invitations import MAX_CHAIN
 from meetings.letters import DAY
+from meetings.meeting_site import MeetingSite
 from meetings.models import Delegate, Invitation, Meeting, Party, RsvpEvent
-from meetings.site import MeetingSite
 
 COLUMNS = ["name", "party", "address", "partstat", "comment", "replied_at"]
 

@@ -17,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from meetings import ical
+from meetings.meeting_site import MeetingSite
 from meetings.models import Meeting
 from meetings.organisation import MeetingError, find_body, find_party
-from meetings.site import MeetingSite
 
 STATUSES = ("CONFIRMED", "TENTATIVE")
 

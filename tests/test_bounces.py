@@ -17,10 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lists import service
-from lists.bounces import decay, reenable
+from lists.bounces import decay
+from lists.list_site import ListSite
 from lists.models import Bounce, Member, Pending
-from lists.site import ListSite
-from mailer import compose
+from lists.subscriptions import reenable
+from mailer import templates
 from mailer.config import Config
 from mailer.daemon import Daemon
 from mailer.db import Database
@@ -110,7 +111,7 @@ async def bounce(daemon: Daemon, name: str, member: str, bounce_address: str) ->
 
 def site() -> ListSite:
     """The list side's view of the test site, for calling list functions directly."""
-    return ListSite(domain=DOMAIN, name="", templates=compose.environment(),
+    return ListSite(domain=DOMAIN, name="", templates=templates.environment(),
                     member_tokens=SIGNER, unsubscribe_tokens=Signer(b"test-secret", "u"),
                     base_url="")
 

@@ -17,9 +17,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lists import archive, digests, service
+from lists.list_site import ListSite
 from lists.models import DigestState, MailingList, Member
-from lists.site import ListSite
-from mailer import compose
+from mailer import templates
 from mailer.config import Config
 from mailer.daemon import Daemon
 from mailer.db import Database
@@ -46,7 +46,7 @@ SIGNER = Signer(b"test-secret", "member")
 def site() -> ListSite:
     """The list side's view of the test site, for calling list functions directly."""
     return ListSite(domain=DOMAIN, name="Progressive Alliance",
-                    templates=compose.environment(), member_tokens=SIGNER,
+                    templates=templates.environment(), member_tokens=SIGNER,
                     unsubscribe_tokens=Signer(b"test-secret", "unsubscribe"), base_url="")
 
 

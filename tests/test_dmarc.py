@@ -21,6 +21,7 @@ from lists.dmarc import DmarcLookup, munge_from
 from mailer import rawmail
 from mailer.config import Config
 from mailer.db import Database
+from mailer.dns import TxtResolver
 from mailer.models import Work
 from tests.conftest import DOMAIN, Sink, mail, make_config, make_list, running, send
 from tests.dns_server import DnsServer
@@ -51,7 +52,7 @@ class Clock:
 
 
 def lookup(server: DnsServer, clock: Clock | None = None, **options: Any) -> DmarcLookup:
-    return DmarcLookup(server.address, 0.3, 3600.0, clock or Clock(), **options)
+    return DmarcLookup(TxtResolver(server.address, 0.3, 3600.0, clock or Clock(), **options))
 
 
 def parse(data: bytes) -> EmailMessage:
@@ -132,7 +133,8 @@ async def test_the_cache_is_bounded(dns_server: DnsServer) -> None:
     dmarc = lookup(dns_server, cache_entries=2)
     for domain in ("strict.example", "relaxed.example", "plain.example", "strict.example"):
         await dmarc.policy(domain)
-    assert len(dmarc.cache) == 2
+    assert isinstance(dmarc.dns, TxtResolver)
+    assert len(dmarc.dns.cache) == 2
     assert dns_server.queries["_dmarc.strict.example"] == 2, "the oldest entry was dropped"
 
 
@@ -141,7 +143,7 @@ async def test_a_server_that_does_not_answer_gives_none_and_is_retried_later(
     clock = Clock()
     dmarc = lookup(dns_server, clock)
     dns_server.silent = True
-    with caplog.at_level(logging.WARNING, logger="lists.dmarc"):
+    with caplog.at_level(logging.WARNING, logger="mailer.dns"):
         assert await dmarc.policy("strict.example") is None
     assert "strict.example" in caplog.text
     dns_server.silent = False

@@ -10,7 +10,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
-from mailer import replies
+from mailer import smtp_replies
 from mailer.models import Message, Work
 from tests.conftest import DOMAIN, mail, make_config, make_list, members, running, send
 
@@ -71,9 +71,9 @@ async def test_foreign_domain_is_never_relayed(tmp_path: Path, sqlite_url: str) 
         talk = await Dialogue.open(daemon.ports["smtp"])
         await talk.say("EHLO client.test")
         assert (await talk.say("MAIL FROM:<a@example.com>")).startswith("250")
-        assert await talk.say("RCPT TO:<victim@gmail.com>") == replies.NO_RELAY
+        assert await talk.say("RCPT TO:<victim@gmail.com>") == smtp_replies.NO_RELAY
         assert await talk.say("RCPT TO:<steering@lists.example.org.evil.test>") == \
-            replies.NO_RELAY
+            smtp_replies.NO_RELAY
         await talk.close()
 
 
@@ -102,8 +102,8 @@ async def test_recipient_limit_answers_452(tmp_path: Path, sqlite_url: str) -> N
         await talk.say("MAIL FROM:<a@example.com>")
         answers = [await talk.say(f"RCPT TO:<list{n}@{DOMAIN}>") for n in range(4)]
         await talk.close()
-    assert answers[:3] == [replies.RCPT_OK] * 3
-    assert answers[3] == replies.TOO_MANY_RECIPIENTS
+    assert answers[:3] == [smtp_replies.RCPT_OK] * 3
+    assert answers[3] == smtp_replies.TOO_MANY_RECIPIENTS
 
 
 async def test_oversize_message_is_refused_and_nothing_is_stored(
@@ -158,16 +158,16 @@ async def test_lmtp_answers_once_per_recipient(tmp_path: Path, sqlite_url: str) 
         assert (await talk.say("EHLO mx.test")).startswith("500")
         assert (await talk.say("LHLO mx.test")).startswith("250")
         await talk.say("MAIL FROM:<a@example.com>")
-        assert await talk.say(f"RCPT TO:<{LIST}>") == replies.RCPT_OK
+        assert await talk.say(f"RCPT TO:<{LIST}>") == smtp_replies.RCPT_OK
         assert (await talk.say(f"RCPT TO:<nobody@{DOMAIN}>")).startswith("550 5.1.1")
-        assert await talk.say(f"RCPT TO:<board@{DOMAIN}>") == replies.RCPT_OK
+        assert await talk.say(f"RCPT TO:<board@{DOMAIN}>") == smtp_replies.RCPT_OK
         await talk.say("DATA")
         talk.writer.write(mail("a@example.com", LIST) + b".\r\n")
         first = await talk.reply()
         second = await talk.reply()
         await talk.close()
         work = daemon.db.query(lambda s: sorted(s.scalars(select(Work.recipient))))
-    assert first == second == replies.OK
+    assert first == second == smtp_replies.OK
     assert work == [f"board@{DOMAIN}", LIST]
 
 
@@ -182,12 +182,12 @@ async def test_a_storage_fault_answers_451_never_5xx(tmp_path: Path, sqlite_url:
             await send(daemon.ports["smtp"], "a@example.com", [LIST],
                        mail("a@example.com", LIST))
         assert (refused.value.code, refused.value.message) == \
-            (451, replies.TEMPORARY_FAILURE[4:])
+            (451, smtp_replies.TEMPORARY_FAILURE[4:])
         with sqlite3.connect(path) as saboteur:
             saboteur.execute("ALTER TABLE messages_away RENAME TO messages")
         _, reply = await send(daemon.ports["smtp"], "a@example.com", [LIST],
                               mail("a@example.com", LIST))
-    assert reply == replies.OK[4:]
+    assert reply == smtp_replies.OK[4:]
 
 
 async def test_shutdown_finishes_the_message_in_progress_and_refuses_new_sessions(
@@ -208,12 +208,12 @@ async def test_shutdown_finishes_the_message_in_progress_and_refuses_new_session
         while not daemon.gate.draining:
             await asyncio.sleep(0.01)
         late = await Dialogue.open_raw(port)
-        assert late == replies.SHUTTING_DOWN
+        assert late == smtp_replies.SHUTTING_DOWN
         blocker.execute("COMMIT")
         blocker.close()
         _, reply = await in_progress
         await stopping
-    assert reply == replies.OK[4:]
+    assert reply == smtp_replies.OK[4:]
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT count(*) FROM messages").fetchone() == (1,)
 
@@ -225,10 +225,10 @@ async def test_the_null_sender_of_bounces_is_accepted(tmp_path: Path, sqlite_url
         talk = await Dialogue.open(daemon.ports["smtp"])
         await talk.say("EHLO mx.test")
         assert (await talk.say("MAIL FROM:<>")).startswith("250")
-        assert await talk.say(f"RCPT TO:<{LIST}>") == replies.RCPT_OK
+        assert await talk.say(f"RCPT TO:<{LIST}>") == smtp_replies.RCPT_OK
         await talk.say("DATA")
         talk.writer.write(mail("mailer-daemon@mx.test", LIST) + b".\r\n")
-        assert await talk.reply() == replies.OK
+        assert await talk.reply() == smtp_replies.OK
         await talk.close()
         stored = daemon.db.query(lambda s: s.scalars(select(Message.mail_from)).all())
     assert stored == [""]
@@ -253,7 +253,7 @@ async def test_an_overlong_or_encoded_sender_is_refused_at_mail(tmp_path: Path,
         long_sender = "a@" + "x" * 330 + ".org"
         assert (await talk.say(f"MAIL FROM:<{long_sender}>")).startswith("553")
         assert (await talk.say("MAIL FROM:<=?utf-8?q?a?=@example.org>")).startswith("553")
-        assert (await talk.say("MAIL FROM:<a@example.org>")) == replies.MAIL_OK
+        assert (await talk.say("MAIL FROM:<a@example.org>")) == smtp_replies.MAIL_OK
         await talk.close()
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from mailer.compose import LANGUAGES, environment
 from mailer.db import Database
 from mailer.models import Work
+from mailer.templates import LANGUAGES, environment
 from meetings.models import Invitation, Meeting, RsvpEvent
 from tests.conftest import (
     DOMAIN,

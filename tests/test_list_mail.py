@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from lists.footer import add_footer
 from lists.models import Member
-from mailer.router import parse
+from mailer.inbound import parse
 from mailer.tokens import Signer
 from tests.conftest import (
     DOMAIN,

@@ -28,14 +28,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import compose
+from mailer import templates
+from mailer.addresses import Role, Route
 from mailer.daemon import Daemon
 from mailer.db import Database
+from mailer.inbound import Inbound, parse
 from mailer.models import Delivery, Outgoing, Work
-from mailer.router import Inbound, parse
-from mailer.routing import Role, Route
 from mailer.tokens import Signer
 from meetings import itip
+from meetings.meeting_site import MeetingSite
 from meetings.models import (
     Body,
     CoordinationTerm,
@@ -45,8 +46,7 @@ from meetings.models import (
     Party,
     RsvpEvent,
 )
-from meetings.replies import FORWARD_HEADER, Outcome, Reading, RsvpHandler, process, read
-from meetings.site import MeetingSite
+from meetings.rsvp import FORWARD_HEADER, Reading, RsvpHandler, RsvpOutcome, process, read
 from tests.conftest import DOMAIN, Delivered, Sink, make_config, running, send
 from tests.conftest import quiet as settled
 
@@ -137,7 +137,7 @@ def world(db: Database) -> World:
 
 def meeting_site(clock: float | None = None) -> MeetingSite:
     return MeetingSite(domain=DOMAIN, name="Progressive Alliance",
-                       templates=compose.environment(), attendee_tokens=SIGNER, base_url="",
+                       templates=templates.environment(), attendee_tokens=SIGNER, base_url="",
                        clock=(lambda: clock) if clock is not None else time.time)
 
 
@@ -264,14 +264,14 @@ def answer_of(world: World, partstat: str, address: str = "ana@party.test", *,
 
 
 def deliver(db: Database, world: World, address: str, raw: bytes, *,
-            mail_from: str = "ana@party.test", site: MeetingSite | None = None) -> Outcome:
+            mail_from: str = "ana@party.test", site: MeetingSite | None = None) -> RsvpOutcome:
     """What the router does with one message to `address`'s rsvp address, in one transaction."""
     rcpt = world.rsvp(address)
     token = rcpt.split("+", 1)[1].split("@", 1)[0]
     inbound = Inbound(1, 1, Route(Role.RSVP, None, token), rcpt, mail_from, raw,
-                      policy=RsvpHandler.policy)     # as the router leaves it
+                      policy=RsvpHandler.options.policy)     # as the router leaves it
 
-    def run(session: Session) -> Outcome:
+    def run(session: Session) -> RsvpOutcome:
         invitation = session.get(Invitation, world.invitations[address])
         assert invitation is not None
         return process(session, site or meeting_site(), invitation, inbound)
@@ -297,7 +297,7 @@ CLIENT_REPLIES = [
 def test_a_client_reply_sets_partstat_and_comment_once(db: Database, world: World, name: str,
                                                       partstat: str, comment: str) -> None:
     raw = fixture(name, world)
-    assert deliver(db, world, "ana@party.test", raw) == Outcome("applied", partstat)
+    assert deliver(db, world, "ana@party.test", raw) == RsvpOutcome("applied", partstat)
     assert standing(db, world, "ana@party.test") == Standing(partstat, comment, "active")
     assert events(db) == [("reply", partstat, comment)]
     assert outgoing(db) == [], "an applied reply sends nothing"
@@ -311,7 +311,7 @@ def test_an_apple_reply_without_method_parameter_is_applied(db: Database,
                                                            world: World) -> None:
     raw = sample("apple-ical-reply-accepted.eml", world, "yann@party.test")
     outcome = deliver(db, world, "yann@party.test", raw, mail_from="yann@party.test")
-    assert outcome == Outcome("applied", "ACCEPTED")
+    assert outcome == RsvpOutcome("applied", "ACCEPTED")
     assert standing(db, world, "yann@party.test").partstat == "ACCEPTED"
     assert forwards(db) == []
 
@@ -406,7 +406,7 @@ def test_a_reply_about_one_occurrence_matches_nothing_of_ours(db: Database,
                                                               world: World) -> None:
     raw = answer_of(world, "DECLINED", extra="RECURRENCE-ID:20270314T060000Z")
     outcome = deliver(db, world, "ana@party.test", raw)
-    assert outcome == Outcome("forward", "REPLY about one occurrence (20270314T060000Z) of a "
+    assert outcome == RsvpOutcome("forward", "REPLY about one occurrence (20270314T060000Z) of a "
                                          "meeting that does not repeat")
 
 
@@ -432,7 +432,7 @@ def test_a_reply_older_than_the_one_applied_changes_nothing(db: Database,
     older = answer_of(world, "DECLINED", stamp="20250301T100000Z")
     assert deliver(db, world, "ana@party.test", newer).action == "applied"
     outcome = deliver(db, world, "ana@party.test", older)
-    assert outcome == Outcome("unchanged", "it is older than the reply already applied")
+    assert outcome == RsvpOutcome("unchanged", "it is older than the reply already applied")
     assert standing(db, world, "ana@party.test").partstat == "ACCEPTED"
     # A later change of mind is applied.
     later = answer_of(world, "DECLINED", stamp="20250303T100000Z")
@@ -447,7 +447,7 @@ def test_a_reply_to_the_time_before_a_reschedule_changes_nothing(db: Database,
                                      "reset_sequence", 1))
     old_time = answer_of(world, "ACCEPTED", sequence=0)
     outcome = deliver(db, world, "ana@party.test", old_time)
-    assert outcome == Outcome("unchanged", "it answers SEQUENCE 0, before the change at "
+    assert outcome == RsvpOutcome("unchanged", "it answers SEQUENCE 0, before the change at "
                                            "SEQUENCE 1")
     assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
     assert deliver(db, world, "ana@party.test",
@@ -474,7 +474,7 @@ def test_without_sequence_outlooks_cdo_sequence_is_read(world: World) -> None:
 def test_a_reply_to_a_cancelled_meeting_changes_nothing(db: Database, world: World) -> None:
     set_meeting(db, world, status="CANCELLED", sequence=1)
     outcome = deliver(db, world, "ana@party.test", answer_of(world, "ACCEPTED", sequence=1))
-    assert outcome == Outcome("unchanged", "the meeting is cancelled")
+    assert outcome == RsvpOutcome("unchanged", "the meeting is cancelled")
     assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
     assert events(db) == [] and outgoing(db) == []
 
@@ -503,7 +503,7 @@ def test_interop_samples_that_are_no_usable_answer_go_to_coordination(
         db: Database, world: World, name: str, reason: str) -> None:
     raw = sample(name, world, "ana@party.test")
     outcome = deliver(db, world, "ana@party.test", raw)
-    assert outcome == Outcome("forward", reason)
+    assert outcome == RsvpOutcome("forward", reason)
     assert forwards(db) == [reason]
     assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
     assert events(db) == []
@@ -523,7 +523,7 @@ def test_interop_calendars_attached_to_a_mail_are_passed_on(db: Database, world:
                                                            name: str, reason: str) -> None:
     calendar = crlf((interop_folder() / name).read_bytes())
     outcome = deliver(db, world, "ana@party.test", wrapped(calendar, world))
-    assert outcome == Outcome("forward", reason)
+    assert outcome == RsvpOutcome("forward", reason)
 
 
 def exchange_reply(world: World, attendee: str, **more: str) -> bytes:
@@ -541,7 +541,7 @@ def exchange_reply(world: World, attendee: str, **more: str) -> bytes:
 def test_the_exchange_sample_as_a_reply_is_applied_despite_its_windows_tzid(
         db: Database, world: World) -> None:
     raw = wrapped(exchange_reply(world, "ana@party.test"), world)
-    assert deliver(db, world, "ana@party.test", raw) == Outcome("applied", "TENTATIVE")
+    assert deliver(db, world, "ana@party.test", raw) == RsvpOutcome("applied", "TENTATIVE")
 
 
 def test_the_malformed_cdo_sample_as_a_reply_has_no_uid_and_is_passed_on(
@@ -550,19 +550,19 @@ def test_the_malformed_cdo_sample_as_a_reply_has_no_uid_and_is_passed_on(
     text = text.replace(b"METHOD:REQUEST", b"METHOD:REPLY").replace(
         b"END:VEVENT", b"ATTENDEE;PARTSTAT=ACCEPTED:mailto:ana@party.test\r\nEND:VEVENT")
     outcome = deliver(db, world, "ana@party.test", wrapped(text, world))
-    assert outcome == Outcome("forward", "REPLY about another event (UID '')")
+    assert outcome == RsvpOutcome("forward", "REPLY about another event (UID '')")
 
 
 def test_an_outlook_reply_in_tnef_only_goes_to_coordination(db: Database,
                                                             world: World) -> None:
     outcome = deliver(db, world, "ana@party.test", fixture("outlook-tnef-reply.eml", world))
-    assert outcome == Outcome("forward", "an Outlook TNEF attachment (winmail.dat) without "
+    assert outcome == RsvpOutcome("forward", "an Outlook TNEF attachment (winmail.dat) without "
                                          "text/calendar")
 
 
 def test_an_out_of_office_reply_is_dropped(db: Database, world: World) -> None:
     outcome = deliver(db, world, "ana@party.test", fixture("out-of-office.eml", world))
-    assert outcome == Outcome("dropped", "automatic mail: Auto-Submitted: auto-replied")
+    assert outcome == RsvpOutcome("dropped", "automatic mail: Auto-Submitted: auto-replied")
     assert outgoing(db) == [] and events(db) == []
 
 
@@ -581,7 +581,7 @@ def test_a_dsn_bounce_of_the_invitation_marks_it_undeliverable(db: Database,
                                                                world: World) -> None:
     raw = sample("dsn-bounce-with-ics.eml", world, "kofi@party.test")
     outcome = deliver(db, world, "kofi@party.test", raw, mail_from="")
-    assert outcome == Outcome("undeliverable", "kofi@party.test")
+    assert outcome == RsvpOutcome("undeliverable", "kofi@party.test")
     assert standing(db, world, "kofi@party.test") == Standing("NEEDS-ACTION", "",
                                                               "undeliverable")
     assert events(db) == [("bounce", "NEEDS-ACTION", "kofi@party.test")]
@@ -590,7 +590,7 @@ def test_a_dsn_bounce_of_the_invitation_marks_it_undeliverable(db: Database,
     # Kofi answers after all: his address works, and he gets updates again.
     reply = answer_of(world, "ACCEPTED", "kofi@party.test")
     assert deliver(db, world, "kofi@party.test", reply,
-                   mail_from="kofi@party.test") == Outcome("applied", "ACCEPTED")
+                   mail_from="kofi@party.test") == RsvpOutcome("applied", "ACCEPTED")
     assert standing(db, world, "kofi@party.test") == Standing("ACCEPTED", "", "active")
 
 
@@ -651,7 +651,7 @@ def test_hostile_calendar_data_never_raises_and_goes_to_coordination(
 def test_lowercase_method_and_mailto_are_read(db: Database, world: World) -> None:
     raw = wrapped(reply_calendar(world, "ATTENDEE;PARTSTAT=declined:MAILTO:Ana@Party.TEST",
                                  method="reply"), world)
-    assert deliver(db, world, "ana@party.test", raw) == Outcome("applied", "DECLINED")
+    assert deliver(db, world, "ana@party.test", raw) == RsvpOutcome("applied", "DECLINED")
 
 
 # -- COUNTER, REFRESH, substitutes ----------------------------------------------------------
@@ -694,7 +694,7 @@ def test_a_long_counter_counts_once(db: Database, world: World) -> None:
     raw = wrapped(calendar, world, "ana@party.test", "COUNTER")
     assert deliver(db, world, "ana@party.test", raw).action == "counter"
     assert deliver(db, world, "ana@party.test", raw) == \
-        Outcome("unchanged", "the same proposal again")
+        RsvpOutcome("unchanged", "the same proposal again")
     assert [e[0] for e in events(db)] == ["counter"]
 
 
@@ -708,7 +708,7 @@ def test_a_counter_from_someone_else_is_only_passed_on(db: Database, world: Worl
 def test_a_refresh_sends_the_current_invitation_to_the_invitee_only(db: Database,
                                                                    world: World) -> None:
     outcome = deliver(db, world, "ana@party.test", fixture("refresh.eml", world))
-    assert outcome == Outcome("refreshed", "SEQUENCE 0")
+    assert outcome == RsvpOutcome("refreshed", "SEQUENCE 0")
     [(recipient, message)] = outgoing(db)
     assert recipient == "ana@party.test"
     calendars = itip.read(message)
@@ -733,7 +733,7 @@ def test_a_delegation_reply_invites_the_substitute(db: Database, world: World) -
              'ATTENDEE;PARTSTAT=NEEDS-ACTION;DELEGATED-FROM="mailto:ana@party.test";'
              'CN=Maria Lopez:mailto:maria@party.test')
     raw = wrapped(reply_calendar(world, lines), world, "ana@party.test", "REPLY")
-    assert deliver(db, world, "ana@party.test", raw) == Outcome("delegated",
+    assert deliver(db, world, "ana@party.test", raw) == RsvpOutcome("delegated",
                                                                 "maria@party.test")
     assert standing(db, world, "ana@party.test") == Standing(
         "DELEGATED", "", "active", "maria@party.test")
@@ -750,7 +750,7 @@ def test_an_invitee_who_sent_a_substitute_cannot_simply_take_the_seat_back(
     deliver(db, world, "ana@party.test",
             command(world, "ana@party.test", "delegate maria@party.test\n"))
     outcome = deliver(db, world, "ana@party.test", answer_of(world, "ACCEPTED"))
-    assert outcome == Outcome("forward", "the invitee has sent maria@party.test in their place")
+    assert outcome == RsvpOutcome("forward", "the invitee has sent maria@party.test in their place")
     assert standing(db, world, "ana@party.test").partstat == "DELEGATED"
 
 
@@ -766,7 +766,7 @@ def test_the_substitutes_reply_naming_the_delegator_too_is_theirs(db: Database,
              'mailto:ana@party.test')
     raw = wrapped(reply_calendar(world, lines), world, "maria@party.test", "REPLY")
     outcome = deliver(db, world, "maria@party.test", raw, mail_from="maria@party.test")
-    assert outcome == Outcome("applied", "ACCEPTED")
+    assert outcome == RsvpOutcome("applied", "ACCEPTED")
     assert standing(db, world, "ana@party.test").partstat == "DELEGATED"
 
 
@@ -782,7 +782,7 @@ def command(world: World, sender: str, text: str) -> bytes:
 def test_the_delegate_command_sends_a_substitute(db: Database, world: World) -> None:
     raw = command(world, "Ana Silva <ana@party.test>",
                   "delegate maria@party.test Maria Lopez\n\n> Invitation: ...\n")
-    assert deliver(db, world, "ana@party.test", raw) == Outcome("delegated",
+    assert deliver(db, world, "ana@party.test", raw) == RsvpOutcome("delegated",
                                                                 "maria@party.test")
     request = substitute_request(db, "maria@party.test")
     assert request.attendee("maria@party.test") is not None
@@ -837,7 +837,7 @@ def test_when_the_substitute_declines_the_delegator_is_asked_again(db: Database,
     accepted = answer_of(world, "ACCEPTED", "maria@party.test", sequence=1)
     assert deliver(db, world, "maria@party.test", accepted,
                    mail_from="maria@party.test") == \
-        Outcome("unchanged", "the invitee was removed from the meeting")
+        RsvpOutcome("unchanged", "the invitee was removed from the meeting")
 
 
 # -- over SMTP -------------------------------------------------------------------------------
@@ -1030,7 +1030,7 @@ def both_ways(raw: bytes) -> tuple[Reading, Reading]:
     """What `read` makes of a message parsed as replies are, and with the modern policy."""
     inbound = Inbound(1, 1, Route(Role.RSVP, None, "x"), "rsvp+x@lists.example.org",
                       "ana@party.test", raw)
-    return read(dataclasses.replace(inbound, policy=RsvpHandler.policy)), read(inbound)
+    return read(dataclasses.replace(inbound, policy=RsvpHandler.options.policy)), read(inbound)
 
 
 @pytest.mark.parametrize("name", sorted(CRAFTED))

@@ -11,16 +11,17 @@ from click.testing import CliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailer.addresses import Role, Route
 from mailer.cli import main
 from mailer.db import Database
+from mailer.inbound import HandlerOptions, Inbound, RoleHandler
 from mailer.intake import Arrival, _store
 from mailer.models import Work
-from mailer.router import Inbound, Router
-from mailer.routing import Role, Route
+from mailer.router import Router
 from tests.conftest import DOMAIN, config_file, mail, make_config
 
 
-class Flaky:
+class Flaky(RoleHandler):
     """A role handler that fails until it is told to work (a test double, passed in)."""
 
     def __init__(self) -> None:
@@ -108,7 +109,7 @@ async def test_work_taken_too_often_without_an_outcome_is_quarantined(
 class Picky(Flaky):
     """Fails on one subject only; counts the units of each transaction it is given."""
 
-    batch = 1
+    options = HandlerOptions(batch=1)
 
     def __init__(self) -> None:
         super().__init__()
@@ -138,7 +139,7 @@ async def test_one_failing_unit_in_a_batch_leaves_the_others_done(sqlite_url: st
                 for subject in ("One", "Poison", "Three")]
     db.transaction(_store, arrivals, DOMAIN, DOMAIN)
     handler = Picky()
-    handler.batch = batch
+    handler.options = HandlerOptions(batch=batch)
     router = Router(db, {Role.POST: handler}, max_attempts=1, on_outgoing=lambda: None,
                     poll=0.05)
     router.start()
@@ -161,8 +162,7 @@ async def test_one_failing_unit_in_a_batch_leaves_the_others_done(sqlite_url: st
 class Counting(Flaky):
     """Records whether its messages were parsed before it asked for them."""
 
-    batch = 10
-    lazy = True
+    options = HandlerOptions(batch=10, lazy=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -219,7 +219,7 @@ async def settle(db: Database, timeout: float = 15) -> list[tuple[str, int]]:
 class Recorder(Picky):
     """Works; prepares slowly (or never) what it is told to; records what it handles."""
 
-    batch = 10
+    options = HandlerOptions(batch=10)
 
     def __init__(self, slow: str = "", stuck: str = "") -> None:
         super().__init__()
@@ -350,7 +350,7 @@ async def test_a_prepare_that_hangs_fails_and_frees_the_router(sqlite_url: str) 
     db.upgrade()
     store(db, ["Stuck", "Next"])
     handler = Recorder(stuck="Stuck")
-    handler.batch = 1
+    handler.options = HandlerOptions(batch=1)
     router = Router(db, {Role.POST: handler}, max_attempts=1, on_outgoing=lambda: None,
                     poll=0.05, lease=1.0)       # a prepare may take a fifth of it
     router.start()

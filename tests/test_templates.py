@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mailer import compose
+from mailer import templates
 
 LIST = {"name": "steering", "display_name": "Steering Committee", "description": "Open list",
         "post": "steering@lists.example.org", "request": "steering-request@lists.example.org",
@@ -116,35 +116,35 @@ SAMPLES: dict[str, dict[str, Any]] = {
 
 
 def template_names() -> list[str]:
-    names = {path.stem for path in (compose.TEMPLATES / "en").glob("*.txt")}
+    names = {path.stem for path in (templates.TEMPLATES / "en").glob("*.txt")}
     return sorted(names)
 
 
 def test_every_language_has_the_same_templates() -> None:
-    expected = {path.name for path in (compose.TEMPLATES / "en").glob("*.txt")}
-    for language in compose.LANGUAGES:
-        found = {path.name for path in (compose.TEMPLATES / language).glob("*.txt")}
+    expected = {path.name for path in (templates.TEMPLATES / "en").glob("*.txt")}
+    for language in templates.LANGUAGES:
+        found = {path.name for path in (templates.TEMPLATES / language).glob("*.txt")}
         assert found == expected, f"{language}: {sorted(found ^ expected)}"
 
 
 @pytest.mark.parametrize("name", template_names())
-@pytest.mark.parametrize("language", compose.LANGUAGES)
+@pytest.mark.parametrize("language", templates.LANGUAGES)
 def test_template_renders_strictly(name: str, language: str) -> None:
     assert name in SAMPLES, f"add a sample context for {name} to SAMPLES"
-    env = compose.environment()
-    subject, body = compose.render(env, name, language, {**COMMON, **SAMPLES[name]})
+    env = templates.environment()
+    subject, body = templates.render(env, name, language, {**COMMON, **SAMPLES[name]})
     assert subject, f"{language}/{name} sets no subject"
     assert "\n" not in subject
     assert body.strip()
     if language != "en":
-        english = compose.render(env, name, "en", {**COMMON, **SAMPLES[name]})
+        english = templates.render(env, name, "en", {**COMMON, **SAMPLES[name]})
         assert (subject, body) != english, f"{language}/{name} is not translated"
 
 
 def test_a_missing_name_is_an_error_not_an_empty_string(tmp_path: Path) -> None:
     (tmp_path / "en").mkdir()
     (tmp_path / "en" / "probe.txt").write_text("{% set subject = 'Hi' %}Hello {{ who }}\n")
-    env = compose.environment(tmp_path)
+    env = templates.environment(tmp_path)
     import jinja2
     with pytest.raises(jinja2.UndefinedError):
-        compose.render(env, "probe", "en", {})
+        templates.render(env, "probe", "en", {})

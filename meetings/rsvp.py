@@ -43,16 +43,14 @@ from sqlalchemy.orm import Session
 from lists.automail import automatic
 from lists.bounces import failures
 from lists.commands import body_lines
-from mailer import compose, rawmail
-from mailer.addresses import AddressError, normalize
-from mailer.router import Inbound, parse
-from mailer.routing import Role, Route
-from mailer.workers import Workers
+from mailer import rawmail, robot_mail, templates
+from mailer.addresses import AddressError, Role, Route, normalize
+from mailer.inbound import HandlerOptions, Inbound, Offload, RoleHandler, parse
 from meetings import coordination, invitations, itip
 from meetings.imip import one_line
+from meetings.meeting_site import MeetingSite
 from meetings.models import Delegate, Invitation, Meeting, RsvpEvent
 from meetings.organisation import MeetingError
-from meetings.site import MeetingSite
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ DELEGATED = "DELEGATED"
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RsvpOutcome:
     """What a message did: applied, unchanged, forward, dropped, delegated, counter,
     refreshed or undeliverable, and why."""
 
@@ -81,7 +79,7 @@ class Rsvp:
     now: float
 
 
-class RsvpHandler:
+class RsvpHandler(RoleHandler):
     """The role handler of `rsvp+TOKEN@`.
 
     Replies come by the hundred when an invitation has gone out, and each is small, so
@@ -96,11 +94,10 @@ class RsvpHandler:
     (`lazy`: the router leaves the bytes unparsed), else in a thread.
     """
 
-    batch = 50
-    policy = compat32.clone(message_factory=EmailMessage)
-    lazy = True
+    options = HandlerOptions(batch=50, policy=compat32.clone(message_factory=EmailMessage),
+                             lazy=True)
 
-    def __init__(self, site: MeetingSite, workers: Workers | None = None) -> None:
+    def __init__(self, site: MeetingSite, workers: Offload | None = None) -> None:
         self.site = site
         self._read = workers.batched(read_many) if workers is not None else None
 
@@ -160,7 +157,7 @@ class Reading:
 def read_many(stored: Sequence[tuple[bytes, str, int]]) -> list[Reading]:
     """`read` of stored messages (bytes, envelope sender, id), as a worker is given them."""
     return [read(Inbound(0, message_id, Route(Role.RSVP, None, None), "", mail_from, raw,
-                         policy=RsvpHandler.policy))
+                         policy=RsvpHandler.options.policy))
             for raw, mail_from, message_id in stored]
 
 
@@ -232,7 +229,7 @@ def sender_address(inbound: Inbound) -> str:
 
 
 def process(session: Session, site: MeetingSite, invitation: Invitation,
-            inbound: Inbound, reading: Reading | None = None) -> Outcome:
+            inbound: Inbound, reading: Reading | None = None) -> RsvpOutcome:
     """Everything a message to an invitation's rsvp address can do, in the module's order.
 
     `reading` is the message as `read` read it, if it was read before.
@@ -246,26 +243,26 @@ def process(session: Session, site: MeetingSite, invitation: Invitation,
             return bounce
     answer = reading.calendars.answer()
     if reading.machine and (answer is None or answer.method != "REPLY"):
-        return Outcome("dropped", f"automatic mail: {reading.machine}")
+        return RsvpOutcome("dropped", f"automatic mail: {reading.machine}")
     rsvp = Rsvp(site, meeting, invitation, reading.sender, site.clock())
     outcome = decide(session, rsvp, reading, answer)
     if outcome.action == "forward":
         if reading.machine:
-            return Outcome("dropped", f"automatic mail: {reading.machine}; {outcome.reason}")
+            return RsvpOutcome("dropped", f"automatic mail: {reading.machine}; {outcome.reason}")
         forward(session, site, inbound, outcome.reason)
     return outcome
 
 
 def decide(session: Session, rsvp: Rsvp, reading: Reading,
-           answer: itip.ItipMessage | None) -> Outcome:
+           answer: itip.ItipMessage | None) -> RsvpOutcome:
     """The rule for what the message carries: an answer, other calendar data, or none."""
     if answer is None:
         return without_answer(session, rsvp, reading)
     if answer.uid != rsvp.meeting.uid:
-        return Outcome("forward", f"{answer.method} about another event (UID {answer.uid!r})")
+        return RsvpOutcome("forward", f"{answer.method} about another event (UID {answer.uid!r})")
     if answer.recurrence_id:
         # Our meetings do not repeat: an answer about one occurrence matches none (R23).
-        return Outcome("forward", f"{answer.method} about one occurrence "
+        return RsvpOutcome("forward", f"{answer.method} about one occurrence "
                                   f"({answer.recurrence_id}) of a meeting that does not repeat")
     if answer.method == "REPLY":
         return reply(session, rsvp, answer)
@@ -277,7 +274,7 @@ def decide(session: Session, rsvp: Rsvp, reading: Reading,
 # -- who may answer --------------------------------------------------------------------
 
 def authorise(rsvp: Rsvp, answer: itip.ItipMessage, *,
-              others: bool = False) -> tuple[itip.Attendee | None, str]:
+              others: bool = False) -> tuple[itip.AttendeeReply | None, str]:
     """The invitee's ATTENDEE if the answer may act for them, else (None, why).
 
     The token is the first proof (DESIGN §5): it names the only attendee whose PARTSTAT
@@ -302,7 +299,7 @@ def authorise(rsvp: Rsvp, answer: itip.ItipMessage, *,
     return mine, ""
 
 
-def _delegation_pair(mine: itip.Attendee, other: itip.Attendee) -> bool:
+def _delegation_pair(mine: itip.AttendeeReply, other: itip.AttendeeReply) -> bool:
     """Whether `other` is the substitute `mine` sends, or the delegate `mine` replaces."""
     return (other.address in mine.delegated_to or mine.address in other.delegated_from
             or other.address in mine.delegated_from or mine.address in other.delegated_to)
@@ -347,21 +344,21 @@ def closed(rsvp: Rsvp) -> str | None:
 
 # -- REPLY -----------------------------------------------------------------------------
 
-def reply(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> Outcome:
+def reply(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> RsvpOutcome:
     """Apply a REPLY: the invitee's PARTSTAT and note, nothing else (RFC 5546 §3.2.3)."""
     attendee, why = authorise(rsvp, answer)
     if attendee is None:
-        return Outcome("forward", why)
+        return RsvpOutcome("forward", why)
     why_not = closed(rsvp)
     sequence, stamp = revision(rsvp, answer)
     why_not = why_not or stale(rsvp.invitation, sequence, stamp)
     if why_not:
-        return Outcome("unchanged", why_not)
+        return RsvpOutcome("unchanged", why_not)
     if not attendee.partstat:
-        return Outcome("forward", "an unreadable PARTSTAT")
+        return RsvpOutcome("forward", "an unreadable PARTSTAT")
     if rsvp.invitation.partstat == DELEGATED and attendee.partstat != DELEGATED:
         # Taking the seat back while a substitute holds it is for the coordinator to settle.
-        return Outcome("forward", f"the invitee has sent {rsvp.invitation.delegated_to} "
+        return RsvpOutcome("forward", f"the invitee has sent {rsvp.invitation.delegated_to} "
                                   "in their place")
     if attendee.partstat == DELEGATED:
         outcome = delegation(session, rsvp, answer, attendee)
@@ -380,17 +377,17 @@ def reachable(invitation: Invitation) -> None:
         invitation.state = "active"
 
 
-def apply(session: Session, rsvp: Rsvp, partstat: str, comment: str) -> Outcome:
+def apply(session: Session, rsvp: Rsvp, partstat: str, comment: str) -> RsvpOutcome:
     """Store an answer and record the change; the same answer again changes nothing."""
     invitation = rsvp.invitation
     if (invitation.partstat, invitation.comment) == (partstat, comment):
-        return Outcome("unchanged", f"{partstat} again")
+        return RsvpOutcome("unchanged", f"{partstat} again")
     invitation.partstat, invitation.comment, invitation.replied_at = \
         partstat, comment, rsvp.now
     record(session, rsvp, "reply", partstat, comment)
     if partstat == "DECLINED" and invitation.delegated_from_id is not None:
         ask_delegator_again(session, rsvp)
-    return Outcome("applied", partstat)
+    return RsvpOutcome("applied", partstat)
 
 
 def ask_delegator_again(session: Session, rsvp: Rsvp) -> None:
@@ -420,17 +417,17 @@ def record(session: Session, rsvp: Rsvp, kind: str, partstat: str, detail: str) 
 # -- substitutes -----------------------------------------------------------------------
 
 def delegation(session: Session, rsvp: Rsvp, answer: itip.ItipMessage,
-               attendee: itip.Attendee) -> Outcome:
+               attendee: itip.AttendeeReply) -> RsvpOutcome:
     """PARTSTAT=DELEGATED: the one DELEGATED-TO gets an invitation (RFC 5546 §4.2.5)."""
     if len(attendee.delegated_to) != 1:
-        return Outcome("forward", "a delegation must name exactly one substitute "
+        return RsvpOutcome("forward", "a delegation must name exactly one substitute "
                                   f"(DELEGATED-TO has {len(attendee.delegated_to)})")
     address = attendee.delegated_to[0]
     named = answer.attendee(address)
     return send_substitute(session, rsvp, address, named.name if named else "")
 
 
-def send_substitute(session: Session, rsvp: Rsvp, address: str, name: str) -> Outcome:
+def send_substitute(session: Session, rsvp: Rsvp, address: str, name: str) -> RsvpOutcome:
     """The invitee sends a substitute; the charter's rules are `invitations.delegate`'s.
 
     That marks the invitee DELEGATED and sends the substitute their REQUEST; the change is
@@ -439,28 +436,28 @@ def send_substitute(session: Session, rsvp: Rsvp, address: str, name: str) -> Ou
     try:
         address = normalize(address)
     except AddressError:
-        return Outcome("forward", "the substitute's address is not an address")
+        return RsvpOutcome("forward", "the substitute's address is not an address")
     why_not = closed(rsvp)
     if why_not:
-        return Outcome("unchanged", why_not)
+        return RsvpOutcome("unchanged", why_not)
     invitation = rsvp.invitation
     if invitation.partstat == DELEGATED and invitation.delegated_to == address:
-        return Outcome("unchanged", f"{address} is already the substitute")
+        return RsvpOutcome("unchanged", f"{address} is already the substitute")
     try:
         with session.begin_nested():
             invitations.delegate(session, rsvp.site, rsvp.meeting, invitation, address,
                                  one_line(name))
     except MeetingError as error:
-        return Outcome("forward", f"the substitute cannot be invited: {error}")
+        return RsvpOutcome("forward", f"the substitute cannot be invited: {error}")
     invitation.replied_at = rsvp.now
     record(session, rsvp, "delegated", DELEGATED, address)
-    return Outcome("delegated", address)
+    return RsvpOutcome("delegated", address)
 
 
 def delegate_command(message: EmailMessage) -> tuple[str, str] | None:
     """(address, name) of a `delegate ADDRESS [NAME]` first line in the body, or None.
 
-    >>> from mailer.router import parse
+    >>> from mailer.inbound import parse
     >>> delegate_command(parse(b"Subject: Re: Invitation\\r\\n\\r\\n\\r\\n"
     ...                        b"Delegate <kofi@party.test> Kofi Mensah\\r\\n> quoted\\r\\n"))
     ('kofi@party.test', 'Kofi Mensah')
@@ -479,7 +476,7 @@ def delegate_command(message: EmailMessage) -> tuple[str, str] | None:
 
 # -- COUNTER and REFRESH ---------------------------------------------------------------
 
-def counter(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> Outcome:
+def counter(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> RsvpOutcome:
     """Record a proposal and tell coordination@; the meeting is unchanged (RFC 5546 §3.2.7).
 
     A COUNTER to a SEQUENCE above the meeting's answers no version we sent: it is passed
@@ -487,22 +484,22 @@ def counter(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> Outcome:
     """
     attendee, why = authorise(rsvp, answer, others=True)
     if attendee is None:
-        return Outcome("forward", why)
+        return RsvpOutcome("forward", why)
     if answer.sequence > rsvp.meeting.sequence:
-        return Outcome("forward", f"a COUNTER to SEQUENCE {answer.sequence}, a version of "
+        return RsvpOutcome("forward", f"a COUNTER to SEQUENCE {answer.sequence}, a version of "
                                   f"the meeting that does not exist (itip.md R32)")
     why_not = closed(rsvp)
     if why_not:
-        return Outcome("unchanged", why_not)
+        return RsvpOutcome("unchanged", why_not)
     proposal = Proposal.of(rsvp.meeting, answer, answer.note(attendee))
     detail = proposal.line[:itip.MAX_TEXT]      # compared as it is stored
     if session.scalar(select(RsvpEvent.id).where(
             RsvpEvent.invitation_id == rsvp.invitation.id, RsvpEvent.kind == "counter",
             RsvpEvent.detail == detail).limit(1)) is not None:
-        return Outcome("unchanged", "the same proposal again")
+        return RsvpOutcome("unchanged", "the same proposal again")
     record(session, rsvp, "counter", rsvp.invitation.partstat, detail)
     summarise(session, rsvp, proposal)
-    return Outcome("counter", proposal.line)
+    return RsvpOutcome("counter", proposal.line)
 
 
 @dataclass(frozen=True)
@@ -556,10 +553,10 @@ def summarise(session: Session, rsvp: Rsvp, proposal: Proposal) -> None:
                "comment": proposal.comment, "outdated": proposal.outdated,
                "site_name": rsvp.site.name}
     site = rsvp.site
-    subject, body = compose.render(site.templates, "counter_summary",
+    subject, body = templates.render(site.templates, "counter_summary",
                                    coordination_language(session), context)
     own = site.address(coordination.LOCAL)
-    data = compose.robot_message(sender=(site.name, own), to=own, subject=subject, body=body,
+    data = robot_mail.robot_message(sender=(site.name, own), to=own, subject=subject, body=body,
                                  domain=site.domain, reply_to=invitation.address,
                                  auto="auto-generated")
     coordination.forward(session, site, data)
@@ -570,35 +567,35 @@ def coordination_language(session: Session) -> str:
     contact = next(iter(coordination.contacts(session)), None)
     language = session.scalar(select(Delegate.language).where(Delegate.address == contact)) \
         if contact else None
-    return compose.language_of(language)
+    return templates.language_of(language)
 
 
-def refresh(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> Outcome:
+def refresh(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> RsvpOutcome:
     """Send the invitee the current invitation again (RFC 5546 §3.2.6); only to them."""
     attendee, why = authorise(rsvp, answer)
     if attendee is None:
-        return Outcome("forward", why)
+        return RsvpOutcome("forward", why)
     if invitations.send_current(session, rsvp.site, rsvp.meeting, rsvp.invitation) == 0:
-        return Outcome("unchanged", f"nothing to send ({rsvp.invitation.state}, the "
+        return RsvpOutcome("unchanged", f"nothing to send ({rsvp.invitation.state}, the "
                                     "meeting is over or the invitation is not active)")
     record(session, rsvp, "refresh", rsvp.invitation.partstat, "")
-    return Outcome("refreshed", f"SEQUENCE {rsvp.meeting.sequence}")
+    return RsvpOutcome("refreshed", f"SEQUENCE {rsvp.meeting.sequence}")
 
 
 # -- mail without an answer ------------------------------------------------------------
 
-def without_answer(session: Session, rsvp: Rsvp, reading: Reading) -> Outcome:
+def without_answer(session: Session, rsvp: Rsvp, reading: Reading) -> RsvpOutcome:
     """Other calendar data, a `delegate` command, or a person writing: who acts on it."""
     calendars, command = reading.calendars, reading.command
     if calendars.messages:
         methods = ", ".join(sorted({m.method or "no METHOD" for m in calendars.messages}))
-        return Outcome("forward", f"calendar data that is not an answer ({methods})")
+        return RsvpOutcome("forward", f"calendar data that is not an answer ({methods})")
     if calendars.problems:
-        return Outcome("forward", "; ".join(calendars.problems[:3]))
+        return RsvpOutcome("forward", "; ".join(calendars.problems[:3]))
     if command is None:
-        return Outcome("forward", "no calendar data")
+        return RsvpOutcome("forward", "no calendar data")
     if rsvp.sender != rsvp.invitation.address.lower():
-        return Outcome("forward", f"a delegate command from {rsvp.sender or 'no one'}, "
+        return RsvpOutcome("forward", f"a delegate command from {rsvp.sender or 'no one'}, "
                                   "not the invitee")
     return send_substitute(session, rsvp, *command)
 
@@ -615,17 +612,17 @@ def forward(session: Session, site: MeetingSite, inbound: Inbound, reason: str) 
 
 
 def bounced(session: Session, meeting: Meeting, invitation: Invitation, inbound: Inbound,
-            now: float) -> Outcome | None:
+            now: float) -> RsvpOutcome | None:
     """A delivery report about the invitation: undeliverable if it failed for good."""
     found = failures(modern(inbound))
     if found.kind is None:
         return None
     if found.kind == "soft":
-        return Outcome("dropped", "a report of delayed delivery")
+        return RsvpOutcome("dropped", "a report of delayed delivery")
     if invitation.state == "undeliverable":
-        return Outcome("unchanged", "already undeliverable")
+        return RsvpOutcome("unchanged", "already undeliverable")
     invitation.state = "undeliverable"
     failed = ", ".join(sorted(found.permanent))[:500]
     session.add(RsvpEvent(meeting_id=meeting.id, invitation_id=invitation.id, kind="bounce",
                           partstat=invitation.partstat, detail=failed, at=now))
-    return Outcome("undeliverable", failed)
+    return RsvpOutcome("undeliverable", failed)

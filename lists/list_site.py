@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import jinja2
 
 from lists.dmarc import DmarcLookup
-from mailer.config import Lists as ListLimits
+from mailer.config import Config, ListsSection
 from mailer.tokens import Signer
 
 
@@ -21,9 +21,19 @@ class ListSite:
     member_tokens: Signer          # VERP: which member a bounce is about
     unsubscribe_tokens: Signer     # RFC 8058 one-click unsubscribe links
     base_url: str                  # "" when no HTTP listener is published
-    limits: ListLimits = field(default_factory=ListLimits)
+    limits: ListsSection = field(default_factory=ListsSection)
     clock: Callable[[], float] = time.time
     dmarc: DmarcLookup | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, secret: bytes, templates: jinja2.Environment, *,
+                    clock: Callable[[], float] = time.time,
+                    dmarc: DmarcLookup | None = None) -> ListSite:
+        """The list side's view of the site; `secret` keys its tokens."""
+        return cls(domain=config.site.domain.lower(), name=config.site.name,
+                   templates=templates, member_tokens=Signer(secret, "member"),
+                   unsubscribe_tokens=Signer(secret, "unsubscribe"),
+                   base_url=config.base_url, limits=config.lists, clock=clock, dmarc=dmarc)
 
     def address(self, local: str) -> str:
         return f"{local}@{self.domain}"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import jinja2
 
+from mailer.config import Config
 from mailer.tokens import Signer
 
 
@@ -20,6 +21,15 @@ class MeetingSite:
     base_url: str                  # "" when no HTTP listener is published
     clock: Callable[[], float] = time.time
     reminder_days: tuple[int, ...] = (14, 3)  # [meetings] reminder_days
+
+    @classmethod
+    def from_config(cls, config: Config, secret: bytes, templates: jinja2.Environment, *,
+                    clock: Callable[[], float] = time.time) -> MeetingSite:
+        """The meetings side's view of the site; `secret` keys its tokens."""
+        return cls(domain=config.site.domain.lower(), name=config.site.name,
+                   templates=templates, attendee_tokens=Signer(secret, "attendee"),
+                   base_url=config.base_url, clock=clock,
+                   reminder_days=config.meetings.reminder_days)
 
     def address(self, local: str) -> str:
         return f"{local}@{self.domain}"

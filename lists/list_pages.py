@@ -16,12 +16,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lists import subscriptions
+from lists.list_site import ListSite
 from lists.models import Archived, MailingList, Member
-from lists.site import ListSite
 from mailer.addresses import named_addresses
-from mailer.db import Database
-from mailer.router import parse
-from mailer.web import Request, Response, Route, document, page
+from mailer.inbound import parse
+from mailer.web import Page, Request, Response, Store, document, page
 
 
 def _member(session: Session, site: ListSite, token: str) -> tuple[Member, MailingList] | None:
@@ -34,7 +33,7 @@ def _member(session: Session, site: ListSite, token: str) -> tuple[Member, Maili
     return member, mailing_list
 
 
-def routes(site: ListSite, db: Database) -> tuple[Route, ...]:
+def pages(site: ListSite, db: Store) -> tuple[Page, ...]:
     async def show(request: Request, match: re.Match[str]) -> Response:
         token = match["token"]
         found = await db.read(lambda s: _describe(s, site, token))
@@ -68,9 +67,9 @@ def routes(site: ListSite, db: Database) -> tuple[Route, ...]:
         return Response(200, found.encode())
 
     pattern = re.compile(r"/unsubscribe/(?P<token>[0-9]{1,18}-[a-z2-7]{26})")
-    return (Route(("GET", "HEAD"), pattern, show), Route(("POST",), pattern, unsubscribe),
-            Route(("GET", "HEAD"), re.compile(r"/lists/(?P<name>[a-z0-9._-]{1,64})/"), index),
-            Route(("GET", "HEAD"), re.compile(r"/lists/(?P<name>[a-z0-9._-]{1,64})/"
+    return (Page(("GET", "HEAD"), pattern, show), Page(("POST",), pattern, unsubscribe),
+            Page(("GET", "HEAD"), re.compile(r"/lists/(?P<name>[a-z0-9._-]{1,64})/"), index),
+            Page(("GET", "HEAD"), re.compile(r"/lists/(?P<name>[a-z0-9._-]{1,64})/"
                                               r"(?P<id>[0-9]{1,12})"), post))
 
 

@@ -1,0 +1,56 @@
+"""The list side as the daemon sees it: its site, role handlers, jobs, pages, hooks.
+
+The composition root (`mailer.daemon.build`) asks this module for each; nothing registers
+itself anywhere. This is the one module of the package that may name engine parts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import jinja2
+
+from lists import digests, list_pages, moderation, subscriptions
+from lists.bounces import DECAY, BounceHandler, smarthost_refusals
+from lists.dmarc import DmarcLookup, TxtLookup
+from lists.list_site import ListSite
+from lists.posting import PostHandler
+from lists.requests import ConfirmHandler, OwnerHandler, RequestHandler
+from mailer.addresses import Role
+from mailer.config import Config
+from mailer.inbound import RoleHandler
+from mailer.jobs import Job
+from mailer.outbox import RefusalHook
+from mailer.web import Page, Store
+
+
+def site(config: Config, secret: bytes, templates: jinja2.Environment, dns: TxtLookup, *,
+         clock: Callable[[], float] = time.time) -> ListSite:
+    """The list side's view of the site, with DMARC look-ups through `dns`."""
+    return ListSite.from_config(config, secret, templates, clock=clock,
+                                dmarc=DmarcLookup(dns))
+
+
+def handlers(site: ListSite) -> dict[Role, RoleHandler]:
+    """The handler of each list role; a role missing here is refused at RCPT."""
+    robot = RequestHandler(site)
+    return {Role.POST: PostHandler(site), Role.JOIN: robot, Role.LEAVE: robot,
+            Role.REQUEST: robot, Role.CONFIRM: ConfirmHandler(site),
+            Role.OWNER: OwnerHandler(site), Role.BOUNCES: BounceHandler(site)}
+
+
+def jobs(site: ListSite) -> tuple[Job, ...]:
+    """The list side's timed jobs."""
+    return (DECAY, Job("confirmation-expiry", 600, subscriptions.expire),
+            Job("hold-expiry", 600, moderation.expire(site)), digests.job(site))
+
+
+def pages(site: ListSite, store: Store) -> tuple[Page, ...]:
+    """The list side's web pages."""
+    return list_pages.pages(site, store)
+
+
+def on_refused(site: ListSite) -> RefusalHook:
+    """What delivery tells the list side: members' addresses the next hop refused."""
+    return smarthost_refusals(site)

@@ -1,0 +1,109 @@
+"""The inbound unit and the role handler: what the router hands the domain packages.
+
+The router gives each handler one `Inbound` (one recipient of one stored message) at a
+time; the handler writes its state changes and the mail they cause through the session it
+is given. A handler declares how it wants its units (`HandlerOptions`), and inherits from
+`RoleHandler` what it does not need to say.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import Policy
+from email.policy import default as default_policy
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy.orm import Session
+
+from mailer.addresses import Route
+
+A = TypeVar("A")
+T = TypeVar("T")
+
+
+def parse(raw: bytes, policy: Policy = default_policy) -> EmailMessage:
+    """Parse stored bytes once, with the modern policy unless told otherwise."""
+    message = BytesParser(policy=policy).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """What a handler is given: one recipient of one stored message."""
+
+    work_id: int
+    message_id: int
+    route: Route
+    recipient: str
+    mail_from: str
+    raw: bytes
+    parsed: EmailMessage | None = dataclasses.field(    # `message`, once parsed
+        default=None, compare=False, repr=False)
+    peer: str = ""
+    prepared: Any = None
+    policy: Policy = default_policy
+
+    @property
+    def message(self) -> EmailMessage:
+        """The message, parsed with `policy` on first use.
+
+        The router parses it early, on a reader thread, unless the handler is `lazy`.
+        """
+        if self.parsed is None:
+            # A cache, not a change: the value follows from `raw` and `policy` alone.
+            object.__setattr__(self, "parsed", parse(self.raw, self.policy))
+        assert self.parsed is not None
+        return self.parsed
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    """How the router hands a role's units to its handler."""
+
+    batch: int = 1                  # consecutive units of the role per transaction
+    policy: Policy = default_policy  # the email policy its messages are parsed with
+    lazy: bool = False              # parse only when `inbound.message` is first asked for
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"a handler's batch is at least 1, not {self.batch}")
+
+
+class RoleHandler(Protocol):
+    """The handler of one role of the address table; subclass it for the defaults."""
+
+    options: HandlerOptions = HandlerOptions()
+
+    def accepts(self, session: Session, route: Route) -> bool:
+        """Whether an address of this role exists (asked at RCPT time)."""
+        ...
+
+    async def prepare(self, inbound: Inbound) -> Any:
+        """What the handling needs that must not hold the write transaction: network
+        look-ups (DNS), reading the message. Done outside any transaction.
+
+        What it returns reaches `handle` as `inbound.prepared`; by default, None.
+        """
+        return None
+
+    def preload(self, session: Session, inbounds: Sequence[Inbound]) -> None:
+        """Fetch what a transaction's units share, once, before `handle`; by default,
+        nothing."""
+        return None
+
+    def handle(self, session: Session, inbound: Inbound) -> None:
+        """Act on the message; write state and outgoing mail through the session."""
+        ...
+
+
+class Offload(Protocol):
+    """Pure CPU work done beside the daemon (its worker processes)."""
+
+    def batched(self, fn: Callable[[Sequence[A]], list[T]]) -> Callable[[A], Awaitable[T]]:
+        """An async fn of one item; items asked for together cross in one call of `fn`."""
+        ...

@@ -1,0 +1,49 @@
+"""The meetings side as the daemon sees it: its site, role handlers, jobs and pages.
+
+The composition root (`mailer.daemon.build`) asks this module for each; nothing registers
+itself anywhere. This is the one module of the package that may name engine parts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import jinja2
+
+from mailer.addresses import Role
+from mailer.config import Config
+from mailer.inbound import Offload, RoleHandler
+from mailer.jobs import Job
+from mailer.web import Page, Store
+from meetings import cadence, feed, invitations, reminders, reports
+from meetings.coordination import CoordinationHandler
+from meetings.meeting_site import MeetingSite
+from meetings.rsvp import RsvpHandler
+
+# What the worker processes import before their first call (they read RSVP replies).
+WORKER_MODULES = ("meetings.rsvp",)
+
+
+def site(config: Config, secret: bytes, templates: jinja2.Environment, *,
+         clock: Callable[[], float] = time.time) -> MeetingSite:
+    """The meetings side's view of the site."""
+    return MeetingSite.from_config(config, secret, templates, clock=clock)
+
+
+def handlers(site: MeetingSite, workers: Offload | None = None) -> dict[Role, RoleHandler]:
+    """The handler of each meetings role (rsvp+TOKEN@, coordination@); replies are read
+    in the worker processes, if there are any."""
+    return {Role.RSVP: RsvpHandler(site, workers),
+            Role.COORDINATION: CoordinationHandler(site)}
+
+
+def jobs(site: MeetingSite) -> tuple[Job, ...]:
+    """The meetings side's timed jobs (invitations at their send time, reminders, ...)."""
+    return (invitations.send_job(site), reminders.job(site, site.reminder_days),
+            reports.summary_job(site), cadence.job(site))
+
+
+def pages(site: MeetingSite, store: Store) -> tuple[Page, ...]:
+    """The meetings side's web pages (feeds)."""
+    return feed.pages(site, store)
