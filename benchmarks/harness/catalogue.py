@@ -1,0 +1,49 @@
+"""The scenarios, in their full and their short (`--short`, CI) sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario's sizes and time limit (written to the JSON as they are)."""
+
+    key: str
+    title: str
+    members: int
+    posts: int
+    clients: int = 1          # concurrent SMTP sessions posting
+    intake: bool = False      # D: the figures that matter are the poster's
+    digest: bool = False      # F: members take digests; one digest each is expected
+    meeting: bool = False     # E: `members` delegates invited, `posts` replies sent
+    timeout: float = 300.0    # whole trial, seconds
+
+    @property
+    def expected(self) -> int:
+        """Deliveries at the sink: one per member and post, one digest or invitation each."""
+        return self.members if self.digest or self.meeting else self.members * self.posts
+
+
+FULL = {
+    "A": Scenario("A", "1 post -> 1,000 members", 1000, 1, timeout=300),
+    "B": Scenario("B", "1 post -> 10,000 members", 10000, 1, timeout=900),
+    "C": Scenario("C", "100 posts -> 100 members", 100, 100, timeout=600),
+    "D": Scenario("D", "intake: 50 clients, 5,000 x 2 KB -> list of 1", 1, 5000,
+                  clients=50, intake=True, timeout=600),
+    "E": Scenario("E", "meeting: 1,000 invitations, 1,000 replies", 1000, 1000, clients=50,
+                  meeting=True, timeout=600),
+    "F": Scenario("F", "digest of 10 posts -> 10,000 members", 10000, 10, digest=True,
+                  timeout=900),
+}
+SHORT = {
+    "A": Scenario("A", "1 post -> 50 members", 50, 1, timeout=60),
+    "B": Scenario("B", "1 post -> 200 members", 200, 1, timeout=60),
+    "C": Scenario("C", "5 posts -> 20 members", 20, 5, timeout=60),
+    "D": Scenario("D", "intake: 50 clients, 200 x 2 KB -> list of 1", 1, 200,
+                  clients=50, intake=True, timeout=60),
+    "E": Scenario("E", "meeting: 50 invitations, 50 replies", 50, 50, clients=50,
+                  meeting=True, timeout=90),
+    "F": Scenario("F", "digest of 2 posts -> 200 members", 200, 2, digest=True,
+                  timeout=150),
+}

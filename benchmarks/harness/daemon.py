@@ -1,0 +1,134 @@
+"""The daemon under test: its config, `alliance --config FILE serve`, and its CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import BENCHMARKS, DOMAIN, LOOPBACK, REPO, HarnessError, log
+from .processes import start_process, stop_process
+
+
+def alliance_command() -> list[str]:
+    """`alliance`, the console script of this interpreter if there is one."""
+    script = Path(sys.executable).parent / "alliance"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("alliance")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from mailer.cli import main; sys.exit(main())"]
+
+
+def child_env() -> dict[str, str]:
+    """This checkout's packages ahead of any installed copy."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def write_config(folder: Path, sink_port: int, dns_port: int, connections: int | None) -> Path:
+    """The trial's config.toml: SQLite in `folder`, the sink as smarthost, our DNS server."""
+    outbound = f'url = "smtp://{LOOPBACK}:{sink_port}"\n'
+    if connections:
+        outbound += f"connections = {connections}\n"
+    path = folder / "config.toml"
+    path.write_text(
+        "# Written by benchmarks/run.py for one trial.\n"
+        f'[site]\ndomain = "{DOMAIN}"\nname = "Benchmark"\n\n'
+        f'[database]\nurl = "sqlite:///{folder / "alliance.sqlite3"}"\n\n'
+        f'[smtp]\nlisten = "{LOOPBACK}:0"\n\n'
+        '[lmtp]\nlisten = ""\n\n'
+        f"[outbound]\n{outbound}\n"
+        f'[http]\nlisten = "{LOOPBACK}:0"\nbase_url = "http://{LOOPBACK}"\n\n'
+        f'[dns]\nnameserver = "{LOOPBACK}:{dns_port}"\n',
+        encoding="utf-8")
+    return path
+
+
+def run_helper(script: str, *args: str) -> dict[str, Any]:
+    """benchmarks/<script> (make_list.py, make_meeting.py): the JSON line it printed last."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+                          env=child_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
+        log(f"{script}'s last words:\n" + "\n".join(tail))
+        raise HarnessError(f"{script} failed: {tail[-1] if tail else 'no output'}")
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def alliance(config: Path, *args: str, prefix: tuple[str, ...] = (),
+             timeout: float = 300) -> str:
+    """`alliance --config FILE ARGS` as the coordinator runs it; what it printed."""
+    done = subprocess.run([*prefix, *alliance_command(), "--config", str(config), *args],
+                          env=child_env(), cwd=config.parent, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise HarnessError(f"alliance {' '.join(args[:2])} failed: "
+                           + (done.stderr or done.stdout).strip()[-300:])
+    return done.stdout
+
+
+class Daemon:
+    """`alliance --config FILE serve`, its SMTP port read from the line it prints."""
+
+    def __init__(self, folder: Path, config: Path) -> None:
+        self.folder = folder
+        self.config = config
+        self.stdout = folder / "daemon.stdout"
+        self.stderr = folder / "daemon.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.ready_at = 0.0   # monotonic time we read its "SMTP on port" line
+
+    @property
+    def pid(self) -> int:
+        """The daemon's PID (it must have been started)."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start it and wait for its "SMTP on port N" line, or HarnessError."""
+        cmd = [*alliance_command(), "--config", str(self.config), "serve"]
+        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+            self.proc = start_process(cmd, stdout=out, stderr=err, cwd=self.folder,
+                                      env=child_env())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"SMTP on port (\d+)", self.stdout.read_text(errors="replace"))
+            if found:
+                self.port = int(found.group(1))
+                self.ready_at = time.monotonic()
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        tail = self.stderr.read_text(errors="replace").strip().splitlines()[-15:]
+        log("the daemon's last words:\n" + "\n".join(tail))
+        raise HarnessError(f"the daemon did not start (exit {self.proc.poll()}): "
+                           + (tail[-1] if tail else "no output"))
+
+    def stop(self) -> int | None:
+        """SIGTERM, and its exit code (see processes.stop_process)."""
+        return stop_process(self.proc, grace=45)
+
+    def log_text(self) -> str:
+        """What it wrote to standard error so far ("" if that cannot be read)."""
+        try:
+            return self.stderr.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def error_lines(self) -> list[str]:
+        """The ERROR, CRITICAL and Traceback lines of its log."""
+        return [line for line in self.log_text().splitlines()
+                if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")]
