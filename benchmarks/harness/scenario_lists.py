@@ -24,7 +24,7 @@ from .poster import Post, Posted, PostRun, make_post, post_all
 from .processes import proc_cpu_seconds
 from .profiling import summarise_profile
 from .sink import Watcher
-from .trial import Rig, run_trial, wind_down
+from .trial import Rig, Trial, run_trial, wind_down
 
 # The daemon's `digests` job runs at start-up and then every 60 s (lists/digests.py job()).
 # Scenario F posts this long before its second run: the wait for it is short, and the
@@ -105,17 +105,12 @@ def run_lists(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[str, 
         rig, run_id, result, problems).run())
 
 
-class ListTrial:
+class ListTrial(Trial):
     """The steps of one list trial, and what they hand on to each other."""
 
     def __init__(self, rig: Rig, run_id: str, result: dict[str, Any],
                  problems: list[str]) -> None:
-        self.rig = rig
-        self.sc = rig.sc
-        self.args = rig.args
-        self.run_id = run_id
-        self.result = result
-        self.problems = problems
+        super().__init__(rig, run_id, result, problems)
         # Wall clock minus monotonic: the database's timestamps are wall-clock ones.
         self.wall_offset = time.time() - time.monotonic()
         self.watcher = Watcher(rig.sink, self.sc.expected,

@@ -26,7 +26,7 @@ from .poster import Post, PostRun, post_all
 from .processes import children_cpu_seconds, proc_cpu_seconds, proc_status
 from .profiling import cli_prefix, summarise_profile
 from .sink import Watcher
-from .trial import Rig, run_trial, wind_down
+from .trial import Rig, Trial, run_trial, wind_down
 
 MEETING_BODY = "bench-forum"
 DELEGATE_FORMAT = "d%06d@delegates.test"    # benchmarks/make_meeting.py's addresses
@@ -76,17 +76,12 @@ def run_meeting(sc: Scenario, args: argparse.Namespace, run_id: str) -> dict[str
         rig, run_id, result, problems).run())
 
 
-class MeetingTrial:
+class MeetingTrial(Trial):
     """The steps of scenario E, and what they hand on to each other."""
 
     def __init__(self, rig: Rig, run_id: str, result: dict[str, Any],
                  problems: list[str]) -> None:
-        self.rig = rig
-        self.sc = rig.sc
-        self.args = rig.args
-        self.run_id = run_id
-        self.result = result
-        self.problems = problems
+        super().__init__(rig, run_id, result, problems)
         self.started = time.monotonic()
         self.meeting_id = 0
         self.uid = ""

@@ -157,3 +157,16 @@ def run_trial(sc: Scenario, args: argparse.Namespace, result: dict[str, Any],
     result["ok"] = not problems
     result["problems"] = problems
     return result
+
+
+class Trial:
+    """What the steps of one trial share: its rig, the run's id, its figures and problems."""
+
+    def __init__(self, rig: Rig, run_id: str, result: dict[str, Any],
+                 problems: list[str]) -> None:
+        self.rig = rig
+        self.sc = rig.sc
+        self.args = rig.args
+        self.run_id = run_id
+        self.result = result
+        self.problems = problems
