@@ -123,10 +123,6 @@ class CoordinationHandler(RoleHandler):
         """`coordination@` always exists (DESIGN §3)."""
         return True
 
-    async def prepare(self, inbound: Inbound) -> Any:
-        """Nothing to look up on the network."""
-        return None
-
     def handle(self, session: Session, inbound: Inbound) -> None:
         """Forward, unless it is a bounce (null sender) or came round before."""
         own = self.site.address(LOCAL).lower()
