@@ -16,12 +16,10 @@ from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
 
-from click.testing import CliRunner
 from sqlalchemy import select
 
 from lists.models import Archived, Held
-from mailer.cli import main
-from tests.conftest import (
+from tests.helpers import (
     DOMAIN,
     Sink,
     config_file,
@@ -29,6 +27,7 @@ from tests.conftest import (
     make_config,
     make_list,
     members,
+    run,
     running,
     send,
 )
@@ -38,8 +37,7 @@ CHAIR_LINE = "From the chair: the agenda is attached below."
 
 
 def archive_cli(config_path: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["--config", str(config_path), "list", "archive", *args])
-    return result.exit_code, result.output
+    return run(config_path, "list", "archive", *args)
 
 
 async def test_distributed_posts_are_archived_and_held_posts_are_not(

@@ -18,19 +18,19 @@ from sqlalchemy.orm import Session
 
 from lists import service
 from lists.bounces import decay
-from lists.list_site import ListSite
 from lists.models import Bounce, Member, Pending
 from lists.subscriptions import reenable
-from mailer import templates
 from mailer.config import Config
 from mailer.daemon import Daemon
 from mailer.db import Database
 from mailer.tokens import Signer
-from tests.conftest import (
+from tests.helpers import (
     DOMAIN,
+    MEMBER_TOKENS,
     Clock,
     Delivered,
     Sink,
+    list_site,
     mail,
     make_config,
     members,
@@ -44,7 +44,6 @@ BOUNCES = f"steering-bounces@{DOMAIN}"
 OWNER = "chair@parties.test"
 DAY = 86_400.0
 DATA = Path(__file__).parent / "data" / "bounces"
-SIGNER = Signer(b"test-secret", "member")
 # Delivery reports come from the null sender (RFC 5321 §4.5.5).
 REPORTER = ""
 
@@ -109,13 +108,6 @@ async def bounce(daemon: Daemon, name: str, member: str, bounce_address: str) ->
     await quiet(daemon)
 
 
-def site() -> ListSite:
-    """The list side's view of the test site, for calling list functions directly."""
-    return ListSite(domain=DOMAIN, name="", templates=templates.environment(),
-                    member_tokens=SIGNER, unsubscribe_tokens=Signer(b"test-secret", "u"),
-                    base_url="")
-
-
 async def test_hard_bounces_on_five_days_disable_delivery_until_the_member_confirms(
         tmp_path: Path, database_url: str, sink: Sink) -> None:
     config = make_config(tmp_path, database_url, smarthost_port=sink.port)
@@ -167,7 +159,7 @@ async def test_hard_bounces_on_five_days_disable_delivery_until_the_member_confi
         def confirmed(session: Session) -> None:
             steering = service.find(session, "steering")
             pending = session.scalars(select(Pending).where(Pending.token == token)).one()
-            reenable(session, site(), steering, pending)
+            reenable(session, list_site(), steering, pending)
         daemon.db.transaction(confirmed)
         assert standing(daemon, bouncing) == Standing(True, "", 0.0, ("hard",) * 5)
         copies = await post(daemon, sink, poster, "Budget")
@@ -182,13 +174,14 @@ async def test_a_forged_token_or_unknown_list_is_refused_at_rcpt(
     async with running(config) as daemon:
         for address in (f"steering-bounces+{forged}@{DOMAIN}",
                         f"steering-bounces+1-{'a' * 26}@{DOMAIN}",
-                        f"nosuchlist-bounces+{SIGNER.sign(1)}@{DOMAIN}"):
+                        f"nosuchlist-bounces+{MEMBER_TOKENS.sign(1)}@{DOMAIN}"):
             with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
                 await send(daemon.ports["smtp"], REPORTER, [address],
                            report("postfix-dsn.eml", "m00001@members.test", address))
             assert refused.value.recipients[0].code == 550
         # The genuine token of the same member is accepted.
-        await send(daemon.ports["smtp"], REPORTER, [f"steering-bounces+{SIGNER.sign(1)}@{DOMAIN}"],
+        await send(daemon.ports["smtp"], REPORTER,
+                   [f"steering-bounces+{MEMBER_TOKENS.sign(1)}@{DOMAIN}"],
                    report("postfix-dsn.eml", "m00001@members.test", BOUNCES))
 
 

@@ -7,21 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from mailer.cli import main
-
-
-def run(config: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["--config", str(config), *args])
-    return result.exit_code, result.output
-
-
-def fresh_config(folder: Path) -> Path:
-    path = folder / "config.toml"
-    path.write_text('[site]\ndomain = "lists.example.org"\n'
-                    '[database]\nurl = "sqlite:///state/alliance.sqlite3"\n')
-    return path
+from tests.helpers import fresh_config, run
 
 
 def test_a_fresh_config_creates_the_database_on_first_use(tmp_path: Path) -> None:

@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from mailer.cli import main
 from mailer.config import Config, ConfigError, from_dict, load, sections
+from tests.helpers import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,13 +58,13 @@ def test_integers_are_accepted_where_seconds_are_floats() -> None:
 def test_the_cli_reports_a_config_error_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('[outbound]\nconections = 4\n')
-    result = CliRunner().invoke(main, ["--config", str(path), "queue"])
+    result = invoke(path, "queue")
     assert result.exit_code == 1
     assert result.output.strip() == "Error: config: outbound.conections: unknown key"
 
 
 def test_a_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["--config", str(tmp_path / "none.toml"), "queue"])
+    result = invoke(tmp_path / "none.toml", "queue")
     assert result.exit_code == 1
     assert "no such config file" in result.output
     assert "Traceback" not in result.output

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from mailer.models import Delivery
-from tests.conftest import (
+from tests.helpers import (
     DOMAIN,
     Sink,
     free_port,

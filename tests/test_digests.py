@@ -17,19 +17,18 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lists import archive, digests, service
-from lists.list_site import ListSite
 from lists.models import DigestState, MailingList, Member
-from mailer import templates
 from mailer.config import Config
 from mailer.daemon import Daemon
 from mailer.db import Database
 from mailer.models import Delivery, Outgoing
-from mailer.tokens import Signer
-from tests.conftest import (
+from tests.helpers import (
     DOMAIN,
+    MEMBER_TOKENS,
     Clock,
     Delivered,
     Sink,
+    list_site,
     mail,
     make_config,
     members,
@@ -40,14 +39,6 @@ from tests.conftest import (
 
 LIST = f"steering@{DOMAIN}"
 DAY = 86_400.0
-SIGNER = Signer(b"test-secret", "member")
-
-
-def site() -> ListSite:
-    """The list side's view of the test site, for calling list functions directly."""
-    return ListSite(domain=DOMAIN, name="Progressive Alliance",
-                    templates=templates.environment(), member_tokens=SIGNER,
-                    unsubscribe_tokens=Signer(b"test-secret", "unsubscribe"), base_url="")
 
 
 def make_steering(config: Config, people: list[str], delivery: dict[str, str],
@@ -159,7 +150,7 @@ async def test_digest_members_get_one_digest_when_the_period_ends_and_never_an_e
         for copy in copies:
             local = copy.mail_from.split("@")[0]
             assert local.startswith("steering-bounces+"), "VERP, as for every list mail"
-            assert SIGNER.verify(local.split("+", 1)[1]) == member_ids[copy.rcpt]
+            assert MEMBER_TOKENS.verify(local.split("+", 1)[1]) == member_ids[copy.rcpt]
             message = copy.message
             assert message["Subject"] == f"Steering Committee Digest, Vol 1, Issue {issue}"
             assert message["From"].addresses[0].addr_spec == LIST
@@ -221,13 +212,13 @@ def test_one_digest_for_many_members_is_stored_once_with_a_row_each(
             for n in range(3):
                 archive_post(session, steering, f"Post {n}", start + n)
         db.transaction(seed)
-        job = digests.job(site())
+        job = digests.job(list_site())
         assert db.transaction(job.run, start + 10) == 0, "the period has not ended"
         assert db.transaction(job.run, start + 2 * DAY) == 1
         assert db.transaction(job.run, start + 4 * DAY) == 0, "never empty"
-        assert db.transaction(digests.send_now, site(), "steering", start + 4 * DAY) == 0
+        assert db.transaction(digests.send_now, list_site(), "steering", start + 4 * DAY) == 0
         db.transaction(lambda s: archive_post(s, service.find(s, "steering"), "Late", start))
-        assert db.transaction(digests.send_now, site(), "steering", start + 4 * DAY) == 1
+        assert db.transaction(digests.send_now, list_site(), "steering", start + 4 * DAY) == 1
 
         def stored(session: Session) -> tuple[int, list[str], int]:
             outgoing = session.scalars(select(Outgoing).where(Outgoing.kind == "digest")).all()
@@ -249,7 +240,7 @@ def test_a_list_nobody_reads_as_a_digest_moves_on_without_sending(
     make_steering(config, people, {})
     db = Database(sqlite_url)
     start = time.time()
-    job = digests.job(site())
+    job = digests.job(list_site())
     try:
         ids = db.transaction(lambda s: [archive_post(s, service.find(s, "steering"),
                                                      f"Old {n}", start) for n in range(2)])
@@ -299,7 +290,7 @@ def test_the_plain_text_digest_follows_rfc_1153(tmp_path: Path, sqlite_url: str)
                 last = archive_post(session, steering, subject, time.time(), data=data)
             issue = digests.Issue(steering, 2, 3, time.time(),
                                   digests.entries(session, steering.id, 0, last))
-            return digests.rfc1153(site(), issue)
+            return digests.rfc1153(list_site(), issue)
         data = db.query(render)
     finally:
         db.close()
@@ -324,7 +315,6 @@ def test_the_plain_text_digest_follows_rfc_1153(tmp_path: Path, sqlite_url: str)
 
 async def test_a_member_who_asks_for_plain_digests_gets_rfc_1153(
         tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
-    from tests.conftest import Clock
     clock = Clock()
     people = members(3)
     plain, rich = people[1], people[2]

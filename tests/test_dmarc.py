@@ -23,8 +23,18 @@ from mailer.config import Config
 from mailer.db import Database
 from mailer.dns import TxtResolver
 from mailer.models import Work
-from tests.conftest import DOMAIN, Sink, mail, make_config, make_list, running, send
-from tests.dns_server import DnsServer
+from tests.helpers import (
+    DOMAIN,
+    Clock,
+    DnsServer,
+    Sink,
+    mail,
+    make_config,
+    make_list,
+    running,
+    send,
+    set_option,
+)
 
 LIST = f"steering@{DOMAIN}"
 STRICT = "ana@strict.example"      # her domain publishes p=reject
@@ -41,14 +51,6 @@ async def dns_server() -> AsyncIterator[DnsServer]:
     await server.start()
     yield server
     server.stop()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def lookup(server: DnsServer, clock: Clock | None = None, **options: Any) -> DmarcLookup:
@@ -262,15 +264,6 @@ def dmarc_config(tmp_path: Path, url: str, sink: Sink, server: DnsServer) -> Con
     return config
 
 
-def set_dmarc_mode(config: Config, mode: str) -> None:
-    db = Database(config.database.url, config.base_dir)
-    try:
-        db.transaction(lambda session: settings.change(service.find(session, "steering"),
-                                                       "dmarc_mode", mode))
-    finally:
-        db.close()
-
-
 async def post_and_collect(config: Config, sink: Sink, sender: str) -> list[EmailMessage]:
     async with running(config) as daemon:
         await send(daemon.ports["smtp"], sender, [LIST],
@@ -322,7 +315,7 @@ async def test_a_post_is_delivered_unchanged_when_dns_does_not_answer(
 async def test_mode_never_keeps_from_even_for_a_reject_domain(
         tmp_path: Path, sqlite_url: str, sink: Sink, dns_server: DnsServer) -> None:
     config = dmarc_config(tmp_path, sqlite_url, sink, dns_server)
-    set_dmarc_mode(config, "never")
+    set_option(config, "steering", "dmarc_mode", "never")
     for message in await post_and_collect(config, sink, STRICT):
         assert message["From"].addresses[0].addr_spec == STRICT
 
@@ -330,7 +323,7 @@ async def test_mode_never_keeps_from_even_for_a_reject_domain(
 async def test_mode_always_rewrites_from_for_a_domain_without_a_policy(
         tmp_path: Path, sqlite_url: str, sink: Sink, dns_server: DnsServer) -> None:
     config = dmarc_config(tmp_path, sqlite_url, sink, dns_server)
-    set_dmarc_mode(config, "always")
+    set_option(config, "steering", "dmarc_mode", "always")
     for message in await post_and_collect(config, sink, PLAIN):
         assert message["From"].addresses[0].addr_spec == LIST
         assert message["From"].addresses[0].display_name == "Poster Name via Steering Committee"

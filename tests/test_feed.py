@@ -8,12 +8,22 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from click.testing import CliRunner
 from icalendar import Calendar
 
-from mailer.cli import main
-from tests.conftest import Sink, config_file, make_config, running, wait_quiet
-from tests.meeting_fixtures import NEXT_YEAR, cli, create_meeting, icaljs, party, seat
+from tests.helpers import (
+    NEXT_YEAR,
+    Sink,
+    cli,
+    config_file,
+    create_meeting,
+    icaljs,
+    invoke,
+    make_config,
+    party,
+    running,
+    seat,
+    wait_quiet,
+)
 
 
 async def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -29,7 +39,7 @@ async def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
 
 
 def feed_of(config: Path, body: str) -> bytes:
-    result = CliRunner().invoke(main, ["--config", str(config), "meeting", "feed", body])
+    result = invoke(config, "meeting", "feed", body)
     assert result.exit_code == 0, result.output
     return result.stdout_bytes
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from mailer import smtp_replies
 from mailer.models import Message, Work
-from tests.conftest import DOMAIN, mail, make_config, make_list, members, running, send
+from tests.helpers import DOMAIN, mail, make_config, make_list, members, running, send
 
 LIST = f"steering@{DOMAIN}"
 

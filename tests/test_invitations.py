@@ -19,29 +19,28 @@ from mailer.db import Database
 from mailer.models import Work
 from mailer.templates import LANGUAGES, environment
 from meetings.models import Invitation, Meeting, RsvpEvent
-from tests.conftest import (
+from tests.helpers import (
     DOMAIN,
+    INVITE,
+    NEXT_YEAR,
     Clock,
     Delivered,
     Sink,
-    config_file,
-    mail,
-    make_config,
-    running,
-    send,
-    wait_quiet,
-)
-from tests.meeting_fixtures import (
-    NEXT_YEAR,
     calendars,
     cli,
     cli_error,
+    config_file,
     create_meeting,
     days_from_now,
     event_of,
     icaljs,
+    mail,
+    make_config,
     party,
+    running,
     seat,
+    send,
+    wait_quiet,
 )
 
 ANA, JORG = "ana@ps.example", "jorg@spd.example"
@@ -455,7 +454,6 @@ async def test_coordinators_are_warned_once_when_a_year_falls_short(
 @pytest.mark.parametrize("mailing", ["invitation", "invitation_update", "invitation_cancel",
                                      "reminder"])
 def test_the_html_part_renders_in_every_language(language: str, mailing: str) -> None:
-    from tests.test_templates import INVITE
     html = environment().get_template(f"{language}/invitation.html").render(
         {**INVITE, "site_name": "Progressive Alliance", "mailing": mailing,
          "subject": "Invitation", "invitee": {"name": "<Ana>", "address": ANA}})

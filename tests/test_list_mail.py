@@ -13,7 +13,7 @@ from lists.footer import add_footer
 from lists.models import Member
 from mailer.inbound import parse
 from mailer.tokens import Signer
-from tests.conftest import (
+from tests.helpers import (
     DOMAIN,
     Sink,
     mail,
@@ -22,9 +22,9 @@ from tests.conftest import (
     members,
     running,
     send,
+    set_option,
     wait_quiet,
 )
-from tests.test_moderation import set_option
 
 LIST = f"steering@{DOMAIN}"
 FOOTER = "To unsubscribe, send a message to steering-leave@lists.example.org"

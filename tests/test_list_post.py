@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from click.testing import CliRunner
 from sqlalchemy import select
 
 from lists.models import Held
-from mailer.cli import main
 from mailer.db import Database
 from mailer.models import Delivery
 from mailer.tokens import Signer
-from tests.conftest import (
+from tests.helpers import (
     DOMAIN,
     Sink,
     config_file,
+    invoke,
     mail,
-     make_config,
+    make_config,
     make_list,
     members,
     running,
@@ -101,8 +100,7 @@ async def test_post_from_a_non_member_is_held_not_delivered(
     assert [(d.rcpt, d.message["Subject"]) for d in notices] == \
         [(stranger, "Your message to steering awaits approval")], "no member got the post"
 
-    result = CliRunner().invoke(main, ["--config", str(config_file(config, tmp_path)),
-                                       "list", "held", "steering", "--json"])
+    result = invoke(config_file(config, tmp_path), "list", "held", "steering", "--json")
     assert result.exit_code == 0, result.output
     assert '"sender": "stranger@elsewhere.test"' in result.output
     assert "not a member" in result.output

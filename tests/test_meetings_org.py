@@ -11,12 +11,13 @@ from sqlalchemy import func, select
 from lists.models import Member
 from mailer.db import Database
 from meetings.models import Meeting, Party, Seat
-from tests.conftest import config_file, make_config
-from tests.meeting_fixtures import (
+from tests.helpers import (
     NEXT_YEAR,
     cli,
     cli_error,
+    config_file,
     create_meeting,
+    make_config,
     party,
     seat,
 )

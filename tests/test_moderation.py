@@ -4,26 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from click.testing import CliRunner
 from sqlalchemy import select
 
 from lists.models import Held
-from mailer.cli import main
-from tests.conftest import (
+from tests.helpers import (
     DOMAIN,
     Clock,
     Sink,
     config_file,
+    invoke,
     mail,
     make_config,
     make_list,
+    make_role,
     members,
     reply_to,
     running,
     send,
+    set_option,
     wait_quiet,
 )
-from tests.test_subscribe import make_role
 
 LIST = f"steering@{DOMAIN}"
 MODERATOR = "mod@party.example"
@@ -103,19 +103,16 @@ async def test_the_cli_moderates_and_lists_held_posts(tmp_path: Path, sqlite_url
         await send(port, STRANGER, [LIST], mail(STRANGER, LIST, subject="One"))
         await send(port, STRANGER, [LIST], mail(STRANGER, LIST, subject="Two"))
         await wait_quiet(sink, 4)
-        listing = CliRunner().invoke(main, ["--config", cli, "list", "held", "steering"])
+        listing = invoke(cli, "list", "held", "steering")
         assert "One" in listing.output and "Two" in listing.output
         ids = daemon.db.query(lambda s: s.scalars(select(Held.id).order_by(Held.id)).all())
-        result = CliRunner().invoke(main, ["--config", cli, "list", "moderate", "steering",
-                                           str(ids[0]), "discard"])
+        result = invoke(cli, "list", "moderate", "steering", str(ids[0]), "discard")
         assert result.output == f"post {ids[0]} on steering: discard\n"
-        result = CliRunner().invoke(main, ["--config", cli, "list", "moderate", "steering",
-                                           str(ids[1]), "approve"])
+        result = invoke(cli, "list", "moderate", "steering", str(ids[1]), "approve")
         assert result.exit_code == 0, result.output
         daemon.dispatcher.wake()
         posts = (await wait_quiet(sink, 7))[4:]
-        again = CliRunner().invoke(main, ["--config", cli, "list", "moderate", "steering",
-                                          str(ids[1]), "reject"])
+        again = invoke(cli, "list", "moderate", "steering", str(ids[1]), "reject")
     assert {d.message["Subject"] for d in posts} == {"[steering] Two"}
     assert (again.exit_code, again.output.strip()) == \
         (1, f"Error: post {ids[1]} was already approved")
@@ -177,12 +174,6 @@ async def test_moderated_and_announce_lists(tmp_path: Path, sqlite_url: str,
     assert held == ["Mine", "Q"]
     assert subjects.count("[news] News") == 2 and subjects.count("[calm] Mod") == 2
     assert "[news] Mine" not in subjects and "[calm] Q" not in subjects
-
-
-def set_option(config: object, name: str, key: str, value: str) -> None:
-    result = CliRunner().invoke(main, ["--config", str(config_file(config, Path(  # type: ignore
-        config.base_dir))), "list", "set", name, key, value])  # type: ignore[attr-defined]
-    assert result.exit_code == 0, result.output
 
 
 async def test_the_reason_a_post_waits_is_told_in_the_posters_language(

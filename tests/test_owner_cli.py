@@ -7,10 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from mailer.cli import main
-from tests.test_cli import fresh_config, run
+from tests.helpers import fresh_config, invoke, run
 
 
 def test_import_thousands_with_a_summary_of_what_was_not_added(tmp_path: Path) -> None:
@@ -23,8 +20,7 @@ def test_import_thousands_with_a_summary_of_what_was_not_added(tmp_path: Path) -
               "ok@members.test,Bad language,xx", "", "# a comment"]
     source = tmp_path / "members.csv"
     source.write_text("\n".join(lines) + "\n")
-    result = CliRunner().invoke(main, ["--config", str(config), "list", "import", "steering",
-                                       str(source)])
+    result = invoke(config, "list", "import", "steering", str(source))
     assert result.exit_code == 0, result.output
     assert "added 2999, already there 2, invalid 2" in result.output
     assert "line 3002: not an address: 'not an address'" in result.output
@@ -39,8 +35,8 @@ def test_import_thousands_with_a_summary_of_what_was_not_added(tmp_path: Path) -
 def test_import_one_address_a_line_from_standard_input(tmp_path: Path) -> None:
     config = fresh_config(tmp_path)
     run(config, "list", "create", "steering")
-    result = CliRunner().invoke(main, ["--config", str(config), "list", "import", "steering",
-                                       "-"], input="a@example.org\nB@Example.org\n")
+    result = invoke(config, "list", "import", "steering", "-",
+                    input="a@example.org\nB@Example.org\n")
     assert result.output.startswith("added 2, already there 0, invalid 0")
 
 

@@ -15,9 +15,7 @@ import base64
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from pathlib import Path
@@ -28,133 +26,50 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import templates
 from mailer.addresses import Role, Route
-from mailer.daemon import Daemon
 from mailer.db import Database
 from mailer.inbound import Inbound, parse
-from mailer.models import Delivery, Outgoing, Work
-from mailer.tokens import Signer
+from mailer.models import Delivery, Outgoing
 from meetings import itip
 from meetings.meeting_site import MeetingSite
 from meetings.models import (
-    Body,
-    CoordinationTerm,
-    Delegate,
     Invitation,
     Meeting,
-    Party,
     RsvpEvent,
 )
 from meetings.rsvp import FORWARD_HEADER, Reading, RsvpHandler, RsvpOutcome, process, read
-from tests.conftest import DOMAIN, Delivered, Sink, make_config, running, send
-from tests.conftest import quiet as settled
+from tests.helpers import (
+    ATTENDEE_TOKENS,
+    COORDINATOR,
+    DOMAIN,
+    REPLIES,
+    ZONE,
+    Delivered,
+    Sink,
+    Standing,
+    World,
+    addressed,
+    crlf,
+    fixture,
+    make_config,
+    meeting_site,
+    organise,
+    quiet,
+    running,
+    send,
+    standing,
+)
 
-DATA = Path(__file__).parent / "data" / "replies"
 INTEROP = Path(__file__).resolve().parent.parent.parent / "shared" / "interop-samples"
-FIXTURE_UID = "a6c0b1e2-4f3d-4b8e-9c7a-2d5e8f1a3b4c@lists.example.org"
-FIXTURE_INVITEE = "ana@party.test"
-FIXTURE_RSVP = "rsvp+TOKEN@lists.example.org"
 APPLE_UID = "1E71F9C8-AEDA-48EB-98D0-76E898F6BB5C"
 APPLE_ATTENDEE = "xyzzy@example.com"
-COORDINATOR = "coord@parties.test"
-SIGNER = Signer(b"test-secret", "attendee")
-ZONE = ZoneInfo("Africa/Nairobi")
-PEOPLE = {"ana@party.test": "Ana Silva", "kofi@party.test": "Kofi Mensah",
-          "lena@party.test": "Lena Vogel", "yann@party.test": "Yann Le Goff",
-          "zara@party.test": "Zara Haddad"}
 
 
-# -- the organisation, made directly in the database --------------------------------------
-
-@dataclass
-class World:
-    """One meeting of ours and the invitation of each person in PEOPLE."""
-
-    meeting_id: int
-    uid: str
-    invitations: dict[str, int] = field(default_factory=dict)
-
-    def rsvp(self, address: str) -> str:
-        return f"rsvp+{SIGNER.sign(self.invitations[address])}@{DOMAIN}"
-
-
-def organise(session: Session, *, sequence: int = 0, uid: str = "") -> World:
-    """A custom body, two parties, a meeting in a month and its sent invitations."""
-    now = time.time()
-    ours = Party(name="Frente Amplio", country="UY", region="latin-america", created_at=now)
-    theirs = Party(name="African National Congress", country="ZA", region="africa",
-                   created_at=now)
-    session.add_all([ours, theirs])
-    session.flush()
-    body = Body(slug="nairobi-forum", name="Nairobi Forum", kind="custom",
-                one_delegate_per_party=True, meetings_per_year=1, created_at=now)
-    session.add(body)
-    session.add(CoordinationTerm(party_id=ours.id, started_at=now, ended_at=None,
-                                 contact=COORDINATOR))
-    start = (datetime.now(ZONE) + timedelta(days=30)).replace(hour=9, minute=0, second=0,
-                                                              microsecond=0)
-    end = start.replace(hour=17)
-    session.flush()
-    meeting = Meeting(uid=uid or f"{time.time_ns()}@{DOMAIN}", body_id=body.id,
-                      title="Steering Committee, Nairobi", location="KICC, Nairobi",
-                      tz="Africa/Nairobi", start_local=start.strftime("%Y-%m-%dT%H:%M:%S"),
-                      end_local=end.strftime("%Y-%m-%dT%H:%M:%S"),
-                      starts_at=start.timestamp(), ends_at=end.timestamp(), send_at=now,
-                      status="CONFIRMED", sequence=sequence, created_at=now, updated_at=now)
-    session.add(meeting)
-    session.flush()
-    world = World(meeting.id, meeting.uid)
-    for address, name in PEOPLE.items():
-        party = ours if address == "ana@party.test" else theirs
-        delegate = Delegate(address=address, name=name, party_id=party.id, language="en",
-                            created_at=now)
-        session.add(delegate)
-        session.flush()
-        if address == "lena@party.test":
-            continue  # a delegate of the other party, not invited to this meeting
-        invitation = Invitation(meeting_id=meeting.id, delegate_id=delegate.id,
-                                address=address, name=name, language="en",
-                                sent_sequence=sequence, reset_sequence=sequence)
-        session.add(invitation)
-        session.flush()
-        world.invitations[address] = invitation.id
-    return world
-
-
-@pytest.fixture
-def db(sqlite_url: str, tmp_path: Path) -> Iterator[Database]:
-    database = Database(sqlite_url, tmp_path)
-    database.upgrade()
-    yield database
-    database.close()
-
+# -- the organisation (tests/helpers.py), in the test's database (conftest's `db`) -------
 
 @pytest.fixture
 def world(db: Database) -> World:
     return db.transaction(organise)
-
-
-def meeting_site(clock: float | None = None) -> MeetingSite:
-    return MeetingSite(domain=DOMAIN, name="Progressive Alliance",
-                       templates=templates.environment(), attendee_tokens=SIGNER, base_url="",
-                       clock=(lambda: clock) if clock is not None else time.time)
-
-
-@dataclass(frozen=True)
-class Standing:
-    partstat: str
-    comment: str
-    state: str
-    delegated_to: str = ""
-
-
-def standing(db: Database, world: World, address: str) -> Standing:
-    def read(session: Session) -> Standing:
-        row = session.get(Invitation, world.invitations[address])
-        assert row is not None
-        return Standing(row.partstat, row.comment, row.state, row.delegated_to)
-    return db.query(read)
 
 
 def events(db: Database) -> list[tuple[str, str, str]]:
@@ -173,42 +88,6 @@ def outgoing(db: Database) -> list[tuple[str, EmailMessage]]:
 
 
 # -- messages: fixtures and samples, addressed to our meeting --------------------------
-
-def crlf(data: bytes) -> bytes:
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
-def addressed(raw: bytes, changes: dict[str, str]) -> bytes:
-    """The message with each old text replaced: in the raw bytes, and inside base64 parts.
-
-    Everything else stays byte for byte, so that each client's own encoding (Apple's
-    quoted-printable, Outlook's base64, Google's two copies) is what the daemon reads.
-    """
-    for old, new in changes.items():
-        raw = raw.replace(old.encode(), new.encode())
-    for part in parse(raw).walk():
-        if part.is_multipart() or \
-                str(part.get("content-transfer-encoding", "")).lower() != "base64":
-            continue
-        encoded = str(part.get_payload()).strip()
-        decoded = part.get_payload(decode=True)
-        assert isinstance(decoded, bytes)
-        changed = decoded
-        for old, new in changes.items():
-            changed = changed.replace(old.encode(), new.encode())
-        if changed != decoded:
-            fresh = base64.encodebytes(changed).decode().strip().replace("\n", "\r\n")
-            raw = raw.replace(encoded.encode(), fresh.encode())
-    return raw
-
-
-def fixture(name: str, world: World, invitee: str = "ana@party.test",
-            **more: str) -> bytes:
-    """One of our client fixtures, as that client would send it about our meeting."""
-    changes = {**more, FIXTURE_UID: world.uid, FIXTURE_RSVP: world.rsvp(invitee),
-               FIXTURE_INVITEE: invitee}
-    return addressed(crlf((DATA / name).read_bytes()), changes)
-
 
 def interop_folder() -> Path:
     if not INTEROP.is_dir():
@@ -842,14 +721,6 @@ def test_when_the_substitute_declines_the_delegator_is_asked_again(db: Database,
 
 # -- over SMTP -------------------------------------------------------------------------------
 
-async def quiet(daemon: Daemon, timeout: float = 15.0) -> None:
-    """Everything handled and delivered (conftest's `quiet`), and nothing quarantined."""
-    await settled(daemon, timeout)
-    quarantined = await daemon.db.read(lambda s: list(s.scalars(
-        select(Work.error).where(Work.state == "quarantined"))))
-    assert quarantined == []
-
-
 def ours(sink: Sink) -> list[Delivered]:
     """What the RSVP handler sent: passed-on mail, summaries and invitations, not the
     scheduler's reports (the cadence warning goes to the same coordinator)."""
@@ -941,7 +812,7 @@ async def test_an_unknown_or_forged_token_is_refused_at_rcpt(tmp_path: Path, sql
     async with running(config) as daemon:
         world = daemon.db.transaction(organise)
         forged = f"rsvp+{world.invitations['ana@party.test']}-{'a' * 26}@{DOMAIN}"
-        missing = f"rsvp+{SIGNER.sign(999_999)}@{DOMAIN}"
+        missing = f"rsvp+{ATTENDEE_TOKENS.sign(999_999)}@{DOMAIN}"
         for address in (forged, missing):
             with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
                 await send(daemon.ports["smtp"], "ana@party.test", [address],
@@ -1041,7 +912,7 @@ def test_compat32_reads_crafted_headers_as_the_modern_policy_does(name: str) -> 
 
 
 def test_compat32_reads_every_client_message_as_the_modern_policy_does() -> None:
-    files = sorted(DATA.glob("*.eml")) + sorted(interop_folder().glob("*.eml"))
+    files = sorted(REPLIES.glob("*.eml")) + sorted(interop_folder().glob("*.eml"))
     assert len(files) > 15
     for path in files:
         light, full = both_ways(crlf(path.read_bytes()))

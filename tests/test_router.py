@@ -7,18 +7,16 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailer.addresses import Role, Route
-from mailer.cli import main
 from mailer.db import Database
 from mailer.inbound import HandlerOptions, Inbound, RoleHandler
 from mailer.intake import Arrival, _store
 from mailer.models import Work
 from mailer.router import Router
-from tests.conftest import DOMAIN, config_file, mail, make_config
+from tests.helpers import DOMAIN, config_file, invoke, mail, make_config
 
 
 class Flaky(RoleHandler):
@@ -68,11 +66,10 @@ async def test_failing_work_is_quarantined_after_max_attempts_and_replayed(
         assert work.error == "RuntimeError: the handler is broken"
 
         cli = config_file(config, tmp_path)
-        listing = CliRunner().invoke(main, ["--config", str(cli), "quarantine", "list"])
+        listing = invoke(cli, "quarantine", "list")
         assert "RuntimeError: the handler is broken" in listing.output
         handler.broken = False
-        replayed = CliRunner().invoke(main, ["--config", str(cli), "quarantine", "replay",
-                                             str(work.id)])
+        replayed = invoke(cli, "quarantine", "replay", str(work.id))
         assert replayed.output == f"work {work.id} queued again\n"
         router.wake()
         await wait_for_state(db, "done")

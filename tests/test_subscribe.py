@@ -7,13 +7,14 @@ from pathlib import Path
 from sqlalchemy import select
 
 from lists.models import Member, Pending
-from tests.conftest import (
+from tests.helpers import (
     DOMAIN,
     Clock,
     Sink,
     mail,
     make_config,
     make_list,
+    make_role,
     members,
     reply_to,
     running,
@@ -271,17 +272,6 @@ async def test_who_is_for_owners_only(tmp_path: Path, sqlite_url: str, sink: Sin
         answers = {d.rcpt: d.message.get_content() for d in await wait_quiet(sink, 2)}
     assert "Only the owners" in answers[ANA] and "m00001" not in answers[ANA]
     assert all(address in answers[owner] for address in members(3))
-
-
-def make_role(config: object, name: str, address: str, role: str) -> None:
-    from lists import service
-    from mailer.db import Database
-    db = Database(config.database.url, config.base_dir)  # type: ignore[attr-defined]
-    try:
-        db.transaction(lambda s: service.add_members(s, service.find(s, name), [address],
-                                                     role=role))
-    finally:
-        db.close()
 
 
 async def test_behind_an_mta_the_source_is_the_client_it_names_not_loopback(

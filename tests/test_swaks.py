@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DOMAIN, Sink, make_config, make_list, running, wait_quiet
+from tests.helpers import DOMAIN, Sink, make_config, make_list, running, wait_quiet
 
 SWAKS = shutil.which("swaks")
 pytestmark = pytest.mark.skipif(

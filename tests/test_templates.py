@@ -8,25 +8,13 @@ from typing import Any
 import pytest
 
 from mailer import templates
+from tests.helpers import INVITE
 
 LIST = {"name": "steering", "display_name": "Steering Committee", "description": "Open list",
         "post": "steering@lists.example.org", "request": "steering-request@lists.example.org",
         "join": "steering-join@lists.example.org", "leave": "steering-leave@lists.example.org",
         "owner": "steering-owner@lists.example.org"}
 COMMON: dict[str, Any] = {"list": LIST, "site_name": "Progressive Alliance"}
-
-# What an invitation template sees (meetings/letters.py), shared by the four kinds of mail.
-INVITE: dict[str, Any] = {
-    "meeting": {"id": 4, "title": "Steering Committee, Nairobi", "body": "Steering Committee",
-                "location": "KICC, Nairobi", "description": "Budget and campaigns.",
-                "alongside": "World Social Forum", "agenda_url": "https://example.org/a.pdf",
-                "host": "ODM", "status": "CONFIRMED", "sequence": 1, "date": "2027-03-14",
-                "start": "2027-03-14 09:00", "end": "2027-03-14 17:00", "tz": "Africa/Nairobi",
-                "when": "2027-03-14 09:00–17:00 (Africa/Nairobi)"},
-    "organizer": "Parti Socialiste", "whole": True, "days_left": 3,
-    "rsvp": "rsvp+4-abcdefghijklmnopqrstuvwxyz@lists.example.org",
-    "invitee": {"name": "Ana Silva", "address": "ana@party.test"},
-    "delegated_from": "Kofi Mensah"}
 
 # The names each template uses beyond COMMON. A template missing here fails the test, so
 # adding a template means adding its sample context.

@@ -16,8 +16,17 @@ import pytest
 
 from mailer import workers as workers_module
 from mailer.workers import WorkerDied, Workers
-from tests.conftest import Sink, free_port, make_config, running, send
-from tests.test_replies import fixture, organise, quiet, standing
+from tests.helpers import (
+    Sink,
+    fixture,
+    free_port,
+    make_config,
+    organise,
+    quiet,
+    running,
+    send,
+    standing,
+)
 
 
 def lengths(items: Sequence[str]) -> list[int]:
