@@ -227,3 +227,24 @@ def test_a_misspelt_handler_option_is_refused() -> None:
         HandlerOptions(bach=50)  # type: ignore[call-arg]
     with pytest.raises(ValueError):
         HandlerOptions(batch=0)
+
+
+def test_test_modules_import_helpers_only_from_tests_helpers() -> None:
+    """Shared helpers live in tests/helpers.py; fixtures come by injection (issue 9)."""
+    borrowed = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+                if node.module in (None, "tests"):
+                    names = [f"{names[0]}.{alias.name}".replace("..", ".")
+                             for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                local = name.startswith(".") or name == "tests" or name.startswith("tests.")
+                if local and name.lstrip(".").removeprefix("tests.") != "helpers":
+                    borrowed.append(f"{path.name}: {name}")
+    assert borrowed == []
