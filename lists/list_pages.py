@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import time
-from html import escape
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,7 +21,27 @@ from lists.list_site import ListSite
 from lists.models import Archived, MailingList, Member
 from mailer.addresses import named_addresses
 from mailer.inbound import parse
-from mailer.web import Page, Request, Response, Store, document, page
+from mailer.templates import language_of
+from mailer.web import Page, Request, Response, Store, render_error, render_page
+
+
+@dataclass(frozen=True)
+class Leaver:
+    """The member an unsubscribe link names, as its pages show them."""
+
+    address: str
+    list_name: str
+    language: str
+    list_language: str
+
+    @classmethod
+    def of(cls, member: Member, mailing_list: MailingList) -> Leaver:
+        return cls(member.address, mailing_list.display_name, member.language,
+                   mailing_list.language)
+
+    def page_language(self, request: Request) -> str:
+        """The member's own language, else the visitor's, else the list's."""
+        return language_of(self.language, request.language(), self.list_language)
 
 
 def _member(session: Session, site: ListSite, token: str) -> tuple[Member, MailingList] | None:
@@ -34,37 +55,39 @@ def _member(session: Session, site: ListSite, token: str) -> tuple[Member, Maili
 
 
 def pages(site: ListSite, db: Store) -> tuple[Page, ...]:
+    env = site.templates
+
     async def show(request: Request, match: re.Match[str]) -> Response:
         token = match["token"]
         found = await db.read(lambda s: _describe(s, site, token))
         if found is None:
-            return _unknown_link()
-        address, display = found
-        body = document("Unsubscribe", (
-            f"<h1>Leave {escape(display)}?</h1><p>"
-            f"{escape(address)} will no longer receive mail from this list.</p>"
-            f"<form method='post'><input type='hidden' name='List-Unsubscribe' "
-            f"value='One-Click'><button type='submit'>Unsubscribe</button></form>"))
-        return Response(200, body.encode())
+            return render_page(env, "unknown_link", request.language(), 404)
+        return render_page(env, "unsubscribe", found.page_language(request),
+                           address=found.address, list_name=found.list_name)
 
     async def unsubscribe(request: Request, match: re.Match[str]) -> Response:
         token = match["token"]
         done = await db.write(lambda s: _leave(s, site, token))
         if done is None:
-            return _unknown_link()
-        return page(200, "Unsubscribed", f"{done[0]} has left {done[1]}.")
+            return render_page(env, "unknown_link", request.language(), 404)
+        return render_page(env, "unsubscribed", done.page_language(request),
+                           address=done.address, list_name=done.list_name)
 
     async def index(request: Request, match: re.Match[str]) -> Response:
         found = await db.read(lambda s: _archive_index(s, match["name"]))
         if found is None:
-            return page(404, "No public archive", "This list has no public archive.")
-        return Response(200, found.encode())
+            return render_error(env, "no_archive", request.language())
+        list_language, context = found
+        return render_page(env, "archive_index", language_of(request.language(), list_language),
+                           **context)
 
     async def post(request: Request, match: re.Match[str]) -> Response:
         found = await db.read(lambda s: _archived_post(s, match["name"], int(match["id"])))
         if found is None:
-            return page(404, "Not found", "There is no such post in a public archive.")
-        return Response(200, found.encode())
+            return render_error(env, "no_post", request.language())
+        list_language, context = found
+        return render_page(env, "archived_post", language_of(request.language(), list_language),
+                           **context)
 
     pattern = re.compile(r"/unsubscribe/(?P<token>[0-9]{1,18}-[a-z2-7]{26})")
     return (Page(("GET", "HEAD"), pattern, show), Page(("POST",), pattern, unsubscribe),
@@ -73,31 +96,26 @@ def pages(site: ListSite, db: Store) -> tuple[Page, ...]:
                                               r"(?P<id>[0-9]{1,12})"), post))
 
 
-def _unknown_link() -> Response:
-    return page(404, "Unknown link", "This unsubscribe link is not valid, or you have "
-                "already left the list.")
-
-
 def public(mailing_list: MailingList | None) -> bool:
     return mailing_list is not None and mailing_list.public_archive
 
 
-def _archive_index(session: Session, name: str) -> str | None:
+def _archive_index(session: Session, name: str) -> tuple[str, dict[str, Any]] | None:
+    """(the list's language, the index page's context) of a public archive, else None."""
     mailing_list = session.scalar(select(MailingList).where(MailingList.name == name))
-    if not public(mailing_list):
+    if mailing_list is None or not public(mailing_list):
         return None
-    assert mailing_list is not None
     rows = session.execute(select(Archived.id, Archived.archived_at, Archived.subject)
                            .where(Archived.list_id == mailing_list.id)
                            .order_by(Archived.id.desc()).limit(500))
-    items = "".join(f"<li>{time.strftime('%Y-%m-%d', time.gmtime(at))} "
-                    f"<a href='{ident}'>{escape(subject or '(no subject)')}</a></li>"
-                    for ident, at, subject in rows)
-    title = escape(mailing_list.display_name)
-    return document(title, f"<h1>{title}</h1><ul>{items}</ul>")
+    posts = [{"id": ident, "date": time.strftime("%Y-%m-%d", time.gmtime(at)),
+              "subject": subject or ""} for ident, at, subject in rows]
+    return mailing_list.language, {"list_name": mailing_list.display_name, "posts": posts}
 
 
-def _archived_post(session: Session, name: str, ident: int) -> str | None:
+def _archived_post(session: Session, name: str,
+                   ident: int) -> tuple[str, dict[str, Any]] | None:
+    """(the list's language, the post page's context) of a post in a public archive."""
     mailing_list = session.scalar(select(MailingList).where(MailingList.name == name))
     archived = session.get(Archived, ident)
     if not public(mailing_list) or archived is None or mailing_list is None \
@@ -105,25 +123,23 @@ def _archived_post(session: Session, name: str, ident: int) -> str | None:
         return None
     message = parse(archived.data)
     body = message.get_body(preferencelist=("plain",))
-    text = body.get_content() if body is not None else "(no plain-text part)"
-    sender = ", ".join(name or "(no name)" for name, _ in
-                       named_addresses(message))
-    subject = escape(archived.subject)
-    return document(subject, (
-        f"<h1>{subject}</h1><p>{escape(sender)}, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(archived.archived_at))}</p>"
-        f"<pre>{escape(str(text))}</pre>"))
+    return mailing_list.language, {
+        "list_name": mailing_list.display_name, "subject": archived.subject,
+        "senders": [name for name, _ in named_addresses(message)],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(archived.archived_at)),
+        "text": str(body.get_content()) if body is not None else None}
 
 
-def _describe(session: Session, site: ListSite, token: str) -> tuple[str, str] | None:
+def _describe(session: Session, site: ListSite, token: str) -> Leaver | None:
     found = _member(session, site, token)
-    return None if found is None else (found[0].address, found[1].display_name)
+    return None if found is None else Leaver.of(*found)
 
 
-def _leave(session: Session, site: ListSite, token: str) -> tuple[str, str] | None:
+def _leave(session: Session, site: ListSite, token: str) -> Leaver | None:
     found = _member(session, site, token)
     if found is None:
         return None
     member, mailing_list = found
+    leaver = Leaver.of(member, mailing_list)
     subscriptions.leave(session, site, mailing_list, member.address)
-    return member.address, mailing_list.display_name
+    return leaver

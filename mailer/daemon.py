@@ -152,6 +152,7 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake)
     scheduler = Scheduler(db, list_side.jobs(list_site) + meeting_side.jobs(meeting_site),
                           on_outgoing=dispatcher.wake, clock=clock, tick=poll)
-    web = WebServer(list_side.pages(list_site, db) + meeting_side.pages(meeting_site, db))
+    web = WebServer(list_side.pages(list_site, db) + meeting_side.pages(meeting_site, db),
+                    templates=pages)
     return Daemon(config, db, transport, inbox, router, dispatcher, scheduler, web, Gate(),
                   workers)

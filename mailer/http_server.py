@@ -2,7 +2,8 @@
 
 HTTP/1.1 parsing is h11's (a small, well-kept sans-I/O library), so that we only write the
 dispatch. One request per connection; bodies are capped; a handler's fault is a 500 page
-with no detail. Pages are data: (methods, path pattern, handler).
+with no detail. Pages are data: (methods, path pattern, handler). The listener's own error
+pages come from the one template environment, in the visitor's language.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import h11
+import jinja2
 
-from mailer.web import Page, Request, Response, page
+from mailer.web import Page, Request, Response, render_error
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,10 @@ MAX_BODY = 64 * 1024
 class WebServer:
     """Serves the pages over plain HTTP/1.1 on an asyncio server."""
 
-    def __init__(self, pages: Sequence[Page], timeout: float = 30.0) -> None:
+    def __init__(self, pages: Sequence[Page], *, templates: jinja2.Environment,
+                 timeout: float = 30.0) -> None:
         self.pages = tuple(pages)
+        self.templates = templates
         self.timeout = timeout
 
     async def dispatch(self, request: Request) -> Response:
@@ -38,22 +42,22 @@ class WebServer:
                 allowed = True
                 continue
             return await found.handler(request, match)
-        if allowed:
-            return page(405, "Method not allowed", "This page does not take that method.")
-        return page(404, "Not found", "There is no such page here.")
+        problem = "method_not_allowed" if allowed else "not_found"
+        return render_error(self.templates, problem, request.language())
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         try:
             request = await asyncio.wait_for(self._read(connection, reader), self.timeout)
             if request is None:
-                response = page(400, "Bad request", "The request could not be read.")
+                response = render_error(self.templates, "bad_request", None)
             else:
                 try:
                     response = await self.dispatch(request)
                 except Exception:
                     log.exception("HTTP handler failed for %s", request.path)
-                    response = page(500, "Temporary problem", "Please try again later.")
+                    response = render_error(self.templates, "temporary_problem",
+                                            request.language())
             self._write(connection, writer, response)
             await writer.drain()
         except (TimeoutError, ConnectionError, h11.LocalProtocolError):

@@ -2,7 +2,9 @@
 
 One strict environment (`StrictUndefined`; autoescape for HTML only). A mail template lives
 at `templates/<language>/<name>.txt`; it sets its subject with `{% set subject = ... %}`
-and renders the body. Pages are `templates/<language>/pages/<name>.html`.
+and renders the body. Pages are `templates/<language>/pages/<name>.html`, each extending
+that language's `pages/layout.html`; a visitor gets the first language of their
+Accept-Language header that we have (`accepted_language`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,53 @@ def language_of(*choices: str | None) -> str:
         if choice and choice in LANGUAGES:
             return choice
     return DEFAULT_LANGUAGE
+
+
+def accepted_language(header: str | None) -> str | None:
+    """The language we have that an Accept-Language header prefers, or None if it names none.
+
+    Ranges are taken by quality, highest first, then in the order given (RFC 9110 §12.5.4);
+    a range is matched by lookup, dropping subtags from the end (RFC 4647 §3.4). A `*`
+    before any match, like no header, leaves the choice to us (None).
+
+    >>> accepted_language("fr-CH, fr;q=0.9, en;q=0.8, de;q=0.7, *;q=0.5")
+    'fr'
+    >>> accepted_language("pt-BR, de;q=0.3, es-419;q=0.6")
+    'es'
+    >>> accepted_language("en;q=0, DE")
+    'de'
+    >>> accepted_language("pt, *;q=0.9, fr;q=0.1") is None
+    True
+    >>> accepted_language("") is None
+    True
+    """
+    ranges = []
+    for order, item in enumerate((header or "").split(",")):
+        tag, _, parameters = item.partition(";")
+        quality = 1.0
+        for parameter in parameters.split(";"):
+            name, _, value = parameter.strip().partition("=")
+            if name.lower() == "q":
+                quality = _quality(value)
+        if tag.strip() and quality > 0:
+            ranges.append((-quality, order, tag.strip().lower()))
+    for _, _, tag in sorted(ranges):
+        if tag == "*":
+            return None
+        subtags = tag.split("-")
+        for end in range(len(subtags), 0, -1):
+            if "-".join(subtags[:end]) in LANGUAGES:
+                return "-".join(subtags[:end])
+    return None
+
+
+def _quality(value: str) -> float:
+    """A q-value (RFC 9110 §12.4.2); a malformed one counts as 0, not acceptable."""
+    try:
+        quality = float(value)
+    except ValueError:
+        return 0.0
+    return quality if 0.0 <= quality <= 1.0 else 0.0
 
 
 def render(env: jinja2.Environment, name: str, language: str,

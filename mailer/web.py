@@ -1,7 +1,9 @@
 """Web pages as the domain packages write them: requests, responses, pages and the store.
 
 The HTTP listener (mailer.http_server) matches a request to a `Page` and awaits its handler;
-a handler reads and writes the database through the `Store` it was given.
+a handler reads and writes the database through the `Store` it was given. Every page is a
+template (`templates/<language>/pages/<name>.html`) rendered by the one strict environment,
+whose autoescape makes the values in the context safe: no HTML is written in Python.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs
 
+import jinja2
+
+from mailer.templates import accepted_language, language_of
+
 T = TypeVar("T")
+
+# The problems a page may report (the template `error` words them), and their status.
+ERRORS = {"bad_request": 400, "not_found": 404, "method_not_allowed": 405,
+          "temporary_problem": 500, "no_archive": 404, "no_post": 404, "no_calendar": 404}
 
 
 class Store(Protocol):
@@ -35,6 +45,10 @@ class Request:
         """The body as an HTML form (application/x-www-form-urlencoded)."""
         return parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
 
+    def language(self) -> str | None:
+        """The language we have that the visitor's Accept-Language prefers, if any."""
+        return accepted_language(self.headers.get("accept-language"))
+
 
 @dataclass(frozen=True)
 class Response:
@@ -56,14 +70,17 @@ class Page:
     handler: Handler
 
 
-def document(title: str, body: str) -> str:
-    """An HTML page around `body`; both arguments are HTML, escaped by the caller."""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"</head><body>{body}</body></html>")
+def render_page(env: jinja2.Environment, name: str, language: str | None, status: int = 200,
+                **context: Any) -> Response:
+    """Page template `name` in `language` (else English), as a response that says its language.
+
+    The context holds plain values; the environment escapes them.
+    """
+    language = language_of(language)
+    body = env.get_template(f"{language}/pages/{name}.html").render(context, language=language)
+    return Response(status, body.encode(), headers=(("content-language", language),))
 
 
-def page(status: int, title: str, text: str) -> Response:
-    """A minimal page, for errors and for the answers of our own pages."""
-    from html import escape
-    return Response(status, document(escape(title), f"<h1>{escape(title)}</h1>"
-                                                    f"<p>{escape(text)}</p>").encode())
+def render_error(env: jinja2.Environment, problem: str, language: str | None) -> Response:
+    """The error page for `problem` (one of ERRORS), with its status."""
+    return render_page(env, "error", language, ERRORS[problem], problem=problem)

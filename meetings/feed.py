@@ -12,7 +12,7 @@ import re
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from mailer.web import Page, Request, Response, Store, page
+from mailer.web import Page, Request, Response, Store, render_error
 from meetings import coordination, ical, schedule
 from meetings.meeting_site import MeetingSite
 from meetings.models import Body, Meeting
@@ -88,14 +88,14 @@ class FeedCache:
 
 
 def pages(site: MeetingSite, db: Store) -> tuple[Page, ...]:
-    """`GET /feeds/<body>.ics`, served from a read session and the cache."""
+    """`GET /feeds/BODY.ics`, served from a read session and the cache."""
     cache = FeedCache(site)
 
     async def serve(request: Request, match: re.Match[str]) -> Response:
         try:
             data = await db.read(cache.get, match["body"])
         except MeetingError:
-            return page(404, "Not found", "There is no such calendar here.")
+            return render_error(site.templates, "no_calendar", request.language())
         return Response(200, data, CONTENT_TYPE)
 
     pattern = re.compile(r"/feeds/(?P<body>[a-z0-9][a-z0-9_.-]{0,39})\.ics")

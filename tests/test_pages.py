@@ -1,0 +1,274 @@
+"""Every page the daemon serves is a template, in the visitor's language, escaped by Jinja.
+
+A visitor asks over a real socket, with or without Accept-Language, and reads the page:
+its language, its words, and the hostile subject a poster chose, shown as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lists.models import Member
+from mailer import templates
+from mailer.config import Config
+from mailer.db import Database
+from mailer.tokens import Signer
+from mailer.web import ERRORS, render_error, render_page
+from tests.helpers import (
+    DOMAIN,
+    SECRET,
+    Sink,
+    mail,
+    make_config,
+    make_list,
+    members,
+    running,
+    send,
+    wait_quiet,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("mailer", "lists", "meetings")
+LIST = f"steering@{DOMAIN}"
+HOSTILE = "<script>alert(1)</script>"
+
+# Markup in Python source: an HTML tag, opening or closing, or a doctype (a regular
+# expression's named group, `(?P<body>`, is not one).
+TAG = re.compile(r"(?<!\?P)<(!doctype|/?(html|head|body|title|meta|link|style|script|h[1-6]|p|div|"
+                 r"span|a|ul|ol|li|pre|code|form|input|button|table|tr|td|th|br|hr|em|"
+                 r"strong|b|i|img))(\s[^<>]*)?/?>", re.IGNORECASE)
+
+# What each page template sees, as its handler passes it (lists/list_pages.py, mailer/web.py).
+SAMPLES: dict[str, dict[str, Any]] = {
+    "unsubscribe": {"address": "ana@members.test", "list_name": "Steering Committee"},
+    "unsubscribed": {"address": "ana@members.test", "list_name": "Steering Committee"},
+    "unknown_link": {},
+    "archive_index": {"list_name": "Steering Committee", "posts": [
+        {"id": 7, "date": "2027-03-01", "subject": "[steering] Agenda for Nairobi"},
+        {"id": 6, "date": "2027-02-27", "subject": ""}]},
+    "archived_post": {"list_name": "Steering Committee", "subject": "Agenda for Nairobi",
+                      "senders": ["Ana Silva", ""], "date": "2027-03-01 09:30 UTC",
+                      "text": "Dear all,\nthe agenda is below.\n"},
+    **{f"error/{problem}": {"problem": problem} for problem in ERRORS},
+}
+
+
+def page_names(language: str) -> set[str]:
+    return {path.stem for path in (templates.TEMPLATES / language / "pages").glob("*.html")}
+
+
+async def http(port: int, method: str, path: str, body: bytes = b"",
+               language: str | None = None) -> tuple[int, dict[str, str], str]:
+    """One HTTP/1.1 request over a real socket: (status, headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    accept = f"Accept-Language: {language}\r\n" if language is not None else ""
+    writer.write((f"{method} {path} HTTP/1.1\r\nHost: {DOMAIN}\r\n{accept}"
+                  f"Content-Type: application/x-www-form-urlencoded\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    response = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, text = response.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, text.decode()
+
+
+def lang_of(page: str) -> str:
+    """The page's lang attribute, to compare with what a test expects."""
+    found = re.search(r'<html lang="([a-z]+)">', page)
+    assert found is not None, page
+    return found[1]
+
+
+# -- no HTML in Python ------------------------------------------------------------------
+
+def markup_in_python() -> list[str]:
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if TAG.search(line):
+                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    return found
+
+
+def test_no_python_source_writes_html() -> None:
+    assert markup_in_python() == [], "pages belong in templates/<language>/pages/"
+
+
+def test_the_scan_would_see_html_written_in_python() -> None:
+    for line in ('f"<p>{text}</p>"', "'<!doctype html><html>'", '"<form method=post>"',
+                 "'</ul>'", '"<a href=x>"', '"<br/>"'):
+        assert TAG.search(line), line
+    for line in ('"<steering@lists.example.org>"', "'{list}-confirm+{token}@'", "x < p > y",
+                 '"<https://lists.example.org/lists/steering/>"', 'r"/feeds/(?P<body>[a-z]+)"'):
+        assert not TAG.search(line), line
+
+
+def test_pages_use_the_one_environment_and_never_mark_text_safe() -> None:
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            source = path.read_text()
+            assert "Markup(" not in source, path
+            if path != ROOT / "mailer" / "templates.py":
+                assert "Environment(" not in source, path
+
+
+# -- every page, every language ---------------------------------------------------------
+
+def test_every_language_has_the_same_pages() -> None:
+    expected = {name.split("/")[0] for name in SAMPLES} | {"layout"}
+    for language in templates.LANGUAGES:
+        assert page_names(language) == expected, language
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+@pytest.mark.parametrize("language", templates.LANGUAGES)
+def test_page_renders_strictly_in_every_language(name: str, language: str) -> None:
+    env = templates.environment()
+    response = render_page(env, name.split("/")[0], language, **SAMPLES[name])
+    page = response.body.decode()
+    assert page.startswith("<!doctype html>\n")
+    assert lang_of(page) == language
+    assert '<meta charset="utf-8">' in page
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    title = re.search(r"<title>(.*)</title>", page)
+    assert title is not None and title[1].strip(), "every page has a title"
+    assert ("content-language", language) in response.headers
+    if language != "en":
+        english = render_page(env, name.split("/")[0], "en", **SAMPLES[name])
+        assert page.replace(f'lang="{language}"', 'lang="en"') != english.body.decode(), \
+            f"{language}/pages/{name} is not translated"
+
+
+def test_a_page_missing_a_name_or_given_an_unknown_problem_is_an_error() -> None:
+    import jinja2
+    env = templates.environment()
+    with pytest.raises(jinja2.UndefinedError):
+        render_page(env, "unsubscribed", "fr", address="ana@members.test")
+    with pytest.raises(jinja2.UndefinedError):
+        render_page(env, "error", "de", 404, problem="no_such_problem")
+
+
+def test_an_error_page_has_its_status_and_todays_english_words() -> None:
+    env = templates.environment()
+    words = {"bad_request": "Bad request", "not_found": "Not found",
+             "method_not_allowed": "Method not allowed", "temporary_problem": "Temporary problem",
+             "no_archive": "no public archive", "no_post": "no such post",
+             "no_calendar": "no such calendar"}
+    for problem, status in ERRORS.items():
+        response = render_error(env, problem, None)
+        assert response.status == status
+        assert words[problem] in response.body.decode(), problem
+
+
+# -- over the wire ----------------------------------------------------------------------
+
+def set_languages(config: Config, languages: dict[str, str]) -> dict[str, str]:
+    """Give members their own language; returns each one's unsubscribe path."""
+    db = Database(config.database.url, config.base_dir)
+    signer = Signer(SECRET, "unsubscribe")
+
+    def change(session: Session) -> dict[str, str]:
+        paths = {}
+        for member in session.scalars(select(Member)):
+            member.language = languages.get(member.address, "")
+            paths[member.address] = f"/unsubscribe/{signer.sign(member.id)}"
+        return paths
+    try:
+        return db.transaction(change)
+    finally:
+        db.close()
+
+
+async def test_the_unsubscribe_page_speaks_the_members_language_then_the_visitors_then_the_lists(
+        tmp_path: Path, sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url)
+    french, unset = members(2)
+    make_list(config, "steering", [french, unset], display_name="Comité <directeur>",
+              language="de")
+    paths = set_languages(config, {french: "fr"})
+    async with running(config) as daemon:
+        port = daemon.ports["http"]
+        status, headers, page = await http(port, "GET", paths[french], language="es, en;q=0.5")
+        _, _, visitor = await http(port, "GET", paths[unset], language="pt-BR, es-MX;q=0.8")
+        _, _, nobody = await http(port, "GET", paths[unset], language="*")
+        left, left_headers, done = await http(port, "POST", paths[french],
+                                              b"List-Unsubscribe=One-Click", language="en")
+        unknown, _, gone = await http(port, "POST", paths[french],
+                                      b"List-Unsubscribe=One-Click", language="de-AT")
+
+    assert status == 200 and headers["content-language"] == "fr"
+    assert lang_of(page) == "fr" and "Quitter la liste" in page
+    assert f"L’adresse {french} ne recevra plus" in page
+    assert "Comité &lt;directeur&gt;" in page and "<directeur>" not in page
+    assert "<form method='post'><input type='hidden' name='List-Unsubscribe' " \
+           "value='One-Click'>" in page
+    assert lang_of(visitor) == "es" and "Darme de baja" in visitor
+    assert lang_of(nobody) == "de" and "verlassen?" in nobody
+    assert left == 200 and left_headers["content-language"] == "fr"
+    assert f"{french} a quitté la liste" in done
+    assert unknown == 404 and "Unbekannter Link" in gone
+
+
+async def test_the_archive_follows_accept_language_and_escapes_a_hostile_subject(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    people = members(1)
+    make_list(config, "steering", people, display_name="Steering Committee")
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], people[0], [LIST],
+                   mail(people[0], LIST, subject=HOSTILE, body=f"Look: {HOSTILE}\n"))
+        await wait_quiet(sink, 1)
+        port = daemon.ports["http"]
+        status, headers, index = await http(port, "GET", "/lists/steering/",
+                                            language="de-DE, en;q=0.5")
+        link = index.split("href='", 1)[1].split("'", 1)[0]
+        post_status, _, post = await http(port, "GET", f"/lists/steering/{link}", language="de")
+        english_status, _, english = await http(port, "GET", "/lists/steering/")
+
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert status == 200 and headers["content-language"] == "de"
+    assert lang_of(index) == "de" and "Archiv von Steering Committee" in index
+    assert escaped in index and "<script>" not in index
+    assert post_status == 200 and lang_of(post) == "de"
+    assert "Alle Beiträge von Steering Committee" in post
+    assert f"<h1>[steering] {escaped}</h1>" in post and f"Look: {escaped}" in post
+    assert "<script>" not in post
+    assert english_status == 200 and "Archive of Steering Committee" in english, \
+        "no Accept-Language: the list's language"
+
+
+async def test_the_http_error_pages_follow_accept_language(
+        tmp_path: Path, sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url)
+    make_list(config, "board", members(1), subscription="closed")
+    async with running(config) as daemon:
+        port = daemon.ports["http"]
+        french = await http(port, "GET", "/nothing-here", language="fr-CH, fr;q=0.9, en;q=0.8")
+        spanish = await http(port, "GET", "/nothing-here", language="pt, es;q=0.5")
+        english = await http(port, "GET", "/nothing-here")
+        german = await http(port, "POST", "/lists/board/", language="de")
+        closed = await http(port, "GET", "/lists/board/", language="fr")
+        feed = await http(port, "GET", "/feeds/senate.ics", language="es")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"NONSENSE\r\n\r\n")
+        garbled = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+
+    assert french[0] == 404 and french[1]["content-language"] == "fr"
+    assert lang_of(french[2]) == "fr" and "Page introuvable" in french[2]
+    assert spanish[0] == 404 and "Página no encontrada" in spanish[2]
+    assert english[0] == 404 and "Not found" in english[2]
+    assert english[1]["content-language"] == "en"
+    assert german[0] == 405 and "Methode nicht erlaubt" in german[2]
+    assert closed[0] == 404 and "Pas d’archives publiques" in closed[2]
+    assert feed[0] == 404 and "Calendario no encontrado" in feed[2]
+    assert garbled.startswith(b"HTTP/1.1 400 ") and b"Bad request" in garbled
