@@ -45,3 +45,26 @@ def automatic(message: EmailMessage, mail_from: str) -> str | None:
         if value and (name != "x-auto-response-suppress" or "all" in value):
             return f"{name}: {value}"
     return None
+
+
+def automatic_post(message: EmailMessage, mail_from: str) -> str | None:
+    """Why a post to a list was sent by a machine, or None (RFC 3834 §2, §3.1.8): an
+    empty envelope sender (a bounce), `Auto-Submitted` other than `no`, or `Precedence:
+    bulk`, `junk` or `list`.
+
+    >>> message = EmailMessage()
+    >>> message["Precedence"] = "bulk"
+    >>> automatic_post(message, "ana@example.org")
+    'Precedence: bulk'
+    >>> automatic_post(EmailMessage(), "ana@example.org") is None
+    True
+    """
+    if not mail_from:
+        return "empty envelope sender"
+    submitted = str(message.get("auto-submitted", "no")).split(";")[0].strip().lower()
+    if submitted != "no":
+        return f"Auto-Submitted: {submitted}"
+    precedence = str(message.get("precedence", "")).strip().lower()
+    if precedence in ("bulk", "junk", "list"):
+        return f"Precedence: {precedence}"
+    return None

@@ -69,7 +69,8 @@ ROLE = click.option("--role", default="member", show_default=True,
 def list_add(context: Context, name: str, addresses: tuple[str, ...], role: str) -> None:
     """Give ADDRESSES a role on NAME (members: no confirmation, the owner vouches)."""
     def add(session: Session) -> tuple[list[str], list[str]]:
-        return service.add_members(session, service.find(session, name), addresses, role=role)
+        return service.add_members(session, service.find(session, name), addresses, role=role,
+                                   own_domain=context.config.site.domain)
 
     added, existing = run(context, add)
     noun = "members" if role == "member" else f"{role}s"

@@ -20,6 +20,7 @@ from mailer.models import Base
 SUBSCRIPTION_POLICIES = ("confirm", "moderate", "closed")
 POSTING_POLICIES = ("members", "anyone", "moderated", "announce")
 NONMEMBER_ACTIONS = ("hold", "reject", "discard")
+AUTOMATIC_ACTIONS = ("hold", "discard")
 DELIVERY_MODES = ("regular", "digest", "nomail")
 DIGEST_FORMATS = ("mime", "plain")
 ROLES = ("member", "owner", "moderator", "poster")
@@ -54,6 +55,10 @@ class MailingList(Base):
     bounce_decay_days: Mapped[int] = mapped_column(Integer, default=7)
     digest_period: Mapped[str] = mapped_column(String(12), default="daily")
     digest_max_kb: Mapped[int] = mapped_column(Integer, default=30)
+    automatic_action: Mapped[str] = mapped_column(String(12), default="hold",
+                                                  server_default="hold")
+    member_posts_per_hour: Mapped[int] = mapped_column(Integer, default=20,
+                                                       server_default="20")
 
     @property
     def public_archive(self) -> bool:
@@ -137,7 +142,8 @@ class Archived(Base):
     """A post as the list distributed it; the archive, and the source of digests."""
 
     __tablename__ = "archive"
-    __table_args__ = (Index("ix_archive_list", "list_id", "id"),)
+    __table_args__ = (Index("ix_archive_list", "list_id", "id"),
+                      Index("ix_archive_sender", "list_id", "sender", "archived_at"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("lists.id"))
     archived_at: Mapped[float] = mapped_column(Float)

@@ -108,7 +108,9 @@ def fan_out(session: Session, post: Post, data: bytes) -> int:
                               source_id=post.message_id)
     outbox.enqueue_each(session, outgoing, select(Member.address, Member.id).where(
         Member.list_id == post.mailing_list.id, Member.role == "member",
-        Member.enabled.is_(True), Member.delivery == "regular"))
+        Member.enabled.is_(True), Member.delivery == "regular",
+        # Never to one of our own addresses, however it became a member: a loop.
+        ~Member.address.endswith("@" + post.site.domain, autoescape=True)))
     return outgoing.id
 
 

@@ -7,10 +7,14 @@ let the next rule decide (Mailman's chain, without its machinery).
 from __future__ import annotations
 
 from collections.abc import Callable
+from email.utils import getaddresses
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from lists import service
+from lists.automail import automatic_post
+from lists.models import Archived
 from lists.post import Decision, Post
 
 
@@ -27,6 +31,43 @@ def hop_rule(session: Session, post: Post) -> Decision | None:
     """Too many Received: fields means a loop somewhere (RFC 5321 §6.3)."""
     if len(post.message.get_all("received", [])) > 50:
         return Decision("discard", "more than 50 Received: fields (mail loop)")
+    return None
+
+
+def sender_rule(session: Session, post: Post) -> Decision | None:
+    """A post has one From field naming one mailbox (RFC 5322 §3.6): one with none, or
+    several, cannot be told apart from a forgery, so a person looks at it."""
+    fields = post.message.get_all("from", [])
+    mailboxes = getaddresses([str(field) for field in fields])
+    if len(fields) != 1 or len([address for _, address in mailboxes if address]) != 1:
+        return Decision("hold", f"{len(fields)} From fields, not one with one mailbox",
+                        "malformed_sender")
+    return None
+
+
+def automatic_rule(session: Session, post: Post) -> Decision | None:
+    """A list never passes on what a machine sent (RFC 3834 §2): an auto-reply to a list
+    whose replies go to the list would answer itself for ever."""
+    why = automatic_post(post.message, post.mail_from)
+    if why is None:
+        return None
+    return Decision(post.mailing_list.automatic_action,  # type: ignore[arg-type]
+                    f"automatic mail ({why})", "automatic")
+
+
+def rate_rule(session: Session, post: Post) -> Decision | None:
+    """At most `member_posts_per_hour` distributed posts an hour from one sender: a storm
+    (a broken script, a loop through another system) waits for a person."""
+    limit = post.mailing_list.member_posts_per_hour
+    if limit <= 0 or not post.senders:
+        return None
+    since = post.site.clock() - 3600.0
+    count = session.scalar(select(func.count()).select_from(Archived).where(
+        Archived.list_id == post.mailing_list.id, Archived.archived_at > since,
+        Archived.sender == post.senders[0]))
+    if (count or 0) >= limit:
+        return Decision("hold", f"{post.senders[0]} sent {count} posts in the last hour "
+                        f"(at most {limit})", "too_many_posts")
     return None
 
 
@@ -60,7 +101,7 @@ def _stranger(post: Post, reason: str, code: str) -> Decision:
 
 
 RULES: tuple[Callable[[Session, Post], Decision | None], ...] = (
-    loop_rule, hop_rule, moderator_rule, policy_rule)
+    loop_rule, hop_rule, sender_rule, automatic_rule, rate_rule, moderator_rule, policy_rule)
 
 
 def decide(session: Session, post: Post) -> Decision:

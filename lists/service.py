@@ -22,6 +22,7 @@ from lists.models import (
     MailingList,
     Member,
 )
+from mailer import rawmail
 from mailer.addresses import AddressError, check_list_name, normalize
 
 
@@ -44,6 +45,9 @@ def create(session: Session, name: str, *, display_name: str = "",
                         f"choose one of {', '.join(POSTING_POLICIES)}")
     if language not in LANGUAGES:
         raise ListError(f"unknown language {language!r}; choose one of {', '.join(LANGUAGES)}")
+    problem = rawmail.header_unsafe(display_name)
+    if problem is not None:
+        raise ListError(f"the display name of {name!r} cannot be used: {problem}")
     if session.scalar(select(MailingList.id).where(MailingList.name == name)):
         raise ListError(f"list {name!r} already exists")
     mailing_list = MailingList(name=name, display_name=display_name or name,
@@ -72,11 +76,17 @@ def checked(address: str) -> str:
 
 
 def add_members(session: Session, mailing_list: MailingList, addresses: Iterable[str], *,
-                role: str = "member") -> tuple[list[str], list[str]]:
-    """Give addresses a role; returns (added, already there). Bad addresses: ListError."""
+                role: str = "member", own_domain: str = "") -> tuple[list[str], list[str]]:
+    """Give addresses a role; returns (added, already there). Bad addresses, and members
+    at `own_domain` (the list itself, or another of our robots: a loop), are ListError."""
     if role not in ROLES:
         raise ListError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     wanted = [checked(text) for text in addresses]
+    ours = [address for address in wanted
+            if own_domain and address.endswith("@" + own_domain.lower())]
+    if ours and role == "member":
+        raise ListError(f"{ours[0]} is an address of this service: a list cannot have "
+                        "itself, or another of our addresses, as a member")
     existing = set(session.scalars(select(Member.address).where(
         Member.list_id == mailing_list.id, Member.role == role, Member.address.in_(wanted))))
     added = []

@@ -11,6 +11,7 @@ from typing import Any
 
 from lists import models
 from lists.models import MailingList
+from mailer import rawmail
 
 
 class SettingError(ValueError):
@@ -30,32 +31,37 @@ SETTINGS: tuple[ListSetting, ...] = (
     ListSetting("display_name", str, "name shown in List-Id, robot mail and the DMARC From"),
     ListSetting("description", str, "one paragraph about the list, shown in help and welcome"),
     ListSetting("language", str, "language of robot mail for members who chose none",
-            models.LANGUAGES),
+                models.LANGUAGES),
     ListSetting("subscription_policy", str, "confirm: double opt-in; moderate: confirm, then an "
-            "owner approves; closed: only owners add members", models.SUBSCRIPTION_POLICIES),
+                "owner approves; closed: only owners add members", models.SUBSCRIPTION_POLICIES),
     ListSetting("posting_policy", str, "members, anyone, moderated (every post held) or "
-            "announce (owners and named posters only)", models.POSTING_POLICIES),
+                "announce (owners and named posters only)", models.POSTING_POLICIES),
     ListSetting("nonmember_action", str, "what happens to a post from a non-member",
-            models.NONMEMBER_ACTIONS),
+                models.NONMEMBER_ACTIONS),
     ListSetting("subject_prefix", str, "put before each subject, e.g. [steering]; empty: none"),
     ListSetting("reply_to", str, "where replies go: the poster, or the list", models.REPLY_TO),
     ListSetting("footer", bool, "add a footer with the way to unsubscribe"),
     ListSetting("dmarc_mode", str, "rewrite From: always, never, or when the poster's domain "
-            "publishes p=reject or p=quarantine", models.DMARC_MODES),
+                "publishes p=reject or p=quarantine", models.DMARC_MODES),
     ListSetting("dmarc_poster_in", str, "where the poster goes when From is rewritten",
-            models.DMARC_POSTER_IN),
+                models.DMARC_POSTER_IN),
     ListSetting("hold_days", int, "days a held post waits for a moderator before it expires",
-            minimum=1),
+                minimum=1),
     ListSetting("confirm_days", int, "days a confirmation token stays valid", minimum=1),
     ListSetting("bounce_threshold", float, "bounce score at which delivery is disabled",
-            minimum=1),
+                minimum=1),
     ListSetting("bounce_decay_days", int, "days after which an old bounce score is forgotten",
-            minimum=1),
+                minimum=1),
     ListSetting("digest_period", str, "how often digests are sent", models.DIGEST_PERIODS),
     ListSetting("digest_max_kb", int, "a digest is sent early when it grows past this size",
-            minimum=1),
+                minimum=1),
+    ListSetting("automatic_action", str, "what happens to a post a machine sent "
+                "(Auto-Submitted, Precedence: bulk, a bounce)", models.AUTOMATIC_ACTIONS),
+    ListSetting("member_posts_per_hour", int, "posts one sender may have distributed in an "
+                "hour before the next is held; 0: no limit", minimum=0),
 )
 BY_KEY = {setting.key: setting for setting in SETTINGS}
+IN_HEADERS = frozenset({"display_name", "subject_prefix"})   # reach From, List-Id, Subject
 
 
 def show(mailing_list: MailingList) -> dict[str, Any]:
@@ -100,5 +106,8 @@ def change(mailing_list: MailingList, key: str, text: str) -> Any:
         raise SettingError(f"no setting {key!r}; settings are: "
                            + ", ".join(s.key for s in SETTINGS))
     value = parse(setting, text)
+    problem = rawmail.header_unsafe(value) if key in IN_HEADERS else None
+    if problem is not None:
+        raise SettingError(f"{key} cannot be set to that: {problem}")
     setattr(mailing_list, key, value)
     return value

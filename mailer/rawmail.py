@@ -74,3 +74,19 @@ def rewrite(raw: bytes, remove: set[str], add: list[tuple[str, str]]) -> bytes:
     kept = [field for field in fields if name_of(field) not in remove]
     added = [f"{name}: {value}\r\n".encode() for name, value in add]
     return b"".join(added + kept) + b"\r\n" + body
+
+
+def header_unsafe(text: str) -> str | None:
+    """Why `text` cannot go into a header field as it is, or None: a line break would
+    start a field of its own (header injection), a NUL is not text (RFC 5322 §2.2).
+
+    >>> header_unsafe("Steering Committee") is None
+    True
+    >>> header_unsafe("Board\\r\\nBcc: everyone@example.org")
+    'it holds a line break (CR or LF)'
+    """
+    if "\r" in text or "\n" in text:
+        return "it holds a line break (CR or LF)"
+    if "\0" in text:
+        return "it holds a NUL character"
+    return None

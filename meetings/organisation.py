@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from lists import service
 from lists.models import LANGUAGES, MailingList
 from lists.service import ListError
+from mailer import rawmail
 from mailer.addresses import AddressError, check_list_name, normalize
 from meetings.imip import one_line
 from meetings.models import REGIONS, Body, Delegate, Party, Seat
@@ -93,8 +94,8 @@ def add_body(session: Session, slug: str, name: str, *, subscription: str = "clo
         raise MeetingError(f"body {slug!r} already exists")
     if not name.strip():
         raise MeetingError("a body needs a name")
-    return _create_body(session, slug, one_line(name), "custom", subscription, None,
-                        False, 0)
+    return _create_body(session, slug, name_of(name, "a body's name"), "custom", subscription,
+                        None, False, 0)
 
 
 def find_body(session: Session, slug: str) -> Body:
@@ -114,7 +115,7 @@ def bodies(session: Session) -> list[Body]:
 
 def add_party(session: Session, name: str, *, country: str, region: str) -> Party:
     """A member party: its name, its country (ISO 3166 alpha-2) and its charter region."""
-    name = one_line(name)
+    name = name_of(name, "a party's name")
     if not name:
         raise MeetingError("a party needs a name")
     if not (len(country) == 2 and country.isascii() and country.isalpha()):
@@ -127,6 +128,15 @@ def add_party(session: Session, name: str, *, country: str, region: str) -> Part
     session.add(party)
     session.flush()
     return party
+
+
+def name_of(text: str, what: str) -> str:
+    """A name on one line, as it will stand in headers and invitations, or MeetingError if
+    it holds what no header may (a line break, a NUL)."""
+    problem = rawmail.header_unsafe(text)
+    if problem is not None:
+        raise MeetingError(f"{what} cannot be used: {problem}")
+    return one_line(text)
 
 
 def find_party(session: Session, name: str) -> Party:
@@ -156,6 +166,7 @@ def _delegate(session: Session, address: str, name: str, party: Party,
     if language not in LANGUAGES:
         raise MeetingError(f"unknown language {language!r}; choose one of "
                            f"{', '.join(LANGUAGES)}")
+    name = name_of(name, "a delegate's name")
     found = session.scalar(select(Delegate).where(Delegate.address == address))
     if found is None:
         found = Delegate(address=address, name=name, party_id=party.id, language=language,

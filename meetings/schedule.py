@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailer import rawmail
 from meetings import ical
 from meetings.meeting_site import MeetingSite
 from meetings.models import Meeting
@@ -138,7 +139,11 @@ def _send_at(text: str, zone: ZoneInfo, now: float, starts_at: float) -> float:
 
 
 def text(value: str, what: str, limit: int) -> str:
-    """One line of at most `limit` characters, or MeetingError."""
+    """One line of at most `limit` characters, or MeetingError (a line break or a NUL
+    would reach the Subject and the calendar's fields)."""
+    problem = rawmail.header_unsafe(value)
+    if problem is not None:
+        raise MeetingError(f"{what} cannot be used: {problem}")
     value = " ".join(value.split())
     if len(value) > limit:
         raise MeetingError(f"{what} is longer than {limit} characters")

@@ -6,15 +6,29 @@ SQLite database; each test hands one rule a post, as the list's handler would.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 
 import pytest
 from sqlalchemy.orm import Session
 
 from lists import rules, service, settings
+from lists.models import Archived
 from lists.post import Decision, Post
-from lists.rules import RULES, decide, hop_rule, loop_rule, moderator_rule, policy_rule
+from lists.rules import (
+    RULES,
+    automatic_rule,
+    decide,
+    hop_rule,
+    loop_rule,
+    moderator_rule,
+    policy_rule,
+    rate_rule,
+    sender_rule,
+)
 from mailer.db import Database
+from mailer.inbound import parse
 from tests.helpers import DOMAIN, mail, post_of
 
 LIST = f"steering@{DOMAIN}"
@@ -109,8 +123,9 @@ def test_the_rules_run_in_the_documented_order() -> None:
     """Loops are caught before anyone's post is accepted; moderators may post whatever the
     policy says; the policy, which always decides, comes last."""
     names = [rule.__name__ for rule in RULES]
-    assert names[:2] == ["loop_rule", "hop_rule"]
-    assert names[-2:] == ["moderator_rule", "policy_rule"]
+    assert names == ["loop_rule", "hop_rule", "sender_rule", "automatic_rule", "rate_rule",
+                     "moderator_rule", "policy_rule"], \
+        "machines and storms are stopped before an owner's post is accepted"
 
 
 def test_decide_returns_the_first_rules_decision(db: Database) -> None:
@@ -126,3 +141,71 @@ def test_a_post_no_rule_decides_is_held(db: Database, monkeypatch: pytest.Monkey
     monkeypatch.setattr(rules, "RULES", (loop_rule, hop_rule))
     assert judged(db, decide, mail(STRANGER, LIST)) == \
         Decision("hold", "no rule accepted the post", "no_rule")
+
+
+# -- what no list passes on: malformed senders, machines, storms (issue 10) --------------
+
+def test_the_sender_rule_holds_a_post_without_exactly_one_from_mailbox(db: Database) -> None:
+    one = mail(MEMBER, LIST)
+    none = one.replace(f"From: {MEMBER}\r\n".encode(), b"")
+    two = one.replace(b"From: ", f"From: {STRANGER}\r\nFrom: ".encode(), 1)
+    both = one.replace(f"From: {MEMBER}".encode(), f"From: {MEMBER}, {OWNER}".encode())
+    assert judged(db, sender_rule, one) is None
+    for raw in (two, both):
+        decision = judged(db, sender_rule, raw)
+        assert decision is not None and (decision.action, decision.code) == \
+            ("hold", "malformed_sender")
+    def without_from(session: Session) -> Decision | None:
+        steering = service.find(session, "steering")
+        post = dataclasses.replace(post_of(steering, one), message=parse(none))
+        return sender_rule(session, post)
+    decision = db.transaction(without_from)
+    assert decision is not None and decision.code == "malformed_sender"
+
+
+@pytest.mark.parametrize("headers", [{"Auto_Submitted": "auto-replied"},
+                                     {"Auto_Submitted": "auto-generated; owner=x"},
+                                     {"Precedence": "bulk"}, {"Precedence": "junk"},
+                                     {"Precedence": "list"}])
+def test_the_automatic_rule_holds_what_a_machine_sent(db: Database,
+                                                      headers: dict[str, str]) -> None:
+    decision = judged(db, automatic_rule, mail(OWNER, LIST, **headers))
+    assert decision is not None and (decision.action, decision.code) == ("hold", "automatic")
+    decision = judged(db, decide, mail(OWNER, LIST, **headers))
+    assert decision is not None and decision.action == "hold", "even from an owner"
+
+
+def test_the_automatic_rule_can_discard_and_lets_people_through(db: Database) -> None:
+    vacation = mail(MEMBER, LIST, Auto_Submitted="auto-replied")
+    decision = judged(db, automatic_rule, vacation, automatic_action="discard")
+    assert decision is not None and decision.action == "discard"
+    assert judged(db, automatic_rule, mail(MEMBER, LIST, Auto_Submitted="no")) is None
+    assert judged(db, automatic_rule, mail(MEMBER, LIST)) is None
+
+
+def test_the_automatic_rule_holds_a_post_with_an_empty_envelope_sender(db: Database) -> None:
+    def bounce(session: Session) -> Decision | None:
+        steering = service.find(session, "steering")
+        post = dataclasses.replace(post_of(steering, mail(MEMBER, LIST)), mail_from="")
+        return automatic_rule(session, post)
+    decision = db.transaction(bounce)
+    assert decision is not None and decision.reason == \
+        "automatic mail (empty envelope sender)"
+
+
+def test_the_rate_rule_holds_a_senders_posts_past_the_hourly_limit(db: Database) -> None:
+    def archive(session: Session, count: int) -> None:
+        steering = service.find(session, "steering")
+        for _ in range(count):
+            session.add(Archived(list_id=steering.id, archived_at=time.time(), sender=MEMBER,
+                                 subject="x", data=b"x"))
+    db.transaction(archive, 2)
+    assert judged(db, rate_rule, mail(MEMBER, LIST), member_posts_per_hour="3") is None
+    db.transaction(archive, 1)
+    decision = judged(db, rate_rule, mail(MEMBER, LIST), member_posts_per_hour="3")
+    assert decision is not None and (decision.action, decision.code) == \
+        ("hold", "too_many_posts")
+    assert judged(db, rate_rule, mail(OWNER, LIST), member_posts_per_hour="3") is None, \
+        "another sender is not held"
+    assert judged(db, rate_rule, mail(MEMBER, LIST), member_posts_per_hour="0") is None, \
+        "0: no limit"
