@@ -78,7 +78,7 @@ class Daemon:
                               accepts=self.router.accepts, gate=self.gate)
             self.servers[name] = await asyncio.get_running_loop().create_server(
                 functools.partial(listener_class, handler, self.config.intake, hostname),
-                host, port)
+                host, port, backlog=self.config.intake.backlog)
             log.info("%s listening on %s:%d", name.upper(), host, self.ports[name])
         if self.config.http.listen:
             host, port = parse_listen(self.config.http.listen, "http.listen")
@@ -114,9 +114,10 @@ class Daemon:
 
 
 def recover_leases(session: Session, now: float) -> None:
-    """Return work and deliveries that a dead process had leased to the queue."""
-    session.execute(update(Work).where(Work.state == "working").values(state="pending",
-                                                                       due_at=now))
+    """End now the leases a dead process held. Work stays `working`, so that the router
+    knows it was in flight at the crash (and charges it if it was being handled alone);
+    deliveries go back to the queue."""
+    session.execute(update(Work).where(Work.state == "working").values(due_at=now))
     session.execute(update(Delivery).where(Delivery.state == "sending")
                     .values(state="pending", due_at=now))
 

@@ -7,6 +7,7 @@ float compares the same way on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -57,8 +59,10 @@ class Work(Base):
     """One accepted recipient of a message: a unit of routing work (pending until handled).
 
     `due_at` is when the row may next be taken; while a router holds it (state
-    `working`) it is the end of that router's lease. After `router.max_attempts` tries the
-    row is `quarantined` with the error, for an operator to list and replay.
+    `working`) it is the end of that router's lease. `attempts` counts the leases taken,
+    `failures` the handler's errors (a transient fault is not one), `crashes` the times the
+    process died while handling the unit `alone`. After `router.max_attempts` failures or
+    crashes the row is `quarantined` with the error, for an operator to list and replay.
     """
 
     __tablename__ = "work"
@@ -71,6 +75,9 @@ class Work(Base):
     token: Mapped[str | None] = mapped_column(String(100))
     state: Mapped[str] = mapped_column(String(12), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    alone: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     due_at: Mapped[float] = mapped_column(Float)
     done_at: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)

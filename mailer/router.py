@@ -3,8 +3,10 @@
 Each unit of work is leased first (attempts + 1, committed), then handled in a transaction:
 the handler's state changes and the mail they cause commit together, and the work row is
 marked done in that same transaction. A handler that fails is tried again with backoff;
-after `router.max_attempts` tries the work is quarantined with the error, where
-`alliance quarantine` lists and replays it (Mailman's shunt queue, DESIGN §4).
+after `router.max_attempts` failures the work is quarantined with the error, where
+`alliance quarantine` lists and replays it (Mailman's shunt queue, DESIGN §4). A transient
+fault (the database locked or full, the disk full) is no failure of the message: it is
+retried with backoff, for as long as it lasts, and never counts towards quarantine.
 
 Units are leased fifty at a time and loaded with their messages in one query, parsed on a
 reader thread; each handler's `prepare` then does what must not hold the write transaction
@@ -21,9 +23,10 @@ the raw bytes itself (in a worker process, say).
 Every outcome is fenced by the lease: it is written only if the unit is still `working`
 under the lease this router took (`due_at` is the lease's end), so a unit whose lease ran
 out and was taken again, here or by another daemon, is never handled twice. A unit leased
-again after an earlier try (attempts above 1: it failed, or the process died holding it)
-is handled alone, with nothing else in hand, so that a message that kills the process
-costs the others in its batch nothing but one retry.
+again after an earlier try (it failed, or the process died holding it) is handled alone,
+with nothing else in hand, and marked so before it is: only a unit that the process died
+handling alone is charged with a crash, and only `router.max_attempts` crashes quarantine
+it. The units in flight beside a crash are simply tried again, each alone, uncharged.
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from email.policy import Policy
 from email.policy import default as default_policy
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from mailer.addresses import Role, Route
@@ -50,19 +56,42 @@ log = logging.getLogger(__name__)
 
 
 BATCH = 50        # units leased at once
+TRANSIENT_BACKOFF = 60.0   # longest wait between two tries through a transient fault
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN,
+                              errno.ENOMEM})
 DEPTH = 3         # leased batches in hand at once
 STOP_GRACE = 10.0  # seconds a stop waits for batches being prepared before dropping them
 
 
-def claim(session: Session, now: float, lease_end: float,
-          limit: int) -> list[tuple[int, int]]:
-    """Lease due work: (id, attempts including this one), oldest first."""
-    due = (select(Work.id).where(Work.state.in_(("pending", "working")), Work.due_at <= now)
-           .order_by(Work.id).limit(limit).with_for_update(skip_locked=True))
-    rows = session.execute(update(Work).where(Work.id.in_(due))
-                           .values(state="working", attempts=Work.attempts + 1,
-                                   due_at=lease_end).returning(Work.id, Work.attempts))
-    return sorted((row[0], row[1]) for row in rows)
+@dataclass(frozen=True)
+class Claimed:
+    """A unit leased to us: whether it was tried before (so is handled alone), and how
+    often the process died while handling it alone."""
+
+    id: int
+    again: bool
+    crashes: int
+
+
+def claim(session: Session, now: float, lease_end: float, limit: int) -> list[Claimed]:
+    """Lease due work, oldest first. A unit still `working` after its lease ended was held
+    by a process that died (or hung): if that process was handling it alone, it crashed
+    it, and the crash is counted."""
+    rows = session.execute(
+        select(Work.id, Work.state, Work.alone, Work.failures, Work.crashes)
+        .where(Work.state.in_(("pending", "working")), Work.due_at <= now)
+        .order_by(Work.id).limit(limit).with_for_update(skip_locked=True)).all()
+    if not rows:
+        return []
+    crashed = {row.id for row in rows if row.state == "working" and row.alone}
+    if crashed:
+        session.execute(update(Work).where(Work.id.in_(crashed))
+                        .values(crashes=Work.crashes + 1))
+    session.execute(update(Work).where(Work.id.in_([row.id for row in rows]))
+                    .values(state="working", attempts=Work.attempts + 1, due_at=lease_end,
+                            alone=False))
+    return [Claimed(row.id, row.state == "working" or row.failures > 0 or row.crashes > 0,
+                    row.crashes + (row.id in crashed)) for row in rows]
 
 
 class Router:
@@ -119,8 +148,8 @@ class Router:
                     await asyncio.wait(self._in_hand, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 leased, lease_end = await self._lease()
-                fresh = [work_id for work_id, attempts in leased if attempts == 1]
-                again = [work_id for work_id, attempts in leased if attempts > 1]
+                fresh = [unit.id for unit in leased if not unit.again]
+                again = [unit.id for unit in leased if unit.again]
                 if again:
                     await self._alone(again, fresh, lease_end)
                 elif fresh:
@@ -144,9 +173,9 @@ class Router:
         if not task.cancelled() and task.exception() is not None:
             log.error("a batch of work failed", exc_info=task.exception())
 
-    async def _lease(self) -> tuple[list[tuple[int, int]], float]:
-        """Due work leased to us, oldest first, (id, attempts), and the lease's end;
-        what was taken too often without an outcome is quarantined instead."""
+    async def _lease(self) -> tuple[list[Claimed], float]:
+        """Due work leased to us, oldest first, and the lease's end; what crashed the
+        process too often while handled alone is quarantined instead."""
         now = time.time()
         lease_end = now + self.lease
         try:
@@ -155,17 +184,17 @@ class Router:
             log.exception("could not take work from the queue; retrying")
             return [], lease_end
         kept = []
-        for work_id, attempts in leased:
-            if attempts > self.max_attempts:
-                # Taken more often than allowed without an outcome: the process died
-                # while handling it (even while parsing it). Stop before it does again.
+        for unit in leased:
+            if unit.crashes >= self.max_attempts:
+                # The process died while handling it alone, again and again (even
+                # while parsing it). Stop before it does so once more.
                 try:
-                    await self.db.write(_interrupted, work_id, lease_end)
+                    await self.db.write(_interrupted, unit.id, lease_end)
                 except Exception:
-                    log.exception("could not quarantine work %d", work_id)
+                    log.exception("could not quarantine work %d", unit.id)
             else:
-                self._held[work_id] = lease_end
-                kept.append((work_id, attempts))
+                self._held[unit.id] = lease_end
+                kept.append(unit)
         return kept, lease_end
 
     async def _alone(self, again: list[int], fresh: list[int], lease_end: float) -> None:
@@ -175,11 +204,21 @@ class Router:
             await asyncio.gather(*self._in_hand, return_exceptions=True)
         await self._unclaim_all(fresh, lease_end)
         for work_id in again:
-            if self._stopping:
+            if self._stopping or not await self._mark_alone(work_id, lease_end):
                 await self._unclaim_all([work_id], lease_end)
                 continue
             task = self._take(self._prepare_and_write([work_id], lease_end, None))
             await asyncio.gather(task, return_exceptions=True)
+
+    async def _mark_alone(self, work_id: int, lease_end: float) -> bool:
+        """Record, before handling it, that this unit is handled alone: if the process
+        dies now, the unit is the one that killed it."""
+        try:
+            await self.db.write(_mark_alone, work_id, lease_end)
+            return True
+        except Exception:
+            log.exception("could not mark work %d as handled alone", work_id)
+            return False
 
     async def _prepare_and_write(self, ids: list[int], lease_end: float,
                                  before: asyncio.Task[None] | None) -> None:
@@ -293,7 +332,8 @@ class Router:
             return
         try:
             await self.db.write(_failed, work_id, lease_end,
-                                f"{type(error).__name__}: {error}", self.max_attempts)
+                                f"{type(error).__name__}: {error}", transient(error),
+                                self.max_attempts)
         except Exception:
             log.exception("could not record the failure of work %d", work_id)
 
@@ -361,7 +401,12 @@ def _interrupted(session: Session, work_id: int, lease_end: float) -> None:
     work = session.scalars(select(Work).where(_mine(work_id, lease_end))).first()
     if work is not None:
         work.state = "quarantined"
-        work.error = work.error or f"processing interrupted {work.attempts - 1} times"
+        work.error = work.error or (f"the process died {work.crashes} times while "
+                                    "handling it alone")
+
+
+def _mark_alone(session: Session, work_id: int, lease_end: float) -> None:
+    session.execute(update(Work).where(_mine(work_id, lease_end)).values(alone=True))
 
 
 def _unclaim(session: Session, leases: list[tuple[int, float]]) -> None:
@@ -372,16 +417,38 @@ def _unclaim(session: Session, leases: list[tuple[int, float]]) -> None:
                                 attempts=Work.attempts - 1))
 
 
-def _failed(session: Session, work_id: int, lease_end: float, error: str,
+def _failed(session: Session, work_id: int, lease_end: float, error: str, passing: bool,
             max_attempts: int) -> None:
+    """Record a failure: back to the queue with backoff, or quarantined after
+    `max_attempts` failures. A `passing` (transient) fault is not counted."""
     work = session.scalars(select(Work).where(_mine(work_id, lease_end))).first()
     if work is None:
         return
     work.error = error[:2000]
-    if work.attempts >= max_attempts:
+    if passing:
+        work.state = "pending"
+        work.due_at = time.time() + min(TRANSIENT_BACKOFF, 2.0 ** min(work.attempts, 8))
+        return
+    work.failures += 1
+    if work.failures >= max_attempts:
         work.state = "quarantined"
     else:
-        work.state, work.due_at = "pending", time.time() + 2.0 ** work.attempts
+        work.state, work.due_at = "pending", time.time() + 2.0 ** work.failures
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a fault is one of the service's, that passes (the database locked, gone or
+    full, the disk full), rather than the message's.
+
+    >>> transient(OSError(errno.ENOSPC, "No space left on device"))
+    True
+    >>> transient(ValueError("bad date"))
+    False
+    """
+    if isinstance(error, OperationalError | InterfaceError) or \
+            isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
 
 
 def quarantined(session: Session) -> list[Work]:
@@ -394,5 +461,6 @@ def replay(session: Session, work_id: int) -> bool:
     """Put quarantined work back in the queue with a fresh count; False if no such work."""
     result = session.execute(update(Work).where(Work.id == work_id,
                                                 Work.state == "quarantined")
-                             .values(state="pending", attempts=0, due_at=time.time()))
+                             .values(state="pending", attempts=0, failures=0, crashes=0,
+                                     alone=False, due_at=time.time()))
     return bool(getattr(result, "rowcount", 0))

@@ -36,7 +36,7 @@ from aiosmtpd.smtp import SMTP
 from click.testing import CliRunner, Result
 from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord
 from icalendar import Calendar
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from lists import service
@@ -684,3 +684,52 @@ class _DnsProtocol(asyncio.DatagramProtocol):
         reply = self.server.answer(data)
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
+
+
+# -- a raw SMTP conversation ------------------------------------------------------------
+
+class Dialogue:
+    """A raw SMTP/LMTP conversation, line by line, to see every reply exactly."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Dialogue:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        dialogue = cls(reader, writer)
+        await dialogue.reply()
+        return dialogue
+
+    @classmethod
+    async def open_raw(cls, port: int) -> str:
+        """Connect, and return the greeting (or refusal) the server opens with."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        greeting = await cls(reader, writer).reply()
+        writer.close()
+        return greeting
+
+    async def reply(self) -> str:
+        lines = []
+        while True:
+            line = (await asyncio.wait_for(self.reader.readline(), 10)).decode()
+            lines.append(line.rstrip("\r\n"))
+            if len(line) < 4 or line[3] != "-":
+                return "\n".join(lines)
+
+    async def say(self, line: str | bytes) -> str:
+        self.writer.write(line if isinstance(line, bytes) else line.encode() + b"\r\n")
+        return await self.reply()
+
+    async def close(self) -> None:
+        self.writer.close()
+
+
+# -- a full database ---------------------------------------------------------------------
+
+def cap_pages(session: Any, extra: int | None) -> None:
+    """Cap the database at its size now (+ `extra` pages): SQLite then answers
+    "database or disk is full", as on a full disk. None lifts the cap."""
+    pages = session.execute(text("PRAGMA page_count")).scalar()
+    limit = 2_147_483_646 if extra is None else int(pages or 0) + extra
+    session.execute(text(f"PRAGMA max_page_count = {limit}"))

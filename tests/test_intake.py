@@ -12,46 +12,18 @@ from sqlalchemy import select
 
 from mailer import smtp_replies
 from mailer.models import Message, Work
-from tests.helpers import DOMAIN, mail, make_config, make_list, members, running, send
+from tests.helpers import (
+    DOMAIN,
+    Dialogue,
+    mail,
+    make_config,
+    make_list,
+    members,
+    running,
+    send,
+)
 
 LIST = f"steering@{DOMAIN}"
-
-
-class Dialogue:
-    """A raw SMTP/LMTP conversation, line by line, to see every reply exactly."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> Dialogue:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        dialogue = cls(reader, writer)
-        await dialogue.reply()
-        return dialogue
-
-    @classmethod
-    async def open_raw(cls, port: int) -> str:
-        """Connect, and return the greeting (or refusal) the server opens with."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        greeting = await cls(reader, writer).reply()
-        writer.close()
-        return greeting
-
-    async def reply(self) -> str:
-        lines = []
-        while True:
-            line = (await asyncio.wait_for(self.reader.readline(), 10)).decode()
-            lines.append(line.rstrip("\r\n"))
-            if len(line) < 4 or line[3] != "-":
-                return "\n".join(lines)
-
-    async def say(self, line: str | bytes) -> str:
-        self.writer.write(line if isinstance(line, bytes) else line.encode() + b"\r\n")
-        return await self.reply()
-
-    async def close(self) -> None:
-        self.writer.close()
 
 
 async def test_unknown_list_is_refused_at_rcpt(tmp_path: Path, sqlite_url: str) -> None:

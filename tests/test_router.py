@@ -7,16 +7,28 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from lists import service
+from lists.posting import PostHandler
+from mailer import router as router_module
 from mailer.addresses import Role, Route
 from mailer.db import Database
 from mailer.inbound import HandlerOptions, Inbound, RoleHandler
 from mailer.intake import Arrival, _store
-from mailer.models import Work
+from mailer.models import Delivery, Work
 from mailer.router import Router
-from tests.helpers import DOMAIN, config_file, invoke, mail, make_config
+from tests.helpers import (
+    DOMAIN,
+    cap_pages,
+    config_file,
+    invoke,
+    list_site,
+    mail,
+    make_config,
+)
 
 
 class Flaky(RoleHandler):
@@ -79,16 +91,18 @@ async def test_failing_work_is_quarantined_after_max_attempts_and_replayed(
     assert handler.handled == ["Poison"]
 
 
-async def test_work_taken_too_often_without_an_outcome_is_quarantined(
+async def test_work_that_crashed_the_process_while_alone_too_often_is_quarantined(
         tmp_path: Path, sqlite_url: str) -> None:
-    """A message that kills the process each time it is handled must stop doing so."""
+    """A message that kills the process each time it is handled alone must stop doing so."""
     db = Database(sqlite_url)
     db.upgrade()
     arrival = Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
                       (f"steering@{DOMAIN}",), mail("a@example.com", "x"))
     db.transaction(_store, [arrival], DOMAIN, DOMAIN)
-    # Three earlier runs took this work and died before recording anything.
-    db.transaction(lambda s: s.execute(Work.__table__.update().values(attempts=3)))
+    # Earlier runs died twice while handling it alone, and the last one died holding it
+    # alone too: this lease finds it still working, and counts the third crash.
+    db.transaction(lambda s: s.execute(Work.__table__.update().values(
+        attempts=3, state="working", alone=True, crashes=2, due_at=0)))
     handler = Flaky()
     handler.broken = False
     router = Router(db, {Role.POST: handler}, max_attempts=3, on_outgoing=lambda: None,
@@ -99,8 +113,10 @@ async def test_work_taken_too_often_without_an_outcome_is_quarantined(
     finally:
         await router.stop()
         db.close()
-    assert work.error == "processing interrupted 3 times"
+    assert work.error == "the process died 3 times while handling it alone"
+    assert work.crashes == 3
     assert handler.handled == []
+
 
 
 class Picky(Flaky):
@@ -309,7 +325,8 @@ async def test_a_unit_tried_before_is_handled_alone(sqlite_url: str) -> None:
     db.upgrade()
     store(db, ["Held at the crash", "Two", "Three"])
     db.transaction(lambda s: s.execute(Work.__table__.update().where(
-        Work.id == s.scalar(select(Work.id).order_by(Work.id))).values(attempts=1)))
+        Work.id == s.scalar(select(Work.id).order_by(Work.id))).values(
+        attempts=1, state="working", due_at=0)))
     handler = Recorder()
     router = Router(db, {Role.POST: handler}, max_attempts=3, on_outgoing=lambda: None,
                     poll=0.05)
@@ -327,7 +344,8 @@ async def test_a_stop_ends_a_retry_that_hangs(sqlite_url: str) -> None:
     db = Database(sqlite_url)
     db.upgrade()
     store(db, ["Stuck"])
-    db.transaction(lambda s: s.execute(Work.__table__.update().values(attempts=1)))
+    db.transaction(lambda s: s.execute(Work.__table__.update().values(attempts=1,
+                                                                     failures=1)))
     router = Router(db, {Role.POST: Recorder(stuck="Stuck")}, max_attempts=3,
                     on_outgoing=lambda: None, poll=0.05, stop_grace=0.3)
     router.start()
@@ -368,12 +386,102 @@ async def test_the_outcome_of_an_old_lease_never_touches_the_new_one(database_ur
     db.upgrade()
     store(db, ["Leased twice"])
     router = Router(db, {Role.POST: Recorder()}, max_attempts=2, on_outgoing=lambda: None)
-    [(work_id, _)], first = await router._lease()
+    [unit], first = await router._lease()
+    work_id = unit.id
     db.transaction(lambda s: s.execute(Work.__table__.update().values(due_at=0)))
-    [(_, attempts)], second = await router._lease()
-    assert attempts == 2 and second != first
+    [again], second = await router._lease()
+    assert again.id == work_id and again.again and second != first
     await router._fail(work_id, first, RuntimeError("from the first batch"))
     await router._unclaim_all([work_id], first)
     assert states(db) == [("working", 2)]
     assert router._held == {work_id: second}
+    db.close()
+
+
+# -- crashes and transient faults (issue 10) ---------------------------------------
+
+async def test_units_in_flight_beside_a_crash_are_retried_uncharged(sqlite_url: str) -> None:
+    """A process died holding a batch: none of it was handled alone, so none of it is
+    blamed; each is tried again alone, even with one try allowed (issue 10)."""
+    db = Database(sqlite_url)
+    db.upgrade()
+    store(db, ["One", "Two", "Three"])
+    db.transaction(lambda s: s.execute(Work.__table__.update().values(
+        attempts=1, state="working", alone=False, due_at=0)))
+    handler = Recorder()
+    router = Router(db, {Role.POST: handler}, max_attempts=1, on_outgoing=lambda: None,
+                    poll=0.05)
+    router.start()
+    try:
+        assert await settle(db) == [("done", 2)] * 3
+    finally:
+        await router.stop()
+    assert handler.transactions == [1, 1, 1], "each alone"
+    assert db.query(lambda s: list(s.scalars(select(Work.crashes)))) == [0, 0, 0]
+    db.close()
+
+
+class Locked(Recorder):
+    """Meets a database that is locked (a transient fault) its first `times` tries."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    def handle(self, session: Session, inbound: Inbound) -> None:
+        if self.times > 0:
+            self.times -= 1
+            raise OperationalError("UPDATE members", {}, Exception("database is locked"))
+        super().handle(session, inbound)
+
+
+async def test_a_transient_fault_is_retried_until_it_passes_and_never_quarantines(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(router_module, "TRANSIENT_BACKOFF", 0.05)
+    db = Database(sqlite_url)
+    db.upgrade()
+    store(db, ["Through the fault"])
+    handler = Locked(times=4)
+    router = Router(db, {Role.POST: handler}, max_attempts=2, on_outgoing=lambda: None,
+                    poll=0.02)
+    router.start()
+    try:
+        assert await settle(db) == [("done", 5)], "four transient faults, then done"
+    finally:
+        await router.stop()
+    assert db.query(lambda s: s.scalar(select(Work.failures))) == 0
+    assert handler.handled == ["Through the fault"]
+    db.close()
+
+
+async def test_a_full_disk_after_the_250_is_waited_out_not_quarantined(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """F04 after the acknowledgement: the fan-out cannot be written while the database is
+    full; the post waits, uncounted, and goes out once there is room (issue 10)."""
+    monkeypatch.setattr(router_module, "TRANSIENT_BACKOFF", 0.05)
+    db = Database(sqlite_url)
+    db.upgrade()
+    db.transaction(lambda s: service.add_members(
+        s, service.create(s, "steering", posting="anyone"), ["ana@party.test"]))
+    body = "".join(f"line {n} " + "x" * 900 + "\n" for n in range(300))
+    db.transaction(_store, [Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
+                                    (f"steering@{DOMAIN}",),
+                                    mail("a@example.com", "x", body=body))], DOMAIN, DOMAIN)
+    await db.write(cap_pages, 0)
+    router = Router(db, {Role.POST: PostHandler(list_site())}, max_attempts=1,
+                    on_outgoing=lambda: None, poll=0.02)
+    router.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "full" not in (db.query(lambda s: s.scalar(select(Work.error))) or ""):
+            assert time.monotonic() < deadline, states(db)
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)              # several tries while the database is full
+        assert states(db)[0][0] in ("pending", "working")
+        await db.write(cap_pages, None)
+        assert (await settle(db))[0][0] == "done"
+    finally:
+        await router.stop()
+    assert db.query(lambda s: s.scalar(select(Work.failures))) == 0
+    assert db.query(lambda s: s.scalar(select(func.count()).select_from(Delivery))) == 1
     db.close()
