@@ -56,6 +56,19 @@ class IntakeSection:
     max_line_length: int = _key(1000, "longest line, bytes with CRLF (RFC 5321 4.5.3.1.6)")
     timeout: float = _key(300.0, "seconds a client may stay silent before it is dropped")
     hostname: str = _key("", "name in the greeting; empty: site.domain")
+    max_header_size: int = _key(102_400, "bytes in one header block (552 above)")
+    max_header_count: int = _key(1000, "fields in one header block (552 above)")
+    max_mime_depth: int = _key(20, "MIME parts nested in one another (554 above)")
+    max_mime_parts: int = _key(500, "MIME parts in one message (554 above)")
+    max_encoded_words: int = _key(
+        500, "RFC 2047 encoded words and RFC 2231 segments in one header field (554 above)")
+    max_connections: int = _key(1000, "SMTP and LMTP sessions at once (421 above)")
+    max_connections_per_client: int = _key(
+        50, "SMTP sessions at once from one client address (421 above; not for LMTP)")
+    session_deadline: float = _key(
+        600.0, "seconds a session may go without completing a message before it is closed")
+    max_errors: int = _key(20, "refused commands and recipients before a session is closed")
+    backlog: int = _key(1024, "connections the kernel queues for the listeners")
 
 
 @dataclass(frozen=True)

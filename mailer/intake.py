@@ -10,26 +10,30 @@ flush per batch, not per message. Nothing else happens before the 250 (RFC 1047)
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
+import errno
 import hashlib
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import insert
 
-from mailer import smtp_replies
+from mailer import screen, smtp_replies
 from mailer.addresses import AddressError, Route, normalize, resolve
 from mailer.config import IntakeSection
 from mailer.db import Database
 from mailer.models import Message, Work
 
 log = logging.getLogger(__name__)
+
+SCREEN_INLINE = 256 * 1024   # messages smaller than this are screened on the event loop
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class Gate:
     def __init__(self) -> None:
         self.draining = False
         self.sessions: set[Listener] = set()
+        self.clients: collections.Counter[str] = collections.Counter()  # SMTP, by address
         self.busy = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -161,6 +166,27 @@ class Gate:
             session.hang_up()
 
 
+def storage_fault_reply(error: BaseException) -> str:
+    """452 4.3.1 when storage is full (RFC 3463 §3.4), else 451 4.3.0: both temporary.
+
+    >>> storage_fault_reply(OSError(errno.ENOSPC, "No space left on device"))[:9]
+    '452 4.3.1'
+    >>> storage_fault_reply(RuntimeError("database is locked"))[:9]
+    '451 4.3.0'
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return smtp_replies.INSUFFICIENT_STORAGE
+        if "full" in str(current).lower() and ("disk" in str(current).lower()
+                                               or "database" in str(current).lower()):
+            return smtp_replies.INSUFFICIENT_STORAGE   # SQLite: "database or disk is full"
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return smtp_replies.TEMPORARY_FAILURE
+
+
 class Handler:
     """aiosmtpd hooks: refuse at RCPT what we do not serve; commit, then answer DATA."""
 
@@ -172,6 +198,10 @@ class Handler:
         self.inbox = inbox
         self.accepts = accepts
         self.gate = gate
+        self.screen_limits = screen.Limits(
+            header_size=limits.max_header_size, header_count=limits.max_header_count,
+            mime_depth=limits.max_mime_depth, mime_parts=limits.max_mime_parts,
+            encoded_words=limits.max_encoded_words)
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
@@ -204,24 +234,39 @@ class Handler:
         return smtp_replies.RCPT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        refusal = await self.screen(raw)
+        if refusal is not None:
+            log.info("message from %s refused at DATA: %s", envelope.mail_from, refusal)
+            return self._per_recipient(envelope, refusal)
         arrival = Arrival(protocol=self.protocol, peer=str(session.peer[0] if session.peer
                                                            else "unknown"),
                           helo=session.host_name or "",
                           mail_from="" if envelope.mail_from in (None, "<>")
                           else envelope.mail_from,
-                          recipients=tuple(envelope.rcpt_tos),
-                          raw=envelope.original_content or b"")
+                          recipients=tuple(envelope.rcpt_tos), raw=raw)
         self.gate.enter()
         try:
             await self.inbox.store(arrival)
             status = smtp_replies.OK
-        except Exception:
-            status = smtp_replies.TEMPORARY_FAILURE
+        except Exception as error:
+            status = storage_fault_reply(error)
         finally:
             self.gate.leave()
+        return self._per_recipient(envelope, status)
+
+    def _per_recipient(self, envelope: Envelope, status: str) -> str:
+        """LMTP answers DATA once per recipient (RFC 2033 §4.2); SMTP once."""
         if self.protocol == "lmtp":
             return "\r\n".join(status for _ in envelope.rcpt_tos)
         return status
+
+    async def screen(self, raw: bytes) -> str | None:
+        """The refusal of a message over a cap (mailer.screen), or None. Large messages
+        are screened on a thread, so that the event loop goes on serving the others."""
+        if len(raw) < SCREEN_INLINE:
+            return screen.check(raw, self.screen_limits)
+        return await asyncio.to_thread(screen.check, raw, self.screen_limits)
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("intake fault: %r", error, exc_info=error)
@@ -256,7 +301,12 @@ CALL_LIMITS = {"NOOP": 100, "RSET": 1000, "VRFY": 20, "EXPN": 20, "HELP": 20, "*
 
 
 class Listener(SMTP):
-    """aiosmtpd's SMTP session with our limits, strict envelope addresses and drain."""
+    """aiosmtpd's SMTP session with our limits, strict envelope addresses and drain.
+
+    Beyond aiosmtpd's own limits: sessions at once (all, and per client address on SMTP),
+    a deadline for a session that completes no message, a cut-off after `max_errors`
+    refusals without a message delivered (Postfix's smtpd_hard_error_limit), and a 421
+    before any close (RFC 5321 §4.2.2, §3.8)."""
 
     def __init__(self, handler: Handler, limits: IntakeSection, hostname: str) -> None:
         # +1 for the transparency dot (RFC 5321 §4.5.2), as aiosmtpd's own default does.
@@ -266,27 +316,84 @@ class Listener(SMTP):
                          hostname=hostname, ident="Alliance Mail", timeout=limits.timeout,
                          command_call_limit=CALL_LIMITS)
         self.gate = handler.gate
+        self.limits = limits
+        self.counted = handler.protocol == "smtp"   # an MTA in front (LMTP) is not capped
+        self.client = ""
+        self.errors = 0
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self.gate.sessions.add(self)
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else "unknown"
+        if self.counted:
+            self.gate.clients[self.client] += 1
+        self._restart_deadline()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self in self.gate.sessions and self.counted:
+            self.gate.clients[self.client] -= 1
+            if self.gate.clients[self.client] <= 0:
+                del self.gate.clients[self.client]
         self.gate.sessions.discard(self)
+        if self._deadline is not None:
+            self._deadline.cancel()
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        if self.gate.draining:
-            await self.push(smtp_replies.SHUTTING_DOWN)
+        refusal = smtp_replies.SHUTTING_DOWN if self.gate.draining else self._over_capacity()
+        if refusal is not None:
+            await self.push(refusal)
             self.hang_up(say_goodbye=False)
             return
         await super()._handle_client()
 
-    def hang_up(self, say_goodbye: bool = True) -> None:
+    def _over_capacity(self) -> str | None:
+        if len(self.gate.sessions) > self.limits.max_connections:
+            return smtp_replies.TOO_MANY_CONNECTIONS
+        if self.counted and self.gate.clients[self.client] > \
+                self.limits.max_connections_per_client:
+            log.warning("too many sessions from %s", self.client)
+            return smtp_replies.TOO_MANY_FROM_CLIENT
+        return None
+
+    async def push(self, status: AnyStr) -> None:
+        """Our reply texts where aiosmtpd has its own; count refusals; a delivered message
+        restarts the session's deadline and forgives earlier refusals."""
+        if isinstance(status, bytes):
+            await super().push(status)
+            return
+        if status.startswith("500 Error: strict ASCII mode"):
+            status = smtp_replies.NON_ASCII_ADDRESS   # RFC 6531 §3.5
+        if status.startswith(smtp_replies.OK):
+            self.errors = 0
+            self._restart_deadline()
+        elif status[:1] in ("4", "5") and not status.startswith("421"):
+            self.errors += 1
+        await super().push(status)
+        if self.errors >= self.limits.max_errors:
+            log.warning("session from %s closed after %d errors", self.client, self.errors)
+            self.hang_up(smtp_replies.TOO_MANY_ERRORS)
+
+    def _timeout_cb(self) -> None:
+        """Silent for `intake.timeout` seconds (RFC 5321 §4.5.3.2): say so, then close."""
+        self.hang_up(smtp_replies.TIMEOUT)
+
+    def _restart_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = asyncio.get_running_loop().call_later(
+            self.limits.session_deadline, self.hang_up, smtp_replies.SESSION_TOO_LONG)
+
+    def hang_up(self, say_goodbye: bool | str = True) -> None:
+        """Close the session, first with a 421 (SHUTTING_DOWN, or the text given)."""
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             if say_goodbye:
-                transport.write(smtp_replies.SHUTTING_DOWN.encode() + b"\r\n")
+                text = say_goodbye if isinstance(say_goodbye, str) \
+                    else smtp_replies.SHUTTING_DOWN
+                transport.write(text.encode() + b"\r\n")
             transport.close()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:

@@ -27,6 +27,7 @@ CLI_CONTRACT = {"mailer.console"}
 # The engine: only the composition root and the wiring modules may name these.
 ENGINE = {"mailer.daemon", "mailer.db", "mailer.delivery", "mailer.dns",
           "mailer.http_server", "mailer.intake", "mailer.router", "mailer.scheduler",
+          "mailer.screen",
           "mailer.transport", "mailer.workers", "mailer.cli"}
 # Modules of the core that may import the domain, and what.
 COMPOSITION_ROOT = "mailer.daemon"
