@@ -25,9 +25,11 @@ class Decision:
 
 @dataclass(frozen=True)
 class PostFacts:
-    """What was looked up on the network before the transaction (RFC 7489 policy)."""
+    """What was found before the transaction: the poster's DMARC policy (RFC 7489), and
+    why the post could not be read, if it could not."""
 
     dmarc_policy: str | None = None
+    unreadable: str = ""
 
 
 @dataclass(frozen=True)

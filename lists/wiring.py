@@ -19,10 +19,13 @@ from lists.posting import PostHandler
 from lists.requests import ConfirmHandler, OwnerHandler, RequestHandler
 from mailer.addresses import Role
 from mailer.config import Config
-from mailer.inbound import RoleHandler
+from mailer.inbound import Offload, RoleHandler
 from mailer.jobs import Job
 from mailer.outbox import RefusalHook
 from mailer.web import Page, Store
+
+# What the worker processes import before their first call (they read large posts).
+WORKER_MODULES = ("lists.posting",)
 
 
 def site(config: Config, secret: bytes, templates: jinja2.Environment, dns: TxtLookup, *,
@@ -32,10 +35,11 @@ def site(config: Config, secret: bytes, templates: jinja2.Environment, dns: TxtL
                                 dmarc=DmarcLookup(dns))
 
 
-def handlers(site: ListSite) -> dict[Role, RoleHandler]:
-    """The handler of each list role; a role missing here is refused at RCPT."""
+def handlers(site: ListSite, workers: Offload | None = None) -> dict[Role, RoleHandler]:
+    """The handler of each list role; a role missing here is refused at RCPT. Large posts
+    are read in the worker processes first, if there are any."""
     robot = RequestHandler(site)
-    return {Role.POST: PostHandler(site), Role.JOIN: robot, Role.LEAVE: robot,
+    return {Role.POST: PostHandler(site, workers), Role.JOIN: robot, Role.LEAVE: robot,
             Role.REQUEST: robot, Role.CONFIRM: ConfirmHandler(site),
             Role.OWNER: OwnerHandler(site), Role.BOUNCES: BounceHandler(site)}
 

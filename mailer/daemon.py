@@ -145,8 +145,10 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
                                                         list_site.unsubscribe_tokens),
                             config.outbound, poll=poll,
                             on_refused=list_side.on_refused(list_site))
-    workers = Workers(config.router.processes, preload=meeting_side.WORKER_MODULES)
-    router = Router(db, {**list_side.handlers(list_site),
+    workers = Workers(config.router.processes,
+                      preload=list_side.WORKER_MODULES + meeting_side.WORKER_MODULES,
+                      memory=config.router.worker_memory_mb * 1024 * 1024)
+    router = Router(db, {**list_side.handlers(list_site, workers),
                          **meeting_side.handlers(meeting_site, workers)},
                     max_attempts=config.router.max_attempts, on_outgoing=dispatcher.wake,
                     poll=poll)

@@ -31,7 +31,9 @@ from mailer.transport import HopReply, Transport
 log = logging.getLogger(__name__)
 
 BATCH = 500
-CACHE_BYTES = 64 * 1024 * 1024  # messages kept in memory between claim and send
+CACHE_BYTES = 32 * 1024 * 1024  # messages kept in memory between claim and send
+LARGE = 1024 * 1024             # a message this large is sent LARGE_SENDS at a time
+LARGE_SENDS = 4
 class Personaliser:
     """Makes one member's envelope sender and copy from the message stored once."""
 
@@ -188,6 +190,8 @@ class Dispatcher:
         self._senders_done = False
         self._held: set[int] = set()  # leased here, outcome not yet written
         self._tasks: list[asyncio.Task[None]] = []
+        # Each send of a large message holds a copy or two of it: a few at a time.
+        self._large = asyncio.Semaphore(LARGE_SENDS)
 
     def wake(self) -> None:
         """New deliveries may be due: look now rather than at the next poll."""
@@ -268,7 +272,7 @@ class Dispatcher:
         # Keep what the queued jobs need (invitations are one message per recipient),
         # within a memory bound: the oldest messages go first.
         while len(self._messages) > 2 * BATCH or (
-                len(self._messages) > 64 and self._cached_bytes() > CACHE_BYTES):
+                len(self._messages) > 1 and self._cached_bytes() > CACHE_BYTES):
             self._messages.popitem(last=False)
 
     def _cached_bytes(self) -> int:
@@ -289,7 +293,9 @@ class Dispatcher:
                 if job.outgoing_id not in self._messages:
                     await self._load([job])
                 sender, data = self._envelope(job)
-                outcome = await self.transport.send(sender, job.recipient, data)
+                async with self._large if len(data) > LARGE else contextlib.nullcontext():
+                    outcome = await self.transport.send(sender, job.recipient, data)
+                del data
             except Exception as error:  # a fault of ours: retry later, never drop
                 log.exception("delivery %d failed locally", job.id)
                 outcome = HopReply(451, f"local error: {error!r}")

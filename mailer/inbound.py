@@ -101,9 +101,15 @@ class RoleHandler(Protocol):
         ...
 
 
+class WorkerDied(RuntimeError):
+    """The worker process died while doing this, and nothing else was in its hands: the
+    item itself killed it (or took too long, or no worker could be had to try it)."""
+
+
 class Offload(Protocol):
     """Pure CPU work done beside the daemon (its worker processes)."""
 
     def batched(self, fn: Callable[[Sequence[A]], list[T]]) -> Callable[[A], Awaitable[T]]:
-        """An async fn of one item; items asked for together cross in one call of `fn`."""
+        """An async fn of one item; items asked for together cross in one call of `fn`.
+        It raises WorkerDied for an item that killed its worker, and for that one alone."""
         ...

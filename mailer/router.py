@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 
 BATCH = 50        # units leased at once
+BATCH_BYTES = 8 * 1024 * 1024   # ... and their messages' bytes, unless one alone is more
+HEAVY = 1024 * 1024             # a batch this large is the only one in hand
 TRANSIENT_BACKOFF = 60.0   # longest wait between two tries through a transient fault
 TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN,
                               errno.ENOMEM})
@@ -71,16 +73,25 @@ class Claimed:
     id: int
     again: bool
     crashes: int
+    size: int = 0
 
 
 def claim(session: Session, now: float, lease_end: float, limit: int) -> list[Claimed]:
     """Lease due work, oldest first. A unit still `working` after its lease ended was held
     by a process that died (or hung): if that process was handling it alone, it crashed
     it, and the crash is counted."""
-    rows = session.execute(
-        select(Work.id, Work.state, Work.alone, Work.failures, Work.crashes)
+    found = session.execute(
+        select(Work.id, Work.state, Work.alone, Work.failures, Work.crashes, Message.size)
+        .join(Message, Message.id == Work.message_id)
         .where(Work.state.in_(("pending", "working")), Work.due_at <= now)
-        .order_by(Work.id).limit(limit).with_for_update(skip_locked=True)).all()
+        .order_by(Work.id).limit(limit).with_for_update(skip_locked=True, of=Work)).all()
+    rows: list[Any] = []
+    size = 0
+    for row in found:        # a batch of large messages is cut short: memory is bounded
+        if rows and size + row.size > BATCH_BYTES:
+            break
+        rows.append(row)
+        size += row.size
     if not rows:
         return []
     crashed = {row.id for row in rows if row.state == "working" and row.alone}
@@ -91,7 +102,7 @@ def claim(session: Session, now: float, lease_end: float, limit: int) -> list[Cl
                     .values(state="working", attempts=Work.attempts + 1, due_at=lease_end,
                             alone=False))
     return [Claimed(row.id, row.state == "working" or row.failures > 0 or row.crashes > 0,
-                    row.crashes + (row.id in crashed)) for row in rows]
+                    row.crashes + (row.id in crashed), row.size) for row in rows]
 
 
 class Router:
@@ -154,6 +165,10 @@ class Router:
                     await self._alone(again, fresh, lease_end)
                 elif fresh:
                     last = self._take(self._prepare_and_write(fresh, lease_end, last))
+                    if sum(unit.size for unit in leased) > HEAVY:
+                        # Large messages are read and written one batch at a time, so
+                        # that memory holds one batch of them, not DEPTH.
+                        await asyncio.gather(last, return_exceptions=True)
                 elif not leased:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll)

@@ -24,6 +24,7 @@ import importlib
 import logging
 import multiprocessing
 import os
+import resource
 import sys
 import threading
 import time
@@ -31,6 +32,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Generic, TypeVar
+
+from mailer.inbound import WorkerDied
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +46,14 @@ STOP_WAIT = 5.0      # seconds a worker has to finish when the daemon stops
 CALL_LIMIT = 30.0    # seconds a call may take, its wait in the queue included
 
 
-class WorkerDied(RuntimeError):
-    """The worker process died while doing this, and nothing else was in its hands."""
-
-
 def _warm(modules: tuple[str, ...], daemon: int | None = None,
-          level: int = logging.WARNING) -> None:
-    """In each new worker: log as the daemon does, import what the work needs before the
-    first call waits for it, and watch the daemon, so as to end with it even if killed."""
+          level: int = logging.WARNING, memory: int = 0) -> None:
+    """In each new worker: cap its memory (`memory` bytes of address space, 0: none), log
+    as the daemon does, import what the work needs before the first call waits for it,
+    and watch the daemon, so as to end with it even if killed."""
+    if memory > 0:
+        # A runaway parse meets MemoryError, or the worker dies: never the daemon.
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s worker {os.getpid()} "
                                "%(name)s: %(message)s")
@@ -75,9 +78,10 @@ class Workers:
     suspects are tried, a second pool of one process for them alone."""
 
     def __init__(self, processes: int, preload: tuple[str, ...] = (),
-                 call_limit: float = CALL_LIMIT) -> None:
+                 call_limit: float = CALL_LIMIT, memory: int = 0) -> None:
         self.processes = processes
         self.preload = preload
+        self.memory = memory
         self.call_limit = call_limit
         self._pools: dict[bool, ProcessPoolExecutor] = {}   # alone or not: its pool
         self._warmed: dict[bool, Future[None]] = {}          # its first call: did it start?
@@ -102,7 +106,8 @@ class Workers:
             pool = ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_warm,
                                        initargs=(self.preload, os.getpid(),
-                                                 logging.getLogger().getEffectiveLevel()))
+                                                 logging.getLogger().getEffectiveLevel(),
+                                                 self.memory))
             self._warmed[alone] = pool.submit(_warm, ())
             for _ in range(size - 1):
                 pool.submit(_warm, ())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -12,13 +13,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from lists import service
+from lists.models import Held
 from lists.posting import PostHandler
 from mailer import router as router_module
 from mailer.addresses import Role, Route
 from mailer.db import Database
-from mailer.inbound import HandlerOptions, Inbound, RoleHandler
+from mailer.inbound import HandlerOptions, Inbound, RoleHandler, WorkerDied
 from mailer.intake import Arrival, _store
-from mailer.models import Delivery, Work
+from mailer.models import Delivery, Outgoing, Work
 from mailer.router import Router
 from tests.helpers import (
     DOMAIN,
@@ -484,4 +486,67 @@ async def test_a_full_disk_after_the_250_is_waited_out_not_quarantined(
         await router.stop()
     assert db.query(lambda s: s.scalar(select(Work.failures))) == 0
     assert db.query(lambda s: s.scalar(select(func.count()).select_from(Delivery))) == 1
+    db.close()
+
+
+class Dying:
+    """Worker processes that every large post kills (a test double of mailer.inbound's
+    Offload, handed to the handler as the daemon hands it the real pool)."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+
+    def batched(self, fn: Any) -> Any:
+        async def call(item: bytes) -> str:
+            self.items.append(item)
+            raise WorkerDied("alone in a worker process: a worker process died")
+        return call
+
+
+async def test_a_post_that_kills_its_reader_is_held_for_a_person(sqlite_url: str) -> None:
+    """Issue 10: a large post is read in a worker first; one that kills it is never read
+    whole in the daemon, but held with the reason. A small post never goes there."""
+    db = Database(sqlite_url)
+    db.upgrade()
+    db.transaction(lambda s: service.add_members(
+        s, service.create(s, "steering", posting="anyone"), ["ana@party.test"]))
+    body = "".join(f"line {n} " + "x" * 900 + "\n" for n in range(300))
+    db.transaction(_store, [Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
+                                    (f"steering@{DOMAIN}",), mail("a@example.com", "x", subject=s,
+                                                                  body=b))
+                            for s, b in (("Killer", body), ("Small", "Hello."))],
+                   DOMAIN, DOMAIN)
+    workers = Dying()
+    router = Router(db, {Role.POST: PostHandler(list_site(), workers)}, max_attempts=1,
+                    on_outgoing=lambda: None, poll=0.02)
+    router.start()
+    try:
+        assert [state for state, _ in await settle(db)] == ["done", "done"]
+    finally:
+        await router.stop()
+    held = db.query(lambda s: s.scalars(select(Held)).one())
+    assert held.subject == "Killer"
+    assert held.reason.startswith("the message could not be read safely: reading it ended "
+                                  "a worker process")
+    assert len(workers.items) == 1, "the small post was read in the daemon's thread"
+    sent = db.query(lambda s: sorted(s.scalars(select(Outgoing.kind))))
+    assert sent == ["list", "reply"], "the small post's copy; the poster told of the hold"
+    db.close()
+
+
+def test_a_lease_of_large_messages_is_cut_short(sqlite_url: str) -> None:
+    """Fifty 5 MB posts are never loaded at once: a lease holds at most BATCH_BYTES of
+    messages, or one message alone (issue 10: the daemon's memory stays bounded)."""
+    db = Database(sqlite_url)
+    db.upgrade()
+    big = "".join("x" * 998 + "\n" for _ in range(5000))               # ~5 MB each
+    db.transaction(_store, [Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
+                                    (f"steering@{DOMAIN}",), mail("a@example.com", "x",
+                                                                  body=big))
+                            for _ in range(3)] + [
+        Arrival("smtp", "127.0.0.1", "client.test", "a@example.com", (f"steering@{DOMAIN}",),
+                mail("a@example.com", "x"))], DOMAIN, DOMAIN)
+    now = time.time()
+    leases = [db.transaction(router_module.claim, now, now + 60, 50) for _ in range(3)]
+    assert [len(lease) for lease in leases] == [1, 1, 2], "the last one takes the small one"
     db.close()
