@@ -280,10 +280,19 @@ def parse(data: bytes, method: str = "", date_: float | None = None) -> ItipMess
         raise ItipError("a calendar without a VEVENT")
     if len(events) > MAX_EVENTS:
         raise ItipError(f"a calendar with more than {MAX_EVENTS} events")
+    own = _text(calendar.get("METHOD"), 20).upper()
+    if own in ANSWERS and len({_text(e.get("UID"), 255) for e in events}) > 1:
+        raise ItipError("an answer about more than one UID (RFC 5546 §1.4: one per object)")
+    if not own and method:
+        raise ItipError(f"a calendar without METHOD in a part of method={method.upper()} "
+                        "(RFC 5546 §1.4, RFC 6047 §2.4)")
+    if own and method and method.upper() != own:
+        raise ItipError(f"METHOD:{own} in a part of method={method.upper()} "
+                        "(RFC 6047 §2.4: they must match)")
     event = next((e for e in events if e.get("RECURRENCE-ID") is None), events[0])
     _log_errors(calendar)
     return ItipMessage(
-        method=(_text(calendar.get("METHOD"), 20) or method).upper(),
+        method=own,
         uid=_text(event.get("UID"), 255),
         sequence=_sequence(event),
         stamp=_stamp(event, date_),

@@ -15,6 +15,7 @@ import base64
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import default as default_policy
@@ -917,3 +918,44 @@ def test_compat32_reads_every_client_message_as_the_modern_policy_does() -> None
     for path in files:
         light, full = both_ways(crlf(path.read_bytes()))
         assert light == full, path.name
+
+
+# -- what is not an answer, whatever it looks like (issue 10; reliability.md C06, C07, C18)
+
+def mutated(world: World, change: Callable[[bytes], bytes]) -> bytes:
+    """Thunderbird's TENTATIVE reply as one text/calendar part, changed as an attacker or
+    a broken client would."""
+    raw = fixture("thunderbird-reply-tentative.eml", world)
+    start = raw.index(b"BEGIN:VCALENDAR")
+    calendar = raw[start:raw.index(b"END:VCALENDAR\r\n", start) + 15]
+    head = raw[:raw.index(b"\r\n\r\n")].split(b"\r\n")
+    kept = [line for line in head if line.lower().startswith((b"from:", b"to:", b"date:",
+                                                               b"subject:", b"message-id:"))]
+    return change(b"\r\n".join([*kept, b"MIME-Version: 1.0",
+                                 b"Content-Type: text/calendar; method=REPLY; charset=UTF-8",
+                                 b"", calendar]))
+
+
+def second_event(raw: bytes) -> bytes:
+    return raw.replace(b"END:VCALENDAR", b"BEGIN:VEVENT\r\nUID:another@elsewhere.test\r\n"
+                       b"DTSTAMP:20270302T083000Z\r\nATTENDEE;PARTSTAT=DECLINED:mailto:"
+                       b"ana@party.test\r\nEND:VEVENT\r\nEND:VCALENDAR", 1)
+
+
+def test_the_single_part_reply_these_tests_change_is_applied_as_it_is(
+        db: Database, world: World) -> None:
+    outcome = deliver(db, world, "ana@party.test", mutated(world, lambda raw: raw))
+    assert outcome == RsvpOutcome("applied", "TENTATIVE")
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    (second_event, "an answer about more than one UID"),
+    (lambda raw: raw.replace(b"METHOD:REPLY\r\n", b"", 1), "a calendar without METHOD"),
+    (lambda raw: raw.replace(b"method=REPLY", b"method=REQUEST", 1),
+     "METHOD:REPLY in a part of method=REQUEST"),
+], ids=["C18-two-uids", "C06-no-method", "C07-methods-differ"])
+def test_a_reply_that_is_not_one_itip_answer_changes_nothing(
+        db: Database, world: World, change: Callable[[bytes], bytes], why: str) -> None:
+    outcome = deliver(db, world, "ana@party.test", mutated(world, change))
+    assert outcome.action == "forward" and why in outcome.reason, outcome
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
