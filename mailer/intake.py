@@ -363,7 +363,7 @@ class Listener(SMTP):
         return None
 
     async def push(self, status: AnyStr) -> None:
-        """Our reply texts where aiosmtpd has its own; count refusals; a delivered message
+        """Our reply texts where aiosmtpd has its own; count 5xx refusals; a delivered message
         restarts the session's deadline and forgives earlier refusals."""
         if isinstance(status, bytes):
             await super().push(status)
@@ -373,8 +373,8 @@ class Listener(SMTP):
         if status.startswith(smtp_replies.OK):
             self.errors = 0
             self._restart_deadline()
-        elif status[:1] in ("4", "5") and not status.startswith("421"):
-            self.errors += 1
+        elif status[:1] == "5":
+            self.errors += 1        # the client's mistakes; never our own 4xx troubles
         await super().push(status)
         if self.errors >= self.limits.max_errors:
             log.warning("session from %s closed after %d errors", self.client, self.errors)
