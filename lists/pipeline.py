@@ -9,6 +9,7 @@ list costs one statement, not 10,000 objects.
 from __future__ import annotations
 
 from collections.abc import Callable
+from email.utils import make_msgid
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -96,8 +97,16 @@ def with_list_fields(site: ListSite, mailing_list: MailingList, data: bytes) -> 
     return rawmail.rewrite(data, LIST_FIELDS, fields)
 
 
+def message_id(post: Post, data: bytes) -> bytes:
+    """A post without a Message-ID gets one (RFC 5322 §3.6.4 says SHOULD; Gmail refuses
+    mail without); one it has is kept, so that replies thread."""
+    if post.message.get("message-id") is not None:
+        return data
+    return rawmail.rewrite(data, set(), [("Message-ID", make_msgid(domain=post.site.domain))])
+
+
 PIPELINE: tuple[Callable[[Post, bytes], bytes], ...] = (
-    subject_prefix, reply_to, dmarc_step, add_footer, list_headers)
+    message_id, subject_prefix, reply_to, dmarc_step, add_footer, list_headers)
 
 
 def fan_out(session: Session, post: Post, data: bytes) -> int:

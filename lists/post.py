@@ -58,8 +58,12 @@ class Post:
 
 
 def senders_of(message: EmailMessage, mail_from: str) -> tuple[str, ...]:
-    """The From: addresses and the envelope sender, normalised, the valid ones only."""
-    found = [address for _, address in named_addresses(message)]
+    """The From: addresses and the envelope sender, normalised, the valid ones only. A
+    From field that parsers read differently (CVE-2023-27043) names nobody."""
+    ambiguous = any(str(defect).startswith("invalid address")
+                    for field in message.get_all("from", [])
+                    for defect in getattr(field, "defects", ()))
+    found = [] if ambiguous else [address for _, address in named_addresses(message)]
     found.append(mail_from)
     valid = []
     for address in found:

@@ -42,6 +42,22 @@ def sender_rule(session: Session, post: Post) -> Decision | None:
     if len(fields) != 1 or len([address for _, address in mailboxes if address]) != 1:
         return Decision("hold", f"{len(fields)} From fields, not one with one mailbox",
                         "malformed_sender")
+    problem = _unplain_sender(fields[0], mailboxes[0][1], post.raw)
+    if problem is not None:
+        return Decision("hold", f"the From field is {problem}", "malformed_sender")
+    return None
+
+
+def _unplain_sender(field: object, address: str, raw: bytes) -> str | None:
+    """Why a From field's one mailbox cannot be trusted as read, or None: parsers that
+    disagree about it (CVE-2023-27043: `member@x <other@y>`) or an address made of
+    encoded words, which no mail client writes (reliability.md M04, M05)."""
+    defects = getattr(field, "defects", ())
+    if any(str(defect).startswith("invalid address") for defect in defects):
+        return "ambiguous: parsers read different addresses in it"
+    header = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].lower()
+    if address.lower().encode("utf-8", "replace") not in header:
+        return "not written plainly: its address is encoded"
     return None
 
 

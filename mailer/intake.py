@@ -392,13 +392,15 @@ class Listener(SMTP):
 
     def hang_up(self, say_goodbye: bool | str = True) -> None:
         """Close the session, first with a 421 (SHUTTING_DOWN, or the text given)."""
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            if say_goodbye:
-                text = say_goodbye if isinstance(say_goodbye, str) \
-                    else smtp_replies.SHUTTING_DOWN
-                transport.write(text.encode() + b"\r\n")
-            transport.close()
+        # Duck-typed: uvloop's transports (what `alliance serve` runs on) are not
+        # asyncio.WriteTransport instances, and must be closed all the same.
+        transport: Any = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if say_goodbye:
+            text = say_goodbye if isinstance(say_goodbye, str) else smtp_replies.SHUTTING_DOWN
+            transport.write(text.encode() + b"\r\n")
+        transport.close()
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA as aiosmtpd reads it (RFC 5321 §4.1.1.4, §4.5.2), into one buffer rather

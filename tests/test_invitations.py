@@ -6,6 +6,7 @@ parsed twice: by `icalendar` and by ical.js, Thunderbird's own parser.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -480,10 +481,14 @@ async def test_a_coordinating_party_with_an_accented_name_and_a_broken_meeting(
     Database(config.database.url, config.base_dir).transaction(unknown_zone)
     async with running(config) as daemon:
         await sink.wait_for(2)
-        await wait_quiet(sink, len(sink.received))
+        await asyncio.sleep(0.5)    # time for the broken meeting to send, were it to
         rows = daemon.db.query(lambda s: [(i.meeting_id, i.sent_sequence) for i in
                                           s.scalars(select(Invitation))])
+    # The coordinators may also get the charter's cadence warning (from October on).
+    assert [d for d in sink.received if d.rcpt not in (ANA, JORG)
+            and "cadence" not in str(d.message["Subject"]).lower()] == []
     delivered = by_rcpt([d for d in sink.received if d.rcpt in (ANA, JORG)])
+    assert len(delivered) == len([d for d in sink.received if d.rcpt in (ANA, JORG)])
     assert set(delivered) == {ANA, JORG}
     for delivery in delivered.values():
         check_invitation(delivery, method="REQUEST", organizer_cn=prd)

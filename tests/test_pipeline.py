@@ -59,6 +59,17 @@ def test_the_subject_prefix_is_added_once(db: Database) -> None:
     assert stepped(db, subject_prefix, plain, subject_prefix="") == plain
 
 
+def test_a_post_without_a_message_id_gets_one_and_one_with_keeps_its_own(
+        db: Database) -> None:
+    """Reliability M02: Gmail refuses mail without a Message-ID."""
+    raw = mail(ANA, LIST)
+    assert stepped(db, pipeline.message_id, raw) == raw
+    bare = b"".join(line for line in raw.splitlines(keepends=True)
+                    if not line.lower().startswith(b"message-id:"))
+    copy = read(stepped(db, pipeline.message_id, bare))
+    assert str(copy["Message-ID"]).endswith(f"@{DOMAIN}>")
+
+
 def test_reply_to_names_the_list_only_when_the_list_asks(db: Database) -> None:
     raw = mail(ANA, LIST)
     copy = read(stepped(db, pipeline.reply_to, raw, reply_to="list"))
@@ -116,7 +127,8 @@ def test_list_headers_offer_one_click_unsubscribe_when_pages_are_published(
 
 def test_the_steps_run_in_the_documented_order() -> None:
     assert [step.__name__ for step in PIPELINE] == \
-        ["subject_prefix", "reply_to", "dmarc_step", "add_footer", "list_headers"]
+        ["message_id", "subject_prefix", "reply_to", "dmarc_step", "add_footer",
+         "list_headers"]
 
 
 def test_distribute_stores_the_copy_once_for_each_regular_member(db: Database) -> None:
