@@ -60,9 +60,12 @@ class Post:
 def senders_of(message: EmailMessage, mail_from: str) -> tuple[str, ...]:
     """The From: addresses and the envelope sender, normalised, the valid ones only. A
     From field that parsers read differently (CVE-2023-27043) names nobody."""
-    ambiguous = any(str(defect).startswith("invalid address")
-                    for field in message.get_all("from", [])
-                    for defect in getattr(field, "defects", ()))
+    try:
+        ambiguous = any(str(defect).startswith("invalid address")
+                        for field in message.get_all("from", [])
+                        for defect in getattr(field, "defects", ()))
+    except (ValueError, IndexError, TypeError):     # unreadable: the sender rule holds it
+        ambiguous = True
     found = [] if ambiguous else [address for _, address in named_addresses(message)]
     found.append(mail_from)
     valid = []

@@ -37,8 +37,12 @@ def hop_rule(session: Session, post: Post) -> Decision | None:
 def sender_rule(session: Session, post: Post) -> Decision | None:
     """A post has one From field naming one mailbox (RFC 5322 §3.6): one with none, or
     several, cannot be told apart from a forgery, so a person looks at it."""
-    fields = post.message.get_all("from", [])
-    mailboxes = getaddresses([str(field) for field in fields])
+    try:
+        fields = post.message.get_all("from", [])
+        mailboxes = getaddresses([str(field) for field in fields])
+    except (ValueError, IndexError, TypeError) as error:    # CPython's parser trips
+        return Decision("hold", f"the From field cannot be read ({type(error).__name__})",
+                        "malformed_sender")
     if len(fields) != 1 or len([address for _, address in mailboxes if address]) != 1:
         return Decision("hold", f"{len(fields)} From fields, not one with one mailbox",
                         "malformed_sender")

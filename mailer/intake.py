@@ -473,7 +473,10 @@ class Listener(SMTP):
         if plain is not None and not (self.local_part_limit and
                                       len(plain[0].rpartition("@")[0]) > self.local_part_limit):
             return plain
-        address, params = super()._getaddr(arg)
+        try:
+            address, params = super()._getaddr(arg)
+        except (IndexError, ValueError):    # CPython's parser trips on some paths (`"`)
+            return None, None
         if address == "<>" and raw == "":
             return address, params  # the null sender of bounces (RFC 5321 §4.5.5)
         if address and address != raw:

@@ -47,8 +47,6 @@ CALENDAR_TYPES = ("text/calendar", "application/ics")
 _TOKEN = re.compile(r"[A-Z][A-Z0-9-]{0,15}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _METHOD = re.compile(rb"^METHOD:([A-Za-z-]+)\r?$", re.MULTILINE | re.IGNORECASE)
-_VTIMEZONE = re.compile(rb"^BEGIN:VTIMEZONE\r?\n.*?^END:VTIMEZONE\r?\n",
-                        re.MULTILINE | re.DOTALL | re.IGNORECASE)
 _FOLD = re.compile(rb"\r?\n[ \t]")
 _NAME = re.compile(rb"([A-Za-z0-9-]{1,64})[;:]")
 READ_FROM_REPLY = frozenset({b"BEGIN", b"END", b"METHOD", b"UID", b"SEQUENCE", b"DTSTAMP",
@@ -321,10 +319,28 @@ def essentials(data: bytes) -> bytes:
     method = _METHOD.search(data)
     if method is None or method.group(1).upper() not in (b"REPLY", b"REFRESH"):
         return data
-    lines = _FOLD.sub(b"", _VTIMEZONE.sub(b"", data)).splitlines()
+    lines = _without_time_zones(_FOLD.sub(b"", data).splitlines())
     kept = [line for line in lines
             if (name := _NAME.match(line)) and name.group(1).upper() in READ_FROM_REPLY]
     return b"\r\n".join(kept) + b"\r\n"
+
+
+def _without_time_zones(lines: list[bytes]) -> list[bytes]:
+    """The lines outside VTIMEZONE blocks, in one pass; a block never closed runs to the
+    end (the calendar is then unusable, and goes to a person).
+
+    >>> _without_time_zones([b"A", b"BEGIN:VTIMEZONE", b"X", b"END:VTIMEZONE", b"B"])
+    [b'A', b'B']
+    """
+    kept: list[bytes] = []
+    in_zone = False
+    for line in lines:
+        upper = line.strip().upper()
+        if in_zone or upper == b"BEGIN:VTIMEZONE":
+            in_zone = upper != b"END:VTIMEZONE"
+            continue
+        kept.append(line)
+    return kept
 
 
 def _calendar(data: bytes) -> Calendar:

@@ -17,8 +17,8 @@
 
 CI runs a small, derandomised number of examples. `python tools/fuzz.py` runs the same
 properties with FUZZ_EXAMPLES spread over the targets (see SHARES), and reads the counts
-each test writes to FUZZ_REPORT. Bugs the fuzzing found are recorded at the end of this
-module as ordinary tests marked xfail(strict=True), one per bug, until they are fixed.
+each test writes to FUZZ_REPORT. The bugs the fuzzing found are fixed; their inputs stay
+at the end of this module as ordinary regression tests.
 """
 
 from __future__ import annotations
@@ -81,7 +81,6 @@ RSS_LIMIT_KB = 1_500_000                    # the test process's peak resident m
 TALLY: collections.Counter[str] = collections.Counter()
 SLOWEST: dict[str, float] = collections.defaultdict(float)
 UNREADABLE: collections.Counter[str] = collections.Counter()   # rsvp.read's catch-all
-KNOWN: collections.Counter[str] = collections.Counter()   # inputs that hit a recorded bug
 
 
 def fuzzed(target: str, ci_examples: int) -> Callable[[Any], Any]:
@@ -96,17 +95,14 @@ def fuzzed(target: str, ci_examples: int) -> Callable[[Any], Any]:
 
 @contextlib.contextmanager
 def timed(target: str, raw: bytes = b"") -> Iterator[None]:
-    """Count one input of `target` and fail it if it took longer than HANG (unless it is
-    the shape of a hang recorded below). The processor time of this process is what
-    counts: the machine's other load must not make an input look hung."""
+    """Count one input of `target` and fail it if it took longer than HANG. The processor
+    time of this process is what counts: the machine's other load must not make an input
+    look hung."""
     started, cpu = time.monotonic(), time.process_time()
     yield
     spent, cpu_spent = time.monotonic() - started, time.process_time() - cpu
     TALLY[target] += 1
     SLOWEST[target] = max(SLOWEST[target], spent)
-    if cpu_spent >= HANG and unclosed_time_zones(raw):
-        KNOWN["rsvp: quadratic VTIMEZONE removal"] += 1
-        return
     assert cpu_spent < HANG, f"{target}: one input took {cpu_spent:.1f} s of processor time"
 
 
@@ -123,7 +119,7 @@ def report(request: pytest.FixtureRequest) -> Iterator[None]:
                 "inputs": {k: v - before.get(k, 0) for k, v in TALLY.items()
                            if v != before.get(k, 0)},
                 "slowest": {k: round(v, 3) for k, v in SLOWEST.items()},
-                "unreadable": dict(UNREADABLE), "known_bugs": dict(KNOWN), "maxrss_kb": peak}
+                "unreadable": dict(UNREADABLE), "maxrss_kb": peak}
         with open(path, "a") as out:
             out.write(json.dumps(line) + "\n")
     assert peak < RSS_LIMIT_KB, f"peak RSS {peak} kB"
@@ -391,12 +387,9 @@ class Conversation:
         await self.writer.drain()
 
     async def answer(self, line: bytes) -> bytes:
-        """The reply to `line`: an intake fault (451 4.3.0) is a bug, unless it is one
-        already recorded below."""
+        """The reply to `line`: an intake fault (451 4.3.0) is a bug."""
         reply = await self.reply()
-        if reply.startswith(smtp_replies.TEMPORARY_FAILURE.encode()):
-            assert known_address_fault(line), (line, reply)
-            KNOWN["smtp: 451 for an address the parser fails on"] += 1
+        assert not reply.startswith(smtp_replies.TEMPORARY_FAILURE.encode()), (line, reply)
         return reply
 
 
@@ -576,18 +569,6 @@ def handle_post(session: Session, raw: bytes, mail_from: str, facts: PostFacts,
         assert injected(sent) <= injected(raw), sent[:2000]
 
 
-@contextlib.contextmanager
-def known(faults: dict[str, Callable[[BaseException], bool]]) -> Iterator[None]:
-    """Let through (and count) an exception of a bug recorded at the end of this module."""
-    try:
-        yield
-    except Exception as error:
-        name = next((name for name, matches in faults.items() if matches(error)), None)
-        if name is None:
-            raise
-        KNOWN[name] += 1
-
-
 @fuzzed("post", 150)
 @given(raw=posts, mail_from=st.sampled_from(["ana@party.test", "", "stranger@x.test",
                                              "fuzz@" + DOMAIN, "MAILER-DAEMON@x.test"]),
@@ -602,7 +583,7 @@ def test_a_post_that_passes_the_screen_goes_through_the_list_side(
              b"Mon, 1 Mar 2027 10:00:00 +0000\r\n" + raw     # as intake stores it
     if screen.check(raw, screen.Limits()) is not None:
         return
-    with timed("post"), rolled_back(fuzz_list) as session, known(KNOWN_POST_FAULTS):
+    with timed("post"), rolled_back(fuzz_list) as session:
         handle_post(session, stored, mail_from, PostFacts(dmarc_policy=policy), options)
 
 
@@ -819,15 +800,7 @@ def test_the_client_replies_to_mutate_are_there() -> None:
     assert len(FIXTURES) >= 8 and len(FIXTURE_CALENDARS) >= 5, Path(REPLIES)
 
 
-def known_address_fault(line: bytes) -> bool:
-    """Bug: MAIL FROM or RCPT TO whose path CPython's address parser fails on with an
-    IndexError (`MAIL FROM:"`): Listener._getaddr lets it reach aiosmtpd's
-    handle_exception, which answers 451 4.3.0 (try again later) to a malformed address
-    that deserves a 501/553, and logs an intake fault with a traceback."""
-    return line.split(b":", 1)[0].strip().upper() in (b"MAIL FROM", b"RCPT TO")
 
-
-@pytest.mark.xfail(strict=True, reason="an address the parser fails on gets 451, not 5xx")
 async def test_an_address_the_parser_fails_on_gets_a_permanent_refusal(
         tmp_path: Path) -> None:
     config = make_config(tmp_path, f"sqlite:///{tmp_path}/alliance.sqlite3")
@@ -841,28 +814,13 @@ async def test_an_address_the_parser_fails_on_gets_a_permanent_refusal(
         await talk.close()
 
 
-def unparsable_from(error: BaseException) -> bool:
-    """Bug: lists/rules.py sender_rule reads From through the modern policy
-    (`post.message.get_all("from")`) without the guard `named_addresses` has: a From whose
-    encoded-word name decodes to CR or LF (ValueError), or one the parser trips over
-    (IndexError, as for `"\\"x" <a@b>, c@d` beside a From cut inside its angle address),
-    makes the post handler raise instead of holding the post."""
-    frames = []
-    trace = error.__traceback__
-    while trace is not None:
-        frames.append(trace.tb_frame.f_code.co_name)
-        trace = trace.tb_next
-    return isinstance(error, ValueError | IndexError) and "sender_rule" in frames
 
-
-KNOWN_POST_FAULTS = {"post: sender_rule raises on an unparsable From": unparsable_from}
 HOSTILE_FROM = (b"From: =?utf-8?q?Ana=0D=0AX-Injected=3A_yes?= <ana@party.test>\r\n"
                 b"To: fuzz@lists.example.org\r\nSubject: hi\r\n\r\nHello\r\n")
 TRIPPING_FROM = (b'From: "\\"x" <m1@members.test>, other@party.test\r\n'
                  b"From: =?utf-8?b?QW5h?= <m1@")
 
 
-@pytest.mark.xfail(strict=True, reason="sender_rule raises on a From the parser fails on")
 @pytest.mark.parametrize("raw", [HOSTILE_FROM, TRIPPING_FROM], ids=["crlf", "trips"])
 def test_a_post_whose_from_cannot_be_parsed_is_held(fuzz_list: Database, raw: bytes) -> None:
     with rolled_back(fuzz_list) as session:
@@ -874,15 +832,7 @@ def test_a_post_whose_from_cannot_be_parsed_is_held(fuzz_list: Database, raw: by
     assert decision.action == "hold"
 
 
-def unclosed_time_zones(raw: bytes) -> bool:
-    """Bug: meetings/itip.py `essentials` removes VTIMEZONE blocks from a REPLY with the
-    regex `^BEGIN:VTIMEZONE\\r?\\n.*?^END:VTIMEZONE`, which rescans the rest of the
-    calendar from every BEGIN:VTIMEZONE that has no END: quadratic, 19 s for a 256 KB
-    calendar (MAX_CALENDAR_BYTES) of BEGIN:VTIMEZONE lines, in `rsvp.read`."""
-    return raw.upper().count(b"BEGIN:VTIMEZONE") > 500
 
-
-@pytest.mark.xfail(strict=True, reason="essentials() is quadratic in unclosed VTIMEZONEs")
 def test_a_reply_full_of_unclosed_time_zones_is_read_quickly() -> None:
     calendar = b"BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\n" + b"BEGIN:VTIMEZONE\r\n" * 6000
     raw = wrap(calendar, "inline", "utf-8", "REPLY", "ana@party.test")   # 100 kB

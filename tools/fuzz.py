@@ -47,20 +47,18 @@ def main(argv: list[str]) -> int:
 def summarise(report: Path, wall: float, code: int) -> None:
     inputs: collections.Counter[str] = collections.Counter()
     slowest: dict[str, float] = {}
-    known: dict[str, int] = {}
     unreadable: dict[str, int] = {}
     for line in report.read_text().splitlines():
         entry = json.loads(line)
         inputs.update(entry["inputs"])
         slowest.update(entry["slowest"])
-        known, unreadable = entry["known_bugs"], entry["unreadable"]
+        unreadable = entry["unreadable"]
         print(f"  {entry['test']}: {entry['seconds']} s")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("\nfuzzing summary")
     for target, count in sorted(inputs.items()):
         print(f"  {target:16} {count:8d} inputs, slowest {slowest.get(target, 0):.3f} s")
     print(f"  {'total':16} {sum(inputs.values()):8d} inputs")
-    print(f"  inputs that hit a recorded bug: {known or 'none'}")
     print(f"  rsvp.read catch-all (logged, no crash): {unreadable or 'none'}")
     print(f"  pytest exit code {code} ({'no failures' if code == 0 else 'FAILURES above'})")
     print(f"  wall time {wall:.0f} s, peak RSS {peak_mb:.0f} MB")
