@@ -20,7 +20,8 @@ from harness.poster import Session, SmtpError, make_post
 
 POST_LIMIT = 20.0       # seconds one try (connect to the reply after DATA) may take
 RETRY_PAUSE = 0.05      # seconds before a message is sent again
-MAX_TRIES = 100_000     # tries of all the clients together, a bound on every loop
+MAX_TRIES = 10_000_000  # tries of all the clients together, a bound on every loop (a
+                        # thousand kills make some 150,000 tries at a dead port)
 
 
 @dataclass

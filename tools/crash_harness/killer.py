@@ -21,7 +21,7 @@ class Kill:
     working: int         # work units leased (state `working`) at the kill
     sink_mark: int       # deliveries at the sink when it landed
     pending: int         # work and deliveries not settled at the kill
-    alone: tuple[int, ...] = ()   # work handled alone at the kill: charged with a crash
+    alone: tuple[tuple[int, int], ...] = ()   # (id, attempts) of work handled alone
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,11 @@ class Moments:
     from_ready: bool = False
 
 
-def in_flight(rig: Rig) -> tuple[int, int, int, tuple[int, ...]]:
+def in_flight(rig: Rig) -> tuple[int, int, int, tuple[tuple[int, int], ...]]:
     """(deliveries `sending`, work `working`, unsettled, work handled alone) in the
     database, read-only."""
-    alone = tuple(int(work_id) for (work_id,) in rig.rows(
-        "SELECT id FROM work WHERE state = 'working' AND alone ORDER BY id"))
+    alone = tuple((int(work_id), int(attempts)) for work_id, attempts in rig.rows(
+        "SELECT id, attempts FROM work WHERE state = 'working' AND alone ORDER BY id"))
     row = rig.rows("SELECT (SELECT count(*) FROM deliveries WHERE state = 'sending'), "
                    "(SELECT count(*) FROM work WHERE state = 'working'), "
                    "(SELECT count(*) FROM work WHERE state IN ('pending', 'working')) + "

@@ -233,6 +233,7 @@ def settle(rig: Rig, audiences: list[tuple[Posting, list[str]]], kills: list[Kil
         result["refused"] = result.get("refused", 0) + len(posting.refused)
         result["unacknowledged"] = result.get("unacknowledged", 0) + len(
             posting.unacknowledged())
+        result["tries"] = result.get("tries", 0) + posting.tries
     exit_code = rig.stop()
     result["errors_in_log"] = len(rig.log_lines(" ERROR ", " CRITICAL "))
     result["failures_not_recorded"] = len(rig.log_lines("could not record the failure"))
@@ -243,9 +244,9 @@ def settle(rig: Rig, audiences: list[tuple[Posting, list[str]]], kills: list[Kil
 def explain(rig: Rig, row: dict[str, Any], kills: list[Kill]) -> dict[str, Any]:
     """A quarantined unit with the kills that found it handled alone, and its log lines."""
     work_id = row["id"]
-    return {**row, "alone_at_kills": [
+    return {**row, "charged_at_kills": [
         {"kill": k.number, "after_start_s": k.after, "serving": k.serving,
-         "work_in_flight": k.working} for k in kills if work_id in k.alone],
+         "work_in_flight": k.working} for k in charged(work_id, kills)],
         "log": [line[:300] for line in rig.log_lines(f"work {work_id} ",
                                                      f"work {work_id}\n")][:10]}
 
@@ -261,6 +262,18 @@ def notes(result: dict[str, Any]) -> list[str]:
         said.append(f"the queue took {result['drain_s']} s to empty after the last start "
                     "(or after the disk was freed)")
     return said
+
+
+def charged(work_id: int, kills: list[Kill]) -> list[Kill]:
+    """The kills that found the unit handled alone after this start leased it again (its
+    attempts went up): those the router counts as its crashes."""
+    found, seen = [], 0
+    for kill in kills:
+        attempts = dict(kill.alone).get(work_id, 0)
+        if attempts > seen:
+            found.append(kill)
+        seen = max(seen, attempts)
+    return found
 
 
 def kill_figures(kills: list[Kill]) -> dict[str, Any]:
