@@ -160,7 +160,10 @@ class Router:
                     continue
                 leased, lease_end = await self._lease()
                 fresh = [unit.id for unit in leased if not unit.again]
-                again = [unit.id for unit in leased if unit.again]
+                # Suspects charged with a crash before go last: right after a restart the
+                # process is cold, and a kill then must not fall on the same unit each time.
+                again = [unit.id for unit in sorted(leased, key=lambda u: (u.crashes, u.id))
+                         if unit.again]
                 if again:
                     await self._alone(again, fresh, lease_end)
                 elif fresh:
@@ -203,6 +206,8 @@ class Router:
             if unit.crashes >= self.max_attempts:
                 # The process died while handling it alone, again and again (even
                 # while parsing it). Stop before it does so once more.
+                log.error("work %d quarantined: the process died %d times while handling "
+                          "it alone", unit.id, unit.crashes)
                 try:
                     await self.db.write(_interrupted, unit.id, lease_end)
                 except Exception:
@@ -345,22 +350,31 @@ class Router:
     async def _fail(self, work_id: int, lease_end: float, error: Exception) -> None:
         if not self._release(work_id, lease_end):
             return
-        try:
-            await self.db.write(_failed, work_id, lease_end,
-                                f"{type(error).__name__}: {error}", transient(error),
-                                self.max_attempts)
-        except Exception:
-            log.exception("could not record the failure of work %d", work_id)
+        await self._persist(f"the failure of work {work_id}", _failed, work_id, lease_end,
+                            f"{type(error).__name__}: {error}", transient(error),
+                            self.max_attempts)
 
     async def _unclaim_all(self, ids: list[int], lease_end: float) -> None:
         leases = [(work_id, lease_end) for work_id in ids if self._release(work_id, lease_end)]
-        if not leases:
-            return
-        try:
-            await self.db.write(_unclaim, leases)
-        except Exception:
-            log.exception("could not put work %s back in the queue; its lease will end",
-                          [work_id for work_id, _ in leases])
+        if leases:
+            await self._persist(f"work {[work_id for work_id, _ in leases]} back in the queue",
+                                _unclaim, leases)
+
+    async def _persist(self, what: str, fn: Callable[..., None], *args: Any) -> None:
+        """Write an outcome, trying again with backoff while the database refuses (full,
+        locked), so that no unit waits for its lease to end; a stop ends the tries, and
+        then the lease does."""
+        delay = 0.5
+        while True:
+            try:
+                await self.db.write(fn, *args)
+                return
+            except Exception:
+                log.exception("could not record %s; trying again in %.1f s", what, delay)
+            if self._stopping:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, TRANSIENT_BACKOFF)
 
     def _handle(self, session: Session, group: list[Inbound], lease_end: float) -> None:
         """Handle units of one role in this transaction and mark them done with it, if
