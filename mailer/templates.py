@@ -3,7 +3,8 @@
 One strict environment (`StrictUndefined`; autoescape for HTML only). A mail template lives
 at `templates/<language>/<name>.txt`; it sets its subject with `{% set subject = ... %}`
 and renders the body. Pages are `templates/<language>/pages/<name>.html`, each extending
-that language's `pages/layout.html`; a visitor gets the first language of their
+the one `templates/pages/layout.html` (its `lang` is the page's); a visitor gets the first
+language of their
 Accept-Language header that we have (`accepted_language`).
 """
 

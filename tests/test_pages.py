@@ -124,7 +124,7 @@ def test_pages_use_the_one_environment_and_never_mark_text_safe() -> None:
 # -- every page, every language ---------------------------------------------------------
 
 def test_every_language_has_the_same_pages() -> None:
-    expected = {name.split("/")[0] for name in SAMPLES} | {"layout"}
+    expected = {name.split("/")[0] for name in SAMPLES}
     for language in templates.LANGUAGES:
         assert page_names(language) == expected, language
 
