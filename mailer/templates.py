@@ -4,8 +4,7 @@ One strict environment (`StrictUndefined`; autoescape for HTML only). A mail tem
 at `templates/<language>/<name>.txt`; it sets its subject with `{% set subject = ... %}`
 and renders the body. Pages are `templates/<language>/pages/<name>.html`, each extending
 the one `templates/pages/layout.html` (its `lang` is the page's); a visitor gets the first
-language of their
-Accept-Language header that we have (`accepted_language`).
+language of their Accept-Language header that we have (`accepted_language`).
 """
 
 from __future__ import annotations
