@@ -32,12 +32,9 @@ def automatic(message: EmailMessage, mail_from: str) -> str | None:
     if local in ROBOT_LOCALS or local.startswith(("mailer-daemon", "owner-")) \
             or local.endswith(("-bounces", "-request")) or "-bounces+" in local:
         return f"sent by a robot address ({mail_from})"
-    submitted = str(message.get("auto-submitted", "no")).split(";")[0].strip().lower()
-    if submitted != "no":
-        return f"Auto-Submitted: {submitted}"
-    precedence = str(message.get("precedence", "")).strip().lower()
-    if precedence in ("bulk", "junk", "list"):
-        return f"Precedence: {precedence}"
+    why = automatic_post(message, mail_from)
+    if why is not None:
+        return why
     if message.get("list-id") is not None:
         return "list mail (List-Id)"
     for name in ("x-autoreply", "x-autorespond", "x-auto-response-suppress"):

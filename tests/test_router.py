@@ -456,19 +456,28 @@ async def test_a_transient_fault_is_retried_until_it_passes_and_never_quarantine
     db.close()
 
 
+LARGE_BODY = "".join(f"line {n} " + "x" * 900 + "\n" for n in range(300))  # ~270 KB
+
+
+def steering_with_posts(sqlite_url: str, *posts: tuple[str, str]) -> Database:
+    """An open list with one member, and posts (subject, body) to it stored by intake."""
+    db = Database(sqlite_url)
+    db.upgrade()
+    db.transaction(lambda s: service.add_members(
+        s, service.create(s, "steering", posting="anyone"), ["ana@party.test"]))
+    db.transaction(_store, [Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
+                                    (f"steering@{DOMAIN}",),
+                                    mail("a@example.com", "x", subject=subject, body=body))
+                            for subject, body in posts], DOMAIN, DOMAIN)
+    return db
+
+
 async def test_a_full_disk_after_the_250_is_waited_out_not_quarantined(
         sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """F04 after the acknowledgement: the fan-out cannot be written while the database is
     full; the post waits, uncounted, and goes out once there is room (issue 10)."""
     monkeypatch.setattr(router_module, "TRANSIENT_BACKOFF", 0.05)
-    db = Database(sqlite_url)
-    db.upgrade()
-    db.transaction(lambda s: service.add_members(
-        s, service.create(s, "steering", posting="anyone"), ["ana@party.test"]))
-    body = "".join(f"line {n} " + "x" * 900 + "\n" for n in range(300))
-    db.transaction(_store, [Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
-                                    (f"steering@{DOMAIN}",),
-                                    mail("a@example.com", "x", body=body))], DOMAIN, DOMAIN)
+    db = steering_with_posts(sqlite_url, ("Large", LARGE_BODY))
     await db.write(cap_pages, 0)
     router = Router(db, {Role.POST: PostHandler(list_site())}, max_attempts=1,
                     on_outgoing=lambda: None, poll=0.02)
@@ -506,16 +515,7 @@ class Dying:
 async def test_a_post_that_kills_its_reader_is_held_for_a_person(sqlite_url: str) -> None:
     """Issue 10: a large post is read in a worker first; one that kills it is never read
     whole in the daemon, but held with the reason. A small post never goes there."""
-    db = Database(sqlite_url)
-    db.upgrade()
-    db.transaction(lambda s: service.add_members(
-        s, service.create(s, "steering", posting="anyone"), ["ana@party.test"]))
-    body = "".join(f"line {n} " + "x" * 900 + "\n" for n in range(300))
-    db.transaction(_store, [Arrival("smtp", "127.0.0.1", "client.test", "a@example.com",
-                                    (f"steering@{DOMAIN}",), mail("a@example.com", "x", subject=s,
-                                                                  body=b))
-                            for s, b in (("Killer", body), ("Small", "Hello."))],
-                   DOMAIN, DOMAIN)
+    db = steering_with_posts(sqlite_url, ("Killer", LARGE_BODY), ("Small", "Hello."))
     workers = Dying()
     router = Router(db, {Role.POST: PostHandler(list_site(), workers)}, max_attempts=1,
                     on_outgoing=lambda: None, poll=0.02)

@@ -279,8 +279,10 @@ async def test_a_workers_memory_is_capped(tmp_path: Path) -> None:
         workers.stop()
 
 
-async def test_a_large_post_is_read_in_a_worker_and_distributed(tmp_path: Path,
-                                                                sqlite_url: str) -> None:
+async def test_a_large_post_goes_out_through_a_real_worker_process(tmp_path: Path,
+                                                                   sqlite_url: str) -> None:
+    """End to end with the real pool (`read_posts` crosses to a spawned worker and back);
+    what a reader's death does is in test_router's test with a dying pool."""
     config = make_config(tmp_path, sqlite_url, router={"processes": 1})
     make_list(config, "steering", ["ana@party.test", "bo@party.test"])
     body = "".join(f"line {n} " + "x" * 900 + "\n" for n in range(400))   # ~360 KB
