@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import mailbox
 import time
-from email.parser import BytesParser
-from email.policy import default as default_policy
 from pathlib import Path
 
 from sqlalchemy import select
@@ -21,6 +19,7 @@ from lists.models import Archived, MailingList
 from lists.post import Post
 from lists.service import ListError
 from mailer import rawmail
+from mailer.inbound import parse
 from mailer.outbox import UNSUBSCRIBE_MARKER
 
 BATCH = 200
@@ -34,7 +33,7 @@ def subject_of(data: bytes) -> str:
     >>> subject_of(b"From: a@b.test\\r\\n\\r\\n")
     ''
     """
-    headers = BytesParser(policy=default_policy).parsebytes(data, headersonly=True)
+    headers = parse(data, headersonly=True)
     return " ".join(str(headers.get("subject", "")).split())
 
 

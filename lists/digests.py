@@ -27,9 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage, MIMEPart
-from email.parser import BytesParser
 from email.policy import SMTP
-from email.policy import default as default_policy
 from email.utils import formataddr, formatdate, make_msgid
 from typing import Any, cast
 
@@ -42,6 +40,7 @@ from lists.models import Archived, DigestState, MailingList, Member
 from lists.pipeline import with_list_fields
 from mailer import outbox, templates
 from mailer.addresses import named_addresses
+from mailer.inbound import parse
 from mailer.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -167,8 +166,7 @@ class Issue:
 def author_of(message: EmailMessage, fallback: str) -> str:
     """The poster's name for the table of contents, else the address.
 
-    >>> author_of(BytesParser(policy=default_policy).parsebytes(
-    ...     b"From: Ana Silva <ana@x.test>\\n\\n"), "")
+    >>> author_of(parse(b"From: Ana Silva <ana@x.test>\\n\\n"), "")
     'Ana Silva'
     """
     pairs = named_addresses(message)
@@ -186,8 +184,7 @@ def entries(session: Session, list_id: int, after: int, upto: int) -> tuple[Entr
         .order_by(Archived.id))
     found = []
     for sender, subject, data in rows:
-        message = BytesParser(policy=default_policy).parsebytes(data.replace(b"\r\n", b"\n"))
-        assert isinstance(message, EmailMessage)
+        message = parse(data.replace(b"\r\n", b"\n"))
         found.append(Entry(subject, author_of(message, sender), message, data.isascii()))
     return tuple(found)
 
@@ -273,7 +270,7 @@ def plain_body(message: EmailMessage, omitted: str) -> str:
     Leading and trailing blank lines go; a line of exactly 30 hyphens starts with a blank
     instead, so that it cannot be taken for a separator.
 
-    >>> note = BytesParser(policy=default_policy).parsebytes(
+    >>> note = parse(
     ...     b"Subject: x\\n\\n\\nAgenda\\n" + b"-" * 30 + b"\\nEnd\\n\\n")
     >>> plain_body(note, "[omitted]").splitlines()
     ['Agenda', ' -----------------------------', 'End']

@@ -15,10 +15,9 @@ from __future__ import annotations
 import re
 import secrets
 from email.message import EmailMessage
-from email.parser import BytesParser
-from email.policy import default as default_policy
 
 from mailer import rawmail
+from mailer.inbound import parse
 
 CONTENT_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition",
                   "content-id", "content-description", "content-language", "content-md5")
@@ -26,9 +25,7 @@ CONTENT_FIELDS = ("content-type", "content-transfer-encoding", "content-disposit
 
 def _headers(raw: bytes) -> EmailMessage:
     head, _ = rawmail.split(raw)
-    parsed = BytesParser(policy=default_policy).parsebytes(b"".join(head) + b"\r\n")
-    assert isinstance(parsed, EmailMessage)
-    return parsed
+    return parse(b"".join(head) + b"\r\n")
 
 
 def skip_reason(message: EmailMessage) -> str | None:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from email.parser import BytesParser
-from email.policy import default as default_policy
+from email.message import EmailMessage
 
 from sqlalchemy.orm import Session
 
@@ -25,7 +24,7 @@ from lists.models import MailingList
 from lists.pipeline import distribute
 from lists.post import Decision, Post, PostFacts, make_post, senders_of
 from lists.rules import decide
-from mailer.inbound import HandlerOptions, Inbound, Offload, WorkerDied, parse
+from mailer.inbound import HandlerOptions, Inbound, Offload, WorkerDied, parse, unreadable_fields
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +39,21 @@ def read_posts(raws: Sequence[bytes]) -> list[str]:
 
 def _unreadable(raw: bytes) -> str:
     try:
-        message = parse(raw)
-        for part in message.walk():
-            for _, value in part.items():
-                str(value)              # the modern policy parses a field when read
-        return ""
+        return _fields_problem(parse(raw))        # every field of every part is read
     except MemoryError:
         return "reading it needs more memory than a worker process may use"
     except Exception as error:
         return f"it cannot be read ({type(error).__name__})"
+
+
+def _fields_problem(message: EmailMessage) -> str:
+    """Why a parsed post cannot be read as its sender meant, or "": a field (in any
+    part) that the parser fails on is kept only as text (mailer.inbound.ReadingPolicy),
+    and a post is not passed on to members half-read."""
+    names = unreadable_fields(message)
+    if not names:
+        return ""
+    return f"the parser cannot read its {', '.join(dict.fromkeys(names))} field"
 
 
 class PostHandler(ListHandler):
@@ -70,7 +75,9 @@ class PostHandler(ListHandler):
                 problem = f"reading it ended a worker process ({error})"
             if problem:
                 return PostFacts(unreadable=problem)
-        await asyncio.to_thread(lambda: inbound.message)    # parsed once, cached
+        problem = await asyncio.to_thread(lambda: _fields_problem(inbound.message))
+        if problem:                                           # parsed once, cached
+            return PostFacts(unreadable=problem)
         domain = dmarc.from_domain(inbound.raw)
         if self.site.dmarc is None or domain is None:
             return PostFacts()
@@ -99,7 +106,7 @@ def hold_unreadable(session: Session, site: ListSite, mailing_list: MailingList,
                     inbound: Inbound, facts: PostFacts) -> None:
     """A post that could not be read safely goes to a person, with the reason; only its
     header block is read here (bounded by intake's caps)."""
-    headers = BytesParser(policy=default_policy).parsebytes(inbound.raw, headersonly=True)
+    headers = parse(inbound.raw, headersonly=True)
     post = Post(mailing_list, site, headers, inbound.raw, inbound.message_id,
                 inbound.mail_from, senders_of(headers, inbound.mail_from), facts)
     log.warning("post %d to %s held: %s", inbound.message_id, mailing_list.name,

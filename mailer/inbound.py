@@ -9,12 +9,13 @@ is given. A handler declares how it wants its units (`HandlerOptions`), and inhe
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.headerregistry import BaseHeader, UnstructuredHeader
+from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from email.policy import Policy
-from email.policy import default as default_policy
+from email.policy import EmailPolicy, Policy
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session
@@ -25,9 +26,42 @@ A = TypeVar("A")
 T = TypeVar("T")
 
 
-def parse(raw: bytes, policy: Policy = default_policy) -> EmailMessage:
-    """Parse stored bytes once, with the modern policy unless told otherwise."""
-    message = BytesParser(policy=policy).parsebytes(raw)
+class UnreadableField(UnstructuredHeader, BaseHeader):
+    """A field that the library's parser for its kind fails on, kept as its plain text."""
+
+
+class ReadingPolicy(EmailPolicy):
+    """The modern policy, for mail from strangers: a field whose structured parser raises
+    (CPython's has its bugs: `Content-Type: text/plain; a*` is an IndexError) is read as
+    unstructured text (an `UnreadableField`), so that reading a message never fails on one
+    field; `unreadable_fields` names them, for a rule to hold the message for a person."""
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        try:
+            return super().header_fetch_parse(name, value)
+        except MemoryError:
+            raise
+        except Exception:
+            return UnreadableField(name, re.sub(r"[\r\n]", "", value))
+
+
+READING = ReadingPolicy()    # what every handler reads with, unless it says otherwise
+
+
+def unreadable_fields(message: Message) -> list[str]:
+    """The fields, in every part, that were read as plain text because their parser failed.
+
+    >>> unreadable_fields(parse(b"Content-Type: text/plain; a*\\r\\n\\nhi\\r\\n"))
+    ['Content-Type']
+    """
+    return [name for part in message.walk() for name, value in part.items()
+            if isinstance(value, UnreadableField)]
+
+
+def parse(raw: bytes, policy: Policy = READING, *,
+          headersonly: bool = False) -> EmailMessage:
+    """Parse stored bytes once, with the reading policy unless told otherwise."""
+    message = BytesParser(policy=policy).parsebytes(raw, headersonly=headersonly)
     assert isinstance(message, EmailMessage)
     return message
 
@@ -46,7 +80,7 @@ class Inbound:
         default=None, compare=False, repr=False)
     peer: str = ""
     prepared: Any = None
-    policy: Policy = default_policy
+    policy: Policy = READING
 
     @property
     def message(self) -> EmailMessage:
@@ -66,7 +100,7 @@ class HandlerOptions:
     """How the router hands a role's units to its handler."""
 
     batch: int = 1                  # consecutive units of the role per transaction
-    policy: Policy = default_policy  # the email policy its messages are parsed with
+    policy: Policy = READING  # the email policy its messages are parsed with
     lazy: bool = False              # parse only when `inbound.message` is first asked for
 
     def __post_init__(self) -> None:

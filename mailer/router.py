@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from email.policy import Policy
-from email.policy import default as default_policy
 from typing import Any
 
 from sqlalchemy import select, update
@@ -49,7 +48,7 @@ from sqlalchemy.orm import Session
 
 from mailer.addresses import Role, Route
 from mailer.db import Database
-from mailer.inbound import Inbound, RoleHandler
+from mailer.inbound import READING, Inbound, RoleHandler
 from mailer.models import Message, Work
 
 log = logging.getLogger(__name__)
@@ -410,7 +409,7 @@ def _load(session: Session, ids: list[int],
     for work_id, role, list_name, token, recipient, message_id, mail_from, raw, peer in rows:
         try:
             route = Route(Role(role), list_name, token)
-            policy, early = parsing.get(role, (default_policy, True))
+            policy, early = parsing.get(role, (READING, True))
             inbound = Inbound(work_id, message_id, route, recipient, mail_from, raw,
                               peer=peer, policy=policy)
             if early:
