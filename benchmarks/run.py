@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Alliance Mail benchmark: list fan-out and SMTP intake against Postfix's smtp-sink.
 
-    python3 benchmarks/run.py [--short] [--scenarios A,B,C,D,E,F] [--json-out FILE]
+    python3 benchmarks/run.py [--short] [--scenarios A,B,C,D,E,F,G] [--json-out FILE]
 
 For each scenario: a fresh temporary folder with a SQLite database and a config, Postfix's
 `smtp-sink` on a free loopback port as the smarthost (every transaction appended to a dump
@@ -21,6 +21,9 @@ posts over SMTP, and a watcher that polls the dump every 5 ms.
      harness/scenario_meeting.py
   F  digest: 10 posts archived, then one MIME digest to 10,000 digest members
      (short: 2 posts, 200 members)
+  G  intake under load: D's 5,000 posts while 10 posts of 20 KB to a second list of
+     5,000 members fan out (short: 200 posts, 10 x 200 members); its p99 is compared
+     with D's from the same run (issue 10: within 2x)
 
 A scenario passes when every expected (Message-ID, recipient) pair reached the sink exactly
 once, nothing else did, every post got 250, the database shows every delivery done, every

@@ -18,11 +18,16 @@ class Scenario:
     digest: bool = False      # F: members take digests; one digest each is expected
     meeting: bool = False     # E: `members` delegates invited, `posts` replies sent
     timeout: float = 300.0    # whole trial, seconds
+    busy_posts: int = 0       # G: posts to the list `busy` fanning out during the intake
+    busy_members: int = 0     # G: that list's members
+    busy_size: int = 0        # G: bytes per busy post
 
     @property
     def expected(self) -> int:
         """Deliveries at the sink: one per member and post, one digest or invitation each."""
-        return self.members if self.digest or self.meeting else self.members * self.posts
+        if self.digest or self.meeting:
+            return self.members
+        return self.members * self.posts + self.busy_posts * self.busy_members
 
 
 FULL = {
@@ -35,6 +40,9 @@ FULL = {
                   meeting=True, timeout=600),
     "F": Scenario("F", "digest of 10 posts -> 10,000 members", 10000, 10, digest=True,
                   timeout=900),
+    "G": Scenario("G", "intake as D while 10 posts of 20 KB fan out to 5,000 members each",
+                  1, 5000, clients=50, intake=True, timeout=900,
+                  busy_posts=10, busy_members=5000, busy_size=20480),
 }
 SHORT = {
     "A": Scenario("A", "1 post -> 50 members", 50, 1, timeout=60),
@@ -46,4 +54,7 @@ SHORT = {
                   meeting=True, timeout=90),
     "F": Scenario("F", "digest of 2 posts -> 200 members", 200, 2, digest=True,
                   timeout=150),
+    "G": Scenario("G", "intake as D while 10 posts of 20 KB fan out to 200 members each",
+                  1, 200, clients=50, intake=True, timeout=90,
+                  busy_posts=10, busy_members=200, busy_size=20480),
 }

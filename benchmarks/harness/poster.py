@@ -57,16 +57,17 @@ class PostRun:
         return [p for p in self.posted if p.code == 250]
 
 
-def make_post(index: int, run_id: str, scenario: str) -> tuple[str, bytes]:
-    """A plain-text post of MESSAGE_SIZE bytes with a unique Message-ID."""
-    message_id = f"<bench.{run_id}.{scenario}.{index}@members.test>"
-    head = (f"From: <{POSTER}>\r\nTo: <{LIST_ADDRESS}>\r\n"
+def make_post(index: int, run_id: str, scenario: str, *, to: str = LIST_ADDRESS,
+              size: int = MESSAGE_SIZE) -> tuple[str, bytes]:
+    """A plain-text post of `size` bytes with a unique Message-ID."""
+    message_id = f"<bench.{run_id}.{scenario}.{to.split('@')[0]}.{index}@members.test>"
+    head = (f"From: <{POSTER}>\r\nTo: <{to}>\r\n"
             f"Subject: benchmark {scenario} post {index}\r\n"
             f"Date: {email.utils.formatdate(localtime=False)}\r\n"
             f"Message-ID: {message_id}\r\n"
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n")
     line = (f"{index} ".ljust(70, "x") + "\r\n").encode()
-    room = max(MESSAGE_SIZE - len(head), len(line))
+    room = max(size - len(head), len(line))
     body = (line * (room // len(line) + 1))[:room]
     body = body[:-2] + b"\r\n" if not body.endswith(b"\r\n") else body
     return message_id, head.encode() + body

@@ -22,7 +22,8 @@ FANOUT = ("| scenario | members x posts | deliveries | 250 -> last delivery s | 
           "missing | From rewritten (DMARC) | 421 reconnects | daemon CPU s | "
           "RSS ready MiB | RSS peak MiB | ok |")
 INTAKE = ("| scenario | clients | posts accepted | accepted/s | "
-          "end-of-DATA -> 250 p50 ms | p99 ms | max ms | deliveries | dupes | "
+          "end-of-DATA -> 250 p50 ms | p99 ms | max ms | p99 / D's p99 (G: target <= 2) | "
+          "fan-out copies still to send at the last 250 | deliveries | dupes | "
           "last 250 -> last delivery s | From rewritten (DMARC) | 421 reconnects | "
           "daemon CPU s | RSS peak MiB | ok |")
 DIGEST = ("| scenario | members x posts | digest KiB | posts in it | deliveries | "
@@ -95,12 +96,17 @@ def fanout_row(r: Result) -> list[str]:
             ok(r)]
 
 
-def intake_row(r: Result) -> list[str]:
-    """D: many clients posting at once."""
+def intake_row(r: Result, idle: Result | None) -> list[str]:
+    """D: many clients posting at once; G: the same while large fan-outs run, and its
+    p99 against D's (`idle`) in the same run."""
+    ratio = None
+    if idle and r is not idle and r.get("latency_p99_ms") and idle.get("latency_p99_ms"):
+        ratio = round(r["latency_p99_ms"] / idle["latency_p99_ms"], 2)
     return [f"{r['scenario']}: {r['title']}", fmt(r["clients"]),
             f"{fmt(r.get('accepted'))} / {fmt(r['posts'])}",
-            *get(r, "accepted_per_s", "latency_p50_ms", "latency_p99_ms", "latency_max_ms",
-                 "deliveries", "duplicates", "drain_s"),
+            *get(r, "accepted_per_s", "latency_p50_ms", "latency_p99_ms", "latency_max_ms"),
+            fmt(ratio),
+            *get(r, "deliveries_pending_at_last_250", "deliveries", "duplicates", "drain_s"),
             rewritten(r), *get(r, "sessions_closed_421", "daemon_cpu_s", "rss_peak_mib"),
             ok(r)]
 
@@ -148,7 +154,8 @@ def table(results: list[Result], mailman: list[Result]) -> str:
     digest = [r for r in results if r.get("digest")]
     lines = section(FANOUT, [fanout_row(r) for r in fanout])[1:] if fanout else []
     if intake:
-        lines += section(INTAKE, [intake_row(r) for r in intake])
+        idle = next((r for r in intake if r["scenario"] == "D"), None)
+        lines += section(INTAKE, [intake_row(r, idle) for r in intake])
     if digest:
         lines += section(DIGEST, [digest_row(r) for r in digest])
     if meeting:

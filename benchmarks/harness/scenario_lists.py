@@ -1,8 +1,10 @@
-"""The list scenarios: fan-out (A, B, C), intake (D) and the digest (F).
+"""The list scenarios: fan-out (A, B, C), intake (D, and G while large fan-outs run) and
+the digest (F).
 
 One trial (`run_lists`): the list `bench` with N members (benchmarks/make_list.py), the
 daemon, the posts over SMTP, then the wait for every expected delivery at the sink, a
-little more for duplicates, and the checks, all by count (see benchmarks/run.py).
+little more for duplicates, and the checks, all by count (see benchmarks/run.py). G first
+posts to a second list, `busy`, and takes D's posts in while those fan out.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalogue import Scenario
-from .common import LIST, LIST_ADDRESS, MEMBER_FORMAT, POSTER, HarnessError, log, percentile
+from .common import DOMAIN, LIST, LIST_ADDRESS, MEMBER_FORMAT, POSTER, HarnessError, log, percentile
 from .daemon import alliance, run_helper
 from .database import database_counts, read_database
 from .dns import DMARC_ZONE
@@ -31,6 +33,7 @@ from .trial import Rig, Trial, run_trial, wind_down
 # posts are archived and the threshold set (about a second) in time.
 DIGEST_JOB_EVERY = 60.0
 DIGEST_LEAD = 5.0
+BUSY = "busy"                   # G: the list whose fan-outs run during the intake
 
 
 def threshold_kib(sizes: list[int]) -> int:
@@ -121,6 +124,7 @@ class ListTrial(Trial):
         self.cpu_before = 0.0
         self.cpu_busy = 0.0
         self.digests: list[Digest] = []
+        self.busy_ids: list[str] = []   # G: the posts fanning out during the intake
 
     def run(self) -> None:
         """Set up, post, wait for the deliveries, stop, check."""
@@ -140,6 +144,9 @@ class ListTrial(Trial):
                           "--delivery", "digest" if sc.digest else "regular")
         self.result["list_setup_s"] = made["seconds"]
         self.result["mailer_package"] = made["mailer"]
+        if sc.busy_posts:
+            run_helper("make_list.py", "--config", str(rig.config), "--list", BUSY,
+                       "--members", str(sc.busy_members))
         rig.start_daemon()
         rig.start_profile(sc.key)
         rig.watch(self.watcher)
@@ -159,7 +166,11 @@ class ListTrial(Trial):
                 f"{DIGEST_LEAD:.0f} s before the daemon's digests job runs again")
             time.sleep(max(0.0, start_at - time.monotonic()))
         self.cpu_before = proc_cpu_seconds(daemon.pid) or 0.0
+        if sc.busy_posts:
+            self.post_busy()
         self.posting = post_all(daemon.port, posts, sc.clients, sc.timeout)
+        if sc.busy_posts:
+            self.result["deliveries_pending_at_last_250"] = sc.expected - self.rig.sink.poll()
         self.accepted = self.posting.accepted()
         if self.posting.errors:
             self.problems.append(f"{len(self.posting.errors)} posting error(s), first: "
@@ -167,9 +178,23 @@ class ListTrial(Trial):
         if len(self.accepted) != sc.posts:
             self.problems.append(f"{len(self.accepted)} of {sc.posts} posts accepted")
             if not sc.digest:
-                self.watcher.expected = sc.members * len(self.accepted)
+                self.watcher.expected = (sc.members * len(self.accepted)
+                                         + sc.busy_members * sc.busy_posts)
         replies = [p.replied_at for p in self.accepted] or [self.posting.started]
         self.t0 = max(replies) if sc.digest else min(replies)
+
+    def post_busy(self) -> None:
+        """G: the posts to `busy`, all accepted before the intake starts."""
+        sc = self.sc
+        address = f"{BUSY}@{DOMAIN}"
+        posts: list[Post] = [(i, *make_post(i, self.run_id, sc.key, to=address,
+                                            size=sc.busy_size), POSTER, address)
+                             for i in range(sc.busy_posts)]
+        run = post_all(self.rig.daemon.port, posts, sc.busy_posts, sc.timeout)
+        self.busy_ids = [p.message_id for p in run.accepted()]
+        if len(self.busy_ids) != sc.busy_posts:
+            self.problems.append(f"{len(self.busy_ids)} of {sc.busy_posts} posts to "
+                                 f"{BUSY} accepted")
 
     def await_deliveries(self) -> None:
         """F: arm the digest; then wait for the last delivery, and `--settle` s more."""
@@ -201,6 +226,8 @@ class ListTrial(Trial):
         post_ids = [p.message_id for p in self.accepted]
         letters = self.check_digests(post_ids) if sc.digest else post_ids
         expected = {(letter, m) for letter in letters for m in members}
+        expected |= {(busy, MEMBER_FORMAT % n) for busy in self.busy_ids
+                     for n in range(1, sc.busy_members + 1)}
         counts = rig.sink.analyse(expected,
                                   tuple(i.encode() for i in post_ids) if sc.digest else ())
         self.check_counts(counts, len(post_ids))
