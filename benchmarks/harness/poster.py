@@ -60,7 +60,8 @@ class PostRun:
 def make_post(index: int, run_id: str, scenario: str, *, to: str = LIST_ADDRESS,
               size: int = MESSAGE_SIZE) -> tuple[str, bytes]:
     """A plain-text post of `size` bytes with a unique Message-ID."""
-    message_id = f"<bench.{run_id}.{scenario}.{to.split('@')[0]}.{index}@members.test>"
+    other = "" if to == LIST_ADDRESS else to.split("@")[0] + "."    # G's second list
+    message_id = f"<bench.{run_id}.{scenario}.{other}{index}@members.test>"
     head = (f"From: <{POSTER}>\r\nTo: <{to}>\r\n"
             f"Subject: benchmark {scenario} post {index}\r\n"
             f"Date: {email.utils.formatdate(localtime=False)}\r\n"
