@@ -42,6 +42,7 @@ MAX_CALENDARS = 4               # distinct calendar parts parsed per message
 MAX_EVENTS = 32                 # VEVENTs in one calendar (a master and its overrides)
 MAX_ATTENDEES = 64
 MAX_TEXT = 2000                 # characters kept of a comment, a location
+BOM = b"\xef\xbb\xbf"            # a UTF-8 byte-order mark, as .NET's UTF8Encoding writes
 ANSWERS = ("REPLY", "COUNTER", "REFRESH")   # what an attendee sends (RFC 5546 §1.4)
 CALENDAR_TYPES = ("text/calendar", "application/ics")
 _TOKEN = re.compile(r"[A-Z][A-Z0-9-]{0,15}")
@@ -271,8 +272,11 @@ def parse(data: bytes, method: str = "", date_: float | None = None) -> ItipMess
     ('REPLY', 'm1', 0, 1.0, '')
     >>> reply.attendees[0].address, reply.attendees[0].partstat
     ('ana@party.test', 'ACCEPTED')
+
+    A UTF-8 byte-order mark before BEGIN:VCALENDAR is no content line (RFC 5545 §3.1):
+    it is dropped, as RFC 3629 §6 allows a reader to (some Windows libraries write one).
     """
-    calendar = _calendar(essentials(data))
+    calendar = _calendar(essentials(data.removeprefix(BOM)))
     events = calendar.walk("VEVENT")
     if not events:
         raise ItipError("a calendar without a VEVENT")

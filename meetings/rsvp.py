@@ -290,6 +290,9 @@ def authorise(rsvp: Rsvp, answer: itip.ItipMessage, *,
     if mine is None:
         named = ", ".join(a.address for a in answer.attendees[:3]) or "no attendee"
         return None, f"the {answer.method} names {named}, not the invitee {invitee}"
+    conflict = conflicting(answer, invitee)
+    if conflict:
+        return None, conflict
     strangers = [a for a in answer.attendees if a.address != invitee
                  and not _delegation_pair(mine, a)]
     if strangers and not others:
@@ -297,6 +300,18 @@ def authorise(rsvp: Rsvp, answer: itip.ItipMessage, *,
     if not rsvp.sender or rsvp.sender != invitee:
         return None, f"sent by {rsvp.sender or 'no one'}, not the invitee"
     return mine, ""
+
+
+def conflicting(answer: itip.ItipMessage, invitee: str) -> str:
+    """Why the answer cannot say what the invitee answered, or "": two ATTENDEE lines for
+    them with different PARTSTATs. RFC 5545 §3.8.4.1 gives one ATTENDEE per calendar
+    user; taking either line would be a guess, so the coordinators decide."""
+    lines = [a for a in answer.attendees if a.address == invitee]
+    answers = sorted({a.partstat or "?" for a in lines})
+    if len(answers) < 2:
+        return ""
+    return (f"the {answer.method} has {len(lines)} ATTENDEE lines for {invitee} with "
+            f"different answers ({', '.join(answers)})")
 
 
 def _delegation_pair(mine: itip.AttendeeReply, other: itip.AttendeeReply) -> bool:
@@ -491,7 +506,7 @@ def counter(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> RsvpOutco
     why_not = closed(rsvp)
     if why_not:
         return RsvpOutcome("unchanged", why_not)
-    proposal = Proposal.of(rsvp.meeting, answer, answer.note(attendee))
+    proposal = Proposal.of(rsvp.meeting, rsvp.invitation, answer, answer.note(attendee))
     detail = proposal.line[:itip.MAX_TEXT]      # compared as it is stored
     if session.scalar(select(RsvpEvent.id).where(
             RsvpEvent.invitation_id == rsvp.invitation.id, RsvpEvent.kind == "counter",
@@ -510,12 +525,18 @@ class Proposal:
     end: str
     location: str
     comment: str
-    outdated: bool          # made against an earlier version of the meeting
+    outdated: bool          # made against an earlier version than the attendee last had
 
     @classmethod
-    def of(cls, meeting: Meeting, answer: itip.ItipMessage, comment: str) -> Proposal:
+    def of(cls, meeting: Meeting, invitation: Invitation, answer: itip.ItipMessage,
+           comment: str) -> Proposal:
+        """The proposal, judged against the SEQUENCE this attendee last received (RFC 5546
+        §2.1.5): the meeting's may have risen since for other invitees' sake (one
+        uninvited, a substitute's chain), which makes no proposal of theirs stale."""
+        received = invitation.sent_sequence if invitation.sent_sequence is not None \
+            else meeting.sequence
         return cls(local_time(answer.start, meeting.tz), local_time(answer.end, meeting.tz),
-                   answer.location, comment, answer.sequence < meeting.sequence)
+                   answer.location, comment, answer.sequence < received)
 
     @property
     def line(self) -> str:

@@ -31,7 +31,7 @@ from mailer.addresses import Role, Route
 from mailer.db import Database
 from mailer.inbound import Inbound, parse
 from mailer.models import Delivery, Outgoing
-from meetings import itip
+from meetings import invitations, itip
 from meetings.meeting_site import MeetingSite
 from meetings.models import (
     Invitation,
@@ -170,6 +170,8 @@ CLIENT_REPLIES = [
     ("outlook-reply-accepted.eml", "ACCEPTED", "I will arrive the evening before."),
     ("google-reply-declined.eml", "DECLINED", "Our party congress is that weekend, sorry."),
     ("thunderbird-reply-tentative.eml", "TENTATIVE", ""),
+    # The calendar part starts with a UTF-8 byte-order mark, as .NET libraries write it.
+    ("utf8-bom-reply-accepted.eml", "ACCEPTED", "Avec plaisir."),
 ]
 
 
@@ -268,6 +270,22 @@ def test_a_reply_with_two_attendees_that_is_no_delegation_changes_nothing(
     assert deliver(db, world, "ana@party.test", raw).action == "forward"
     assert forwards(db) == ["the REPLY also names kofi@party.test"]
     assert standing(db, world, "kofi@party.test").partstat == "NEEDS-ACTION"
+
+
+def test_two_attendee_lines_for_the_invitee_with_different_answers_change_nothing(
+        db: Database, world: World) -> None:
+    lines = ("ATTENDEE;PARTSTAT=ACCEPTED:mailto:ana@party.test\n"
+             "ATTENDEE;PARTSTAT=DECLINED:mailto:ana@party.test")
+    raw = wrapped(reply_calendar(world, lines), world, "ana@party.test", "REPLY")
+    why = ("the REPLY has 2 ATTENDEE lines for ana@party.test with different answers "
+           "(ACCEPTED, DECLINED)")
+    assert deliver(db, world, "ana@party.test", raw) == RsvpOutcome("forward", why)
+    assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
+    assert forwards(db) == [why] and events(db) == []
+    # The same answer written twice is still one answer.
+    twice = wrapped(reply_calendar(world, lines.replace("DECLINED", "ACCEPTED")), world,
+                    "ana@party.test", "REPLY")
+    assert deliver(db, world, "ana@party.test", twice) == RsvpOutcome("applied", "ACCEPTED")
 
 
 def test_only_partstat_and_the_note_are_taken_from_a_reply(db: Database, world: World) -> None:
@@ -555,6 +573,29 @@ def test_a_counter_is_recorded_and_summarised_for_coordination_once(db: Database
     assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
     assert deliver(db, world, "ana@party.test", raw).action == "unchanged"
     assert len(outgoing(db)) == 1
+
+
+def test_a_counter_is_judged_against_the_sequence_that_attendee_last_received(
+        db: Database, world: World) -> None:
+    # Kofi is uninvited: the meeting's SEQUENCE rises, but only Kofi hears of it.
+    def uninvite(session: Session) -> None:
+        meeting = session.get(Meeting, world.meeting_id)
+        kofi = session.get(Invitation, world.invitations["kofi@party.test"])
+        assert meeting is not None and kofi is not None
+        invitations.withdraw(session, meeting_site(), meeting, [kofi])
+    db.transaction(uninvite)
+    assert deliver(db, world, "ana@party.test",
+                   fixture("outlook-counter.eml", world)).action == "counter"
+    [summary] = [m for r, m in outgoing(db) if r == COORDINATOR]
+    assert "Could we meet on the 15th instead?" in summary.get_content()
+    assert "earlier version" not in summary.get_content(), "Ana's SEQUENCE 0 is her latest"
+    # Ana then has the update at SEQUENCE 1: a proposal about SEQUENCE 0 is an old one.
+    db.transaction(lambda s: setattr(s.get(Invitation, world.invitations["ana@party.test"]),
+                                     "sent_sequence", 1))
+    older = fixture("outlook-counter.eml", world, **{"Could we meet": "Might we meet"})
+    assert deliver(db, world, "ana@party.test", older).action == "counter"
+    last = [m for r, m in outgoing(db) if r == COORDINATOR][-1]
+    assert "made against an earlier version" in last.get_content()
 
 
 def test_a_counter_to_a_sequence_we_never_sent_is_passed_on_not_recorded(
