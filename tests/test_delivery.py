@@ -165,6 +165,8 @@ url = "sqlite:///alliance.sqlite3"
 listen = "127.0.0.1:{smtp_port}"
 [lmtp]
 listen = ""
+[http]
+listen = ""
 [outbound]
 url = "smtp://127.0.0.1:{sink.port}"
 connections = 4
