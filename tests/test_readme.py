@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_ci_runs_exactly_the_readme_test_command() -> None:
+def readme_block(readme: str) -> list[str]:
+    """The lines of the README's "Two commands" block."""
+    return readme.split("## Two commands", 1)[1].split("```sh\n", 1)[1].split("```")[0] \
+        .splitlines()
+
+
+def test_ci_runs_the_readme_test_command_as_written_there() -> None:
     readme = (ROOT / "README.md").read_text()
-    ci_lines = (ROOT / ".ci" / "run").read_text().strip().splitlines()
-    command = ci_lines[-1]
-    assert command.startswith("python3 -m pip install") and "pytest" in command
-    assert f"\n{command}\n" in readme
+    lines = readme_block(readme)
+    command = lines[lines.index("# 2. Run the whole test suite") + 1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    found = subprocess.run(["awk", "/^# 2\\. Run the whole test suite/ { getline; print; exit }",
+                            "README.md"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == command
+    assert "/^# 2\\. Run the whole test suite/" in ci and 'bash -c "$test_command"' in ci
+    # Its own virtual environment (Debian 12's Python is externally managed, PEP 668).
+    assert command.startswith("python3 -m venv .venv && .venv/bin/pip install")
+    assert command.endswith(".venv/bin/python -m pytest")
+
+
+# The programs the tests and the try-it block run, and the Debian package of each.
+PACKAGES = {"swaks": "swaks", "smtp-sink": "postfix", "node": "nodejs", "npm": "npm"}
+
+
+def test_every_program_the_tests_run_is_named_in_the_apt_line() -> None:
+    tests = "\n".join(path.read_text() for path in (ROOT / "tests").glob("*.py"))
+    used = set(re.findall(r'which\("([a-z-]+)"\)', tests)) - {"mutt", "script"}   # optional
+    assert used, "the scan finds the programs"
+    assert used <= set(PACKAGES), f"a program without its package here: {used - set(PACKAGES)}"
+    apt = next(line for line in readme_block((ROOT / "README.md").read_text())
+               if "apt-get install" in line)
+    named = set(apt.split("install", 1)[1].split())
+    assert {"python3-venv", *(PACKAGES[program] for program in used | {"npm"})} <= named
 
 
 def test_the_try_it_commands_work_on_a_fresh_install(tmp_path: Path) -> None:
