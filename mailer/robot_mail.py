@@ -16,8 +16,12 @@ def robot_message(*, sender: tuple[str, str], to: str, subject: str, body: str,
                   domain: str, reply_to: str | None = None,
                   in_reply_to: str | None = None, auto: str = "auto-replied",
                   headers: Sequence[tuple[str, str]] = ()) -> bytes:
-    """A plain-text message from a robot address, with its headers set here."""
-    message = EmailMessage()
+    """A plain-text message from a robot address, with its headers set here.
+
+    Made under the SMTP policy, so that its text ends lines in CRLF however it is encoded
+    (RFC 2046 §4.1.1): the default policy would base64-encode bare line feeds.
+    """
+    message = EmailMessage(policy=SMTP)
     message["From"] = formataddr(sender)
     message["To"] = to
     message["Subject"] = subject

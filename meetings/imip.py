@@ -84,6 +84,16 @@ def _leaf(content_type: str, marker: str, disposition: str = "") -> EmailMessage
     return part
 
 
+def canonical(text: str) -> bytes:
+    """Text as a text/* part must carry it: UTF-8, every line ending in CRLF (RFC 2046
+    §4.1.1), also inside base64, which would otherwise keep the bare line feeds.
+
+    >>> canonical("Hello\\nworld\\r\\n")
+    b'Hello\\r\\nworld\\r\\n'
+    """
+    return text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+
+
 def _b64(data: bytes) -> bytes:
     """Base64 in 76-column CRLF lines (RFC 2045 §6.8), without the last line break."""
     return base64.encodebytes(data).replace(b"\n", b"\r\n").rstrip(b"\r\n")
@@ -103,8 +113,8 @@ class Letterhead:
                 .replace(_FROM.encode(), letter.sender.encode("ascii"))
                 .replace(_TO_LINE, address_line("To", letter.to_name, letter.to_address))
                 .replace(_MESSAGE_ID.encode(), make_msgid(domain=self.domain).encode())
-                .replace(_PLAIN.encode(), _b64(letter.plain.encode("utf-8")))
-                .replace(_HTML.encode(), _b64(letter.html.encode("utf-8")))
+                .replace(_PLAIN.encode(), _b64(canonical(letter.plain)))
+                .replace(_HTML.encode(), _b64(canonical(letter.html)))
                 .replace(_CALENDAR.encode(), calendar))
 
 

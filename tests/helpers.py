@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -436,6 +437,18 @@ def create_meeting(config: Path, body: str = "board", *extra: str,
 
 
 # -- invitations at the sink ---------------------------------------------------------------
+
+def bare_line_feeds(data: bytes) -> list[str]:
+    """The text parts of a message, as it went over the wire, whose decoded content has
+    a line feed without its carriage return (RFC 2046 §4.1.1 wants CRLF): their types."""
+    message = BytesParser(policy=default_policy).parsebytes(data)
+    found = []
+    for part in message.walk():
+        body = part.get_payload(decode=True) if part.get_content_maintype() == "text" else b""
+        if isinstance(body, bytes) and re.search(rb"(?<!\r)\n", body):
+            found.append(part.get_content_type())
+    return found
+
 
 def calendars(message: EmailMessage) -> tuple[bytes, bytes]:
     """The inline text/calendar part's bytes and the invite.ics attachment's bytes."""

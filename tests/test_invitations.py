@@ -27,6 +27,7 @@ from tests.helpers import (
     Clock,
     Delivered,
     Sink,
+    bare_line_feeds,
     calendars,
     cli,
     cli_error,
@@ -80,6 +81,7 @@ def check_invitation(delivery: Delivered, *, method: str, organizer_cn: str) -> 
     assert sender.startswith("rsvp+") and sender.endswith(f"@{DOMAIN}")
     assert delivery.mail_from == sender == str(message["Reply-To"])
     assert message["Auto-Submitted"] == "auto-generated"
+    assert bare_line_feeds(delivery.data) == [], "text parts end lines in CRLF"
     assert message.get_content_type() == "multipart/mixed"
     alternative, attachment = message.get_payload()
     assert alternative.get_content_type() == "multipart/alternative"

@@ -50,6 +50,7 @@ from tests.helpers import (
     Standing,
     World,
     addressed,
+    bare_line_feeds,
     crlf,
     fixture,
     make_config,
@@ -573,6 +574,27 @@ def test_a_counter_is_recorded_and_summarised_for_coordination_once(db: Database
     assert standing(db, world, "ana@party.test").partstat == "NEEDS-ACTION"
     assert deliver(db, world, "ana@party.test", raw).action == "unchanged"
     assert len(outgoing(db)) == 1
+
+
+def raw_outgoing(db: Database) -> list[bytes]:
+    """Every queued message as it goes over the wire."""
+    return db.query(lambda s: list(s.scalars(select(Outgoing.data).order_by(Outgoing.id))))
+
+
+def test_a_summary_in_base64_ends_its_lines_in_crlf(db: Database, world: World) -> None:
+    # A meeting named in Arabic makes the summary's text base64 (RFC 2046 §4.1.1: CRLF
+    # inside too).
+    set_meeting(db, world, title="اجتماع لجنة التوجيه في نيروبي لمناقشة الميزانية والحملات "
+                                 "المشتركة بين الأحزاب الأعضاء في التحالف التقدمي")
+    note = "نقترح الخامس عشر بدلاً من ذلك، فالرابع عشر هو مؤتمر حزبنا الوطني."
+    lines = "ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:ana@party.test"
+    calendar = reply_calendar(world, lines, method="COUNTER", extra=(
+        "DTSTART:20270315T060000Z\nDTEND:20270315T140000Z\nCOMMENT:" + note))
+    raw = wrapped(calendar, world, "ana@party.test", "COUNTER")
+    assert deliver(db, world, "ana@party.test", raw).action == "counter"
+    [summary] = raw_outgoing(db)
+    assert b"Content-Transfer-Encoding: base64" in summary
+    assert bare_line_feeds(summary) == []
 
 
 def test_a_counter_is_judged_against_the_sequence_that_attendee_last_received(
