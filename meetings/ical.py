@@ -14,17 +14,30 @@ lines per invitee.
 
 from __future__ import annotations
 
+import calendar
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
-from icalendar import Alarm, Calendar, Component, Event, Timezone, vCalAddress
+from icalendar import (
+    Alarm,
+    Calendar,
+    Component,
+    Event,
+    Timezone,
+    TimezoneDaylight,
+    TimezoneStandard,
+    vCalAddress,
+)
 
 PRODID = "-//Progressive Alliance//Alliance Mail//EN"
 UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Zulu", "Etc/Zulu"})
 ALARM_BEFORE = timedelta(minutes=30)
 FEED_REFRESH = timedelta(hours=1)
+RULE_YEARS = 15             # how far past the meetings a zone's rule must hold to be one
+WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 
 
 @dataclass(frozen=True)
@@ -65,34 +78,127 @@ class Occasion:
     status: str = "CONFIRMED"
 
 
+@dataclass(frozen=True)
+class Observance:
+    """What a STANDARD or DAYLIGHT sub-component says (RFC 5545 §3.6.5), but its onsets."""
+
+    standard: bool
+    offset_from: timedelta
+    offset_to: timedelta
+    name: str
+
+
+def transitions(zone: ZoneInfo, start: date, end: date) -> dict[Observance, list[datetime]]:
+    """Each observance of the zone from `start` to `end`, with its onsets as local times
+    in the offset before them (RFC 5545 §3.6.5: DTSTART and RDATE are in TZOFFSETFROM).
+
+    The first is the state at `start` (local midnight). Searched a day at a time, then to
+    the second: icalendar's own search strides 64 days and misses a change undone sooner
+    (Morocco's clocks go back for Ramadan, some 35 days: no 2027 onsets at all).
+    """
+    moment = datetime(start.year, start.month, start.day, tzinfo=UTC)
+    stop = datetime(end.year, end.month, end.day, tzinfo=UTC)
+    state = _state(zone, moment)
+    found = {Observance(state[2] == timedelta(), state[0], state[0], state[1]):
+             [datetime(start.year, start.month, start.day)]}
+    while moment < stop:
+        later = min(moment + timedelta(days=1), stop)
+        after = _state(zone, later)
+        if after != state:
+            onset = _onset(zone, moment, later)
+            key = Observance(after[2] == timedelta(), state[0], after[0], after[1])
+            found.setdefault(key, []).append(onset.replace(tzinfo=None) + state[0])
+        moment, state = later, after
+    return found
+
+
+def _state(zone: ZoneInfo, moment: datetime) -> tuple[timedelta, str, timedelta]:
+    """(UTC offset, name, DST) of the zone at a UTC instant."""
+    local = moment.astimezone(zone)
+    return local.utcoffset() or timedelta(), local.tzname() or "", local.dst() or timedelta()
+
+
+def _onset(zone: ZoneInfo, low: datetime, high: datetime) -> datetime:
+    """The first UTC second in (low, high] in the state `high` has, by halving."""
+    before = _state(zone, low)
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        middle = middle.replace(microsecond=0)
+        if _state(zone, middle) == before:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
 @functools.lru_cache(maxsize=256)
 def vtimezone(tzid: str, first_year: int, last_year: int | None = None) -> Timezone:
     """A VTIMEZONE for `tzid` valid from the year before `first_year` to two years after
-    `last_year` (RFC 5545 §3.6.5).
+    `last_year` (RFC 5545 §3.6.5), made from the IANA database.
 
     The window keeps the component small (clients need only the rules around the
-    meetings); `icalendar` derives the transitions from the IANA database.
+    meetings). An observance whose onsets follow a yearly rule gets an RRULE, since Outlook
+    reads only that (MS-OXCICAL 2.1.3.1.1.19.2.2); the rule is judged over RULE_YEARS
+    more, so that "the Friday before the last Sunday" (Asia/Jerusalem), which looks like
+    "the fourth Friday" for a few years, is not taken for one. The others list their
+    onsets in RDATEs, one a line: ical.js (Thunderbird) reads only the first value of each.
     """
     last = first_year if last_year is None else last_year
-    timezone = Timezone.from_tzid(tzid, first_date=date(first_year - 1, 1, 1),
-                                  last_date=date(last + 2, 1, 1))
-    for observance in timezone.subcomponents:
-        _one_rdate_per_line(observance)
+    start, end = date(first_year - 1, 1, 1), date(last + 2, 1, 1)
+    timezone = Timezone()
+    timezone.add("tzid", tzid)
+    timezone.add("comment", f"This timezone only works from {start} to {end}.")
+    found = transitions(ZoneInfo(tzid), start, date(last + RULE_YEARS + 1, 1, 1))
+    for observance, moments in found.items():
+        within = [moment for moment in moments if moment.date() < end]
+        if within:
+            rule = yearly_rule(moments, last + RULE_YEARS)
+            timezone.add_component(_observance(observance, within, rule))
     return timezone
 
 
-def _one_rdate_per_line(observance: Component) -> None:
-    """Write each RDATE of an observance as a property of its own.
+def _observance(observance: Observance, onsets: Sequence[datetime],
+                rule: dict[str, object] | None) -> Component:
+    """One STANDARD or DAYLIGHT sub-component: the first onset, then RRULE or RDATEs."""
+    component = TimezoneStandard() if observance.standard else TimezoneDaylight()
+    component.add("dtstart", onsets[0])
+    if rule is not None:
+        component.add("rrule", rule)
+    else:
+        for onset in onsets[1:]:
+            component.add("rdate", onset)
+    component.add("tzname", observance.name)
+    component.add("tzoffsetfrom", observance.offset_from)
+    component.add("tzoffsetto", observance.offset_to)
+    return component
 
-    RFC 5545 §3.8.5.2 allows a list in one RDATE, but ical.js (Thunderbird) reads only
-    the first value of each, and would miss every transition after the first year.
+
+def yearly_rule(moments: Sequence[datetime], last_year: int) -> dict[str, object] | None:
+    """The RRULE (RFC 5545 §3.8.5.3) that makes exactly these onsets up to the end of
+    `last_year`, or None if there is none of the form Outlook reads: once a year, in one
+    month, on the n-th (1-4) or last weekday, at one wall time (MS-OXCICAL
+    2.1.3.1.1.19.2.2: FREQ=YEARLY, BYMONTH and a single BYDAY occurrence).
+
+    >>> yearly_rule([datetime(2026, 3, 29, 2), datetime(2027, 3, 28, 2)], 2027)
+    {'freq': 'YEARLY', 'bymonth': 3, 'byday': '-1SU'}
+    >>> yearly_rule([datetime(2026, 3, 8, 2), datetime(2027, 3, 14, 2)], 2027)
+    {'freq': 'YEARLY', 'bymonth': 3, 'byday': '2SU'}
+    >>> yearly_rule([datetime(2026, 3, 8, 2), datetime(2027, 3, 14, 2)], 2028) is None
+    True
     """
-    found = observance.pop("RDATE", None)
-    if found is None:
-        return
-    for value in found if isinstance(found, list) else [found]:
-        for moment in value.dts:
-            observance.add("rdate", moment.dt)
+    if len(moments) < 2 or [m.year for m in moments] != \
+            list(range(moments[0].year, last_year + 1)):
+        return None
+    if len({(m.month, m.weekday(), m.time()) for m in moments}) != 1:
+        return None
+    day = WEEKDAYS[moments[0].weekday()]
+    if all(m.day + 7 > calendar.monthrange(m.year, m.month)[1] for m in moments):
+        return {"freq": "YEARLY", "bymonth": moments[0].month, "byday": f"-1{day}"}
+    weeks = {(m.day - 1) // 7 + 1 for m in moments}
+    if len(weeks) != 1 or weeks.pop() > 4:
+        return None
+    return {"freq": "YEARLY", "bymonth": moments[0].month,
+            "byday": f"{(moments[0].day - 1) // 7 + 1}{day}"}
 
 
 def _is_utc(moment: datetime) -> bool:

@@ -10,15 +10,19 @@ import asyncio
 import csv
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from icalendar import Calendar
 from sqlalchemy import select
 
 from mailer.db import Database
 from mailer.models import Work
 from mailer.templates import LANGUAGES, environment
+from meetings import ical
 from meetings.models import Invitation, Meeting, RsvpEvent
 from tests.helpers import (
     DOMAIN,
@@ -451,6 +455,45 @@ async def test_coordinators_are_warned_once_when_a_year_falls_short(
     assert warning.message["Subject"] == "Charter cadence: meetings missing"
     assert str(warning.message["To"]) == f"coordination@{DOMAIN}"
     assert "- Board, " in warning.message.get_content()
+
+
+ZONE_RULES = {
+    "Europe/Berlin": {("DAYLIGHT", "FREQ=YEARLY;BYDAY=-1SU;BYMONTH=3"),
+                      ("STANDARD", "FREQ=YEARLY;BYDAY=-1SU;BYMONTH=10")},
+    "America/New_York": {("DAYLIGHT", "FREQ=YEARLY;BYDAY=2SU;BYMONTH=3"),
+                         ("STANDARD", "FREQ=YEARLY;BYDAY=1SU;BYMONTH=11")},
+    "Australia/Sydney": {("STANDARD", "FREQ=YEARLY;BYDAY=1SU;BYMONTH=4"),
+                         ("DAYLIGHT", "FREQ=YEARLY;BYDAY=1SU;BYMONTH=10")},
+    # Irregular: Morocco's clocks follow Ramadan; Israel's summer time starts on the
+    # Friday before the last Sunday of March, which no one BYDAY names.
+    "Africa/Casablanca": set(),
+    "Asia/Jerusalem": {("STANDARD", "FREQ=YEARLY;BYDAY=-1SU;BYMONTH=10")},
+}
+
+
+@pytest.mark.parametrize("tz", sorted(ZONE_RULES))
+def test_a_time_zone_is_written_as_a_yearly_rule_where_it_has_one(tz: str) -> None:
+    """Outlook reads only RRULE in a VTIMEZONE (MS-OXCICAL 2.1.3.1.1.19.2.2); where the
+    zone follows no rule it can state, RDATE. Thunderbird resolves every hour right."""
+    zone = ZoneInfo(tz)
+    starts = [datetime(year, month, day, 9, 0, tzinfo=zone) for year in (NEXT_YEAR,
+              NEXT_YEAR + 1) for month in range(1, 13) for day in (1, 10, 20, 28)]
+    stamp = datetime.now(UTC)
+    data = ical.publish([ical.Occasion(f"{n}@{DOMAIN}", 0, "Board", start,
+                                       start + timedelta(hours=2), stamp)
+                         for n, start in enumerate(starts)],
+                        name="Board", organizer=ical.Person(f"board@{DOMAIN}"))
+    [timezone] = Calendar.from_ical(data).walk("VTIMEZONE")
+    observances = timezone.subcomponents
+    rules = {(o.name, o["RRULE"].to_ical().decode()) for o in observances if "RRULE" in o}
+    assert rules == ZONE_RULES[tz]
+    assert all("RDATE" not in o for o in observances if "RRULE" in o), "never both"
+    irregular = [o for o in observances if "RRULE" not in o and "RDATE" in o]
+    assert bool(irregular) == (tz in ("Africa/Casablanca", "Asia/Jerusalem"))
+    assert not any(line.startswith(b"RDATE") and b"," in line for line in data.split(b"\r\n")), \
+        "one RDATE a line: ical.js reads only the first of a list"
+    seen = icaljs(data)["events"]
+    assert [e["start_utc"] for e in seen] == [int(start.timestamp()) for start in starts]
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
