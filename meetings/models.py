@@ -137,6 +137,12 @@ class Invitation(Base):
     delegated_from_id: Mapped[int | None] = mapped_column(Integer)
     delegated_to: Mapped[str] = mapped_column(String(320), default="")
     reminded: Mapped[str] = mapped_column(String(64), default="")  # offsets sent, "14,3"
+    # Delivery (meetings.reachability): the last failed message, and the failures of the
+    # address, one a day; at three the invitation is undeliverable.
+    problem: Mapped[str] = mapped_column(Text, default="")
+    bounce_score: Mapped[float] = mapped_column(Float, default=0.0)
+    last_bounce_at: Mapped[float | None] = mapped_column(Float)
+    by_hand: Mapped[bool] = mapped_column(Boolean, default=False)  # answer set by a person
 
 
 class RsvpEvent(Base):

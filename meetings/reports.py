@@ -19,8 +19,10 @@ from meetings.invitations import MAX_CHAIN
 from meetings.letters import DAY
 from meetings.meeting_site import MeetingSite
 from meetings.models import Delegate, Invitation, Meeting, Party, RsvpEvent
+from meetings.reachability import delivery_note
 
-COLUMNS = ["name", "party", "address", "partstat", "comment", "replied_at"]
+COLUMNS = ["name", "party", "address", "partstat", "answered", "comment", "replied_at",
+           "delivery"]
 
 
 def _stamp(value: float | None) -> str:
@@ -55,16 +57,24 @@ def _parties(session: Session, invitations: list[Invitation]) -> dict[int, str]:
 
 
 def attendance(session: Session, meeting: Meeting) -> list[dict[str, Any]]:
-    """Each invitee: name, party, address, PARTSTAT, comment, reply time (UTC)."""
+    """Each invitee: name, party, address, PARTSTAT, how it was given (by mail, or by hand
+    by a coordinator), comment, reply time (UTC), and any problem delivering mail to them,
+    beside the answer, which a failed message never replaces."""
     invitations = list(session.scalars(select(Invitation).where(
         Invitation.meeting_id == meeting.id, Invitation.state != "removed")
         .order_by(Invitation.id)))
     parties = _parties(session, invitations)
     rows = [{"name": i.name, "party": parties[i.id], "address": i.address,
-             "partstat": i.partstat if i.state == "active" else i.state.upper(),
-             "comment": i.comment, "replied_at": _stamp(i.replied_at)}
+             "partstat": i.partstat, "answered": _answered(i), "comment": i.comment,
+             "replied_at": _stamp(i.replied_at), "delivery": delivery_note(i)}
             for i in invitations]
     return sorted(rows, key=lambda row: (row["party"], row["address"]))
+
+
+def _answered(invitation: Invitation) -> str:
+    if invitation.by_hand:
+        return "by hand"
+    return "by mail" if invitation.replied_at is not None else ""
 
 
 def summary_rows(session: Session, events: list[RsvpEvent]) -> list[dict[str, Any]]:

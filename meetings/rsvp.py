@@ -3,15 +3,17 @@
 The token names one invitation (DESIGN §3), so it says which meeting and which invitee a
 message is about even when the calendar data does not (Outlook omits ORGANIZER). In order:
 
-1. A delivery report (RFC 3464) marks the invitation undeliverable; other automatic mail
-   (out-of-office, RFC 3834) is dropped, unless it carries a REPLY, which is applied like
-   any other but never answered or passed on.
+1. A delivery report (RFC 3464) of a failure is kept beside the invitee's answer, which
+   it never changes; only repeated failures of the address stop mail to them
+   (`meetings.reachability`). Other automatic mail (out-of-office, RFC 3834) is dropped,
+   unless it carries a REPLY, which is applied like any other but never answered or
+   passed on.
 2. The calendar data is read once (`meetings.itip`). A REPLY changes only the PARTSTAT and
    the note of the attendee the token names (RFC 5546 §3.2.3), and only when the reply
    names exactly that attendee and comes from their own address (RFC 6047 §2.2.1, §3);
    a SENT-BY the reply writes about itself proves nothing, so a secretary's reply goes to
    a person. A stale reply (RFC 5546 §2.1.5) or one to a cancelled meeting changes
-   nothing; a valid reply after a bounce makes the invitation deliverable again.
+   nothing; a valid reply after a bounce clears the delivery problem.
    PARTSTAT=DELEGATED with DELEGATED-TO sends a substitute (RFC 5546 §3.2.2.3).
 3. A COUNTER is recorded and summarised for coordination@ (§3.2.7); a REFRESH has the
    current invitation sent again to the invitee, and to no one else (§3.2.6, §6.1.6).
@@ -46,7 +48,7 @@ from lists.commands import body_lines
 from mailer import rawmail, robot_mail, templates
 from mailer.addresses import AddressError, Role, Route, normalize
 from mailer.inbound import HandlerOptions, Inbound, Offload, RoleHandler, parse
-from meetings import coordination, invitations, itip
+from meetings import coordination, invitations, itip, reachability
 from meetings.imip import one_line
 from meetings.meeting_site import MeetingSite
 from meetings.models import Delegate, Invitation, Meeting, RsvpEvent
@@ -62,7 +64,7 @@ DELEGATED = "DELEGATED"
 @dataclass(frozen=True)
 class RsvpOutcome:
     """What a message did: applied, unchanged, forward, dropped, delegated, counter,
-    refreshed or undeliverable, and why."""
+    refreshed, bounced or undeliverable, and why."""
 
     action: str
     reason: str = ""
@@ -238,7 +240,7 @@ def process(session: Session, site: MeetingSite, invitation: Invitation,
     assert meeting is not None, "an invitation has its meeting"
     reading = reading or read(inbound)
     if reading.machine or reading.report:
-        bounce = bounced(session, meeting, invitation, inbound, site.clock())
+        bounce = bounced(session, invitation, inbound, site.clock())
         if bounce is not None:
             return bounce
     answer = reading.calendars.answer()
@@ -381,15 +383,8 @@ def reply(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> RsvpOutcome
         outcome = apply(session, rsvp, attendee.partstat, answer.note(attendee))
     if outcome.action != "forward":
         rsvp.invitation.reply_sequence, rsvp.invitation.reply_stamp = sequence, stamp
-        reachable(rsvp.invitation)
+        reachability.reachable(rsvp.invitation)
     return outcome
-
-
-def reachable(invitation: Invitation) -> None:
-    """A valid reply from the invitee proves their address works: a bounce (RFC 3464)
-    marked it undeliverable, and now it is active again, for updates and reminders."""
-    if invitation.state == "undeliverable":
-        invitation.state = "active"
 
 
 def apply(session: Session, rsvp: Rsvp, partstat: str, comment: str) -> RsvpOutcome:
@@ -632,18 +627,15 @@ def forward(session: Session, site: MeetingSite, inbound: Inbound, reason: str) 
     coordination.forward(session, site, data)
 
 
-def bounced(session: Session, meeting: Meeting, invitation: Invitation, inbound: Inbound,
+def bounced(session: Session, invitation: Invitation, inbound: Inbound,
             now: float) -> RsvpOutcome | None:
-    """A delivery report about the invitation: undeliverable if it failed for good."""
-    found = failures(modern(inbound))
+    """A delivery report about mail to the invitee: a delay is dropped; a failure is kept
+    beside their answer and scored (`meetings.reachability`); None if it is no report."""
+    report = modern(inbound)
+    found = failures(report)
     if found.kind is None:
         return None
     if found.kind == "soft":
         return RsvpOutcome("dropped", "a report of delayed delivery")
-    if invitation.state == "undeliverable":
-        return RsvpOutcome("unchanged", "already undeliverable")
-    invitation.state = "undeliverable"
-    failed = ", ".join(sorted(found.permanent))[:500]
-    session.add(RsvpEvent(meeting_id=meeting.id, invitation_id=invitation.id, kind="bounce",
-                          partstat=invitation.partstat, detail=failed, at=now))
-    return RsvpOutcome("undeliverable", failed)
+    problem = reachability.problem_of(report, invitation.address)
+    return RsvpOutcome(*reachability.register(session, invitation, problem, now))

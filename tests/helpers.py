@@ -568,19 +568,21 @@ def organise(session: Session, *, sequence: int = 0, uid: str = "") -> World:
 
 @dataclass(frozen=True)
 class Standing:
-    """Where an invitee stands: their answer, its comment, the invitation's state."""
+    """Where an invitee stands: their answer, its comment, the invitation's state, and the
+    last problem delivering mail to them."""
 
     partstat: str
     comment: str
     state: str
     delegated_to: str = ""
+    problem: str = ""
 
 
 def standing(db: Database, world: World, address: str) -> Standing:
     def read(session: Session) -> Standing:
         row = session.get(Invitation, world.invitations[address])
         assert row is not None
-        return Standing(row.partstat, row.comment, row.state, row.delegated_to)
+        return Standing(row.partstat, row.comment, row.state, row.delegated_to, row.problem)
     return db.query(read)
 
 

@@ -348,7 +348,8 @@ async def test_attendance_and_one_daily_summary_for_the_coordinators(
 
     table = cli(path, "meeting", "attendance", str(meeting_id))
     assert table.splitlines()[0].split() == ["name", "party", "address", "partstat",
-                                             "comment", "replied_at"]
+                                             "answered", "comment", "replied_at",
+                                             "delivery"]
     rows = json.loads(cli(path, "meeting", "attendance", str(meeting_id), "--json"))
     assert [(r["name"], r["party"], r["address"], r["partstat"], r["comment"]) for r in rows] \
         == [("Ana Silva", "Parti Socialiste", ANA, "ACCEPTED", "Avec plaisir"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -45,12 +46,15 @@ from tests.helpers import (
     DOMAIN,
     REPLIES,
     ZONE,
+    Clock,
     Delivered,
     Sink,
     Standing,
     World,
     addressed,
     bare_line_feeds,
+    cli,
+    config_file,
     crlf,
     fixture,
     make_config,
@@ -476,21 +480,93 @@ def test_an_automatic_reply_with_a_calendar_reply_is_applied_but_never_passed_on
     assert outgoing(db) == []
 
 
-def test_a_dsn_bounce_of_the_invitation_marks_it_undeliverable(db: Database,
-                                                               world: World) -> None:
+def test_a_dsn_bounce_of_the_invitation_is_kept_beside_the_answer(db: Database,
+                                                                  world: World) -> None:
     raw = sample("dsn-bounce-with-ics.eml", world, "kofi@party.test")
     outcome = deliver(db, world, "kofi@party.test", raw, mail_from="")
-    assert outcome == RsvpOutcome("undeliverable", "kofi@party.test")
-    assert standing(db, world, "kofi@party.test") == Standing("NEEDS-ACTION", "",
-                                                              "undeliverable")
-    assert events(db) == [("bounce", "NEEDS-ACTION", "kofi@party.test")]
+    assert outcome.action == "bounced" and outcome.reason.startswith("5.0.0 on ")
+    assert standing(db, world, "kofi@party.test") == Standing("NEEDS-ACTION", "", "active",
+                                                              problem=outcome.reason)
+    assert events(db) == [("bounce", "NEEDS-ACTION", outcome.reason)]
     assert deliver(db, world, "kofi@party.test", raw, mail_from="").action == "unchanged"
     assert len(events(db)) == 1 and outgoing(db) == []
-    # Kofi answers after all: his address works, and he gets updates again.
+    # Kofi answers after all: his address works, and the problem is cleared.
     reply = answer_of(world, "ACCEPTED", "kofi@party.test")
     assert deliver(db, world, "kofi@party.test", reply,
                    mail_from="kofi@party.test") == RsvpOutcome("applied", "ACCEPTED")
     assert standing(db, world, "kofi@party.test") == Standing("ACCEPTED", "", "active")
+
+
+def cancel_meeting(db: Database, world: World, site: MeetingSite | None = None) -> None:
+    """`alliance meeting cancel`, in one transaction."""
+    def cancel(session: Session) -> None:
+        meeting = session.get(Meeting, world.meeting_id)
+        assert meeting is not None
+        invitations.cancel(session, site or meeting_site(), meeting)
+    db.transaction(cancel)
+
+
+def test_a_refused_message_keeps_the_answer_and_later_mail_still_goes(
+        db: Database, world: World, tmp_path: Path, sqlite_url: str) -> None:
+    assert deliver(db, world, "ana@party.test", answer_of(world, "ACCEPTED")).action == \
+        "applied"
+    report = fixture("dsn-content-policy-5.7.1.eml", world)
+    outcome = deliver(db, world, "ana@party.test", report, mail_from="")
+    assert outcome.action == "bounced"
+    assert outcome.reason.endswith(": 550 5.7.1 Message rejected: attachment type not "
+                                   "allowed (invite.ics) by content policy")
+    assert standing(db, world, "ana@party.test") == Standing("ACCEPTED", "", "active",
+                                                             problem=outcome.reason)
+    assert deliver(db, world, "ana@party.test", report, mail_from="").action == "unchanged"
+    path = config_file(make_config(tmp_path, sqlite_url), tmp_path)
+    rows = json.loads(cli(path, "meeting", "attendance", str(world.meeting_id), "--json"))
+    [ana] = [row for row in rows if row["address"] == "ana@party.test"]
+    assert (ana["partstat"], ana["answered"]) == ("ACCEPTED", "by mail")
+    assert ana["delivery"] == f"a message failed: {outcome.reason}"
+    cancel_meeting(db, world)
+    assert sorted(r for r, m in outgoing(db)) == sorted(world.invitations), "Ana too"
+
+
+def test_only_repeated_failures_of_the_address_stop_mail(db: Database, world: World) -> None:
+    clock = Clock()
+    site = meeting_site(clock=clock)
+    policy = fixture("dsn-content-policy-5.7.1.eml", world)
+    unknown = fixture("dsn-user-unknown-5.1.1.eml", world)
+    for _ in range(4):      # a content filter, every day: the address is fine
+        assert deliver(db, world, "ana@party.test", policy, mail_from="", site=site).action \
+            == "bounced"
+        clock.advance(days=1)
+    assert standing(db, world, "ana@party.test").state == "active"
+    seen = []
+    for _ in range(3):      # no such user, on three days (twice the first: one a day)
+        seen.append(deliver(db, world, "ana@party.test", unknown, mail_from="",
+                            site=site).action)
+        if len(seen) == 1:
+            assert deliver(db, world, "ana@party.test", unknown, mail_from="",
+                           site=site).action == "unchanged"
+        clock.advance(days=1)
+    assert seen == ["bounced", "bounced", "undeliverable"]
+    assert standing(db, world, "ana@party.test").state == "undeliverable"
+    cancel_meeting(db, world, site)
+    assert "ana@party.test" not in [r for r, m in outgoing(db)], "no more mail"
+    assert sorted(r for r, m in outgoing(db)) == ["kofi@party.test", "yann@party.test",
+                                                  "zara@party.test"]
+
+
+def test_a_reply_after_the_address_failed_makes_it_reachable_again(db: Database,
+                                                                   world: World) -> None:
+    clock = Clock()
+    site = meeting_site(clock=clock)
+    unknown = fixture("dsn-user-unknown-5.1.1.eml", world)
+    for _ in range(3):
+        deliver(db, world, "ana@party.test", unknown, mail_from="", site=site)
+        clock.advance(days=1)
+    assert standing(db, world, "ana@party.test").state == "undeliverable"
+    assert deliver(db, world, "ana@party.test", answer_of(world, "TENTATIVE"),
+                   site=site).action == "applied"
+    assert standing(db, world, "ana@party.test") == Standing("TENTATIVE", "", "active")
+    assert deliver(db, world, "ana@party.test", unknown, mail_from="",
+                   site=site).action == "bounced", "the count starts again"
 
 
 # -- hostile input -------------------------------------------------------------------------
@@ -857,7 +933,8 @@ async def test_counter_refresh_substitute_and_bounce_over_smtp(tmp_path: Path, s
         assert sorted(by_rcpt) == ["ana@party.test", COORDINATOR]
         assert by_rcpt[COORDINATOR].message["Subject"].startswith("New time proposed:")
         assert by_rcpt["ana@party.test"].mail_from == ana, "a bounce would name the invitation"
-        assert standing(daemon.db, world, "kofi@party.test").state == "undeliverable"
+        kofi_now = standing(daemon.db, world, "kofi@party.test")
+        assert kofi_now.state == "active" and kofi_now.problem.startswith("5.0.0 on ")
 
         await send(port, "ana@party.test", [ana],
                    command(world, "ana@party.test", "delegate maria@party.test Maria Lopez"))
@@ -868,6 +945,34 @@ async def test_counter_refresh_substitute_and_bounce_over_smtp(tmp_path: Path, s
         assert request.method == "REQUEST" and maria is not None
         assert maria.delegated_from == ("ana@party.test",)
         assert standing(daemon.db, world, "ana@party.test").partstat == "DELEGATED"
+
+
+async def test_after_a_refused_update_the_answer_stands_and_later_mail_still_goes(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    path = config_file(config, tmp_path)
+    async with running(config) as daemon:
+        world = daemon.db.transaction(organise)
+        port, ana = daemon.ports["smtp"], world.rsvp("ana@party.test")
+        await send(port, "ana@party.test", [ana], fixture("outlook-reply-accepted.eml", world))
+        await send(port, "", [ana], fixture("dsn-content-policy-5.7.1.eml", world))
+        await quiet(daemon)
+        [row] = [r for r in json.loads(cli(path, "meeting", "attendance",
+                                           str(world.meeting_id), "--json"))
+                 if r["address"] == "ana@party.test"]
+        assert (row["partstat"], row["comment"]) == ("ACCEPTED",
+                                                     "I will arrive the evening before.")
+        assert row["delivery"].startswith("a message failed: 5.7.1 on ")
+        table = cli(path, "meeting", "attendance", str(world.meeting_id))
+        assert "content policy" in table and "ACCEPTED" in table
+
+        cli(path, "meeting", "update", str(world.meeting_id), "--description", "Agenda: budget")
+        cli(path, "meeting", "cancel", str(world.meeting_id))
+        await quiet(daemon)
+        to_ana = [itip.read(d.message).messages[0] for d in sink.received
+                  if d.rcpt == "ana@party.test"]
+        assert [(m.method, m.attendee("ana@party.test").partstat)  # type: ignore[union-attr]
+                for m in to_ana] == [("REQUEST", "ACCEPTED"), ("CANCEL", "NEEDS-ACTION")]
 
 
 async def test_an_unknown_or_forged_token_is_refused_at_rcpt(tmp_path: Path, sqlite_url: str,
@@ -904,10 +1009,10 @@ async def test_spoofs_bounces_counters_and_a_declining_substitute_over_smtp(
             (COORDINATOR, "sent by mallory@evil.test, not the invitee")]
         assert events(daemon.db) == []
 
-        await send(port, "", [kofi], sample("dsn-bounce-with-ics.eml", world,
-                                            "kofi@party.test"))
+        await send(port, "", [kofi], fixture("dsn-user-unknown-5.1.1.eml", world,
+                                             "kofi@party.test"))
         await quiet(daemon)
-        assert standing(daemon.db, world, "kofi@party.test").state == "undeliverable"
+        assert standing(daemon.db, world, "kofi@party.test").problem.startswith("5.1.1 on ")
         await send(port, "kofi@party.test", [kofi],
                    answer_of(world, "ACCEPTED", "kofi@party.test"))
         await quiet(daemon)
