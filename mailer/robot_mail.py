@@ -6,10 +6,15 @@ robot answers it, and nothing we send ever answers one.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formataddr, formatdate, make_msgid
+
+from mailer import rawmail
+
+CONTENT_FIELDS = ("content-type", "content-transfer-encoding", "mime-version")
 
 
 def robot_message(*, sender: tuple[str, str], to: str, subject: str, body: str,
@@ -38,3 +43,24 @@ def robot_message(*, sender: tuple[str, str], to: str, subject: str, body: str,
         message[name] = value
     message.set_content(body, charset="utf-8")
     return message.as_bytes(policy=SMTP)
+
+
+def with_original(robot: bytes, original: bytes) -> bytes:
+    """A robot message with a message it is about attached, byte for byte.
+
+    `multipart/mixed` (RFC 2046 §5.1.3): the robot's text first, then the original as
+    `message/rfc822` (§5.2.1: 7bit or 8bit, never re-encoded), so that what a person wrote
+    arrives as they wrote it, under a note that says what it is about.
+    """
+    fields, body = rawmail.split(robot)
+    content = [f for f in fields if rawmail.name_of(f) in CONTENT_FIELDS[:2]]
+    headers = [f for f in fields if rawmail.name_of(f) not in CONTENT_FIELDS]
+    boundary = f"=_alliance_{secrets.token_hex(12)}".encode()
+    inner = original if original.endswith(b"\r\n") else original + b"\r\n"
+    encoding = b"7bit" if original.isascii() else b"8bit"
+    return (b"".join(headers) + b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; "
+            b'boundary="' + boundary + b'"\r\n\r\n--' + boundary + b"\r\n"
+            + b"".join(content) + b"\r\n" + body.rstrip(b"\r\n") + b"\r\n\r\n--" + boundary
+            + b"\r\nContent-Type: message/rfc822\r\nContent-Disposition: inline\r\n"
+            b"Content-Transfer-Encoding: " + encoding + b"\r\n\r\n" + inner
+            + b"\r\n--" + boundary + b"--\r\n")

@@ -291,6 +291,24 @@ def meeting_delegate(context: Context, meeting_id: int, from_address: str, to_ad
     click.echo(f"meeting {meeting_id}: {substitute} invited in place of {from_address}")
 
 
+@meeting_group.command("answer")
+@click.argument("meeting_id", type=int)
+@click.argument("address")
+@click.argument("answer", type=click.Choice([p.lower() for p in invitations.BY_HAND],
+                                            case_sensitive=False))
+@click.option("--comment", default="", help="what they said, shown beside the answer")
+@pass_context
+def meeting_answer(context: Context, meeting_id: int, address: str, answer: str,
+                   comment: str) -> None:
+    """Record ADDRESS's answer, given by phone or in words: shown as by hand."""
+    def record(session: Session, site: MeetingSite, meeting: Meeting) -> str:
+        return invitations.answer_by_hand(session, site, meeting, address, answer.upper(),
+                                          comment).address
+
+    invitee = _meeting_action(context, meeting_id, record)
+    click.echo(f"meeting {meeting_id}: {invitee} {answer.upper()}, recorded by hand")
+
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 

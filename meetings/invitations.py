@@ -30,7 +30,7 @@ from mailer.jobs import Job
 from meetings import letters, organisation, schedule
 from meetings.letters import DAY
 from meetings.meeting_site import MeetingSite
-from meetings.models import Body, Delegate, Invitation, Meeting, Seat
+from meetings.models import Body, Delegate, Invitation, Meeting, RsvpEvent, Seat
 from meetings.organisation import MeetingError
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ def sync(session: Session, meeting: Meeting, now: float,
 def _reopen(invitation: Invitation, meeting: Meeting, reminded: str) -> None:
     """Make an old row a fresh, unsent, unanswered invitation."""
     invitation.state, invitation.partstat, invitation.comment = "active", "NEEDS-ACTION", ""
+    invitation.by_hand = False
     invitation.replied_at = invitation.reply_sequence = invitation.reply_stamp = None
     invitation.sent_sequence, invitation.delegated_to = None, ""
     invitation.reset_sequence, invitation.reminded = meeting.sequence, reminded
@@ -123,7 +124,7 @@ def _reset(session: Session, meeting: Meeting, now: float,
             continue
         invitation.reset_sequence = meeting.sequence
         if invitation.partstat != "DELEGATED":
-            invitation.partstat = "NEEDS-ACTION"
+            invitation.partstat, invitation.by_hand = "NEEDS-ACTION", False
             invitation.reminded = reminded
 
 
@@ -322,6 +323,32 @@ def find_invitation(session: Session, meeting: Meeting, address: str) -> Invitat
     if found is None:
         raise MeetingError(f"{address} is not invited to meeting {meeting.id}")
     return found
+
+
+BY_HAND = ("ACCEPTED", "TENTATIVE", "DECLINED")
+
+
+def answer_by_hand(session: Session, site: MeetingSite, meeting: Meeting, address: str,
+                   partstat: str, comment: str = "") -> Invitation:
+    """Record an answer a coordinator was given another way (by phone, in a plain-text
+    mail): the invitee's PARTSTAT and comment, marked by hand. Nothing is sent; a later
+    reply of the invitee's own replaces it (RFC 5546 §3.2.3 leaves PARTSTAT theirs)."""
+    if partstat not in BY_HAND:
+        raise MeetingError(f"an answer is one of {', '.join(p.lower() for p in BY_HAND)}")
+    invitation = find_invitation(session, meeting, address)
+    if meeting.status == "CANCELLED":
+        raise MeetingError(f"meeting {meeting.id} is cancelled; nothing recorded")
+    if invitation.state == "removed":
+        raise MeetingError(f"{invitation.address} is no longer invited to meeting {meeting.id}")
+    if invitation.partstat == "DELEGATED":
+        raise MeetingError(f"{invitation.address} has sent {invitation.delegated_to} in "
+                           "their place; record the substitute's answer")
+    now = site.clock()
+    invitation.partstat, invitation.comment = partstat, " ".join(comment.split())[:2000]
+    invitation.replied_at, invitation.by_hand = now, True
+    session.add(RsvpEvent(meeting_id=meeting.id, invitation_id=invitation.id, kind="by-hand",
+                          partstat=partstat, detail=invitation.comment, at=now))
+    return invitation
 
 
 def invite_apart(session: Session, site: MeetingSite, meeting: Meeting) -> int:

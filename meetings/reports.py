@@ -25,7 +25,8 @@ COLUMNS = ["name", "party", "address", "partstat", "answered", "comment", "repli
            "delivery"]
 
 
-def _stamp(value: float | None) -> str:
+def stamp(value: float | None) -> str:
+    """A time as ISO 8601 UTC, or "" for none."""
     return "" if value is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
 
 
@@ -65,13 +66,16 @@ def attendance(session: Session, meeting: Meeting) -> list[dict[str, Any]]:
         .order_by(Invitation.id)))
     parties = _parties(session, invitations)
     rows = [{"name": i.name, "party": parties[i.id], "address": i.address,
-             "partstat": i.partstat, "answered": _answered(i), "comment": i.comment,
-             "replied_at": _stamp(i.replied_at), "delivery": delivery_note(i)}
+             "partstat": i.partstat, "answered": answered(i), "comment": i.comment,
+             "replied_at": stamp(i.replied_at), "delivery": delivery_note(i)}
             for i in invitations]
     return sorted(rows, key=lambda row: (row["party"], row["address"]))
 
 
-def _answered(invitation: Invitation) -> str:
+def answered(invitation: Invitation) -> str:
+    """How the answer came: "by mail" from the invitee, "by hand" from a coordinator."""
+    if invitation.partstat == "NEEDS-ACTION":
+        return ""
     if invitation.by_hand:
         return "by hand"
     return "by mail" if invitation.replied_at is not None else ""
@@ -90,7 +94,7 @@ def summary_rows(session: Session, events: list[RsvpEvent]) -> list[dict[str, An
                      "meeting_id": meeting.id, "name": invitation.name or invitation.address,
                      "address": invitation.address, "kind": event.kind,
                      "partstat": event.partstat, "detail": event.detail,
-                     "at": _stamp(event.at)})
+                     "at": stamp(event.at)})
     return sorted(rows, key=lambda row: (row["meeting_id"], row["at"]))
 
 

@@ -20,7 +20,8 @@ message is about even when the calendar data does not (Outlook omits ORGANIZER).
 4. Without calendar data, the command `delegate ADDRESS [NAME]` sends a substitute.
 5. Everything else, and everything refused, is passed on, as it came, to coordination@,
    with the reason in an `X-Alliance-RSVP` header (as CalendarServer forwards what it
-   cannot process to the organizer).
+   cannot process to the organizer). Words only ("I'll come, but late") go attached
+   under a note of the meeting, the invitee and their current answer.
 
 Each change (and each REFRESH answered) is an `RsvpEvent` for the coordinator's daily
 summary. Processing a message a second time changes nothing. Hostile input is bounded in
@@ -48,7 +49,7 @@ from lists.commands import body_lines
 from mailer import rawmail, robot_mail, templates
 from mailer.addresses import AddressError, Role, Route, normalize
 from mailer.inbound import HandlerOptions, Inbound, Offload, RoleHandler, parse
-from meetings import coordination, invitations, itip, reachability
+from meetings import coordination, invitations, itip, letters, reachability, reports
 from meetings.imip import one_line
 from meetings.meeting_site import MeetingSite
 from meetings.models import Delegate, Invitation, Meeting, RsvpEvent
@@ -251,8 +252,17 @@ def process(session: Session, site: MeetingSite, invitation: Invitation,
     if outcome.action == "forward":
         if reading.machine:
             return RsvpOutcome("dropped", f"automatic mail: {reading.machine}; {outcome.reason}")
-        forward(session, site, inbound, outcome.reason)
+        if is_note(reading):
+            forward_note(session, rsvp, inbound, outcome.reason)
+        else:
+            forward(session, site, inbound, outcome.reason)
     return outcome
+
+
+def is_note(reading: Reading) -> bool:
+    """Whether a person wrote words only: no calendar data at all, and no command."""
+    calendars = reading.calendars
+    return not calendars.messages and not calendars.problems and reading.command is None
 
 
 def decide(session: Session, rsvp: Rsvp, reading: Reading,
@@ -390,10 +400,12 @@ def reply(session: Session, rsvp: Rsvp, answer: itip.ItipMessage) -> RsvpOutcome
 def apply(session: Session, rsvp: Rsvp, partstat: str, comment: str) -> RsvpOutcome:
     """Store an answer and record the change; the same answer again changes nothing."""
     invitation = rsvp.invitation
-    if (invitation.partstat, invitation.comment) == (partstat, comment):
+    if (invitation.partstat, invitation.comment) == (partstat, comment) \
+            and not invitation.by_hand:
         return RsvpOutcome("unchanged", f"{partstat} again")
     invitation.partstat, invitation.comment, invitation.replied_at = \
         partstat, comment, rsvp.now
+    invitation.by_hand = False      # the invitee's own word replaces one given by hand
     record(session, rsvp, "reply", partstat, comment)
     if partstat == "DECLINED" and invitation.delegated_from_id is not None:
         ask_delegator_again(session, rsvp)
@@ -625,6 +637,28 @@ def forward(session: Session, site: MeetingSite, inbound: Inbound, reason: str) 
     why = one_line(reason).encode("ascii", "replace").decode()[:300]
     data = rawmail.rewrite(inbound.raw, {FORWARD_HEADER.lower()}, [(FORWARD_HEADER, why)])
     coordination.forward(session, site, data)
+
+
+def forward_note(session: Session, rsvp: Rsvp, inbound: Inbound, reason: str) -> None:
+    """Words about an invitation with no calendar in them ("I'll come, but late"), to the
+    coordinators: attached as they came (RFC 2046 §5.2.1), under what they need to act on
+    them: the meeting, the invitee, where their answer stands, and how to record one."""
+    invitation, meeting, site = rsvp.invitation, rsvp.meeting, rsvp.site
+    context = {"sender": rsvp.sender or "someone", "title": meeting.title,
+               "meeting_id": meeting.id, "when": letters.when(meeting)["when"],
+               "name": invitation.name or invitation.address, "address": invitation.address,
+               "partstat": invitation.partstat, "answered": reports.answered(invitation),
+               "replied_at": reports.stamp(invitation.replied_at),
+               "comment": invitation.comment, "site_name": site.name,
+               "delivery": reachability.delivery_note(invitation)}
+    subject, body = templates.render(site.templates, "rsvp_note",
+                                     coordination_language(session), context)
+    own = site.address(coordination.LOCAL)
+    note = robot_mail.robot_message(
+        sender=(site.name, own), to=own, subject=subject, body=body, domain=site.domain,
+        reply_to=rsvp.sender or invitation.address, auto="auto-generated",
+        headers=[(FORWARD_HEADER, one_line(reason).encode("ascii", "replace").decode()[:300])])
+    coordination.forward(session, site, robot_mail.with_original(note, inbound.raw))
 
 
 def bounced(session: Session, invitation: Invitation, inbound: Inbound,

@@ -54,13 +54,16 @@ from tests.helpers import (
     addressed,
     bare_line_feeds,
     cli,
+    cli_error,
     config_file,
     crlf,
     fixture,
+    mail,
     make_config,
     meeting_site,
     organise,
     quiet,
+    run,
     running,
     send,
     standing,
@@ -973,6 +976,74 @@ async def test_after_a_refused_update_the_answer_stands_and_later_mail_still_goe
                   if d.rcpt == "ana@party.test"]
         assert [(m.method, m.attendee("ana@party.test").partstat)  # type: ignore[union-attr]
                 for m in to_ana] == [("REQUEST", "ACCEPTED"), ("CANCEL", "NEEDS-ACTION")]
+
+
+async def test_words_without_a_calendar_reach_the_coordinators_with_the_meeting_on_top(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    path = config_file(config, tmp_path)
+    async with running(config) as daemon:
+        world = daemon.db.transaction(organise)
+        port, ana = daemon.ports["smtp"], world.rsvp("ana@party.test")
+        await send(port, "ana@party.test", [ana], fixture("outlook-reply-accepted.eml", world))
+        words = mail("Ana Silva <ana@party.test>", ana, "Re: Steering Committee, Nairobi",
+                     "I'll come, but late: my flight lands at 11:00.\n")
+        await send(port, "ana@party.test", [ana], words)
+        await quiet(daemon)
+        [note] = ours(sink)
+        message = note.message
+        assert note.rcpt == COORDINATOR and str(message[FORWARD_HEADER]) == "no calendar data"
+        assert str(message["Subject"]) == ("Note from Ana Silva about Steering Committee, "
+                                           "Nairobi")
+        assert str(message["Reply-To"]) == "ana@party.test"
+        summary, attached = message.get_payload()
+        text = summary.get_content()
+        assert f"(meeting {world.meeting_id})" in text and "Africa/Nairobi" in text
+        assert "Invitee:         Ana Silva <ana@party.test>" in text
+        assert "Current answer:  ACCEPTED (by mail, " in text
+        assert f"alliance meeting answer {world.meeting_id} ana@party.test" in text
+        assert attached.get_content_type() == "message/rfc822"
+        assert words in note.data, "the words attached byte for byte"
+        assert bare_line_feeds(note.data) == []
+
+        said = cli(path, "meeting", "answer", str(world.meeting_id), "ana@party.test",
+                   "Tentative", "--comment", "late, after 11:00")
+        assert said == (f"meeting {world.meeting_id}: ana@party.test TENTATIVE, recorded by "
+                        "hand\n")
+        [row] = [r for r in json.loads(cli(path, "meeting", "attendance",
+                                           str(world.meeting_id), "--json"))
+                 if r["address"] == "ana@party.test"]
+        assert (row["partstat"], row["answered"], row["comment"]) == \
+            ("TENTATIVE", "by hand", "late, after 11:00")
+        assert "by hand" in cli(path, "meeting", "attendance", str(world.meeting_id))
+        assert len(ours(sink)) == 1, "recording an answer sends nothing"
+
+        # Ana's own answer, later, replaces the one given by hand.
+        await send(port, "ana@party.test", [ana], fixture("outlook-reply-accepted.eml", world))
+        await quiet(daemon)
+        [row] = [r for r in json.loads(cli(path, "meeting", "attendance",
+                                           str(world.meeting_id), "--json"))
+                 if r["address"] == "ana@party.test"]
+        assert (row["partstat"], row["answered"]) == ("ACCEPTED", "by mail")
+
+
+def test_an_answer_by_hand_is_refused_in_one_line_where_it_cannot_be(
+        db: Database, world: World, tmp_path: Path, sqlite_url: str) -> None:
+    path = config_file(make_config(tmp_path, sqlite_url), tmp_path)
+    meeting = str(world.meeting_id)
+    assert cli_error(path, "meeting", "answer", meeting, "nobody@party.test", "accepted") == \
+        f"nobody@party.test is not invited to meeting {meeting}"
+    code, output = run(path, "meeting", "answer", meeting, "ana@party.test", "maybe")
+    assert code == 2 and "'maybe' is not one of" in output
+    deliver(db, world, "ana@party.test",
+            command(world, "ana@party.test", "delegate maria@party.test\n"))
+    assert cli_error(path, "meeting", "answer", meeting, "ana@party.test", "declined") == \
+        "ana@party.test has sent maria@party.test in their place; record the substitute's " \
+        "answer"
+    cancel_meeting(db, world)
+    assert cli_error(path, "meeting", "answer", meeting, "kofi@party.test", "accepted") == \
+        f"meeting {meeting} is cancelled; nothing recorded"
+    assert [e[0] for e in events(db)] == ["delegated"]
 
 
 async def test_an_unknown_or_forged_token_is_refused_at_rcpt(tmp_path: Path, sqlite_url: str,

@@ -98,6 +98,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
         {"meeting": "Board, Berlin", "date": "2027-03-14 09:00", "meeting_id": 4,
          "name": "Kofi Mensah", "address": "kofi@party.test", "kind": "delegated",
          "partstat": "DELEGATED", "detail": "ama@party.test", "at": "2027-02-01T11:00:00Z"}]},
+    "rsvp_note": {"sender": "ana@party.test", "title": "Board, Berlin", "meeting_id": 4,
+                  "when": "2027-03-14 09:00–17:00 (Europe/Berlin)", "name": "Ana Silva",
+                  "address": "ana@party.test", "partstat": "ACCEPTED", "answered": "by hand",
+                  "replied_at": "2027-02-01T10:00:00Z", "comment": "Late, after 11:00",
+                  "delivery": "a message failed: 5.7.1 on 2027-02-02: 550 5.7.1 refused"},
     "cadence_warning": {"shortfalls": [{"body": "Steering Committee", "year": 2027,
                                         "held": 1, "required": 2}]},
 }
