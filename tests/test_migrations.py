@@ -64,3 +64,32 @@ def test_a_departed_members_id_is_never_given_again(sqlite_url: str) -> None:
     finally:
         db.close()
     assert new is not None and new.id > gone
+
+
+def test_an_invitation_cut_off_by_one_bounce_gets_mail_again(database_url: str) -> None:
+    upgrade_to(database_url, "0007")
+    engine = create_engine(resolve_url(database_url, Path(".")))
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO bodies (id, slug, name, kind, one_delegate_per_party, "
+            "meetings_per_year, created_at) VALUES (1, 'board', 'Board', 'board', false, 1, 0)"))
+        connection.execute(text(
+            "INSERT INTO meetings (id, uid, body_id, title, description, location, tz, "
+            "start_local, end_local, starts_at, ends_at, alongside, agenda_url, send_at, "
+            "status, sequence, created_at, updated_at) VALUES (1, 'm1', 1, 'Board', '', '', "
+            "'UTC', '2027-03-14T09:00:00', '2027-03-14T17:00:00', 0, 0, '', '', 0, "
+            "'CONFIRMED', 0, 0, 0)"))
+        connection.execute(text(
+            "INSERT INTO invitations (id, meeting_id, address, name, language, state, "
+            "partstat, comment, reset_sequence, delegated_to, reminded) VALUES "
+            "(1, 1, 'ana@party.test', 'Ana', 'en', 'undeliverable', 'ACCEPTED', '', 0, '', '')"))
+    engine.dispose()
+    db = Database(database_url)
+    db.upgrade()
+    try:
+        row = db.query(lambda s: s.execute(text(
+            "SELECT state, partstat, bounce_score, problem, by_hand FROM invitations")).one())
+    finally:
+        db.close()
+    assert tuple(row) == ("active", "ACCEPTED", 1.0,
+                          "a hard bounce, recorded before details were kept", False)

@@ -26,7 +26,8 @@ def upgrade() -> None:
     # The old rule marked an invitation undeliverable at its first hard bounce: those get
     # mail again, their failure kept as one of the address's.
     op.execute("UPDATE invitations SET state = 'active', bounce_score = 1, "
-               "problem = 'failed (before this version)' WHERE state = 'undeliverable'")
+               "problem = 'a hard bounce, recorded before details were kept' "
+               "WHERE state = 'undeliverable'")
 
 
 def downgrade() -> None:
