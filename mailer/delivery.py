@@ -113,6 +113,13 @@ def renew(session: Session, ids: list[int], lease_end: float) -> None:
                         .values(due_at=lease_end))
 
 
+def release_leases(session: Session, lease_ends: list[float], now: float) -> None:
+    """Give back, unsent and uncounted, what claims that got no answer had leased."""
+    session.execute(update(Delivery).where(Delivery.state == "sending",
+                                           Delivery.due_at.in_(lease_ends))
+                    .values(state="pending", due_at=now, attempts=Delivery.attempts - 1))
+
+
 def release(session: Session, ids: list[int], now: float) -> None:
     """Give leased deliveries back, unsent, so that the next start sends them at once."""
     if ids:
@@ -189,6 +196,7 @@ class Dispatcher:
         self._stopping = False
         self._senders_done = False
         self._held: set[int] = set()  # leased here, outcome not yet written
+        self._lost: list[float] = []  # ends of leases whose claim got no answer
         self._tasks: list[asyncio.Task[None]] = []
         # Each send of a large message holds a copy or two of it: a few at a time.
         self._large = asyncio.Semaphore(LARGE_SENDS)
@@ -228,10 +236,18 @@ class Dispatcher:
         while not self._stopping:
             self._wake.clear()
             now = time.time()
+            lease_end = now + self.policy.lease
             try:
-                jobs = await self.db.write(claim, now, now + self.policy.lease, BATCH)
+                if self._lost:
+                    await self.db.write(release_leases, list(self._lost), now)
+                    self._lost.clear()
+                jobs = await self.db.write(claim, now, lease_end, BATCH)
                 await self._load(jobs)
             except Exception:
+                # The claim may have been committed and only its answer lost (a cut
+                # connection), or its messages not loaded: its rows, which carry this
+                # lease's end, are given back at the next try instead of waiting it out.
+                self._lost.append(lease_end)
                 log.exception("could not take deliveries from the queue; retrying")
                 await asyncio.sleep(self.poll)
                 continue
@@ -258,7 +274,11 @@ class Dispatcher:
                 log.exception("could not renew %d leases; retrying", len(self._held))
 
     async def _sleep(self) -> None:
-        due = await self.db.read(next_due)
+        try:
+            due = await self.db.read(next_due)
+        except Exception:   # the loop must outlive a lost connection: it polls instead
+            log.exception("could not read when the next delivery is due")
+            due = None
         delay = self.poll if due is None else min(max(due - time.time(), 0.0), self.poll)
         if delay > 0:
             with contextlib.suppress(TimeoutError):

@@ -122,6 +122,7 @@ class Router:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._held: dict[int, float] = {}      # units in hand without an outcome: lease end
+        self._lost: list[float] = []  # ends of leases whose claim got no answer (see _lease)
         self._in_hand: set[asyncio.Task[None]] = set()
         # How each role's messages are parsed: (policy, early).
         self._parsing = {role.value: (handler.options.policy, not handler.options.lazy)
@@ -196,8 +197,15 @@ class Router:
         now = time.time()
         lease_end = now + self.lease
         try:
+            if self._lost:
+                await self.db.write(_unclaim_leases, list(self._lost))
+                self._lost.clear()
             leased = await self.db.write(claim, now, lease_end, BATCH)
         except Exception:
+            # The claim may have been committed and only its answer lost (a connection
+            # cut during the commit): what it leased would wait for the lease to end.
+            # Its rows carry this lease's end; they are given back at the next try.
+            self._lost.append(lease_end)
             log.exception("could not take work from the queue; retrying")
             return [], lease_end
         kept = []
@@ -443,6 +451,13 @@ def _unclaim(session: Session, leases: list[tuple[int, float]]) -> None:
         session.execute(update(Work).where(_mine(work_id, lease_end))
                         .values(state="pending", due_at=time.time(),
                                 attempts=Work.attempts - 1))
+
+
+def _unclaim_leases(session: Session, lease_ends: list[float]) -> None:
+    """Back to the queue, uncounted: whatever claims that got no answer had leased."""
+    session.execute(update(Work).where(Work.state == "working", Work.due_at.in_(lease_ends))
+                    .values(state="pending", due_at=time.time(),
+                            attempts=Work.attempts - 1))
 
 
 def _failed(session: Session, work_id: int, lease_end: float, error: str, passing: bool,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import collections
 import contextlib
 import os
 import re
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
+import psycopg
 import pytest
 from sqlalchemy import func, select, text
 
@@ -31,12 +34,14 @@ from mailer.daemon import Daemon
 from mailer.models import Delivery, Message, Work
 from tests.helpers import (
     DOMAIN,
+    PG_ADMIN,
     Dialogue,
     Sink,
     free_port,
     mail,
     make_config,
     make_list,
+    postgres_database,
     quiet,
     reply_to,
     running,
@@ -606,6 +611,102 @@ async def test_F10_a_relay_refusing_the_content_fails_that_destination(
     assert errors == ["5.7.1 Message content rejected"], "flagged with the relay's reason"
     assert score == 0.0, "a content refusal is not the member's fault"
     assert list(sink.recipients) == [POSTER]
+
+
+async def test_F06_postgresql_connections_cut_again_and_again_lose_nothing(
+        tmp_path: Path, sink: Sink) -> None:
+    """Every backend of the daemon's database is terminated every 50 ms while ten
+    messages are sent (some cuts land inside a commit): each message is answered 250 or
+    451 (a client sends again after a 451, as an MTA does), every one answered 250 is
+    stored once and delivered, and nothing is quarantined."""
+    with postgres_database() as url:
+        name = url.rsplit("/", 1)[1]
+        async with running(steering(tmp_path, url, sink)) as daemon:
+            cutting = asyncio.create_task(cut_connections(name))
+            codes: list[int] = []
+            try:
+                for n in range(10):
+                    codes += await send_until_accepted(daemon.ports["smtp"], n)
+            finally:
+                cutting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cutting
+            # Work that met a cut waits out its backoff (router.TRANSIENT_BACKOFF).
+            await sink.wait_for(20, timeout=90)
+            await settled(daemon)
+            stored = collections.Counter(daemon.db.query(lambda s: [
+                raw.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+                for raw in s.scalars(select(Message.raw))]))
+    assert set(codes) <= {250, 451} and codes.count(250) == 10
+    # A cut inside the commit of a message answered 451 may still have stored it: the
+    # client's second try makes it twice (SMTP's own ambiguity), never zero times.
+    assert set(stored) == {f"cut {n}" for n in range(10)} and set(stored.values()) <= {1, 2}
+    got = collections.Counter((d.rcpt, str(d.message["subject"])) for d in sink.received)
+    assert {(rcpt, f"[steering] cut {n}") for rcpt in (POSTER, OTHER) for n in range(10)} \
+        == set(got)
+    assert sum(got.values()) <= 2 * sum(stored.values())
+
+
+async def cut_connections(database: str) -> None:
+    """pg_terminate_backend on every connection to `database`, every 50 ms."""
+    admin = await psycopg.AsyncConnection.connect(PG_ADMIN, autocommit=True)
+    try:
+        while True:
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+
+
+async def send_until_accepted(port: int, n: int) -> list[int]:
+    """Message n, sent again after each 451 (at most 20 times); the codes answered."""
+    codes = []
+    for _ in range(20):
+        try:
+            await send(port, POSTER, [LIST], mail(POSTER, LIST, subject=f"cut {n}"))
+            return [*codes, 250]
+        except aiosmtplib.SMTPRecipientsRefused as error:     # at RCPT
+            codes += [refusal.code for refusal in error.recipients]
+        except aiosmtplib.SMTPResponseException as error:     # at MAIL or DATA
+            codes.append(error.code)
+        await asyncio.sleep(0.1)
+    return codes
+
+
+@dataclass
+class StallingSink(Sink):
+    """A smarthost that, once per recipient named, waits before answering the DATA."""
+
+    stall: dict[str, float] = field(default_factory=dict)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        for rcpt in envelope.rcpt_tos:
+            await asyncio.sleep(self.stall.pop(rcpt, 0.0))
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_F12_a_stalled_relay_is_given_up_on_and_tried_again(
+        tmp_path: Path, sqlite_url: str) -> None:
+    """The relay takes 3 s to answer one DATA; `outbound.timeout` is 0.5 s: that delivery
+    is given up on and retried (the relay may have kept the first copy: one duplicate at
+    most), and the other member's copy is not held up."""
+    sink = StallingSink(stall={OTHER: 3.0})
+    await sink.start()
+    try:
+        config = steering(tmp_path, sqlite_url, sink, outbound={"timeout": 0.5})
+        async with running(config) as daemon:
+            await send(daemon.ports["smtp"], POSTER, [LIST], mail(POSTER, LIST))
+            await until(lambda: outcomes(daemon).get(POSTER, ("", 0))[0] == "done")
+            assert outcomes(daemon)[OTHER][0] != "done", "the stalled copy waits"
+            await until(lambda: outcomes(daemon)[OTHER][0] == "done", timeout=15)
+            attempts = daemon.db.query(lambda s: dict(s.execute(
+                select(Delivery.recipient, Delivery.attempts)).all()))
+            await settled(daemon)
+    finally:
+        await sink.stop()
+    assert attempts[POSTER] == 1 and attempts[OTHER] >= 2
+    assert sink.recipients[POSTER] == 1 and 1 <= sink.recipients[OTHER] <= 2
 
 
 @contextlib.asynccontextmanager

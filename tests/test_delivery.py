@@ -228,3 +228,23 @@ async def test_a_slow_smarthost_does_not_make_leases_run_out_into_duplicates(
         await asyncio.sleep(0.5)
     assert len(sink.received) == 40
     assert set(sink.recipients.values()) == {1}
+
+
+def test_a_claim_whose_answer_was_lost_gives_its_deliveries_back(sqlite_url: str) -> None:
+    """As the router's (F06): what a claim that got no answer leased is given back, unsent
+    and uncounted, at the next try, not when its lease runs out; other leases keep theirs."""
+    from mailer import delivery, outbox
+    from mailer.db import Database
+    db = Database(sqlite_url)
+    db.upgrade()
+    db.transaction(lambda s: outbox.enqueue(s, sender="list-bounces@example.org", kind="post",
+                                            recipients=[("a@x.test", None), ("b@x.test", None)],
+                                            data=b"Subject: x\r\n\r\nx\r\n"))
+    now = time.time()
+    lost = db.transaction(delivery.claim, now, now + 60, 1)
+    kept = db.transaction(delivery.claim, now, now + 61, 1)
+    db.transaction(delivery.release_leases, [now + 60], time.time())
+    found = db.query(lambda s: {d.recipient: (d.state, d.attempts) for d in s.scalars(
+        select(Delivery))})
+    db.close()
+    assert found == {lost[0].recipient: ("pending", 0), kept[0].recipient: ("sending", 1)}

@@ -44,8 +44,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from lists import moderation, service
-from lists.models import Held
 from lists import settings as list_settings
+from lists.models import Held
 from lists.pipeline import PIPELINE, fan_out
 from lists.post import PostFacts, make_post
 from lists.rules import decide

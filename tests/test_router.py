@@ -550,3 +550,19 @@ def test_a_lease_of_large_messages_is_cut_short(sqlite_url: str) -> None:
     leases = [db.transaction(router_module.claim, now, now + 60, 50) for _ in range(3)]
     assert [len(lease) for lease in leases] == [1, 1, 2], "the last one takes the small one"
     db.close()
+
+
+def test_a_claim_whose_answer_was_lost_gives_its_units_back(sqlite_url: str) -> None:
+    """A claim committed whose answer never came (a connection cut in the commit, F06):
+    the router gives back, uncounted, what carries that lease's end, and nothing else."""
+    db = Database(sqlite_url)
+    db.upgrade()
+    store(db, ["one", "two"])
+    now = time.time()
+    lost = db.transaction(router_module.claim, now, now + 60, 1)     # "lost": never used
+    kept = db.transaction(router_module.claim, now, now + 61, 1)     # another lease
+    db.transaction(router_module._unclaim_leases, [now + 60])
+    states = db.query(lambda s: {w.id: (w.state, w.attempts, w.due_at <= time.time())
+                                 for w in s.scalars(select(Work))})
+    db.close()
+    assert states == {lost[0].id: ("pending", 0, True), kept[0].id: ("working", 1, False)}
