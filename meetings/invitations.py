@@ -14,6 +14,10 @@
   may stand in, so no party gets a second voice. When the seat goes back to the delegator
   (the substitute declined), the substitute is uninvited.
 - Updates go to delegators too, their ATTENDEE line DELEGATED with DELEGATED-TO.
+- An answer given another way (by phone, in words) is recorded by hand (`answer_by_hand`)
+  and marked so; the invitee's own reply, later, replaces it.
+- Mail goes to every active invitation: a failed message never stops it by itself; only
+  repeated failures of the address make an invitation undeliverable (`reachability`).
 
 Each function takes a session and the site and queues mail in the caller's transaction.
 """
