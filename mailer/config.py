@@ -117,6 +117,9 @@ class RouterSection:
     worker_memory_mb: int = _key(
         1024, "address space each worker process may use, MiB; a message that needs more "
         "fails alone (0: no limit)")
+    crash_settle: float = _key(
+        5.0, "seconds after a start before work that was in flight at a crash is taken "
+        "again (each alone): a crash of a process just started is not the message's")
 
 
 @dataclass(frozen=True)

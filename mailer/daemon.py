@@ -151,7 +151,7 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     router = Router(db, {**list_side.handlers(list_site, workers),
                          **meeting_side.handlers(meeting_site, workers)},
                     max_attempts=config.router.max_attempts, on_outgoing=dispatcher.wake,
-                    poll=poll)
+                    poll=poll, settle=config.router.crash_settle)
     inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake)
     scheduler = Scheduler(db, list_side.jobs(list_site) + meeting_side.jobs(meeting_site),
                           on_outgoing=dispatcher.wake, clock=clock, tick=poll)

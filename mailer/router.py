@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -75,15 +76,19 @@ class Claimed:
     size: int = 0
 
 
-def claim(session: Session, now: float, lease_end: float, limit: int) -> list[Claimed]:
+def claim(session: Session, now: float, lease_end: float, limit: int, *,
+          suspects: bool = True) -> list[Claimed]:
     """Lease due work, oldest first. A unit still `working` after its lease ended was held
     by a process that died (or hung): if that process was handling it alone, it crashed
-    it, and the crash is counted."""
-    found = session.execute(
-        select(Work.id, Work.state, Work.alone, Work.failures, Work.crashes, Message.size)
-        .join(Message, Message.id == Work.message_id)
-        .where(Work.state.in_(("pending", "working")), Work.due_at <= now)
-        .order_by(Work.id).limit(limit).with_for_update(skip_locked=True, of=Work)).all()
+    it, and the crash is counted. Without `suspects`, such units and those charged with
+    a crash before are left for later."""
+    query = (select(Work.id, Work.state, Work.alone, Work.failures, Work.crashes, Message.size)
+             .join(Message, Message.id == Work.message_id)
+             .where(Work.state.in_(("pending", "working")), Work.due_at <= now))
+    if not suspects:
+        query = query.where(Work.state == "pending", Work.crashes == 0)
+    found = session.execute(query.order_by(Work.id).limit(limit)
+                            .with_for_update(skip_locked=True, of=Work)).all()
     rows: list[Any] = []
     size = 0
     for row in found:        # a batch of large messages is cut short: memory is bounded
@@ -110,7 +115,7 @@ class Router:
     def __init__(self, db: Database, handlers: Mapping[Role, RoleHandler], *,
                  max_attempts: int, on_outgoing: Callable[[], None],
                  poll: float = 1.0, lease: float = 300.0,
-                 stop_grace: float = STOP_GRACE) -> None:
+                 stop_grace: float = STOP_GRACE, settle: float = 0.0) -> None:
         self.db = db
         self.handlers = handlers
         self.max_attempts = max_attempts
@@ -118,6 +123,11 @@ class Router:
         self.poll = poll
         self.lease = lease
         self.stop_grace = stop_grace
+        # Suspects (work in flight at a crash, or charged with one) wait this long after a
+        # start: a process just started is slow (cold caches, workers spawning), and a
+        # crash then must not fall, again and again, on the first message it handles.
+        self.settle = settle
+        self._suspects_from = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -132,6 +142,7 @@ class Router:
         self._wake.set()
 
     def start(self) -> None:
+        self._suspects_from = time.monotonic() + self.settle
         self._task = asyncio.create_task(self._run(), name="router")
 
     async def stop(self) -> None:
@@ -200,7 +211,8 @@ class Router:
             if self._lost:
                 await self.db.write(_unclaim_leases, list(self._lost))
                 self._lost.clear()
-            leased = await self.db.write(claim, now, lease_end, BATCH)
+            leased = await self.db.write(functools.partial(
+                claim, suspects=time.monotonic() >= self._suspects_from), now, lease_end, BATCH)
         except Exception:
             # The claim may have been committed and only its answer lost (a connection
             # cut during the commit): what it leased would wait for the lease to end.

@@ -423,6 +423,34 @@ async def test_units_in_flight_beside_a_crash_are_retried_uncharged(sqlite_url: 
     db.close()
 
 
+async def test_units_in_flight_at_a_crash_wait_while_the_process_settles(
+        sqlite_url: str) -> None:
+    """Right after a start (`router.crash_settle`), work in flight at the crash waits and
+    fresh work goes on: a kill of a process just started (slow, cold) must not fall on
+    the first suspect it handles, again and again (the 50-kill run quarantined one)."""
+    db = Database(sqlite_url)
+    db.upgrade()
+    store(db, ["Suspect", "Charged", "Fresh"])
+    db.transaction(lambda s: s.execute(Work.__table__.update().where(Work.id == 1).values(
+        attempts=1, state="working", due_at=0)))
+    db.transaction(lambda s: s.execute(Work.__table__.update().where(Work.id == 2).values(
+        attempts=1, crashes=1)))
+    handler = Recorder()
+    router = Router(db, {Role.POST: handler}, max_attempts=3, on_outgoing=lambda: None,
+                    poll=0.05, settle=60)
+    router.start()
+    try:
+        deadline = time.monotonic() + 10
+        while handler.handled != ["Fresh"]:
+            assert time.monotonic() < deadline, handler.handled
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)    # several polls: the suspects are still left
+    finally:
+        await router.stop()
+    assert handler.handled == ["Fresh"]
+    assert states(db) == [("working", 1), ("pending", 1), ("done", 1)]
+    db.close()
+
 class Locked(Recorder):
     """Meets a database that is locked (a transient fault) its first `times` tries."""
 
