@@ -4,12 +4,15 @@ A message that failed for good (RFC 3464 §2.3.3 `Action: failed`) is a problem 
 message: it is shown to the coordinators beside the invitee's answer, which it never
 changes, and it stops no later update, reminder or CANCEL by itself. Only failures of the
 address itself count towards stopping: a status of subject X.1 (addressing) or X.2
-(mailbox) (RFC 3463 §3.3, §3.4), or one that names no cause (X.0.0, §3.1, or no status at
-all), as a list bounce would count (`lists.bounces`). They score one a day at most,
-as list bounces do; at STOP_AFTER the invitation is undeliverable and
-no more mail goes to it. A refusal of the message (X.3 system, X.4 network, X.5 protocol,
-X.6 content, X.7 policy: a content filter's 5.7.1) scores nothing. A valid reply from
-the invitee proves that the address works, and clears both (`reachable`).
+(mailbox) (RFC 3463 §3.3, §3.4), or one that names no cause (X.0.0, §3.1, or no status
+at all). They score one a day at most, as list bounces do (`lists.bounces`); at
+STOP_AFTER the invitation is undeliverable and no more mail goes to it. A refusal of the
+message (X.3 system, X.4 network, X.5 protocol, X.6 content, X.7 policy: a content
+filter's 5.7.1) scores nothing. A valid reply from the invitee proves that the address
+works, and clears both (`reachable`).
+
+The score is kept per invitation, as a list bounce is per membership: a dead address
+stops getting one meeting's mail, and another meeting's first message is tried again.
 """
 
 from __future__ import annotations
