@@ -32,6 +32,7 @@ from lists.models import Held, Member
 from mailer import smtp_replies
 from mailer.daemon import Daemon
 from mailer.models import Delivery, Message, Work
+from meetings import itip
 from tests.helpers import (
     DOMAIN,
     PG_ADMIN,
@@ -501,6 +502,45 @@ async def test_L16_a_list_that_is_its_own_member_is_never_sent_to(
     assert LIST not in sink.recipients
     assert sorted(sink.recipients) == [POSTER, OTHER]
     assert work == 1, "nothing came back to the list"
+
+
+# -- 3.4 calendars (C): what the others are, tests/test_replies.py and test_fuzz.py ------
+
+def reply_with(*lines: str) -> bytes:
+    """Ana's ACCEPTED REPLY carrying these extra lines in its VEVENT."""
+    return "\r\n".join([
+        "BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//test//EN", "METHOD:REPLY",
+        "BEGIN:VEVENT", "UID:m1@lists.example.org", "SEQUENCE:0",
+        "DTSTAMP:20270301T100000Z", "DTSTART:20270301T090000Z",
+        "ATTENDEE;PARTSTAT=ACCEPTED:mailto:ana@party.test", *lines,
+        "END:VEVENT", "END:VCALENDAR", ""]).encode()
+
+
+@pytest.mark.parametrize("lines", [
+    ("RRULE:FREQ=SECONDLY",),                                        # C09: no end
+    ("RRULE:FREQ=SECONDLY;COUNT=2000000000;BYSETPOS=1,2,3,4,5,6,7,8,9,10",),     # C10
+    ("BEGIN:VALARM", "ACTION:DISPLAY", "TRIGGER:-PT1S", "REPEAT:2000000000",     # C12
+     "DURATION:PT1S", "DESCRIPTION:x", "END:VALARM"),
+], ids=["C09", "C10", "C12"])
+def test_C09_C10_C12_rules_and_alarms_in_a_reply_are_never_expanded(
+        lines: tuple[str, ...]) -> None:
+    """Only the answer is read from a REPLY (meetings.itip.essentials keeps what is read):
+    an endless rule or an alarm repeated two billion times is never expanded, so the
+    reply is read at once (an expansion would not end) and its answer stands."""
+    reply = itip.parse(reply_with(*lines))
+    assert [(a.address, a.partstat) for a in reply.attendees] == [("ana@party.test",
+                                                                   "ACCEPTED")]
+    kept = itip.essentials(reply_with(*lines))
+    assert b"ATTENDEE" in kept and b"RRULE" not in kept and b"REPEAT" not in kept
+
+
+def test_C20_calendar_text_that_names_a_local_file_is_never_opened(tmp_path: Path) -> None:
+    """Calendar data is bytes handed to icalendar, never a path: text naming a readable
+    file is unreadable calendar data, and the file's content appears nowhere."""
+    secret = tmp_path / "secret.ics"
+    secret.write_bytes(reply_with())           # a calendar the parser would accept
+    with pytest.raises(itip.ItipError):
+        itip.parse(str(secret).encode())
 
 
 # -- 3.5 faults (F) ----------------------------------------------------------------------
