@@ -120,7 +120,10 @@ class Writer:
     def _head(self, language: str, subject: str) -> imip.Letterhead:
         key = (language, subject)
         if key not in self._heads:
-            sender_name = f"{self.organizer} via {self.site.name}"
+            # The coordinating party via the site; before any handover, the site alone
+            # (not "Progressive Alliance via Progressive Alliance").
+            sender_name = (self.site.name if self.organizer == self.site.name
+                           else f"{self.organizer} via {self.site.name}")
             self._heads[key] = imip.letterhead(method=self.mailing.method, subject=subject,
                                                sender_name=sender_name,
                                                domain=self.site.domain)

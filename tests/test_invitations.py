@@ -138,6 +138,7 @@ async def test_one_invitation_per_delegate_built_as_itip_says(tmp_path: Path,
     assert len(tokens) == 2, "each invitee has their own reply address"
 
     ana = delivered[ANA].message
+    assert ana["From"].addresses[0].display_name == "Progressive Alliance", "not twice"
     assert ana["Subject"] == f"Invitation : Board meeting ({NEXT_YEAR}-03-14)"
     assert "Bonjour Ana Silva" in ana.get_body(("plain",)).get_content()
     assert "Board meeting" in ana.get_body(("html",)).get_content()
