@@ -267,10 +267,15 @@ def meeting_update(context: Context, meeting_id: int, title: str | None,
 
 @meeting_group.command("cancel")
 @click.argument("meeting_id", type=int)
+@click.option("--reason", default="", help="why, told to every invitee")
 @pass_context
-def meeting_cancel(context: Context, meeting_id: int) -> None:
-    """Cancel the meeting: METHOD:CANCEL to every invitee."""
-    count = _meeting_action(context, meeting_id, invitations.cancel)
+def meeting_cancel(context: Context, meeting_id: int, reason: str) -> None:
+    """Cancel the meeting: METHOD:CANCEL to every invitee, with the reason if given."""
+    if "\0" in reason:
+        raise click.ClickException("--reason may not hold a NUL character")
+    reason = " ".join(reason.split())      # one line: it reaches a calendar's COMMENT
+    count = _meeting_action(context, meeting_id,
+                            lambda s, site, m: invitations.cancel(s, site, m, reason))
     click.echo(f"meeting {meeting_id} cancelled; {count} cancellation(s) queued")
 
 

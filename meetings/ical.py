@@ -337,12 +337,16 @@ def request_frame(occasion: Occasion) -> Frame:
     return _frame(calendar)
 
 
-def cancel_frame(occasion: Occasion, *, whole: bool = True) -> Frame:
+def cancel_frame(occasion: Occasion, *, whole: bool = True, comment: str = "") -> Frame:
     """METHOD:CANCEL (RFC 5546 §3.2.5): STATUS:CANCELLED for the whole meeting; no STATUS
-    when only some attendees are uninvited; never a VALARM."""
+    when only some attendees are uninvited; never a VALARM; the reason, if given, as
+    COMMENT (which §3.2.5 allows in a CANCEL)."""
     calendar = _calendar("CANCEL")
     _add_timezones(calendar, [occasion])
-    calendar.add_component(_event(occasion, status="CANCELLED" if whole else None))
+    event = _event(occasion, status="CANCELLED" if whole else None)
+    if comment:
+        event.add("comment", comment)
+    calendar.add_component(event)
     return _frame(calendar)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -143,6 +144,7 @@ def reschedule(session: Session, site: MeetingSite, meeting: Meeting,
     check_open(meeting, now)
     if not schedule.moved(meeting, when):
         return 0
+    before = letters.meeting_view(session, meeting)
     meeting.tz, meeting.start_local, meeting.end_local = when.tz, when.start_local, \
         when.end_local
     meeting.starts_at, meeting.ends_at = when.starts_at, when.ends_at
@@ -150,7 +152,12 @@ def reschedule(session: Session, site: MeetingSite, meeting: Meeting,
     meeting.updated_at = now
     _reset(session, meeting, now, site.reminder_days)
     return letters.send(session, site, meeting, _sent(session, meeting, delegated=True),
-                        letters.UPDATE)
+                        letters.UPDATE, _noted(session, meeting, before))
+
+
+def _noted(session: Session, meeting: Meeting, before: dict[str, Any]) -> letters.Notes:
+    """What an update says changed: the meeting's view before, against now."""
+    return letters.Notes(letters.changes(before, letters.meeting_view(session, meeting)))
 
 
 def update(session: Session, site: MeetingSite, meeting: Meeting,
@@ -165,24 +172,26 @@ def update(session: Session, site: MeetingSite, meeting: Meeting,
     check_open(meeting, now)
     if changes.status == "CANCELLED":
         raise MeetingError("use `alliance meeting cancel` to cancel a meeting")
+    before = letters.meeting_view(session, meeting)
     changed, major = schedule.revise(meeting, changes, now)
     if not changed:
         return 0
     if major:
         _reset(session, meeting, now, site.reminder_days)
     return letters.send(session, site, meeting, _sent(session, meeting, delegated=True),
-                        letters.UPDATE)
+                        letters.UPDATE, _noted(session, meeting, before))
 
 
-def cancel(session: Session, site: MeetingSite, meeting: Meeting) -> int:
-    """METHOD:CANCEL, STATUS:CANCELLED, SEQUENCE+1 to every invitee (RFC 5546 §3.2.5)."""
+def cancel(session: Session, site: MeetingSite, meeting: Meeting, reason: str = "") -> int:
+    """METHOD:CANCEL, STATUS:CANCELLED, SEQUENCE+1 to every invitee (RFC 5546 §3.2.5),
+    with the reason, if given, in the text and as the calendar's COMMENT."""
     now = site.clock()
     check_open(meeting, now)
     meeting.status = "CANCELLED"
     meeting.sequence += 1
     meeting.updated_at = now
     return letters.send(session, site, meeting, _sent(session, meeting, delegated=True),
-                        letters.CANCEL)
+                        letters.CANCEL, letters.Notes(reason=reason))
 
 
 def send_current(session: Session, site: MeetingSite, meeting: Meeting,

@@ -44,6 +44,33 @@ CANCEL = Mailing("invitation_cancel", "CANCEL")
 UNINVITE = Mailing("invitation_cancel", "CANCEL", whole=False)
 REMINDER = Mailing("reminder", "REQUEST", kind="reminder")
 
+# What an update lists when it changed, in this order (keys of meeting_view).
+NOTED = ("title", "when", "location", "host", "alongside", "agenda_url", "description")
+
+
+@dataclass(frozen=True)
+class Notes:
+    """What a mailing says beyond the meeting as it stands: what changed, and why."""
+
+    changes: tuple[tuple[str, str, str], ...] = ()   # (field, before, after)
+    reason: str = ""
+
+    def view(self) -> dict[str, Any]:
+        return {"changes": [{"field": field, "old": old, "new": new}
+                            for field, old, new in self.changes],
+                "reason": self.reason}
+
+
+def changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """The fields of two meeting views that differ, as (field, before, after).
+
+    >>> changes({"title": "Board", "location": "Paris", "when": "x"},
+    ...         {"title": "Board", "location": "Rome", "when": "x"})
+    (('location', 'Paris', 'Rome'),)
+    """
+    return tuple((field, str(before.get(field) or ""), str(after.get(field) or ""))
+                 for field in NOTED if before.get(field) != after.get(field))
+
 
 def when(meeting: Meeting) -> dict[str, str]:
     """The meeting's local date and times as templates show them."""
@@ -100,12 +127,12 @@ class Writer:
     """Writes one mailing's messages; templates and letterheads are made once per language."""
 
     def __init__(self, site: MeetingSite, mailing: Mailing, organizer: str,
-                 view: dict[str, Any], days_left: int) -> None:
+                 view: dict[str, Any], days_left: int, notes: Notes = Notes()) -> None:
         self.site = site
         self.mailing = mailing
         self.organizer = organizer
         self.common = {"meeting": view, "organizer": organizer, "site_name": site.name,
-                       "whole": mailing.whole, "days_left": days_left}
+                       "whole": mailing.whole, "days_left": days_left, **notes.view()}
         self._templates: dict[str, tuple[jinja2.Template, jinja2.Template]] = {}
         self._heads: dict[tuple[str, str], imip.Letterhead] = {}
 
@@ -148,17 +175,18 @@ class Writer:
 
 
 def send(session: Session, site: MeetingSite, meeting: Meeting,
-         invitations: Sequence[Invitation], mailing: Mailing) -> int:
-    """Queue the mailing to each invitation; their `sent_sequence` becomes the meeting's."""
+         invitations: Sequence[Invitation], mailing: Mailing, notes: Notes = Notes()) -> int:
+    """Queue the mailing to each invitation; their `sent_sequence` becomes the meeting's.
+    `notes` (an update's changes, a cancel's reason) go into its text and HTML."""
     if not invitations:
         return 0
     now = site.clock()
     occasion = schedule.occasion(meeting, now)
     frame = (ical.request_frame(occasion) if mailing.method == "REQUEST"
-             else ical.cancel_frame(occasion, whole=mailing.whole))
+             else ical.cancel_frame(occasion, whole=mailing.whole, comment=notes.reason))
     organizer = coordination.organizer_name(session, site)
     writer = Writer(site, mailing, organizer, meeting_view(session, meeting),
-                    max(0, int((meeting.starts_at - now) // DAY)))
+                    max(0, int((meeting.starts_at - now) // DAY)), notes)
     by_id = delegators(session, invitations)
     rows = []
     for invitation in invitations:

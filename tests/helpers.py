@@ -498,7 +498,12 @@ INVITE: dict[str, Any] = {
     "organizer": "Parti Socialiste", "whole": True, "days_left": 3,
     "rsvp": "rsvp+4-abcdefghijklmnopqrstuvwxyz@lists.example.org",
     "invitee": {"name": "Ana Silva", "address": "ana@party.test"},
-    "delegated_from": "Kofi Mensah"}
+    "delegated_from": "Kofi Mensah",
+    "changes": [{"field": "when", "old": "2027-03-13 09:00–17:00 (Africa/Nairobi)",
+                 "new": "2027-03-14 09:00–17:00 (Africa/Nairobi)"},
+                {"field": "location", "old": "", "new": "KICC, Nairobi"},
+                {"field": "description", "old": "Budget.", "new": "Budget and campaigns."}],
+    "reason": "The hall is closed."}
 
 
 # -- a meeting of ours and its invitations, made directly in the database ---------------

@@ -194,6 +194,8 @@ async def test_reschedule_cancel_and_minor_fixes(tmp_path: Path, sqlite_url: str
         assert (str(event["UID"]), event["SEQUENCE"]) == (uid, 1)
         assert event["DTSTART"].dt.isoformat() == f"{NEXT_YEAR}-03-15T10:00:00+01:00"
         assert event["ATTENDEE"].params["PARTSTAT"] == "NEEDS-ACTION"
+        said = moved[JORG].message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+        assert "Was sich geändert hat:\n  Wann: " in said and " → " in said, "old → new"
         rows = invitations(daemon.db)
         assert {(i.partstat, i.reset_sequence, i.sent_sequence) for i in rows.values()} == \
             {("NEEDS-ACTION", 1, 1)}
@@ -209,15 +211,23 @@ async def test_reschedule_cancel_and_minor_fixes(tmp_path: Path, sqlite_url: str
         cli(path, "meeting", "update", str(meeting_id), "--location", "Willy-Brandt-Haus")
         relocated = by_rcpt(await wait_quiet(sink, 2))
         assert event_of(calendars(relocated[ANA].message)[0])[1]["SEQUENCE"] == 2
+        said = relocated[ANA].message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+        assert "Ce qui a changé :\n  Lieu : " in said and "→ Willy-Brandt-Haus\n" in said
+        assert "→ <strong>Willy-Brandt-Haus</strong>" in \
+            relocated[ANA].message.get_body(("html",)).get_content()
 
         sink.received.clear()
-        assert cli(path, "meeting", "cancel", str(meeting_id)) == \
+        assert cli(path, "meeting", "cancel", str(meeting_id), "--reason",
+                   "The hall is closed\nfor works.") == \
             f"meeting {meeting_id} cancelled; 2 cancellation(s) queued\n"
         cancelled = by_rcpt(await wait_quiet(sink, 2))
         event = check_invitation(cancelled[ANA], method="CANCEL",
                                  organizer_cn="Progressive Alliance")
         assert cancelled[ANA].message["Subject"].startswith("Annulé : Board meeting")
         assert (event["STATUS"], event["SEQUENCE"]) == ("CANCELLED", 3)
+        assert str(event["COMMENT"]) == "The hall is closed for works."
+        assert "Motif : The hall is closed for works." in \
+            cancelled[ANA].message.get_body(("plain",)).get_content()
         assert not event.walk("VALARM"), "RFC 5546 §3.2.5: no VALARM in a CANCEL"
         assert cli_error(path, "meeting", "invite", str(meeting_id)) == \
             f"meeting {meeting_id} is cancelled"
