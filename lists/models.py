@@ -88,6 +88,10 @@ class Member(Base):
     disabled_reason: Mapped[str] = mapped_column(String(32), default="")
     bounce_score: Mapped[float] = mapped_column(Float, default=0.0)
     last_bounce_at: Mapped[float | None] = mapped_column(Float)
+    # How the membership came about: "self" (confirmed by mail or on the web), "owner"
+    # (added by an owner), "seat" (a delegate's seat in a body; unseating ends it), or
+    # "" (before this was recorded).
+    joined_by: Mapped[str] = mapped_column(String(8), default="self", server_default="")
 
 
 class Pending(Base):

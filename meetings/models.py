@@ -17,9 +17,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from mailer.models import Base
+from meetings.names import name_key
 
 REGIONS = ("asia", "africa", "middle-east", "europe", "latin-america", "north-america")
 BODY_KINDS = ("board", "steering", "conference", "custom")
@@ -27,14 +28,23 @@ PARTSTATS = ("NEEDS-ACTION", "ACCEPTED", "DECLINED", "TENTATIVE", "DELEGATED")
 
 
 class Party(Base):
-    """A member party of the network (charter: parties from six regions)."""
+    """A member party of the network (charter: parties from six regions).
+
+    `name_key` is the name as names are compared (meetings.names), kept with the name.
+    """
 
     __tablename__ = "parties"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    name_key: Mapped[str] = mapped_column(String(200), unique=True)
     country: Mapped[str] = mapped_column(String(2))
     region: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[float] = mapped_column(Float)
+
+    @validates("name")
+    def _keyed(self, _: str, name: str) -> str:
+        self.name_key = name_key(name)
+        return name
 
 
 class Body(Base):
@@ -43,18 +53,25 @@ class Body(Base):
     `max_parties` (Board: 30), `one_delegate_per_party` (Steering Committee) and
     `meetings_per_year` (Board 1, Steering Committee 2, Conference 1) carry the charter's
     rules; `list_id` is the body's distribution list, to which its delegates belong.
+    `name_key` is the name as names are compared (meetings.names), kept with the name.
     """
 
     __tablename__ = "bodies"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     slug: Mapped[str] = mapped_column(String(40), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(200), unique=True)
     kind: Mapped[str] = mapped_column(String(12))
     list_id: Mapped[int | None] = mapped_column(ForeignKey("lists.id"))
     max_parties: Mapped[int | None] = mapped_column(Integer)
     one_delegate_per_party: Mapped[bool] = mapped_column(Boolean, default=False)
     meetings_per_year: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[float] = mapped_column(Float)
+
+    @validates("name")
+    def _keyed(self, _: str, name: str) -> str:
+        self.name_key = name_key(name)
+        return name
 
 
 class Delegate(Base):

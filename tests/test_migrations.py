@@ -93,3 +93,50 @@ def test_an_invitation_cut_off_by_one_bounce_gets_mail_again(database_url: str) 
         db.close()
     assert tuple(row) == ("active", "ACCEPTED", 1.0,
                           "a hard bounce, recorded before details were kept", False)
+
+
+def test_names_get_their_keys_and_seat_memberships_their_origin(database_url: str) -> None:
+    upgrade_to(database_url, "0008")
+    engine = create_engine(resolve_url(database_url, Path(".")))
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO lists (id, name, display_name, description, subscription_policy, "
+            "posting_policy, created_at) VALUES (1, 'steering', 'Steering', '', 'confirm', "
+            "'members', 0)"))
+        connection.execute(text(
+            "INSERT INTO bodies (id, slug, name, kind, list_id, one_delegate_per_party, "
+            "meetings_per_year, created_at) VALUES (1, 'steering', 'Steering Committee', "
+            "'steering', 1, true, 2, 0)"))
+        # SQLite's lower() let both in before keys were kept.
+        connection.execute(text(
+            "INSERT INTO parties (id, name, country, region, created_at) VALUES "
+            "(1, 'SPÖ', 'AT', 'europe', 0), (2, 'spö', 'AT', 'europe', 0)"))
+        connection.execute(text(
+            "INSERT INTO delegates (id, address, name, party_id, language, created_at) VALUES "
+            "(1, 'eva@spoe.example', 'Eva', 1, 'de', 0), "
+            "(2, 'karl@spoe.example', 'Karl', 1, 'de', 0)"))
+        connection.execute(text(
+            "INSERT INTO seats (id, body_id, delegate_id, party_id, role, created_at) VALUES "
+            "(1, 1, 1, 1, 'delegate', 100), (2, 1, 2, 1, 'substitute', 100)"))
+        # Eva was subscribed by her seat; Karl had joined the list before he was seated.
+        connection.execute(text(
+            "INSERT INTO members (list_id, address, role, display_name, language, delivery, "
+            "digest_format, joined_at, enabled, disabled_reason, bounce_score) VALUES "
+            "(1, 'eva@spoe.example', 'member', 'Eva', 'de', 'regular', 'mime', 100, true, "
+            "'', 0), (1, 'karl@spoe.example', 'member', 'Karl', 'de', 'regular', 'mime', 50, "
+            "true, '', 0)"))
+    engine.dispose()
+    db = Database(database_url)
+    db.upgrade()
+    try:
+        keys = db.query(lambda s: s.execute(text(
+            "SELECT name_key FROM parties ORDER BY id")).scalars().all())
+        body_key = db.query(lambda s: s.scalar(text("SELECT name_key FROM bodies")))
+        origins = db.query(lambda s: s.execute(text(
+            "SELECT address, joined_by FROM members ORDER BY address")).all())
+    finally:
+        db.close()
+    assert keys == ["spö", "spö #2"]
+    assert body_key == "steering committee"
+    assert [tuple(row) for row in origins] == [("eva@spoe.example", "seat"),
+                                               ("karl@spoe.example", "")]
