@@ -5,12 +5,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import jinja2
 
 from lists.dmarc import DmarcLookup
 from mailer.config import Config, ListsSection
 from mailer.tokens import Signer
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from lists.models import MailingList
+
+# What the list side tells others when a member leaves a list of their own accord (a
+# confirmed mail command, the web's one-click unsubscribe): in the same transaction, the
+# session, the list and the address. The meetings side tells the coordinators when the
+# member holds a seat in the list's body.
+LeaveHook = Callable[["Session", "MailingList", str], object]
 
 
 @dataclass(frozen=True)
@@ -24,16 +36,19 @@ class ListSite:
     limits: ListsSection = field(default_factory=ListsSection)
     clock: Callable[[], float] = time.time
     dmarc: DmarcLookup | None = None
+    on_leave: LeaveHook | None = None
 
     @classmethod
     def from_config(cls, config: Config, secret: bytes, templates: jinja2.Environment, *,
                     clock: Callable[[], float] = time.time,
-                    dmarc: DmarcLookup | None = None) -> ListSite:
+                    dmarc: DmarcLookup | None = None,
+                    on_leave: LeaveHook | None = None) -> ListSite:
         """The list side's view of the site; `secret` keys its tokens."""
         return cls(domain=config.site.domain.lower(), name=config.site.name,
                    templates=templates, member_tokens=Signer(secret, "member"),
                    unsubscribe_tokens=Signer(secret, "unsubscribe"),
-                   base_url=config.base_url, limits=config.lists, clock=clock, dmarc=dmarc)
+                   base_url=config.base_url, limits=config.lists, clock=clock, dmarc=dmarc,
+                   on_leave=on_leave)
 
     def address(self, local: str) -> str:
         return f"{local}@{self.domain}"

@@ -95,7 +95,8 @@ def _insert(session: Session, mailing_list: MailingList, batch: list[Row],
     now = time.time()
     new = [{"list_id": mailing_list.id, "address": row.address, "role": "member",
             "display_name": row.name, "language": row.language, "delivery": "regular",
-            "joined_at": now, "enabled": True, "disabled_reason": "", "bounce_score": 0.0}
+            "joined_at": now, "joined_by": "owner", "enabled": True, "disabled_reason": "",
+            "bounce_score": 0.0}
            for row in batch if row.address not in present]
     if new:
         session.execute(insert(Member), new)

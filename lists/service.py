@@ -94,19 +94,22 @@ def add_members(session: Session, mailing_list: MailingList, addresses: Iterable
     for address in dict.fromkeys(wanted):
         if address not in existing:
             session.add(Member(list_id=mailing_list.id, address=address, role=role,
-                               joined_at=now))
+                               joined_at=now, joined_by="owner"))
             added.append(address)
     return added, sorted(existing)
 
 
 def subscribe(session: Session, mailing_list: MailingList, address: str, *,
-              display_name: str = "", language: str = "") -> tuple[Member, bool]:
-    """Make the address a member; returns the member and whether it is new."""
+              display_name: str = "", language: str = "",
+              joined_by: str = "self") -> tuple[Member, bool]:
+    """Make the address a member; returns the member and whether it is new. `joined_by`
+    records how (Member.joined_by); a member already there keeps theirs."""
     existing = member(session, mailing_list.id, address)
     if existing is not None:
         return existing, False
     made = Member(list_id=mailing_list.id, address=checked(address), role="member",
-                  display_name=display_name[:200], language=language, joined_at=time.time())
+                  display_name=display_name[:200], language=language, joined_at=time.time(),
+                  joined_by=joined_by)
     session.add(made)
     session.flush()
     return made, True

@@ -184,7 +184,8 @@ def _welcome(session: Session, site: ListSite, mailing_list: MailingList,
 
 def leave(session: Session, site: ListSite, mailing_list: MailingList,
           address: str) -> RequestOutcome:
-    """Remove a member now and say goodbye (after a confirmation or a one-click POST)."""
+    """Remove a member now and say goodbye (after a confirmation or a one-click POST);
+    the site's `on_leave` hook hears of it."""
     member = service.member(session, mailing_list.id, address)
     if member is None:
         return RequestOutcome("not_member", address)
@@ -192,6 +193,8 @@ def leave(session: Session, site: ListSite, mailing_list: MailingList,
     session.delete(member)
     robot.send(session, site, mailing_list, "goodbye", to=address, language=language,
                kind="notice", context={"address": address})
+    if site.on_leave is not None:
+        site.on_leave(session, mailing_list, member.address)
     return RequestOutcome("unsubscribed", address)
 
 

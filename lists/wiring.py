@@ -14,7 +14,7 @@ import jinja2
 from lists import digests, list_pages, moderation, subscriptions
 from lists.bounces import DECAY, BounceHandler, smarthost_refusals
 from lists.dmarc import DmarcLookup, TxtLookup
-from lists.list_site import ListSite
+from lists.list_site import LeaveHook, ListSite
 from lists.posting import PostHandler
 from lists.requests import ConfirmHandler, OwnerHandler, RequestHandler
 from mailer.addresses import Role
@@ -29,10 +29,11 @@ WORKER_MODULES = ("lists.posting",)
 
 
 def site(config: Config, secret: bytes, templates: jinja2.Environment, dns: TxtLookup, *,
-         clock: Callable[[], float] = time.time) -> ListSite:
-    """The list side's view of the site, with DMARC look-ups through `dns`."""
+         clock: Callable[[], float] = time.time, on_leave: LeaveHook | None = None) -> ListSite:
+    """The list side's view of the site, with DMARC look-ups through `dns`; `on_leave`
+    hears of members who leave a list (the meetings side's `on_leave`)."""
     return ListSite.from_config(config, secret, templates, clock=clock,
-                                dmarc=DmarcLookup(dns))
+                                dmarc=DmarcLookup(dns), on_leave=on_leave)
 
 
 def handlers(site: ListSite, workers: Offload | None = None) -> dict[Role, RoleHandler]:

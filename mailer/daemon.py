@@ -134,8 +134,9 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     secret = db.secret(config.site.secret)
     pages = templates.environment(config.templates_folder or templates.TEMPLATES)
     dns = TxtResolver(config.dns.nameserver, config.dns.timeout, config.dns.cache_seconds)
-    list_site = list_side.site(config, secret, pages, dns, clock=clock)
     meeting_site = meeting_side.site(config, secret, pages, clock=clock)
+    list_site = list_side.site(config, secret, pages, dns, clock=clock,
+                               on_leave=meeting_side.on_leave(meeting_site))
     hostname = config.intake.hostname or config.site.domain
     transport = transport or from_url(config.outbound.url, base=config.base_dir,
                                       connections=config.outbound.connections,

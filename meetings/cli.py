@@ -14,11 +14,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 from sqlalchemy.orm import Session
 
+from lists.models import LANGUAGES
 from lists.service import ListError
 from mailer.console import Context, emit, pass_context, when
 from meetings import (
@@ -29,6 +30,7 @@ from meetings import (
     organisation,
     reports,
     schedule,
+    seating,
 )
 from meetings.meeting_site import MeetingSite
 from meetings.models import REGIONS, Meeting
@@ -59,14 +61,33 @@ def party_group() -> None:
 
 @party_group.command("add")
 @click.argument("name")
-@click.option("--country", required=True, help="ISO 3166 two-letter code")
-@click.option("--region", required=True, type=click.Choice(REGIONS))
+@click.option("--country", required=True, help="ISO 3166-1 two-letter code, such as KE")
+@click.option("--region", required=True, type=click.Choice(REGIONS, case_sensitive=False))
 @pass_context
 def party_add(context: Context, name: str, country: str, region: str) -> None:
     """Add the member party NAME."""
     made = run(context, lambda s: organisation.add_party(s, name, country=country,
                                                         region=region).name)
     click.echo(f"added party {made}")
+
+
+@party_group.command("rename")
+@click.argument("old")
+@click.argument("new")
+@pass_context
+def party_rename(context: Context, old: str, new: str) -> None:
+    """Call the party OLD by the name NEW from now on (its seats stay)."""
+    made = run(context, lambda s: organisation.rename_party(s, old, new).name)
+    click.echo(f"party {old} is now called {made}")
+
+
+@party_group.command("remove")
+@click.argument("name")
+@pass_context
+def party_remove(context: Context, name: str) -> None:
+    """Remove the party NAME; refused while it has seats or a record of meetings."""
+    gone = run(context, lambda s: organisation.remove_party(s, name))
+    click.echo(f"removed party {gone}")
 
 
 @party_group.command("list")
@@ -90,7 +111,7 @@ def body_group() -> None:
 @click.argument("slug")
 @click.option("--name", required=True, help="the name shown in invitations")
 @click.option("--subscription", default="closed", show_default=True,
-              type=click.Choice(["confirm", "moderate", "closed"]),
+              type=click.Choice(["confirm", "moderate", "closed"], case_sensitive=False),
               help="how others may join the body's list")
 @pass_context
 def body_add(context: Context, slug: str, name: str, subscription: str) -> None:
@@ -119,24 +140,27 @@ def delegate_group() -> None:
     """Delegates and their seats in bodies."""
 
 
+LANGUAGE = click.Choice(LANGUAGES, case_sensitive=False)
+
+
 @delegate_group.command("add")
 @click.argument("address")
-@click.option("--name", required=True)
+@click.option("--name", default="", help="needed for a new delegate; else the stored one")
 @click.option("--party", required=True)
 @click.option("--body", "body_slug", required=True)
-@click.option("--language", default="en", show_default=True,
-              type=click.Choice(["en", "fr", "es", "de"]))
+@click.option("--language", type=LANGUAGE,
+              help="for a new delegate (default en); else the stored one")
 @click.option("--substitute", is_flag=True, help="the party's named substitute")
 @pass_context
 def delegate_add(context: Context, address: str, name: str, party: str, body_slug: str,
-                 language: str, substitute: bool) -> None:
+                 language: str | None, substitute: bool) -> None:
     """Seat ADDRESS in a body: subscribed to its list, invited to its meetings."""
     site = _site(context)
 
     def add(session: Session) -> tuple[str, int]:
         body = organisation.find_body(session, body_slug)
         made = organisation.seat(session, body, organisation.find_party(session, party),
-                                 address=address, name=name, language=language,
+                                 address=address, name=name, language=language or "",
                                  role="substitute" if substitute else "delegate")
         invited = invitations.seat_added(session, site, body) if not substitute else 0
         return f"{made.role} of {party} in {body.slug}", invited
@@ -154,27 +178,71 @@ def delegate_remove(context: Context, address: str, body_slug: str) -> None:
     """Take ADDRESS's seat in a body; invitations already sent are cancelled."""
     site = _site(context)
 
-    def remove(session: Session) -> int:
+    def remove(session: Session) -> tuple[str, int]:
         body = organisation.find_body(session, body_slug)
-        delegate = organisation.unseat(session, body, address)
-        return invitations.seat_removed(session, site, body, delegate)
+        unseated = organisation.unseat(session, body, address)
+        cancelled = invitations.seat_removed(session, site, body, unseated.delegate)
+        listed = (f"; off the {body.slug} list" if unseated.left_list else
+                  f"; stays on the {body.slug} list (joined it on their own)"
+                  if unseated.stays else "")
+        return listed, cancelled
 
-    cancelled = run(context, remove)
-    click.echo(f"{address} has no seat in {body_slug} any more"
+    listed, cancelled = run(context, remove)
+    click.echo(f"{address} has no seat in {body_slug} any more{listed}"
                + (f"; {cancelled} invitation(s) cancelled" if cancelled else ""))
 
 
+@delegate_group.command("set")
+@click.argument("address")
+@click.option("--name", default="", help="the person's new name")
+@click.option("--language", type=LANGUAGE, help="the person's new language")
+@pass_context
+def delegate_set(context: Context, address: str, name: str, language: str | None) -> None:
+    """Change ADDRESS's name or language, in every body they sit in."""
+    shown = run(context, lambda s: (lambda d: f"{d.address}: {d.name}, {d.language}")(
+        organisation.set_delegate(s, address, name=name, language=language or "")))
+    click.echo(shown)
+
+
 @delegate_group.command("list")
-@click.option("--body", "body_slug", required=True)
+@click.option("--body", "body_slug", default="", help="one body (default: every body)")
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
 def delegate_list(context: Context, body_slug: str, as_json: bool) -> None:
-    """Show the seats of a body."""
-    rows = run(context, lambda s: [
-        {"address": d.address, "name": d.name, "party": p.name, "seat": seat.role,
-         "language": d.language}
-        for seat, d, p in organisation.seats(s, organisation.find_body(s, body_slug))])
-    emit(rows, as_json, ["address", "name", "party", "seat", "language"])
+    """Show the seats of a body, or of every body."""
+    def rows(session: Session) -> list[dict[str, Any]]:
+        body = organisation.find_body(session, body_slug) if body_slug else None
+        slugs = {b.id: b.slug for b in organisation.bodies(session)}
+        return [{"body": slugs[seat.body_id], "address": d.address, "name": d.name,
+                 "party": p.name, "seat": seat.role, "language": d.language}
+                for seat, d, p in organisation.seats(session, body)]
+
+    emit(run(context, rows), as_json, ["body", "address", "name", "party", "seat",
+                                       "language"])
+
+
+@delegate_group.command("import")
+@click.argument("source", type=click.File("r", encoding="utf-8-sig"))
+@pass_context
+def delegate_import(context: Context, source: TextIO) -> None:
+    """Seat the delegates of a CSV file (address,name,party,body,language): every row is
+    checked first; if any is bad, each bad row is named and nothing is applied."""
+    site = _site(context)
+
+    def apply(session: Session) -> tuple[seating.Imported, int]:
+        done = seating.import_seats(session, seating.read_rows(source))
+        return done, sum(invitations.seat_added(session, site, body) for body in done.bodies)
+
+    try:
+        done, invited = context.db.transaction(apply)
+    except seating.SeatsRefused as refused:
+        for problem in refused.problems:
+            click.echo(problem, err=True)
+        raise click.ClickException(str(refused)) from None
+    except (MeetingError, ListError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"seated {done.seated}, already seated {done.already}"
+               + (f"; {invited} invitation(s) queued" if invited else ""))
 
 
 # -- meetings -------------------------------------------------------------------------

@@ -10,13 +10,15 @@ import time
 from collections.abc import Callable
 
 import jinja2
+from sqlalchemy.orm import Session
 
+from lists.models import MailingList
 from mailer.addresses import Role
 from mailer.config import Config
 from mailer.inbound import Offload, RoleHandler
 from mailer.jobs import Job
 from mailer.web import Page, Store
-from meetings import cadence, feed, invitations, reminders, reports
+from meetings import cadence, departures, feed, invitations, reminders, reports
 from meetings.coordination import CoordinationHandler
 from meetings.meeting_site import MeetingSite
 from meetings.rsvp import RsvpHandler
@@ -42,6 +44,13 @@ def jobs(site: MeetingSite) -> tuple[Job, ...]:
     """The meetings side's timed jobs (invitations at their send time, reminders, ...)."""
     return (invitations.send_job(site), reminders.job(site, site.reminder_days),
             reports.summary_job(site), cadence.job(site))
+
+
+def on_leave(site: MeetingSite) -> Callable[[Session, MailingList, str], int]:
+    """What the list side calls when a member leaves a list: a seated delegate who
+    leaves their body's list is reported to the coordinators."""
+    return lambda session, mailing_list, address: departures.left_list(
+        session, site, mailing_list, address)
 
 
 def pages(site: MeetingSite, store: Store) -> tuple[Page, ...]:

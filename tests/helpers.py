@@ -426,6 +426,30 @@ def party(config: Path, name: str, country: str = "FR", region: str = "europe") 
     cli(config, "party", "add", name, "--country", country, "--region", region)
 
 
+def organisation_cli(folder: Path, database_url: str) -> tuple[Path, Database]:
+    """A migrated database and a config file for the command line: (config, database)."""
+    config = make_config(folder, database_url)
+    db = Database(config.database.url, config.base_dir)
+    db.upgrade()
+    return config_file(config, folder), db
+
+
+async def http(port: int, method: str, path: str, body: bytes = b"",
+               language: str | None = None) -> tuple[int, dict[str, str], str]:
+    """One HTTP/1.1 request over a real socket: (status, headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    accept = f"Accept-Language: {language}\r\n" if language is not None else ""
+    writer.write((f"{method} {path} HTTP/1.1\r\nHost: {DOMAIN}\r\n{accept}"
+                  f"Content-Type: application/x-www-form-urlencoded\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    response = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, text = response.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, text.decode()
+
+
 def create_meeting(config: Path, body: str = "board", *extra: str,
                    start: str | None = None, end: str | None = None) -> int:
     """A meeting next year (unless told otherwise); returns its id."""

@@ -253,7 +253,8 @@ async def test_a_late_delegate_is_invited_and_a_leaving_one_is_uninvited(
 
         sink.received.clear()
         assert cli(path, "delegate", "remove", JORG, "--body", "board") == \
-            f"{JORG} has no seat in board any more; 1 invitation(s) cancelled\n"
+            f"{JORG} has no seat in board any more; off the board list; " \
+            "1 invitation(s) cancelled\n"
         [gone] = await wait_quiet(sink, 1)
         event = check_invitation(gone, method="CANCEL", organizer_cn="Progressive Alliance")
         assert gone.rcpt == JORG and "STATUS" not in event, "an uninvite, not a cancel"
@@ -581,7 +582,8 @@ async def test_a_delegator_gets_updates_and_takes_their_substitute_along_when_un
 
         sink.received.clear()
         assert cli(path, "delegate", "remove", "ama@odm.example", "--body", "steering") == \
-            "ama@odm.example has no seat in steering any more; 2 invitation(s) cancelled\n"
+            "ama@odm.example has no seat in steering any more; off the steering list; " \
+            "2 invitation(s) cancelled\n"
         gone = by_rcpt(await wait_quiet(sink, 2))
         assert set(gone) == {"ama@odm.example", "wanjiru@odm.example"}
         for delivery in gone.values():

@@ -60,12 +60,13 @@ def test_a_delegate_is_subscribed_to_the_body_list(tmp_path: Path) -> None:
     assert [(m["address"], m["name"], m["language"]) for m in members] == \
         [("ana@party.example", "Ana Silva", "fr")]
     roster = json.loads(cli(config, "delegate", "list", "--body", "board", "--json"))
-    assert roster == [{"address": "ana@party.example", "name": "Ana Silva",
+    assert roster == [{"body": "board", "address": "ana@party.example", "name": "Ana Silva",
                        "party": "Parti Socialiste", "seat": "delegate", "language": "fr"}]
 
-    cli(config, "delegate", "remove", "ana@party.example", "--body", "board")
+    assert cli(config, "delegate", "remove", "ana@party.example", "--body", "board") == \
+        "ana@party.example has no seat in board any more; off the board list\n"
     assert json.loads(cli(config, "list", "members", "board", "--json")) == [], \
-        "the Board's list is closed: a delegate who leaves it loses it"
+        "the seat made the membership: unseating ends it"
     assert count(db, Member) == 0
     db.close()
 

@@ -105,6 +105,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
                   "delivery": "a message failed: 5.7.1 on 2027-02-02: 550 5.7.1 refused"},
     "cadence_warning": {"shortfalls": [{"body": "Steering Committee", "year": 2027,
                                         "held": 1, "required": 2}]},
+    "delegate_left_list": {"address": "ana@party.test", "name": "Ana Silva",
+                           "party": "Parti Socialiste", "body": "Board", "slug": "board",
+                           "role": "delegate", "list_address": "board@lists.example.org"},
 }
 
 
