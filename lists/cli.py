@@ -39,9 +39,10 @@ def list_group() -> None:
 @click.argument("name")
 @click.option("--display-name", default="", help="name shown in List-Id and robot mail")
 @click.option("--subscription", default="confirm", show_default=True,
-              type=click.Choice(["confirm", "moderate", "closed"]))
+              type=click.Choice(["confirm", "moderate", "closed"], case_sensitive=False))
 @click.option("--posting", default="members", show_default=True,
-              type=click.Choice(["members", "anyone", "moderated", "announce"]))
+              type=click.Choice(["members", "anyone", "moderated", "announce"],
+                                 case_sensitive=False))
 @pass_context
 def list_create(context: Context, name: str, display_name: str, subscription: str,
                 posting: str) -> None:
@@ -56,7 +57,8 @@ def list_create(context: Context, name: str, display_name: str, subscription: st
 
 
 ROLE = click.option("--role", default="member", show_default=True,
-                    type=click.Choice(["member", "owner", "moderator", "poster"]),
+                    type=click.Choice(["member", "owner", "moderator", "poster"],
+                                     case_sensitive=False),
                     help="owners and moderators get notices; posters may post to "
                          "announce lists")
 
@@ -165,7 +167,8 @@ def list_set(context: Context, name: str, key: str, value: str) -> None:
 @list_group.command("moderate")
 @click.argument("name")
 @click.argument("held_id", type=int)
-@click.argument("decision", type=click.Choice(["approve", "reject", "discard"]))
+@click.argument("decision", type=click.Choice(["approve", "reject", "discard"],
+                                              case_sensitive=False))
 @click.option("--reason", default="", help="told to the poster when rejecting")
 @pass_context
 def list_moderate(context: Context, name: str, held_id: int, decision: str,

@@ -92,8 +92,11 @@ def parse(setting: ListSetting, text: str) -> Any:
         if setting.minimum is not None and value < setting.minimum:
             raise SettingError(f"{setting.key} must be at least {setting.minimum:g}")
         return value
-    if setting.choices and text not in setting.choices:
-        raise SettingError(f"{setting.key} takes one of: {', '.join(setting.choices)}")
+    if setting.choices:
+        chosen = text.strip().lower()  # every choice is lower case: `language FR` is fr
+        if chosen not in setting.choices:
+            raise SettingError(f"{setting.key} takes one of: {', '.join(setting.choices)}")
+        return chosen
     if "\n" in text or "\r" in text or len(text) > 2000:
         raise SettingError(f"{setting.key} takes one line of at most 2000 characters")
     return text

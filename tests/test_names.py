@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 from sqlalchemy import func, select
 
+from mailer.cli import main
 from meetings.models import Party, Seat
 from tests.helpers import cli, cli_error, organisation_cli, party, seat
 
@@ -122,4 +124,29 @@ def test_country_codes_are_iso_3166_and_choices_take_any_case(tmp_path: Path,
     assert row["language"] == "fr"
     assert db.query(lambda s: s.scalar(select(Party.country).where(
         Party.name == "Parti Socialiste"))) == "FR"
+    db.close()
+
+
+def test_every_choice_of_the_organisation_and_list_commands_takes_any_case() -> None:
+    wrong = []
+    for group in ("party", "body", "delegate", "list"):
+        command = main.commands[group]
+        assert isinstance(command, click.Group)
+        for sub in command.commands.values():
+            wrong += [f"{group} {sub.name} {param.name}" for param in sub.params
+                      if isinstance(param.type, click.Choice) and param.type.case_sensitive]
+    assert wrong == []
+
+
+def test_list_choices_and_settings_take_any_case(tmp_path: Path, sqlite_url: str) -> None:
+    config, db = organisation_cli(tmp_path, sqlite_url)
+    cli(config, "list", "create", "forum", "--subscription", "CLOSED", "--posting", "Anyone")
+    cli(config, "list", "set", "forum", "language", "FR")
+    cli(config, "list", "set", "forum", "dmarc_mode", "Always")
+    cli(config, "list", "add", "forum", "ana@ps.example", "--role", "Owner")
+    shown = json.loads(cli(config, "list", "show", "forum", "--json"))
+    assert (shown["subscription_policy"], shown["posting_policy"], shown["language"],
+            shown["dmarc_mode"]) == ("closed", "anyone", "fr", "always")
+    assert cli_error(config, "list", "set", "forum", "language", "xx") == \
+        "language takes one of: en, fr, es, de"
     db.close()
