@@ -91,14 +91,17 @@ def _by_token(session: Session, model: type[T], mailing_list: MailingList, token
 def request_join(session: Session, site: ListSite, mailing_list: MailingList, address: str,
                  *, display_name: str = "", language: str = "", source: str = "",
                  in_reply_to: str | None = None) -> RequestOutcome:
-    """Someone asked to join: refuse (closed), or mail them a confirmation."""
+    """Someone asked to join: refuse (closed), or mail them a confirmation. A member whom
+    a seat in the list's body subscribed may join on their own too: once confirmed, the
+    membership outlasts the seat."""
     if mailing_list.subscription_policy == "closed":
         if robot.allowed(session, site, kind="reply", target=address, sources=(source,)):
             robot.send(session, site, mailing_list, "subscription_refused", to=address,
                        language=language, kind="reply", source=source,
                        in_reply_to=in_reply_to)
         return RequestOutcome("closed")
-    if service.member(session, mailing_list.id, address) is not None:
+    existing = service.member(session, mailing_list.id, address)
+    if existing is not None and existing.joined_by != "seat":
         return RequestOutcome("already_member")
     if not robot.allowed(session, site, kind="confirm", target=address, sources=(source,)):
         log.warning("confirmation to %s for %s not sent: rate limit", address,
@@ -175,6 +178,8 @@ def _welcome(session: Session, site: ListSite, mailing_list: MailingList,
     member, new = service.subscribe(session, mailing_list, pending.address,
                                     display_name=pending.display_name,
                                     language=pending.language)
+    if member.joined_by == "seat":
+        member.joined_by = "self"
     if new:
         robot.send(session, site, mailing_list, "welcome", to=member.address,
                    language=member.language, kind="notice", member_id=member.id,

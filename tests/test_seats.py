@@ -66,17 +66,23 @@ def test_unseating_ends_the_membership_the_seat_made_and_only_that(
     seat(config, "kofi@odm.example", "Kofi", "ODM", "steering", "en", "--substitute")
     seat(config, "wanjiru@odm.example", "Wanjiru", "ODM", "board")
     cli(config, "list", "add", "board", "wanjiru@odm.example")  # already there: no change
+    # Ama, subscribed by her seat, joins the steering list on her own as well.
+    join_by_confirmation(db, "steering", "ama@odm.example")
 
-    assert cli(config, "delegate", "remove", "ama@odm.example", "--body", "steering") == \
-        "ama@odm.example has no seat in steering any more; off the steering list\n"
+    seat(config, "ana@odm.example", "Ana", "ODM", "conference")
+    assert cli(config, "delegate", "remove", "ana@odm.example", "--body", "conference") == \
+        "ana@odm.example has no seat in conference any more; off the conference list\n"
     assert cli(config, "delegate", "remove", "kofi@odm.example", "--body", "Steering "
                "Committee") == "kofi@odm.example has no seat in Steering Committee any " \
         "more; stays on the steering list (joined it on their own)\n"
+    assert cli(config, "delegate", "remove", "ama@odm.example", "--body", "steering") == \
+        "ama@odm.example has no seat in steering any more; stays on the steering list " \
+        "(joined it on their own)\n"
     assert cli(config, "delegate", "remove", "wanjiru@odm.example", "--body", "board") == \
         "wanjiru@odm.example has no seat in board any more; off the board list\n"
-    assert [m[0] for m in members(config, "steering")] == ["kofi@odm.example",
-                                                           "wanjiru@odm.example"]
-    assert members(config, "board") == []
+    assert [m[0] for m in members(config, "steering")] == [
+        "ama@odm.example", "kofi@odm.example", "wanjiru@odm.example"]
+    assert members(config, "board") == members(config, "conference") == []
     db.close()
 
 
