@@ -197,13 +197,7 @@ def remove_party(session: Session, name: str) -> str:
     if held:
         raise MeetingError(f"{party.name} still has {held} seat(s); take them first "
                            "(alliance delegate remove ADDRESS --body BODY)")
-    people = select(Delegate.id).where(Delegate.party_id == party.id)
-    if session.scalar(select(CoordinationTerm.id).where(CoordinationTerm.party_id ==
-                                                        party.id).limit(1)) \
-            or session.scalar(select(Meeting.id).where(Meeting.host_party_id ==
-                                                       party.id).limit(1)) \
-            or session.scalar(select(Invitation.id).where(Invitation.delegate_id.in_(people))
-                              .limit(1)):
+    if _has_record(session, party):
         raise MeetingError(f"{party.name} has a record (meetings, invitations or a "
                            "coordination term) and stays; `party rename` can change its name")
     for delegate in session.scalars(select(Delegate).where(Delegate.party_id == party.id)):
@@ -211,6 +205,15 @@ def remove_party(session: Session, name: str) -> str:
     session.delete(party)
     session.flush()
     return party.name
+
+
+def _has_record(session: Session, party: Party) -> bool:
+    """Whether the party coordinated, hosted a meeting or had a delegate invited."""
+    people = select(Delegate.id).where(Delegate.party_id == party.id)
+    return any(session.scalar(query.limit(1)) is not None for query in (
+        select(CoordinationTerm.id).where(CoordinationTerm.party_id == party.id),
+        select(Meeting.id).where(Meeting.host_party_id == party.id),
+        select(Invitation.id).where(Invitation.delegate_id.in_(people))))
 
 
 def name_of(text: str, what: str) -> str:
