@@ -234,8 +234,8 @@ def find_party(session: Session, name: str) -> Party:
 
 
 def parties(session: Session) -> list[Party]:
-    """Every member party, by name."""
-    return list(session.scalars(select(Party).order_by(Party.name)))
+    """Every member party, by name as names are compared (alike on both databases)."""
+    return list(session.scalars(select(Party).order_by(Party.name_key)))
 
 
 def checked_address(text: str) -> str:

@@ -114,8 +114,10 @@ def test_country_codes_are_iso_3166_and_choices_take_any_case(tmp_path: Path,
     cli(config, "party", "add", "Parti Socialiste", "--country", "fr", "--region", "Europe")
     cli(config, "party", "add", "Frente Amplio", "--country", "uy",
         "--region", "LATIN-AMERICA")
-    assert parties(config) == [("Frente Amplio", "UY", "latin-america"),
-                               ("Parti Socialiste", "FR", "europe")]
+    cli(config, "party", "add", "die Linke", "--country", "DE", "--region", "europe")
+    assert parties(config) == [("die Linke", "DE", "europe"),
+                               ("Frente Amplio", "UY", "latin-america"),
+                               ("Parti Socialiste", "FR", "europe")], "one order on both"
     cli(config, "body", "add", "forum", "--name", "Forum", "--subscription", "Confirm")
     shown = json.loads(cli(config, "list", "show", "forum", "--json"))
     assert shown["subscription_policy"] == "confirm"
