@@ -13,13 +13,14 @@ from lists import service, subscriptions
 from lists.models import Member, Pending
 from mailer.db import Database
 from mailer.tokens import Signer
-from meetings.models import Delegate, Seat
+from meetings.models import Delegate, Invitation, Seat
 from tests.helpers import (
     DOMAIN,
     SECRET,
     Sink,
     cli,
     cli_error,
+    create_meeting,
     http,
     list_site,
     mail,
@@ -272,4 +273,26 @@ def test_a_csv_file_with_bad_rows_names_each_and_applies_none(tmp_path: Path,
     source.write_text("email,name\nama@odm.example,Ama\n")
     assert cli_error(config, "delegate", "import", str(source)) == \
         "line 1 must be the header address,name,party,body,language, not email,name"
+    db.close()
+
+
+def test_a_new_seat_from_a_file_is_invited_and_a_changed_person_is_invited_as_changed(
+        tmp_path: Path, sqlite_url: str) -> None:
+    config, db = organisation_cli(tmp_path, sqlite_url)
+    party(config, "ODM", "KE", "africa")
+    seat(config, "ama@odm.example", "Ama Owino", "ODM", "board")
+    meeting = create_meeting(config, "board")
+    cli(config, "meeting", "invite", str(meeting))
+    source = tmp_path / "seats.csv"
+    source.write_text("address,name,party,body,language\n"
+                      "kofi@odm.example,Kofi Mensah,ODM,board,fr\n")
+    assert cli(config, "delegate", "import", str(source)) == \
+        "seated 1, already seated 0; 1 invitation(s) queued\n"
+
+    cli(config, "delegate", "set", "ama@odm.example", "--name", "Ama Owino-Otieno",
+        "--language", "de")
+    invited = db.query(lambda s: sorted(tuple(row) for row in s.execute(
+        select(Invitation.address, Invitation.name, Invitation.language))))
+    assert invited == [("ama@odm.example", "Ama Owino-Otieno", "de"),
+                       ("kofi@odm.example", "Kofi Mensah", "fr")]
     db.close()
