@@ -52,12 +52,17 @@ def read_rows(handle: TextIO) -> list[SeatRow]:
     [SeatRow(line=3, cells=('ana@x.org', 'Ana', 'ODM', 'board', 'en'))]
     """
     reader = csv.reader(handle)
-    header = tuple(cell.strip().lower() for cell in next(reader, []))
-    if header != HEADER:
-        raise MeetingError(f"line 1 must be the header {','.join(HEADER)}, not "
-                           f"{','.join(header) or 'empty'}")
-    return [SeatRow(reader.line_num, tuple(cell.strip() for cell in cells))
-            for cells in reader if any(cell.strip() for cell in cells)]
+    try:
+        header = tuple(cell.strip().lower() for cell in next(reader, []))
+        if header != HEADER:
+            raise MeetingError(f"line 1 must be the header {','.join(HEADER)}, not "
+                               f"{','.join(header) or 'empty'}")
+        return [SeatRow(reader.line_num, tuple(cell.strip() for cell in cells))
+                for cells in reader if any(cell.strip() for cell in cells)]
+    except UnicodeDecodeError:
+        raise MeetingError("the file is not UTF-8 text; save it as CSV UTF-8") from None
+    except csv.Error as error:
+        raise MeetingError(f"line {reader.line_num}: not CSV ({error})") from None
 
 
 def import_seats(session: Session, rows: list[SeatRow]) -> Imported:

@@ -273,6 +273,13 @@ def test_a_csv_file_with_bad_rows_names_each_and_applies_none(tmp_path: Path,
     source.write_text("email,name\nama@odm.example,Ama\n")
     assert cli_error(config, "delegate", "import", str(source)) == \
         "line 1 must be the header address,name,party,body,language, not email,name"
+    source.write_bytes(b"address,name,party,body,language\nj@spd.example,J\xf6rg,ODM,board,de\n")
+    assert cli_error(config, "delegate", "import", str(source)) == \
+        "the file is not UTF-8 text; save it as CSV UTF-8"
+    source.write_text("address,name,party,body,language\nj@spd.example,J" + "o" * 200_000
+                      + ",ODM,board,de\n")
+    assert cli_error(config, "delegate", "import", str(source)) == \
+        "line 2: not CSV (field larger than field limit (131072))"
     db.close()
 
 
