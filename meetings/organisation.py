@@ -216,13 +216,21 @@ def _has_record(session: Session, party: Party) -> bool:
         select(Invitation.id).where(Invitation.delegate_id.in_(people))))
 
 
+NAME_LENGTH = 200  # the columns of names and of their keys
+
+
 def name_of(text: str, what: str) -> str:
     """A name on one line, as it will stand in headers and invitations, or MeetingError if
-    it holds what no header may (a line break, a NUL)."""
+    it holds what no header may (a line break, a NUL) or is longer than its column (the
+    key too: case folding can lengthen a name, ß to ss)."""
     problem = rawmail.header_unsafe(text)
     if problem is not None:
         raise MeetingError(f"{what} cannot be used: {problem}")
-    return one_line(text)
+    name = one_line(text)
+    if max(len(name), len(name_key(name))) > NAME_LENGTH:
+        raise MeetingError(f"{what} cannot be used: it is longer than {NAME_LENGTH} "
+                           "characters")
+    return name
 
 
 def find_party(session: Session, name: str) -> Party:

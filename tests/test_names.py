@@ -61,6 +61,9 @@ def test_near_duplicates_are_refused_with_a_hint(tmp_path: Path, database_url: s
         "body 'Steering-Committee' differs from 'Steering Committee' only by accents, " \
         "spaces or punctuation: did you mean 'Steering Committee'?"
     assert parties(config) == [("Parti Socialiste", "FR", "europe")]
+    assert cli_error(config, "party", "add", "ß" * 150, "--country", "DE", "--region",
+                     "europe") == "a party's name cannot be used: it is longer than 200 " \
+        "characters"
     db.close()
 
 
