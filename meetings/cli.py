@@ -320,7 +320,7 @@ def meeting_reschedule(context: Context, meeting_id: int, start: str, end: str,
 @click.option("--location")
 @click.option("--agenda-url")
 @click.option("--alongside")
-@click.option("--status", type=click.Choice(list(schedule.STATUSES)))
+@click.option("--status", type=click.Choice(list(schedule.STATUSES), case_sensitive=False))
 @pass_context
 def meeting_update(context: Context, meeting_id: int, title: str | None,
                    description: str | None, location: str | None, agenda_url: str | None,
