@@ -75,6 +75,9 @@ class IntakeSection:
 class OutboundSection:
     url: str = _key("maildir:var/outbox", "maildir:PATH, or smtp://host:port for a smarthost")
     connections: int = _key(24, "concurrent SMTP connections to the smarthost")
+    connections_during_intake: int = _key(
+        2, "of those, how many send while messages are arriving (intake goes first: "
+        "the 250s stay quick while a large fan-out runs)")
     timeout: float = _key(60.0, "seconds to wait for the smarthost at each step")
     retry_initial: float = _key(60.0, "seconds before the first retry after a 4xx")
     retry_max: float = _key(3600.0, "longest wait between two retries, seconds")
@@ -219,6 +222,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("site.domain: expected a domain name such as lists.example.org")
     if config.outbound.connections < 1:
         raise ConfigError("outbound.connections: must be at least 1")
+    if config.outbound.connections_during_intake < 1:
+        raise ConfigError("outbound.connections_during_intake: must be at least 1")
     if config.intake.max_recipients < 1:
         raise ConfigError("intake.max_recipients: must be at least 1")
     if not 0 <= config.router.processes <= 64:

@@ -24,7 +24,7 @@ from mailer.db import Database
 from mailer.delivery import Dispatcher, Personaliser
 from mailer.dns import TxtResolver
 from mailer.http_server import WebServer
-from mailer.intake import Gate, Handler, Inbox, Listener, LmtpListener
+from mailer.intake import Arrivals, Gate, Handler, Inbox, Listener, LmtpListener
 from mailer.models import Delivery, Work
 from mailer.router import Router
 from mailer.scheduler import Scheduler
@@ -142,10 +142,12 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
                                       connections=config.outbound.connections,
                                       timeout=config.outbound.timeout,
                                       local_hostname=hostname)
+    arrivals = Arrivals()
     dispatcher = Dispatcher(db, transport, Personaliser(list_site.member_tokens,
                                                         list_site.unsubscribe_tokens),
                             config.outbound, poll=poll,
-                            on_refused=list_side.on_refused(list_site))
+                            on_refused=list_side.on_refused(list_site),
+                            intake_busy=arrivals.busy)
     workers = Workers(config.router.processes,
                       preload=list_side.WORKER_MODULES + meeting_side.WORKER_MODULES,
                       memory=config.router.worker_memory_mb * 1024 * 1024)
@@ -153,7 +155,7 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
                          **meeting_side.handlers(meeting_site, workers)},
                     max_attempts=config.router.max_attempts, on_outgoing=dispatcher.wake,
                     poll=poll, settle=config.router.crash_settle)
-    inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake)
+    inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake, arrivals=arrivals)
     scheduler = Scheduler(db, list_side.jobs(list_site) + meeting_side.jobs(meeting_site),
                           on_outgoing=dispatcher.wake, clock=clock, tick=poll)
     web = WebServer(list_side.pages(list_site, db) + meeting_side.pages(meeting_site, db),

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -34,6 +35,7 @@ BATCH = 500
 CACHE_BYTES = 32 * 1024 * 1024  # messages kept in memory between claim and send
 LARGE = 1024 * 1024             # a message this large is sent LARGE_SENDS at a time
 LARGE_SENDS = 4
+YIELD_PAUSE = 0.05   # how often a yielding sender looks whether intake is quiet again
 class Personaliser:
     """Makes one member's envelope sender and copy from the message stored once."""
 
@@ -181,8 +183,13 @@ class Dispatcher:
 
     def __init__(self, db: Database, transport: Transport, personaliser: Personaliser,
                  policy: OutboundSection, *, poll: float = 1.0,
-                 on_refused: RefusalHook | None = None) -> None:
+                 on_refused: RefusalHook | None = None,
+                 intake_busy: Callable[[], bool] = lambda: False) -> None:
         self.db = db
+        # While messages arrive, only `connections_during_intake` senders send: the
+        # event loop (one core) is intake's first, and a 10,000-member fan-out beside
+        # it must not make each 250 wait (benchmark G).
+        self.intake_busy = intake_busy
         self.on_refused = on_refused
         self.transport = transport
         self.personaliser = personaliser
@@ -209,7 +216,7 @@ class Dispatcher:
         self._tasks = [asyncio.create_task(self._claim_loop(), name="claim"),
                        asyncio.create_task(self._flush_loop(), name="flush"),
                        asyncio.create_task(self._renew_loop(), name="renew")]
-        self._senders = [asyncio.create_task(self._send_loop(), name=f"sender-{n}")
+        self._senders = [asyncio.create_task(self._send_loop(n), name=f"sender-{n}")
                          for n in range(self.policy.connections)]
 
     async def stop(self) -> None:
@@ -304,8 +311,11 @@ class Dispatcher:
         return (self.personaliser.sender(sender, job.member_id),
                 self.personaliser.data(data, job.member_id))
 
-    async def _send_loop(self) -> None:
+    async def _send_loop(self, number: int) -> None:
+        yields = number >= self.policy.connections_during_intake
         while True:
+            while yields and not self._stopping and self.intake_busy():
+                await asyncio.sleep(YIELD_PAUSE)
             job = await self._queue.get()
             if job is None:
                 return

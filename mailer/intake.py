@@ -84,12 +84,39 @@ def _trace(arrival: Arrival, hostname: str) -> bytes:
             f"{arrival.protocol.upper()}; {stamp}\r\n").encode("ascii", "replace")
 
 
+class Arrivals:
+    """How many messages arrived in the last second: while they keep coming, the
+    delivery engine yields to intake. One post alone is no burst: its fan-out starts at
+    full speed."""
+
+    WINDOW = 1.0      # seconds
+    BURST = 3         # arrivals within WINDOW that make intake busy
+
+    def __init__(self) -> None:
+        self._times: collections.deque[float] = collections.deque()
+
+    def note(self) -> None:
+        self._times.append(time.monotonic())
+        self._forget()
+
+    def busy(self) -> bool:
+        """Whether BURST messages or more arrived in the last WINDOW seconds."""
+        self._forget()
+        return len(self._times) >= self.BURST
+
+    def _forget(self) -> None:
+        old = time.monotonic() - self.WINDOW
+        while self._times and self._times[0] < old:
+            self._times.popleft()
+
+
 class Inbox:
     """Commits arrivals to the database in groups; each waiter learns its message id."""
 
     def __init__(self, db: Database, domain: str, hostname: str,
-                 on_stored: Callable[[], None]) -> None:
+                 on_stored: Callable[[], None], arrivals: Arrivals | None = None) -> None:
         self._db = db
+        self.arrivals = arrivals or Arrivals()
         self._domain = domain
         self._hostname = hostname
         self._on_stored = on_stored
@@ -110,6 +137,7 @@ class Inbox:
     async def store(self, arrival: Arrival) -> int:
         """Store one arrival durably; returns its message id once it is committed."""
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.arrivals.note()
         self._pending.append((arrival, waiter))
         self._wake.set()
         return await waiter

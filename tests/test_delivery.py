@@ -7,7 +7,9 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -248,3 +250,50 @@ def test_a_claim_whose_answer_was_lost_gives_its_deliveries_back(sqlite_url: str
         select(Delivery))})
     db.close()
     assert found == {lost[0].recipient: ("pending", 0), kept[0].recipient: ("sending", 1)}
+
+
+@dataclass
+class CountingSink(Sink):
+    """A smarthost that notes, at each DATA, when it came and how many were in progress."""
+
+    active: int = 0
+    starts: list[tuple[float, int]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.active += 1
+        self.starts.append((time.monotonic(), self.active))
+        try:
+            return await super().handle_DATA(server, session, envelope)
+        finally:
+            self.active -= 1
+
+
+async def test_a_fan_out_yields_to_intake_while_messages_arrive(
+        tmp_path: Path, sqlite_url: str) -> None:
+    """While messages keep arriving, one connection sends (outbound.connections_during_
+    intake); once intake is quiet, all six do, and every member gets the post (issue 10:
+    the 250s stay quick beside a large fan-out; benchmark G)."""
+    sink = CountingSink(delay=0.05)
+    await sink.start()
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         outbound={"connections": 6, "connections_during_intake": 1})
+    people = members(80)
+    make_list(config, "steering", people)
+    try:
+        async with running(config) as daemon:
+            port = daemon.ports["smtp"]
+            await send(port, people[0], [LIST], mail(people[0], LIST))
+            busy_from = time.monotonic()
+            for n in range(8):                 # an arrival every 0.25 s: intake is busy
+                await send(port, "stranger@elsewhere.test", [LIST],
+                           mail("stranger@elsewhere.test", LIST, subject=f"held {n}"))
+                await asyncio.sleep(0.25)
+            busy_until = time.monotonic()
+            await sink.wait_for(80)
+            await wait_until(lambda: set(states(daemon)) == {"done"})
+    finally:
+        await sink.stop()
+    during = [active for at, active in sink.starts if busy_from + 0.5 < at < busy_until]
+    assert during and max(during) == 1, "one connection while messages arrive"
+    assert max(active for _, active in sink.starts) > 1, "all of them once intake is quiet"
+    assert {person: sink.recipients[person] for person in people} == dict.fromkeys(people, 1)
