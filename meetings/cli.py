@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -263,17 +264,32 @@ def meeting_group() -> None:
 @click.option("--alongside", default="", help="the event the meeting is held alongside")
 @click.option("--description", default="")
 @click.option("--agenda-url", default="")
-@click.option("--send-at", default="", help="when the invitations go out (default: now)")
+@click.option("--send-at", default="",
+              help="local time (or now) when the invitations go out; default: a draft, "
+                   "sent by `meeting invite`")
 @pass_context
 def meeting_create(context: Context, body_slug: str, title: str, start: str, end: str,
                    tz: str, location: str, host: str, alongside: str, description: str,
                    agenda_url: str, send_at: str) -> None:
-    """Plan a meeting; prints its id. The scheduler sends the invitations at send-at."""
+    """Plan a meeting: a draft, or scheduled with --send-at (the scheduler sends then)."""
     site = _site(context)
     plan = schedule.Plan(body=body_slug, title=title, start=start, end=end, tz=tz,
                          location=location, host=host, alongside=alongside,
                          description=description, agenda_url=agenda_url, send_at=send_at)
-    click.echo(run(context, lambda s: schedule.create(s, site, plan).id))
+
+    def create(session: Session) -> tuple[int, float | None, int]:
+        made = schedule.create(session, site, plan)
+        return made.id, made.send_at, len(invitations.invitees(session, made))
+
+    made, at, count = run(context, create)
+    if at is None:
+        click.echo(f"meeting {made} created as a draft: nothing is sent. Check it with "
+                   f"`alliance meeting show {made}`, then send the invitations with "
+                   f"`alliance meeting invite {made}` (--dry-run to preview them)")
+        return
+    click.echo(f"meeting {made} created: invitations to {count} "
+               f"delegate{'' if count == 1 else 's'} at {_when(at)} UTC "
+               f"(`alliance meeting show {made}` shows it all)")
 
 
 def _meeting_action(context: Context, meeting_id: int,
@@ -284,11 +300,67 @@ def _meeting_action(context: Context, meeting_id: int,
 
 @meeting_group.command("invite")
 @click.argument("meeting_id", type=int)
+@click.option("--dry-run", is_flag=True, help="show what would be sent to whom; send nothing")
 @pass_context
-def meeting_invite(context: Context, meeting_id: int) -> None:
+def meeting_invite(context: Context, meeting_id: int, dry_run: bool) -> None:
     """Send the invitations now (only to invitees who have had none)."""
+    if dry_run:
+        _preview(context, meeting_id)
+        return
     count = _meeting_action(context, meeting_id, invitations.invite)
     click.echo(f"meeting {meeting_id}: {count} invitation(s) queued")
+
+
+def _preview(context: Context, meeting_id: int) -> None:
+    letters = _meeting_action(context, meeting_id, invitations.preview)
+    click.echo(f"meeting {meeting_id}: a dry run, nothing is sent; `alliance meeting invite "
+               f"{meeting_id}` would queue {len(letters)} invitation(s):")
+    emit([{"to": f"{p.name} <{p.address}>", "language": p.language, "subject": p.subject}
+          for p in letters], False, ["to", "language", "subject"])
+    shown: set[str] = set()
+    for letter in letters:
+        if letter.language not in shown:
+            shown.add(letter.language)
+            click.echo(f"\n--- the text to {letter.address} ({letter.language}) ---")
+            click.echo(letter.text.replace("\r\n", "\n").rstrip())
+
+
+@meeting_group.command("show")
+@click.argument("meeting_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def meeting_show(context: Context, meeting_id: int, as_json: bool) -> None:
+    """Everything about a meeting: its state, times, place, and who is (to be) invited."""
+    shown = run(context, lambda s: reports.details(s, schedule.find(s, meeting_id)))
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+        return
+    people = shown.pop("invited", None)
+    waiting = shown.pop("will_be_invited", None)
+    click.echo(f"meeting {shown['id']}: {shown['title']} ({shown['state']})")
+    for key in SHOWN:
+        click.echo(f"  {key.replace('_', ' ') + ':':12} {shown[key]}".rstrip())
+    if shown["state"] == "draft":
+        click.echo(f"  (a draft: `alliance meeting invite {meeting_id}` sends the invitations)")
+    if people is not None:
+        click.echo(f"invited ({len(people)}):")
+        emit(people, False, ["name", "party", "address", "partstat", "answered", "comment"])
+    else:
+        click.echo(f"will be invited ({len(waiting)}):")
+        emit(waiting, False, ["name", "party", "address", "language"])
+
+
+SHOWN = ("body", "state", "status", "sequence", "start", "start_utc", "end", "end_utc",
+         "location", "host", "alongside", "agenda_url", "send_at", "uid", "description")
+
+
+@meeting_group.command("delete")
+@click.argument("meeting_id", type=int)
+@pass_context
+def meeting_delete(context: Context, meeting_id: int) -> None:
+    """Delete a meeting whose invitations have not gone out (else: `meeting cancel`)."""
+    title = _meeting_action(context, meeting_id, lambda s, _, m: invitations.delete(s, m))
+    click.echo(f"meeting {meeting_id} ({title}) deleted; nothing had been sent")
 
 
 @meeting_group.command("reschedule")
@@ -407,8 +479,13 @@ def spreadsheet_cell(value: object) -> object:
 @click.option("--csv", "as_csv", is_flag=True)
 @pass_context
 def meeting_attendance(context: Context, meeting_id: int, as_json: bool, as_csv: bool) -> None:
-    """Who is invited and what they answered."""
-    rows = run(context, lambda s: reports.attendance(s, schedule.find(s, meeting_id)))
+    """Who is invited and what they answered; the totals and the meeting's state last."""
+    def read(session: Session) -> tuple[list[dict[str, Any]], str]:
+        meeting = schedule.find(session, meeting_id)
+        state = schedule.state(meeting, invitations.was_sent(session, meeting))
+        return reports.attendance(session, meeting), f"meeting {meeting_id}: {state}"
+
+    rows, state = run(context, read)
     if as_csv:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=reports.COLUMNS, lineterminator="\n")
@@ -417,6 +494,8 @@ def meeting_attendance(context: Context, meeting_id: int, as_json: bool, as_csv:
         click.echo(out.getvalue(), nl=False)
         return
     emit(rows, as_json, reports.COLUMNS)
+    if not as_json:
+        click.echo(f"{state}; {reports.totals(rows)}")
 
 
 @meeting_group.command("list")
@@ -432,12 +511,15 @@ def meeting_list(context: Context, body_slug: str, as_json: bool) -> None:
         if body_slug:
             query = query.where(Meeting.body_id == organisation.find_body(session,
                                                                           body_slug).id)
-        return [{"id": m.id, "start": f"{m.start_local[:16]} {m.tz}", "title": m.title,
-                 "status": m.status, "sequence": m.sequence, "send_at": _when(m.send_at)}
-                for m in session.scalars(query)]
+        found = list(session.scalars(query))
+        sent = reports.sent_meetings(session, [m.id for m in found])
+        return [{"id": m.id, "start": m.start_local[:16].replace("T", " "), "zone": m.tz,
+                 "title": m.title, "place": m.location,
+                 "state": schedule.state(m, m.id in sent), "status": m.status,
+                 "sequence": m.sequence, "send_at": _when(m.send_at)} for m in found]
 
-    emit(run(context, rows), as_json, ["id", "start", "title", "status", "sequence",
-                                       "send_at"])
+    emit(run(context, rows), as_json, ["id", "start", "zone", "title", "place", "state",
+                                       "status", "sequence", "send_at"])
 
 
 @meeting_group.command("feed")
@@ -493,13 +575,14 @@ def coordination_show(context: Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
 def cadence_command(context: Context, year: int | None, as_json: bool) -> None:
-    """Each body's meetings in YEAR (default: this year) against the charter."""
+    """Each body's meetings in YEAR (default: this year) against the charter: held,
+    planned (announced, to come) and drafts (counted as neither)."""
     year = year or time.gmtime().tm_year
     rows = run(context, lambda s: [
-        {"body": r.body, "year": r.year, "held": r.held, "required": r.required,
-         "status": "ok" if not r.short else f"{r.short} missing"}
-        for r in cadence.report(s, year)])
-    emit(rows, as_json, ["body", "year", "held", "required", "status"])
+        {"body": r.body, "year": r.year, "held": r.held, "planned": r.planned,
+         "drafts": r.drafts, "required": r.required, "status": r.verdict}
+        for r in cadence.report(s, year, time.time())])
+    emit(rows, as_json, ["body", "year", "held", "planned", "drafts", "required", "status"])
 
 
 COMMANDS: tuple[click.Command, ...] = (party_group, body_group, delegate_group, meeting_group,

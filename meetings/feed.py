@@ -28,8 +28,10 @@ def path(slug: str) -> str:
 
 
 def window(body: Body, now: float) -> ColumnElement[bool]:
-    """The body's meetings a feed shows: those that ended less than a year ago, or later."""
-    return (Meeting.body_id == body.id) & (Meeting.ends_at > now - PAST)
+    """The body's meetings a feed shows: those that ended less than a year ago, or later,
+    once their invitations are due (a draft, or one still to be announced, is not public)."""
+    return (Meeting.body_id == body.id) & (Meeting.ends_at > now - PAST) \
+        & (Meeting.send_at <= now)
 
 
 def calendar(session: Session, site: MeetingSite, body: Body) -> bytes:

@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import default as default_policy
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete as delete_rows
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from mailer.jobs import Job
+from mailer.models import Delivery, Outgoing
 from meetings import letters, organisation, schedule
 from meetings.letters import DAY
 from meetings.meeting_site import MeetingSite
@@ -103,9 +108,12 @@ def _reopen(invitation: Invitation, meeting: Meeting, reminded: str) -> None:
 
 
 def invite(session: Session, site: MeetingSite, meeting: Meeting) -> int:
-    """Send the first REQUEST to every invitee who has had none; the number queued."""
+    """Send the first REQUEST to every invitee who has had none; the number queued.
+    A draft, or a meeting scheduled for later, is sent from now on."""
     now = site.clock()
     check_open(meeting, now)
+    if meeting.send_at is None or meeting.send_at > now:
+        meeting.send_at = now
     unsent = [i for i in sync(session, meeting, now, site.reminder_days) if i.state == "active"
               and i.sent_sequence is None and i.partstat != "DELEGATED"]
     return letters.send(session, site, meeting, unsent, letters.INVITATION)
@@ -210,7 +218,7 @@ def seat_added(session: Session, site: MeetingSite, body: Body) -> int:
     now = site.clock()
     return sum(invite(session, site, meeting)
                for meeting in schedule.upcoming(session, body.id, now)
-               if meeting.send_at <= now)
+               if meeting.send_at is not None and meeting.send_at <= now)
 
 
 def seat_removed(session: Session, site: MeetingSite, body: Body, delegate: Delegate) -> int:
@@ -362,6 +370,66 @@ def answer_by_hand(session: Session, site: MeetingSite, meeting: Meeting, addres
     session.add(RsvpEvent(meeting_id=meeting.id, invitation_id=invitation.id, kind="by-hand",
                           partstat=partstat, detail=invitation.comment, at=now))
     return invitation
+
+
+def was_sent(session: Session, meeting: Meeting) -> bool:
+    """Whether any mail about the meeting went out (or is queued) to an invitee."""
+    return session.scalar(select(Invitation.id).where(
+        Invitation.meeting_id == meeting.id, Invitation.sent_sequence.is_not(None))
+        .limit(1)) is not None
+
+
+def invitees(session: Session, meeting: Meeting) -> list[Delegate]:
+    """Who the invitations would go to now: the delegates seated in the meeting's body."""
+    return list(session.scalars(select(Delegate).join(Seat, Seat.delegate_id == Delegate.id)
+                                .where(Seat.body_id == meeting.body_id,
+                                       Seat.role == "delegate").order_by(Delegate.address)))
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One message `invite` would queue: to whom, in which language, with what subject."""
+
+    address: str
+    name: str
+    language: str
+    subject: str
+    text: str
+
+
+def preview(session: Session, site: MeetingSite, meeting: Meeting) -> list[Preview]:
+    """What `invite` would send, written in full and then rolled back: nothing is stored
+    and nothing is sent (`alliance meeting invite --dry-run`)."""
+    last = session.scalar(select(func.max(Outgoing.id))) or 0
+    savepoint = session.begin_nested()
+    try:
+        invite(session, site, meeting)
+        queued = session.execute(select(Delivery.recipient, Outgoing.data)
+                                 .join(Outgoing, Delivery.outgoing_id == Outgoing.id)
+                                 .where(Outgoing.id > last).order_by(Delivery.recipient)).all()
+        people = {i.address: i for i in _all(session, meeting)}
+        return [_preview(people[address], data) for address, data in queued]
+    finally:
+        savepoint.rollback()
+
+
+def _preview(invitation: Invitation, data: bytes) -> Preview:
+    message = BytesParser(policy=default_policy).parsebytes(data)
+    body = message.get_body(("plain",))
+    return Preview(invitation.address, invitation.name, invitation.language,
+                   str(message["Subject"]), body.get_content() if body is not None else "")
+
+
+def delete(session: Session, meeting: Meeting) -> str:
+    """Delete a meeting no mail went out about; one that was sent must be cancelled, so
+    that the invitees' calendars hear of it (RFC 5546 §3.2.5)."""
+    if was_sent(session, meeting):
+        raise MeetingError(f"meeting {meeting.id}: invitations went out; cancel it instead "
+                           f"(alliance meeting cancel {meeting.id})")
+    session.execute(delete_rows(RsvpEvent).where(RsvpEvent.meeting_id == meeting.id))
+    session.execute(delete_rows(Invitation).where(Invitation.meeting_id == meeting.id))
+    session.delete(meeting)
+    return meeting.title
 
 
 def invite_apart(session: Session, site: MeetingSite, meeting: Meeting) -> int:

@@ -118,7 +118,7 @@ class Meeting(Base):
     host_party_id: Mapped[int | None] = mapped_column(ForeignKey("parties.id"))
     alongside: Mapped[str] = mapped_column(String(300), default="")
     agenda_url: Mapped[str] = mapped_column(String(1000), default="")
-    send_at: Mapped[float] = mapped_column(Float)
+    send_at: Mapped[float | None] = mapped_column(Float)  # None: a draft
     status: Mapped[str] = mapped_column(String(12), default="CONFIRMED")
     sequence: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[float] = mapped_column(Float)

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailer.jobs import Job
-from meetings import coordination, letters
+from meetings import coordination, invitations, letters, schedule
 from meetings.invitations import MAX_CHAIN
 from meetings.letters import DAY
 from meetings.meeting_site import MeetingSite
@@ -70,6 +70,58 @@ def attendance(session: Session, meeting: Meeting) -> list[dict[str, Any]]:
              "replied_at": stamp(i.replied_at), "delivery": delivery_note(i)}
             for i in invitations]
     return sorted(rows, key=lambda row: (row["party"], row["address"]))
+
+
+ANSWERS = (("accepted", "ACCEPTED"), ("tentative", "TENTATIVE"), ("declined", "DECLINED"),
+           ("no answer", "NEEDS-ACTION"), ("delegated", "DELEGATED"))
+
+
+def totals(rows: list[dict[str, Any]]) -> str:
+    """The answers of attendance rows counted, as the table's last line says them.
+
+    >>> totals([{"partstat": "ACCEPTED"}, {"partstat": "NEEDS-ACTION"}])
+    'accepted 1, tentative 0, declined 0, no answer 1'
+    """
+    counts = [(label, sum(1 for r in rows if r["partstat"] == partstat))
+              for label, partstat in ANSWERS]
+    return ", ".join(f"{label} {count}" for label, count in counts
+                     if count or label != "delegated")
+
+
+def details(session: Session, meeting: Meeting) -> dict[str, Any]:
+    """Everything about a meeting, for `alliance meeting show`: its fields, times local and
+    UTC, its state, and who will be invited (unsent) or was, with their answers."""
+    sent = invitations.was_sent(session, meeting)
+    view = letters.meeting_view(session, meeting)
+    invitees = attendance(session, meeting) if sent else [
+        {"name": d.name, "party": party, "address": d.address, "language": d.language}
+        for d, party in _with_parties(session, invitations.invitees(session, meeting))]
+    return {"id": meeting.id, "title": meeting.title, "body": view["body"],
+            "state": schedule.state(meeting, sent), "status": meeting.status,
+            "sequence": meeting.sequence, "uid": meeting.uid, "tz": meeting.tz,
+            "start": f"{view['start']} {meeting.tz}", "end": f"{view['end']} {meeting.tz}",
+            "start_utc": _utc(meeting.starts_at), "end_utc": _utc(meeting.ends_at),
+            "send_at": _utc(meeting.send_at), "location": meeting.location,
+            "host": view["host"], "alongside": meeting.alongside,
+            "agenda_url": meeting.agenda_url, "description": meeting.description,
+            "invited" if sent else "will_be_invited": invitees}
+
+
+def sent_meetings(session: Session, meeting_ids: list[int]) -> set[int]:
+    """Which of the meetings have had mail go out (or queued) to an invitee."""
+    return set(session.scalars(select(Invitation.meeting_id).distinct().where(
+        Invitation.meeting_id.in_(meeting_ids), Invitation.sent_sequence.is_not(None))))
+
+
+def _utc(value: float | None) -> str:
+    return "" if value is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))
+
+
+def _with_parties(session: Session, delegates: list[Delegate]) -> list[tuple[Delegate, str]]:
+    names = dict(session.execute(select(Party.id, Party.name).where(
+        Party.id.in_({d.party_id for d in delegates}))).all())
+    return sorted(((d, names.get(d.party_id, "")) for d in delegates),
+                  key=lambda pair: (pair[1], pair[0].address))
 
 
 def answered(invitation: Invitation) -> str:

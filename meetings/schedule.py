@@ -8,9 +8,12 @@ stored.
 
 from __future__ import annotations
 
+import re
 import uuid
+import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
@@ -53,13 +56,70 @@ class Plan:
     send_at: str = ""
 
 
+# The areas of the IANA database's place names (tz-link.html, "Area/Location"). Other
+# names are abbreviations (CET, EST), POSIX rules (EST5EDT) or the old names kept in
+# `backward` (US/Eastern): they hide the place, and CET, for one, is now Brussels' rules.
+AREAS = ("Africa", "America", "Antarctica", "Arctic", "Asia", "Atlantic", "Australia",
+         "Europe", "Indian", "Pacific")
+UNIVERSAL = ("UTC", "Etc/UTC")
+# What to name instead of an abbreviation, when the database's own links do not say.
+INSTEAD = {"CET": "Europe/Paris", "CEST": "Europe/Paris", "MET": "Europe/Paris",
+           "EET": "Europe/Athens", "WET": "Europe/Lisbon", "GMT": "Europe/London",
+           "BST": "Europe/London", "EST": "America/New_York", "EDT": "America/New_York",
+           "EST5EDT": "America/New_York", "CST6CDT": "America/Chicago",
+           "MST": "America/Denver", "MST7MDT": "America/Denver",
+           "PST8PDT": "America/Los_Angeles", "HST": "Pacific/Honolulu",
+           "IST": "Asia/Kolkata", "JST": "Asia/Tokyo", "EAT": "Africa/Nairobi",
+           "WAT": "Africa/Lagos", "CAT": "Africa/Maputo", "SAST": "Africa/Johannesburg"}
+
+
+def _place_name(name: str) -> bool:
+    return name in UNIVERSAL or (name.partition("/")[0] in AREAS and "/" in name)
+
+
+def _links() -> dict[str, str]:
+    """The database's old names and the place names they stand for (`L` lines of
+    tzdata.zi, where the system has it)."""
+    for folder in zoneinfo.TZPATH:
+        path = Path(folder) / "tzdata.zi"
+        if path.is_file():
+            return {old: new for kind, new, old in (line.split()[:3] for line in
+                    path.read_text().splitlines() if line.startswith("L "))
+                    if kind == "L"}
+    return {}
+
+
+def suggestion(name: str) -> str:
+    """The IANA place name to use instead of `name`, or "".
+
+    >>> suggestion("paris"), suggestion("new york"), suggestion("CET")
+    ('Europe/Paris', 'America/New_York', 'Europe/Paris')
+    """
+    wanted = name.strip().replace(" ", "_").casefold()
+    if name.strip().upper() in INSTEAD:
+        return INSTEAD[name.strip().upper()]
+    target = _links().get(name.strip(), "")
+    if _place_name(target) and target not in UNIVERSAL:
+        return target
+    places = sorted(z for z in zoneinfo.available_timezones() if _place_name(z))
+    return next((z for z in places if z.casefold() == wanted), "") or \
+        next((z for z in places if z.rpartition("/")[2].casefold() == wanted), "")
+
+
 def time_zone(name: str) -> ZoneInfo:
-    """The IANA zone, or MeetingError naming the unknown one."""
+    """The IANA zone of a place (or UTC), or MeetingError naming the one to use."""
     try:
-        return ZoneInfo(name)
+        zone = ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, KeyError):
-        raise MeetingError(f"unknown time zone {name!r} (use an IANA name such as "
-                           f"Europe/Berlin)") from None
+        better = suggestion(name)
+        raise MeetingError(f"unknown time zone {name!r}; "
+                           + (f"did you mean {better}?" if better else
+                              "use an IANA name such as Europe/Berlin")) from None
+    if not _place_name(name):
+        better = suggestion(name) or "Europe/Berlin"
+        raise MeetingError(f"{name!r} is not the time zone of a place (its rules may not be "
+                           f"those of yours); use an IANA name such as {better}")
+    return zone
 
 
 def wall_time(text: str, what: str, zone: ZoneInfo) -> datetime:
@@ -78,6 +138,9 @@ def wall_time(text: str, what: str, zone: ZoneInfo) -> datetime:
     meetings.organisation.MeetingError: start: 2027-03-28 02:30 Europe/Berlin does not \
 exist (the clocks go forward); choose another time
     """
+    if re.fullmatch(r"\d{4}-?\d{2}-?\d{2}", text.strip()):
+        raise MeetingError(f"{what}: {text.strip()} has no time; give one, such as "
+                           f"{text.strip()}T09:00 (delegates in other zones need it)")
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -129,8 +192,11 @@ def _show(moment: datetime) -> str:
     return f"{moment:%Y-%m-%d %H:%M} {moment.tzinfo}"
 
 
-def _send_at(text: str, zone: ZoneInfo, now: float, starts_at: float) -> float:
+def _send_at(text: str, zone: ZoneInfo, now: float, starts_at: float) -> float | None:
+    """When the invitations go out: None for a draft (no --send-at), now for "now"."""
     if not text.strip():
+        return None
+    if text.strip().casefold() == "now":
         return now
     moment = wall_time(text, "send-at", zone).timestamp()
     if moment >= starts_at:
@@ -227,6 +293,16 @@ def revise(meeting: Meeting, changes: Changes, now: float) -> tuple[bool, bool]:
     if changed:
         meeting.updated_at = now
     return bool(changed), major
+
+
+def state(meeting: Meeting, sent: bool) -> str:
+    """Where the meeting stands: draft (no send-at time), scheduled (invitations to go
+    out at send-at), sent (some went out), or cancelled."""
+    if meeting.status == "CANCELLED":
+        return "cancelled"
+    if sent:
+        return "sent"
+    return "draft" if meeting.send_at is None else "scheduled"
 
 
 def find(session: Session, meeting_id: int) -> Meeting:

@@ -451,13 +451,18 @@ async def http(port: int, method: str, path: str, body: bytes = b"",
 
 
 def create_meeting(config: Path, body: str = "board", *extra: str,
-                   start: str | None = None, end: str | None = None) -> int:
-    """A meeting next year (unless told otherwise); returns its id."""
+                   start: str | None = None, end: str | None = None,
+                   draft: bool = False) -> int:
+    """A meeting next year (unless told otherwise), its invitations due at once (unless
+    a draft, or --send-at is given); returns its id."""
+    when = [] if draft or "--send-at" in extra else ["--send-at", "now"]
     output = cli(config, "meeting", "create", "--body", body, "--title", "Board meeting",
                  "--start", start or f"{NEXT_YEAR}-03-14T09:00",
                  "--end", end or f"{NEXT_YEAR}-03-14T17:00", "--tz", "Europe/Berlin",
-                 "--location", "Rotes Rathaus, Berlin", *extra)
-    return int(output.strip())
+                 "--location", "Rotes Rathaus, Berlin", *when, *extra)
+    found = re.match(r"meeting (\d+) created", output)
+    assert found, output
+    return int(found[1])
 
 
 # -- invitations at the sink ---------------------------------------------------------------
