@@ -112,10 +112,14 @@ class MeetingTrial(Trial):
         self.result["setup_s"] = made["seconds"]
         self.result["meetings_package"] = made["meetings"]
         start, end, send_at = meeting_times(time.time())
-        self.meeting_id = int(alliance(
+        created = alliance(
             rig.config, "meeting", "create", "--body", MEETING_BODY,
             "--title", "Benchmark Forum", "--start", start, "--end", end, "--tz", MEETING_TZ,
-            "--location", "Rotes Rathaus, Berlin", "--send-at", send_at).strip())
+            "--location", "Rotes Rathaus, Berlin", "--send-at", send_at)
+        # "meeting 7 created: invitations to N delegates at …" (issue 11: no bare id)
+        found = re.match(r"meeting (\d+) created", created)
+        assert found, created
+        self.meeting_id = int(found[1])
         [(self.uid,)] = read_database(
             rig.database, f"SELECT uid FROM meetings WHERE id = {self.meeting_id}")
         rig.start_daemon()
