@@ -6,25 +6,73 @@ group here. User mistakes get one line and exit code 1.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from lists.cli import COMMANDS as LIST_COMMANDS
-from mailer import router
 from mailer.console import Context, emit, pass_context, when
-from mailer.models import Delivery, Work
-from meetings.cli import COMMANDS as MEETING_COMMANDS
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+# The domain packages' commands and their help, as `alliance --help` lists them. Their
+# modules are imported only when one of their commands runs: they bring SQLAlchemy,
+# icalendar and Jinja, which the help and the core's own commands do not need (issue 11,
+# item 10: start-up). tests/test_cli_startup.py holds each help to the command's own.
+DOMAIN_COMMANDS = {
+    "list": ("lists", "Distribution lists."),
+    "party": ("meetings", "Member parties."),
+    "body": ("meetings", "Bodies that meet: board, steering, conference, and custom ones."),
+    "delegate": ("meetings", "Delegates and their seats in bodies."),
+    "meeting": ("meetings", "Meetings and their invitations."),
+    "coordination": ("meetings", "Which party coordinates (and sends the invitations)."),
+    "cadence": ("meetings", "Each body's meetings in YEAR (default: this year) against the "
+                            "charter: held, planned (announced, to come) and drafts "
+                            "(counted as neither)."),
+}
 
 
-@click.group()
+class Main(click.Group):
+    """The main group: the core's commands, and each domain package's, loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *DOMAIN_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in DOMAIN_COMMANDS and cmd_name not in self.commands:
+            self.load(DOMAIN_COMMANDS[cmd_name][0])
+        return super().get_command(ctx, cmd_name)
+
+    def load(self, package: str) -> None:
+        """Add a domain package's command group (lists or meetings)."""
+        commands: tuple[click.Command, ...]
+        if package == "lists":
+            from lists.cli import COMMANDS as commands
+        else:
+            from meetings.cli import COMMANDS as commands
+        for command in commands:
+            self.add_command(command)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of --help, with no domain package imported for it."""
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+            elif command is None:
+                rows.append((name, click.utils.make_default_short_help(
+                    DOMAIN_COMMANDS[name][1], limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=Main)
 @click.option("--config", "config_path", envvar="ALLIANCE_CONFIG", default=None,
               help="config file (default ./config.toml, or $ALLIANCE_CONFIG)")
 @click.pass_context
@@ -38,6 +86,8 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 @pass_context
 def serve(context: Context, log_level: str) -> None:
     """Run the daemon: listeners, router, delivery."""
+    import asyncio
+
     from mailer.daemon import build
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
@@ -80,6 +130,10 @@ def db_upgrade(context: Context) -> None:
 @pass_context
 def queue(context: Context, as_json: bool) -> None:
     """Outbound and inbound queue state: counts by state, failures, quarantine."""
+    from sqlalchemy import func, select
+
+    from mailer.models import Delivery, Work
+
     def state(session: Session) -> dict[str, Any]:
         deliveries = dict(session.execute(select(Delivery.state, func.count())
                                           .group_by(Delivery.state)).all())
@@ -117,6 +171,8 @@ def quarantine() -> None:
 @pass_context
 def quarantine_list(context: Context, as_json: bool) -> None:
     """Show quarantined work with its error."""
+    from mailer import router
+
     rows = [{"id": w.id, "message": w.message_id, "recipient": w.recipient,
              "attempts": w.attempts, "error": w.error or ""}
             for w in context.transaction(router.quarantined)]
@@ -128,10 +184,9 @@ def quarantine_list(context: Context, as_json: bool) -> None:
 @pass_context
 def quarantine_replay(context: Context, work_id: int) -> None:
     """Queue quarantined work WORK_ID again (after fixing its cause)."""
+    from mailer import router
+
     if not context.transaction(router.replay, work_id):
         raise click.ClickException(f"no quarantined work with id {work_id}")
     click.echo(f"work {work_id} queued again")
 
-
-for _command in (*LIST_COMMANDS, *MEETING_COMMANDS):
-    main.add_command(_command)

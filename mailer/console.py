@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import jinja2
 
-from mailer import templates
 from mailer.config import Config, ConfigError, load
-from mailer.db import Database
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from mailer.db import Database
 
 T = TypeVar("T")
 
@@ -41,6 +43,10 @@ class Context:
     @property
     def db(self) -> Database:
         if self._db is None:
+            # Imported here: SQLAlchemy and Alembic are most of a command's start-up, and
+            # `alliance --help` needs neither (issue 11, item 10).
+            from mailer.db import Database
+
             self._db = Database(self.config.database.url, self.config.base_dir)
             self._db.upgrade()
         return self._db
@@ -53,6 +59,8 @@ class Context:
     @property
     def templates(self) -> jinja2.Environment:
         """The one template environment, as the daemon makes it."""
+        from mailer import templates
+
         return templates.environment(self.config.templates_folder or templates.TEMPLATES)
 
     def transaction(self, fn: Callable[..., T], *args: Any,

@@ -1,0 +1,65 @@
+"""Start-up of the command line (issue 11, item 10): what a command imports, never how long.
+
+`alliance --help` imports none of SQLAlchemy, Alembic, icalendar or Jinja (the domain
+packages' commands are loaded when one runs), and a command on a database already at the
+newest schema does not import Alembic. `tools/cli_startup.py` measures the times.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
+
+from mailer.cli import DOMAIN_COMMANDS, main
+from mailer.db import MIGRATIONS, heads
+from tests.helpers import organisation_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("sqlalchemy", "alembic", "icalendar", "jinja2", "aiosmtpd", "aiosmtplib")
+
+
+def imported_by(*args: str) -> tuple[str, set[str]]:
+    """Run `alliance ARGS` in a fresh interpreter: (its output, the heavy packages loaded)."""
+    probe = ("import sys\nfrom mailer.cli import main\n"
+             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n")
+    done = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT, text=True,
+                          capture_output=True, check=True)
+    output, _, loaded = done.stdout.rstrip().rpartition("\n")
+    return output, set(ast.literal_eval(loaded))
+
+
+def test_help_lists_every_command_and_imports_no_heavy_package() -> None:
+    output, loaded = imported_by("--help")
+    assert loaded == set()
+    for name in ("serve", "queue", "list", "party", "meeting", "cadence", "coordination"):
+        assert f"\n  {name} " in output, name
+
+
+def test_the_help_listed_for_a_lazy_command_is_its_own() -> None:
+    context = click.Context(main)
+    for name, (_, shown) in DOMAIN_COMMANDS.items():
+        command = main.get_command(context, name)
+        assert command is not None and command.help is not None, name
+        assert " ".join(command.help.split("\n\n")[0].split()) == shown, name
+
+
+def test_a_command_on_a_database_at_the_newest_schema_skips_alembic(tmp_path: Path) -> None:
+    config, db = organisation_cli(tmp_path, f"sqlite:///{tmp_path}/a.sqlite3")
+    db.close()
+    output, loaded = imported_by("--config", str(config), "party", "list")
+    assert output == "(none)"
+    assert "alembic" not in loaded and "sqlalchemy" in loaded
+
+
+def test_the_heads_read_from_the_files_are_alembics() -> None:
+    alembic = AlembicConfig()
+    alembic.set_main_option("script_location", str(MIGRATIONS))
+    assert heads() == set(ScriptDirectory.from_config(alembic).get_heads())
+    assert len(heads()) == 1
