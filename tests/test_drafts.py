@@ -171,3 +171,21 @@ def test_list_attendance_and_cadence_tell_drafts_from_meetings(tmp_path: Path) -
     assert (board["held"], board["planned"], board["drafts"], board["status"]) == \
         (0, 1, 1, "1 planned")
     db.close()
+
+
+def test_cadence_counts_a_meeting_held_once_it_is_over(tmp_path: Path) -> None:
+    config, db = organisation_cli(tmp_path, f"sqlite:///{tmp_path}/a.sqlite3")
+    organise(config)
+    create(config, "--send-at", "now")
+    create(config)
+
+    def move_to_the_past(session: object) -> None:
+        for meeting in session.scalars(select(Meeting)):  # type: ignore[attr-defined]
+            meeting.starts_at -= 2 * 365 * 86_400.0
+            meeting.ends_at -= 2 * 365 * 86_400.0     # over; the local date stays
+    db.transaction(move_to_the_past)
+    [board] = [r for r in json.loads(cli(config, "cadence", str(NEXT_YEAR), "--json"))
+               if r["body"] == "board"]
+    assert (board["held"], board["planned"], board["drafts"], board["status"]) == \
+        (1, 0, 1, "ok"), "a draft whose day has passed was never held"
+    db.close()
