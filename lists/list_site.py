@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import jinja2
 
 from lists.dmarc import DmarcLookup
+from mailer.admin import SiteContact
 from mailer.config import Config, ListsSection
 from mailer.tokens import Signer
 
@@ -37,6 +38,8 @@ class ListSite:
     clock: Callable[[], float] = time.time
     dmarc: DmarcLookup | None = None
     on_leave: LeaveHook | None = None
+    # site.admin: who gets mail with no other person (no coordinator, no owner yet)
+    contact: SiteContact = field(default_factory=lambda: SiteContact("", ""))
 
     @classmethod
     def from_config(cls, config: Config, secret: bytes, templates: jinja2.Environment, *,
@@ -48,7 +51,8 @@ class ListSite:
                    templates=templates, member_tokens=Signer(secret, "member"),
                    unsubscribe_tokens=Signer(secret, "unsubscribe"),
                    base_url=config.base_url, limits=config.lists, clock=clock, dmarc=dmarc,
-                   on_leave=on_leave)
+                   on_leave=on_leave,
+                   contact=SiteContact(config.site.admin, config.site.domain))
 
     def address(self, local: str) -> str:
         return f"{local}@{self.domain}"

@@ -203,8 +203,10 @@ class OwnerHandler(ListRobot):
         mailing_list = service.find(session, inbound.route.list or "")
         moderators = service.moderators(session, mailing_list.id)
         if not moderators:
-            log.warning("mail %d to %s-owner kept: the list has no owner", inbound.message_id,
-                        mailing_list.name)
+            self.site.contact.forward(
+                session, inbound, cause=f"owner:{mailing_list.name}",
+                why=f"mail to {mailing_list.name}-owner@{self.site.domain}, a list with no "
+                    f"owner (alliance list add {mailing_list.name} ADDRESS --role owner)")
             return
         data = rawmail.rewrite(inbound.raw, set(),
                                [("X-Loop", self.site.address(f"{mailing_list.name}-owner"))])

@@ -72,6 +72,7 @@ class Role(enum.StrEnum):
     BOUNCES = "bounces"
     RSVP = "rsvp"
     COORDINATION = "coordination"
+    ADMIN = "admin"          # postmaster@ (RFC 5321 §4.5.1), abuse@ (RFC 2142): site.admin
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ _TOKEN = r"(?P<token>[a-z0-9-]{1,80})"
 ROUTES: tuple[tuple[str, Role], ...] = (
     (r"rsvp\+" + _TOKEN, Role.RSVP),
     (r"coordination", Role.COORDINATION),
+    (r"postmaster|abuse", Role.ADMIN),
     (_NAME + r"-join", Role.JOIN),
     (_NAME + r"-leave", Role.LEAVE),
     (_NAME + r"-request", Role.REQUEST),
@@ -118,6 +120,10 @@ def resolve(address: str, domain: str) -> Route | None:
     '5-xyz'
     >>> resolve("steering@elsewhere.example", "lists.example.org") is None
     True
+    >>> resolve("PostMaster@lists.example.org", "lists.example.org")
+    Route(role=<Role.ADMIN: 'admin'>, list=None, token=None)
+    >>> resolve("abuse@lists.example.org", "lists.example.org").role
+    <Role.ADMIN: 'admin'>
     """
     local, _, host = address.lower().rpartition("@")
     if host != domain.lower():

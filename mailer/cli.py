@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -81,20 +80,26 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = Context(config_path)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 @main.command()
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(LOG_LEVELS, case_sensitive=False))
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(("text", "json"), case_sensitive=False),
+              help="json: one object a line (time, level, logger, message, and the "
+                   "message's fields)")
 @pass_context
-def serve(context: Context, log_level: str) -> None:
+def serve(context: Context, log_level: str, log_format: str) -> None:
     """Run the daemon: listeners, router, delivery."""
     import asyncio
 
     from mailer.daemon import build
+    from mailer.db import DatabaseUnavailable
+    from mailer.logs import configure
 
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # aiosmtpd logs every command at INFO; keep the operator's log to what matters.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.root.level))
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+    configure(log_level.upper(), log_format.lower())
     try:
         import uvloop
         runner: Callable[..., Any] = uvloop.run
@@ -104,10 +109,19 @@ def serve(context: Context, log_level: str) -> None:
 
     async def run() -> None:
         daemon = build(config)
+        if not config.site.admin:
+            # A warning, not a refusal: a daemon that refused to start would lose the
+            # mail it should be taking; what the admin would get waits in the quarantine.
+            logging.getLogger("mailer.daemon").warning(
+                "site.admin is not set: mail to postmaster@ and abuse@, and mail with no "
+                "other person, waits in the quarantine; set [site] admin = "
+                "\"you@example.org\" in the config")
         await daemon.serve()
 
     try:
         runner(run())
+    except DatabaseUnavailable as error:
+        raise click.ClickException(str(error)) from None
     except OSError as error:
         raise click.ClickException(f"cannot start: {error.strerror or error}") from None
 

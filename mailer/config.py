@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(Exception):
@@ -29,6 +31,10 @@ class SiteSection:
     secret: str = _key(
         "", "key for signed tokens (VERP, RSVP); empty: one is made and kept in the database"
     )
+    admin: str = _key(
+        "", "the site contact: postmaster@ and abuse@ reach this address, and so does mail "
+        "with no other person (coordination@ before a contact, owner mail of a list with no "
+        "owner); empty: such mail waits in the quarantine, and serve warns at start")
 
 
 @dataclass(frozen=True)
@@ -231,6 +237,38 @@ def _validate(config: Config) -> None:
     scheme = config.outbound.url.split(":", 1)[0]
     if scheme not in ("maildir", "smtp"):
         raise ConfigError("outbound.url: expected maildir:PATH or smtp://host:port")
+    if scheme == "smtp":
+        _check_url("outbound.url", config.outbound.url, ("smtp",), "smtp://host:port")
+    if config.http.base_url:
+        _check_url("http.base_url", config.http.base_url, ("http", "https"),
+                   "http://host[:port] or https://host")
+    if config.database.url.split(":", 1)[0].split("+", 1)[0] not in DATABASE_SCHEMES:
+        raise ConfigError("database.url: expected sqlite:///PATH or postgresql://user@host/db, "
+                          f"got {config.database.url!r}")
+    if config.site.admin and not _ADDRESS.fullmatch(config.site.admin):
+        raise ConfigError(f"site.admin: expected an address such as admin@example.org, "
+                          f"got {config.site.admin!r}")
+
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+_ADDRESS = re.compile(r"[^@\s<>]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+")
+
+
+def _check_url(name: str, value: str, schemes: tuple[str, ...], example: str) -> None:
+    """A URL with one of `schemes` and a host, or ConfigError naming the key.
+
+    >>> _check_url("http.base_url", "lists.example.org", ("http",), "http://host")
+    Traceback (most recent call last):
+    ...
+    mailer.config.ConfigError: http.base_url: expected http://host, got 'lists.example.org'
+    """
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme.lower() not in schemes or not parts.hostname:
+        raise ConfigError(f"{name}: expected {example}, got {value!r}")
 
 
 def parse_listen(value: str, name: str = "listen") -> tuple[str, int]:

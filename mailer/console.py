@@ -45,10 +45,12 @@ class Context:
         if self._db is None:
             # Imported here: SQLAlchemy and Alembic are most of a command's start-up, and
             # `alliance --help` needs neither (issue 11, item 10).
-            from mailer.db import Database
+            from mailer.db import DatabaseUnavailable, open_database
 
-            self._db = Database(self.config.database.url, self.config.base_dir)
-            self._db.upgrade()
+            try:
+                self._db = open_database(self.config.database.url, self.config.base_dir)
+            except DatabaseUnavailable as error:
+                raise click.ClickException(str(error)) from None
         return self._db
 
     @property

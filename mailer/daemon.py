@@ -19,8 +19,10 @@ from sqlalchemy.orm import Session
 
 from lists import wiring as list_side
 from mailer import templates
+from mailer.addresses import Role
+from mailer.admin import AdminHandler, SiteContact
 from mailer.config import Config, parse_listen
-from mailer.db import Database
+from mailer.db import Database, open_database
 from mailer.delivery import Dispatcher, Personaliser
 from mailer.dns import TxtResolver
 from mailer.http_server import WebServer
@@ -129,8 +131,7 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     `transport` replaces the one `outbound.url` names; `poll` is how often idle workers
     look for work that another process made due; `clock` is the scheduler's time.
     """
-    db = Database(config.database.url, config.base_dir)
-    db.upgrade()
+    db = open_database(config.database.url, config.base_dir)
     secret = db.secret(config.site.secret)
     pages = templates.environment(config.templates_folder or templates.TEMPLATES)
     dns = TxtResolver(config.dns.nameserver, config.dns.timeout, config.dns.cache_seconds)
@@ -151,8 +152,9 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     workers = Workers(config.router.processes,
                       preload=list_side.WORKER_MODULES + meeting_side.WORKER_MODULES,
                       memory=config.router.worker_memory_mb * 1024 * 1024)
+    admin = AdminHandler(SiteContact(config.site.admin, config.site.domain))
     router = Router(db, {**list_side.handlers(list_site, workers),
-                         **meeting_side.handlers(meeting_site, workers)},
+                         **meeting_side.handlers(meeting_site, workers), Role.ADMIN: admin},
                     max_attempts=config.router.max_attempts, on_outgoing=dispatcher.wake,
                     poll=poll, settle=config.router.crash_settle)
     inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake, arrivals=arrivals)

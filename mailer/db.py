@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer.models import Setting
@@ -48,10 +49,13 @@ def resolve_url(url: str, base_dir: Path) -> str:
 
     >>> resolve_url("postgresql://u@h/db", Path("/srv"))
     'postgresql+psycopg://u@h/db'
+    >>> resolve_url("postgres://u@h/db", Path("/srv"))
+    'postgresql+psycopg://u@h/db'
     """
     parsed = make_url(url)
-    if parsed.drivername == "postgresql":
-        # psycopg 3 is the driver we ship; SQLAlchemy's bare name means psycopg2.
+    if parsed.drivername in ("postgresql", "postgres"):
+        # psycopg 3 is the driver we ship; SQLAlchemy's bare name means psycopg2, and
+        # `postgres://` is the alias libpq, Heroku and many hosts write.
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return parsed.render_as_string(hide_password=False)
@@ -60,6 +64,38 @@ def resolve_url(url: str, base_dir: Path) -> str:
         path = base_dir / path
     path.parent.mkdir(parents=True, exist_ok=True)
     return parsed.set(database=str(path)).render_as_string(hide_password=False)
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be opened; one line saying what and what to do."""
+
+
+def open_database(url: str, base_dir: Path = Path(".")) -> Database:
+    """The database at the newest schema, or DatabaseUnavailable in one line (issue 11,
+    item 7: a missing folder, a stopped server or a bad URL is no traceback)."""
+    try:
+        db = Database(url, base_dir)
+        db.upgrade()
+    except (OSError, SQLAlchemyError) as error:
+        raise DatabaseUnavailable(unavailable(url, error)) from None
+    return db
+
+
+def unavailable(url: str, error: BaseException) -> str:
+    """One line for an error opening `url`: the database, the cause, what to do."""
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except SQLAlchemyError:
+        shown = url
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        cause = str(error.orig)
+    elif isinstance(error, OSError):
+        cause = f"{error.strerror or error}: {error.filename}" if error.filename else str(error)
+    else:
+        cause = str(error)
+    cause = " ".join(cause.split("\n")[0].split()) or type(error).__name__
+    return (f"database {shown}: cannot open it ({cause}); check database.url in the config, "
+            "that its folder can be written, and that the server runs")
 
 
 def _sqlite_pragmas(engine: Engine, immediate: bool) -> None:

@@ -96,15 +96,20 @@ def notify(session: Session, site: MeetingSite, template: str, context: dict[str
 
 
 def forward(session: Session, site: MeetingSite, raw: bytes) -> int:
-    """Queue a message unchanged to the coordinators; the number of recipients.
+    """Queue a message unchanged to the coordinators; the number of recipients (0: it
+    went to the site contact, as there are none yet).
 
     A `Delivered-To: coordination@` line is put on top, as Postfix does, so that the
     message is recognised if it ever comes back (a forwarding loop).
     """
     recipients = contacts(session)
     if not recipients:
-        log.warning("mail to %s dropped: no coordination contact (alliance coordination "
-                    "handover PARTY --contact ADDRESS)", site.address(LOCAL))
+        # Human mail is never dropped: before a handover names a contact, the site
+        # contact reads it (DESIGN §3).
+        site.contact.send(session, raw, recipient=site.address(LOCAL), cause="coordination",
+                          why=f"mail to {site.address(LOCAL)} before a coordination contact "
+                              "is named (alliance coordination handover PARTY --contact "
+                              "ADDRESS)")
         return 0
     data = f"Delivered-To: {site.address(LOCAL)}\r\n".encode() + raw
     outbox.enqueue(session, sender=site.address(LOCAL),

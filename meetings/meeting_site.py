@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jinja2
 
+from mailer.admin import SiteContact
 from mailer.config import Config
 from mailer.tokens import Signer
 
@@ -21,6 +22,8 @@ class MeetingSite:
     base_url: str                  # "" when no HTTP listener is published
     clock: Callable[[], float] = time.time
     reminder_days: tuple[int, ...] = (14, 3)  # [meetings] reminder_days
+    # site.admin: who gets mail with no other person (no coordinator, no owner yet)
+    contact: SiteContact = field(default_factory=lambda: SiteContact("", ""))
 
     @classmethod
     def from_config(cls, config: Config, secret: bytes, templates: jinja2.Environment, *,
@@ -29,7 +32,8 @@ class MeetingSite:
         return cls(domain=config.site.domain.lower(), name=config.site.name,
                    templates=templates, attendee_tokens=Signer(secret, "attendee"),
                    base_url=config.base_url, clock=clock,
-                   reminder_days=config.meetings.reminder_days)
+                   reminder_days=config.meetings.reminder_days,
+                   contact=SiteContact(config.site.admin, config.site.domain))
 
     def address(self, local: str) -> str:
         return f"{local}@{self.domain}"

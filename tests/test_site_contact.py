@@ -1,0 +1,110 @@
+"""No human mail is ever dropped (issue 11, item 3): postmaster@, abuse@, coordination@
+before a contact, and owner mail of a list with no owner reach the site contact."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from mailer.models import Work
+from tests.helpers import (
+    DOMAIN,
+    Sink,
+    cli,
+    config_file,
+    mail,
+    make_config,
+    make_list,
+    make_role,
+    quiet,
+    running,
+    send,
+)
+
+ADMIN = "admin@site.test"
+
+
+def reason(data: bytes) -> str:
+    head = data.split(b"\r\n\r\n", 1)[0].decode()
+    return next(line.split(": ", 1)[1] for line in head.split("\r\n")
+                if line.startswith("X-Alliance-Reason: "))
+
+
+@pytest.mark.parametrize("local", ["postmaster", "Postmaster", "abuse"])
+async def test_postmaster_and_abuse_reach_the_site_contact_as_they_came(
+        tmp_path: Path, sqlite_url: str, sink: Sink, local: str) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         site={"admin": ADMIN})
+    data = mail("someone@example.com", f"{local}@{DOMAIN}", subject="Your server")
+    async with running(config) as daemon:
+        await send(daemon.ports["smtp"], "someone@example.com", [f"{local}@{DOMAIN}"], data)
+        [delivered] = await sink.wait_for(1)
+        await quiet(daemon)
+    assert delivered.rcpt == ADMIN
+    assert delivered.mail_from == "<>"            # a failure to deliver never loops back to us
+    assert delivered.data.endswith(data)     # the message as it came, below two lines
+    assert reason(delivered.data) == f"mail to {local.lower()}@{DOMAIN}"
+
+
+async def test_coordination_mail_before_any_contact_reaches_the_admin_warned_once(
+        tmp_path: Path, sqlite_url: str, sink: Sink,
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         site={"admin": ADMIN})
+    caplog.set_level(logging.INFO)
+    async with running(config) as daemon:
+        for n in range(2):
+            await send(daemon.ports["smtp"], "ana@example.com", [f"coordination@{DOMAIN}"],
+                       mail("ana@example.com", f"coordination@{DOMAIN}", subject=f"Q{n}"))
+        received = await sink.wait_for(2)
+        await quiet(daemon)
+    assert [d.rcpt for d in received] == [ADMIN, ADMIN]
+    assert "before a coordination contact is named" in reason(received[0].data)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
+                and "site contact" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_owner_mail_of_a_list_without_owners_reaches_the_admin(
+        tmp_path: Path, sqlite_url: str, sink: Sink,
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         site={"admin": ADMIN})
+    make_list(config, "steering", [])
+    make_list(config, "board", [])
+    make_role(config, "board", "bo@example.com", "owner")
+    async with running(config) as daemon:
+        for target in ("steering-owner", "steering-owner", "board-owner"):
+            await send(daemon.ports["smtp"], "cy@example.com", [f"{target}@{DOMAIN}"],
+                       mail("cy@example.com", f"{target}@{DOMAIN}", subject="Help"))
+        received = await sink.wait_for(3)
+        await quiet(daemon)
+    assert sorted(d.rcpt for d in received) == [ADMIN, ADMIN, "bo@example.com"]
+    to_admin = [d for d in received if d.rcpt == ADMIN]
+    assert "a list with no owner" in reason(to_admin[0].data)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
+                and "steering-owner" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_without_an_admin_the_mail_waits_in_the_quarantine_not_dropped(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         router={"processes": 0, "max_attempts": 1})
+    async with running(config) as daemon:
+        reply = await send(daemon.ports["smtp"], "someone@example.com",
+                           [f"postmaster@{DOMAIN}"],
+                           mail("someone@example.com", f"postmaster@{DOMAIN}"))
+        assert reply[1].startswith("2")
+        for _ in range(100):
+            state = daemon.db.query(lambda s: s.scalar(select(Work.state)))
+            if state == "quarantined":
+                break
+            await asyncio.sleep(0.05)
+    assert state == "quarantined"
+    listing = cli(config_file(config, tmp_path), "quarantine", "list")
+    assert "site.admin is not set" in listing
