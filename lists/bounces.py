@@ -117,7 +117,10 @@ def register(session: Session, site: ListSite, mailing_list: MailingList, member
     session.add(Bounce(list_id=mailing_list.id, member_id=member.id, message_id=message_id,
                        received_at=now, kind=kind))
     log.info("bounces: %s bounce for %s on %s, score %.1f of %.1f", kind, member.address,
-             mailing_list.name, member.bounce_score, mailing_list.bounce_threshold)
+             mailing_list.name, member.bounce_score, mailing_list.bounce_threshold,
+             extra={"event": "bounced", "outcome": f"{kind} bounce", "list": mailing_list.name,
+                    "stored_id": message_id, "recipient": member.address,
+                    "score": member.bounce_score})
     if member.bounce_score >= mailing_list.bounce_threshold:
         disable(session, site, mailing_list, member)
 

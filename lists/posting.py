@@ -97,9 +97,13 @@ class PostHandler(ListHandler):
             moderation.hold(session, self.site, post, decision)
         elif decision.action == "reject":
             moderation.refuse(session, self.site, post, decision)
-        else:
-            log.info("post %d to %s discarded: %s", inbound.message_id, mailing_list.name,
-                     decision.reason)
+        outcome = {"accept": "distributed", "hold": "held", "reject": "rejected"}.get(
+            decision.action, "discarded")
+        log.info("post %d to %s %s: %s", inbound.message_id, mailing_list.name, outcome,
+                 decision.reason or "-",
+                 extra={"event": "post", "outcome": outcome, "list": mailing_list.name,
+                        "message_id": str(post.message.get("message-id", "")).strip(),
+                        "stored_id": inbound.message_id, "reason": decision.reason})
 
 
 def hold_unreadable(session: Session, site: ListSite, mailing_list: MailingList,

@@ -11,6 +11,7 @@ exponential backoff until `outbound.lifetime`; a 5xx fails that recipient with t
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -22,6 +23,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from mailer import logs
 from mailer.config import OutboundSection
 from mailer.db import Database
 from mailer.models import Delivery, Outgoing
@@ -354,5 +356,25 @@ class Dispatcher:
             asyncio.get_running_loop().call_later(0.5, self._flush_now.set)
             return
         self._held.difference_update(job.id for job, _ in batch)
+        self._log(batch)
         if any(not outcome.ok for _, outcome in batch):
             self.wake()
+
+    def _log(self, batch: list[tuple[LeasedDelivery, HopReply]]) -> None:
+        """One line per message of a written batch: how many delivered, deferred, failed."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        counts: dict[int, collections.Counter[str]] = {}
+        for job, outcome in batch:
+            state = ("delivered" if outcome.ok else "failed" if outcome.permanent
+                     else "deferred")
+            counts.setdefault(job.outgoing_id, collections.Counter())[state] += 1
+        for outgoing_id, counted in counts.items():
+            sender, data = self._messages.get(outgoing_id, ("", b""))
+            summary = ", ".join(f"{state} {n}" for state, n in sorted(counted.items()))
+            local = sender.partition("@")[0]
+            list_name = local.partition("-bounces")[0] if "-bounces" in local else None
+            log.info("outgoing %d (%s): %s", outgoing_id, sender or "<>", summary,
+                     extra={"event": "delivery", "outgoing_id": outgoing_id,
+                            "message_id": logs.message_id(data), "sender": sender,
+                            "list": list_name, "outcome": summary, **counted})

@@ -26,7 +26,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import insert
 
-from mailer import screen, smtp_replies
+from mailer import logs, screen, smtp_replies
 from mailer.addresses import AddressError, Route, normalize, resolve
 from mailer.config import IntakeSection
 from mailer.db import Database
@@ -74,6 +74,16 @@ def _store(session: Any, arrivals: list[Arrival], domain: str, hostname: str) ->
                          "due_at": now})
     session.execute(insert(Work), work)
     return ids
+
+
+def received(arrival: Arrival, stored_id: int) -> None:
+    """The log line of a message taken in: committed, and about to be answered 250."""
+    if log.isEnabledFor(logging.INFO):
+        log.info("received message %d from %s for %s", stored_id, arrival.mail_from or "<>",
+                 ", ".join(arrival.recipients),
+                 extra={"event": "received", "message_id": logs.message_id(arrival.raw),
+                        "stored_id": stored_id, "recipients": list(arrival.recipients),
+                        "outcome": "stored"})
 
 
 def _trace(arrival: Arrival, hostname: str) -> bytes:
@@ -160,9 +170,10 @@ class Inbox:
                     if not waiter.done():
                         waiter.set_exception(error)
                 continue
-            for (_, waiter), message_id in zip(batch, ids, strict=True):
+            for (arrival, waiter), message_id in zip(batch, ids, strict=True):
                 if not waiter.done():
                     waiter.set_result(message_id)
+                received(arrival, message_id)
             self._on_stored()
 
 

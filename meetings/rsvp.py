@@ -137,7 +137,11 @@ class RsvpHandler(RoleHandler):
         reading = inbound.prepared if isinstance(inbound.prepared, Reading) else None
         outcome = process(session, self.site, invitation, inbound, reading)
         log.info("rsvp: message %d for invitation %d: %s (%s)", inbound.message_id,
-                 invitation.id, outcome.action, outcome.reason)
+                 invitation.id, outcome.action, outcome.reason,
+                 extra={"event": "rsvp", "outcome": outcome.action, "reason": outcome.reason,
+                        "meeting": invitation.meeting_id, "invitation": invitation.id,
+                        "stored_id": inbound.message_id,
+                        "message_id": str(inbound.message.get("message-id", "")).strip()})
 
 
 def invitation_of(session: Session, site: MeetingSite, token: str) -> Invitation | None:
