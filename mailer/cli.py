@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from mailer.console import Context, emit, pass_context, when
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+
+    from mailer.config import Config
 
 # The domain packages' commands and their help, as `alliance --help` lists them. Their
 # modules are imported only when one of their commands runs: they bring SQLAlchemy,
@@ -106,6 +109,8 @@ def serve(context: Context, log_level: str, log_format: str) -> None:
     except ImportError:
         runner = asyncio.run
     config = context.config
+    if not config.site.admin and sys.stdin.isatty():
+        config = ask_site_contact(context)
 
     async def run() -> None:
         daemon = build(config)
@@ -124,6 +129,33 @@ def serve(context: Context, log_level: str, log_format: str) -> None:
         raise click.ClickException(str(error)) from None
     except OSError as error:
         raise click.ClickException(f"cannot start: {error.strerror or error}") from None
+
+
+def ask_site_contact(context: Context) -> Config:
+    """The first run on a terminal asks for `site.admin` and writes it to the config."""
+    from pathlib import Path
+
+    from mailer.config import ConfigError, check_admin, load, with_site_admin
+
+    path = Path(context.config_path or "config.toml")
+
+    def checked(value: str) -> str:
+        try:
+            return check_admin(value.strip())
+        except ConfigError as error:
+            raise click.BadParameter(str(error)) from None
+
+    address = click.prompt(
+        "Who reads mail to postmaster@ and abuse@, and mail no one else is there for yet "
+        "(site.admin)? Your address", value_proc=checked, err=True)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        path.write_text(with_site_admin(text, address), encoding="utf-8")
+        config = load(path)
+    except (OSError, ConfigError) as error:
+        raise click.ClickException(f"config: {error}") from None
+    click.echo(f"site.admin = {address} written to {path}", err=True)
+    return config
 
 
 @main.group()

@@ -245,13 +245,45 @@ def _validate(config: Config) -> None:
     if config.database.url.split(":", 1)[0].split("+", 1)[0] not in DATABASE_SCHEMES:
         raise ConfigError("database.url: expected sqlite:///PATH or postgresql://user@host/db, "
                           f"got {config.database.url!r}")
-    if config.site.admin and not _ADDRESS.fullmatch(config.site.admin):
-        raise ConfigError(f"site.admin: expected an address such as admin@example.org, "
-                          f"got {config.site.admin!r}")
+    if config.site.admin:
+        check_admin(config.site.admin)
 
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
-_ADDRESS = re.compile(r"[^@\s<>]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+")
+_ADDRESS = re.compile(r"[^@\s<>\"\\\\]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+")
+
+
+def check_admin(address: str) -> str:
+    """A site contact's address, or ConfigError saying what is wrong."""
+    if not _ADDRESS.fullmatch(address):
+        raise ConfigError(f"site.admin: expected an address such as admin@example.org, "
+                          f"got {address!r}")
+    return address
+
+
+def with_site_admin(text: str, address: str) -> str:
+    """A config file's text with `site.admin` set: what the first run writes.
+
+    >>> print(with_site_admin('[site]\\ndomain = "x.org"\\n', "a@x.org"), end="")
+    [site]
+    admin = "a@x.org"
+    domain = "x.org"
+    >>> print(with_site_admin('[smtp]\\nlisten = ""', "a@x.org"), end="")
+    [smtp]
+    listen = ""
+    <BLANKLINE>
+    [site]
+    admin = "a@x.org"
+    """
+    line = f'admin = "{check_admin(address)}"\n'
+    section = re.search(r"^\[site\][ \t]*(#.*)?(\n|$)", text, re.M)
+    if section:
+        end = section.end() if text[section.end() - 1:section.end()] == "\n" else len(text)
+        head = text[:end] + ("" if text[:end].endswith("\n") else "\n")
+        return head + line + text[end:]
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + ("\n" if text else "") + "[site]\n" + line
 
 
 def _check_url(name: str, value: str, schemes: tuple[str, ...], example: str) -> None:

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from mailer.config import load
 from mailer.models import Work
 from tests.helpers import (
     DOMAIN,
     Sink,
     cli,
     config_file,
+    free_port,
+    invoke,
     mail,
     make_config,
     make_list,
@@ -108,3 +114,30 @@ async def test_without_an_admin_the_mail_waits_in_the_quarantine_not_dropped(
     assert state == "quarantined"
     listing = cli(config_file(config, tmp_path), "quarantine", "list")
     assert "site.admin is not set" in listing
+
+
+@pytest.mark.skipif(not shutil.which("script"), reason="needs script(1) for a terminal")
+def test_the_first_run_on_a_terminal_asks_for_the_site_contact(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    # A server that does not answer: serve asks, writes, then stops in one line.
+    config.write_text(f'[site]\ndomain = "{DOMAIN}"\n[database]\n'
+                      f'url = "postgresql://postgres@127.0.0.1:{free_port()}/x"\n')
+    command = f"{sys.executable} -m mailer --config {config} serve"
+    screen = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
+                            input=b"not an address\nadmin@site.test\n", timeout=60,
+                            cwd=Path(__file__).parent.parent)
+    shown = screen.stdout.decode("utf-8", "replace")
+    assert "(site.admin)? Your address" in shown
+    assert "expected an address such as admin@example.org" in shown
+    assert f"site.admin = admin@site.test written to {config}" in shown
+    assert "Traceback" not in shown and "cannot open it" in shown
+    assert load(config).site.admin == "admin@site.test"
+    assert load(config).site.domain == DOMAIN
+
+
+def test_serve_without_a_terminal_does_not_ask(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[database]\nurl = "postgresql://postgres@127.0.0.1:{free_port()}/x"\n')
+    result = invoke(config, "serve")
+    assert result.exit_code == 1 and "cannot open it" in result.output
+    assert "admin" not in config.read_text()
