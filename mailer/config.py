@@ -242,9 +242,7 @@ def _validate(config: Config) -> None:
     if config.http.base_url:
         _check_url("http.base_url", config.http.base_url, ("http", "https"),
                    "http://host[:port] or https://host")
-    if config.database.url.split(":", 1)[0].split("+", 1)[0] not in DATABASE_SCHEMES:
-        raise ConfigError("database.url: expected sqlite:///PATH or postgresql://user@host/db, "
-                          f"got {config.database.url!r}")
+    _check_database_url(config.database.url)
     if config.site.admin:
         check_admin(config.site.admin)
 
@@ -284,6 +282,26 @@ def with_site_admin(text: str, address: str) -> str:
     if text and not text.endswith("\n"):
         text += "\n"
     return text + ("\n" if text else "") + "[site]\n" + line
+
+
+def _check_database_url(url: str) -> None:
+    """A SQLite or PostgreSQL URL (whose port, if any, is a number), or ConfigError.
+
+    >>> _check_database_url("postgres://u@h/db")
+    >>> _check_database_url("mysql://u@h/db")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mailer.config.ConfigError: database.url: expected sqlite:///PATH or ..., got 'mysql://u@h/db'
+    """
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+    except ValueError:
+        scheme = ""
+    if scheme not in DATABASE_SCHEMES:
+        raise ConfigError("database.url: expected sqlite:///PATH or postgresql://user@host/db, "
+                          f"got {url!r}")
 
 
 def _check_url(name: str, value: str, schemes: tuple[str, ...], example: str) -> None:

@@ -72,6 +72,15 @@ class Context:
             return self.db.transaction(fn, *args)
         except mistakes as error:
             raise click.ClickException(str(error)) from None
+        except Exception as error:
+            # A server that stops answering half-way is one line too (issue 11, item 7).
+            from sqlalchemy.exc import OperationalError
+
+            if not isinstance(error, OperationalError):
+                raise
+            from mailer.db import unavailable
+
+            raise click.ClickException(unavailable(self.config.database.url, error)) from None
 
 
 pass_context = click.make_pass_decorator(Context)

@@ -76,7 +76,8 @@ def open_database(url: str, base_dir: Path = Path(".")) -> Database:
     try:
         db = Database(url, base_dir)
         db.upgrade()
-    except (OSError, SQLAlchemyError) as error:
+    except (OSError, SQLAlchemyError, ValueError, TypeError) as error:
+        # ValueError and TypeError: what SQLAlchemy raises on a URL it cannot take apart.
         raise DatabaseUnavailable(unavailable(url, error)) from None
     return db
 

@@ -65,6 +65,9 @@ def test_postgres_is_the_alias_of_postgresql(tmp_path: Path) -> None:
     ({"database": {"url": "mysql://u@h/db"}},
      "database.url: expected sqlite:///PATH or postgresql://user@host/db, "
      "got 'mysql://u@h/db'"),
+    ({"database": {"url": "postgresql://u@h:port/db"}},
+     "database.url: expected sqlite:///PATH or postgresql://user@host/db, "
+     "got 'postgresql://u@h:port/db'"),
     ({"site": {"admin": "nobody"}},
      "site.admin: expected an address such as admin@example.org, got 'nobody'"),
 ])
