@@ -114,6 +114,9 @@ def hold_unreadable(session: Session, site: ListSite, mailing_list: MailingList,
     post = Post(mailing_list, site, headers, inbound.raw, inbound.message_id,
                 inbound.mail_from, senders_of(headers, inbound.mail_from), facts)
     log.warning("post %d to %s held: %s", inbound.message_id, mailing_list.name,
-                facts.unreadable)
+                facts.unreadable,
+                extra={"event": "post", "outcome": "held", "list": mailing_list.name,
+                       "message_id": str(headers.get("message-id", "")).strip(),
+                       "stored_id": inbound.message_id, "reason": facts.unreadable})
     moderation.hold(session, site, post, Decision(
         "hold", f"the message could not be read safely: {facts.unreadable}", "unreadable"))

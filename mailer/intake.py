@@ -259,6 +259,9 @@ class Handler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        if address.lower() == "postmaster":
+            # RFC 5321 §4.1.1.3: "RCPT TO:<Postmaster>", with no domain, must be taken.
+            address = f"postmaster@{self.domain}"
         try:
             address = normalize(address)
         except AddressError:

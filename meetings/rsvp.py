@@ -132,7 +132,10 @@ class RsvpHandler(RoleHandler):
         invitation = invitation_of(session, self.site, inbound.route.token or "")
         if invitation is None:
             log.warning("rsvp: message %d to %s: the invitation is gone", inbound.message_id,
-                        inbound.recipient)
+                        inbound.recipient,
+                        extra={"event": "rsvp", "outcome": "refused",
+                               "reason": "the invitation is gone",
+                               "stored_id": inbound.message_id})
             return
         reading = inbound.prepared if isinstance(inbound.prepared, Reading) else None
         outcome = process(session, self.site, invitation, inbound, reading)

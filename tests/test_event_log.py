@@ -14,13 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from mailer.addresses import Role, Route
+from mailer.db import Database
+from mailer.inbound import Inbound
+from meetings.rsvp import RsvpHandler
 from tests.helpers import (
     DOMAIN,
     Sink,
+    fixture,
     free_port,
     mail,
     make_config,
     make_list,
+    meeting_site,
+    organise,
     quiet,
     running,
     send,
@@ -90,3 +97,24 @@ def test_serve_logs_one_json_object_a_line(tmp_path: Path) -> None:
     assert received and received[0]["outcome"] == "stored"
     assert received[0]["message_id"].startswith("<")
     assert any(line.get("event") == "delivery" for line in lines)
+
+
+@pytest.mark.parametrize(("name", "sender", "outcome"), [
+    ("outlook-reply-accepted.eml", "ana@party.test", "applied"),
+    ("spoofed-reply-other-attendee.eml", "mallory@elsewhere.test", "forward"),
+])
+def test_an_rsvp_logs_the_meeting_and_whether_it_was_applied(
+        db: Database, caplog: pytest.LogCaptureFixture, name: str, sender: str,
+        outcome: str) -> None:
+    world = db.transaction(organise)
+    raw = fixture(name, world)
+    rcpt = world.rsvp("ana@party.test")
+    inbound = Inbound(1, 7, Route(Role.RSVP, None, rcpt.split("+", 1)[1].split("@")[0]),
+                      rcpt, sender, raw, policy=RsvpHandler.options.policy)
+    caplog.set_level(logging.INFO)
+    db.transaction(RsvpHandler(meeting_site()).handle, inbound)
+    [line] = events(caplog, "rsvp")
+    assert line.outcome == outcome
+    assert line.meeting == world.meeting_id
+    assert line.message_id == str(inbound.message.get("message-id")).strip()
+    assert line.message_id

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 from sqlalchemy import select
 
@@ -141,3 +142,21 @@ def test_serve_without_a_terminal_does_not_ask(tmp_path: Path) -> None:
     result = invoke(config, "serve")
     assert result.exit_code == 1 and "cannot open it" in result.output
     assert "admin" not in config.read_text()
+
+
+async def test_postmaster_without_a_domain_is_taken(tmp_path: Path, sqlite_url: str,
+                                                    sink: Sink) -> None:
+    """RFC 5321 §4.1.1.3: `RCPT TO:<Postmaster>` must be accepted, with no domain."""
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         site={"admin": ADMIN})
+    async with running(config) as daemon:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=daemon.ports["smtp"],
+                                   start_tls=False, timeout=10) as client:
+            await client.mail("someone@example.com")
+            code, _ = await client.rcpt("Postmaster")
+            assert code == 250
+            await client.data(mail("someone@example.com", "Postmaster"))
+        [delivered] = await sink.wait_for(1)
+        await quiet(daemon)
+    assert delivered.rcpt == ADMIN
+    assert reason(delivered.data) == f"mail to postmaster@{DOMAIN}"
