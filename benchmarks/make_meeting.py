@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         def setup(session: Session) -> None:
             organisation.add_body(session, args.body, "Benchmark Forum")
             for name in party_names:
-                organisation.add_party(session, name, country="XX", region="europe")
+                organisation.add_party(session, name, country="FR", region="europe")
 
         db.transaction(setup)
         for start in range(1, args.delegates + 1, CHUNK):

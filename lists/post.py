@@ -9,7 +9,7 @@ from typing import Literal
 from lists.list_site import ListSite
 from lists.models import MailingList
 from mailer.addresses import AddressError, named_addresses, normalize
-from mailer.inbound import Inbound
+from mailer.inbound import Inbound, UnreadableField
 
 Action = Literal["accept", "hold", "reject", "discard"]
 
@@ -61,9 +61,10 @@ def senders_of(message: EmailMessage, mail_from: str) -> tuple[str, ...]:
     """The From: addresses and the envelope sender, normalised, the valid ones only. A
     From field that parsers read differently (CVE-2023-27043) names nobody."""
     try:
-        ambiguous = any(str(defect).startswith("invalid address")
-                        for field in message.get_all("from", [])
-                        for defect in getattr(field, "defects", ()))
+        ambiguous = any(isinstance(field, UnreadableField)
+                        or any(str(defect).startswith("invalid address")
+                               for defect in getattr(field, "defects", ()))
+                        for field in message.get_all("from", []))
     except (ValueError, IndexError, TypeError):     # unreadable: the sender rule holds it
         ambiguous = True
     found = [] if ambiguous else [address for _, address in named_addresses(message)]

@@ -16,6 +16,7 @@ from lists import service
 from lists.automail import automatic_post
 from lists.models import Archived
 from lists.post import Decision, Post
+from mailer.inbound import UnreadableField
 
 
 def loop_rule(session: Session, post: Post) -> Decision | None:
@@ -43,6 +44,9 @@ def sender_rule(session: Session, post: Post) -> Decision | None:
     except (ValueError, IndexError, TypeError) as error:    # CPython's parser trips
         return Decision("hold", f"the From field cannot be read ({type(error).__name__})",
                         "malformed_sender")
+    if any(isinstance(field, UnreadableField) for field in fields):
+        # Its parser failed and it was kept as text (mailer.inbound.ReadingPolicy).
+        return Decision("hold", "the From field cannot be read", "malformed_sender")
     if len(fields) != 1 or len([address for _, address in mailboxes if address]) != 1:
         return Decision("hold", f"{len(fields)} From fields, not one with one mailbox",
                         "malformed_sender")
