@@ -84,7 +84,14 @@ def list_view(site: ListSite, mailing_list: MailingList) -> dict[str, str]:
 def notify_moderators(session: Session, site: ListSite, mailing_list: MailingList,
                       template: str, context: dict[str, Any], moderators: list[str],
                       reply_to: str | None = None) -> None:
-    """The same notice to each owner and moderator, from the -owner address."""
+    """The same notice to each owner and moderator, from the -owner address; to the site
+    contact when the list has none (a held post must not wait for nobody)."""
+    if not moderators and site.contact.address:
+        site.contact.warn_once(f"moderators:{mailing_list.name}",
+                               f"notices for the moderators of {mailing_list.name}, a list "
+                               f"with no owner (alliance list add {mailing_list.name} "
+                               "ADDRESS --role owner)")
+        moderators = [site.contact.address]
     for address in moderators:
         send(session, site, mailing_list, template, to=address, context=context,
              kind="notice", from_local="-owner", reply_to=reply_to)

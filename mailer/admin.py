@@ -33,6 +33,14 @@ class SiteContact:
         self.domain = domain.lower()
         self._warned: set[str] = set()
 
+    def warn_once(self, cause: str, why: str) -> None:
+        """The warning that mail of this cause goes to the admin, once per process."""
+        if cause not in self._warned:
+            self._warned.add(cause)
+            log.warning("%s: sent to the site contact %s (said once per process)", why,
+                        self.address or "(site.admin is not set)",
+                        extra={"event": "to-admin", "cause": cause})
+
     def forward(self, session: Session, inbound: Inbound, *, cause: str, why: str) -> None:
         """Queue an inbound message as it came to the admin, with `why` on top."""
         self.send(session, inbound.raw, recipient=inbound.recipient, cause=cause, why=why,
@@ -47,11 +55,7 @@ class SiteContact:
         this raises NoSiteContact, so that the work is retried and then quarantined
         (DESIGN §4: never to silence).
         """
-        if cause not in self._warned:
-            self._warned.add(cause)
-            log.warning("%s: sent to the site contact %s (said once per process)", why,
-                        self.address or "(site.admin is not set)",
-                        extra={"event": "to-admin", "cause": cause})
+        self.warn_once(cause, why)
         if not self.address:
             raise NoSiteContact(f"{why}, and site.admin is not set: set it, then "
                                 "`alliance quarantine replay ID`")

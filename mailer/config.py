@@ -34,7 +34,8 @@ class SiteSection:
     admin: str = _key(
         "", "the site contact: postmaster@ and abuse@ reach this address, and so does mail "
         "with no other person (coordination@ before a contact, owner mail of a list with no "
-        "owner); empty: such mail waits in the quarantine, and serve warns at start")
+        "owner, and its moderators' notices); empty: serve on a terminal asks; otherwise such "
+        "mail waits in the quarantine, and serve warns at start")
 
 
 @dataclass(frozen=True)

@@ -160,3 +160,22 @@ async def test_postmaster_without_a_domain_is_taken(tmp_path: Path, sqlite_url: 
         await quiet(daemon)
     assert delivered.rcpt == ADMIN
     assert reason(delivered.data) == f"mail to postmaster@{DOMAIN}"
+
+
+async def test_a_post_held_on_a_list_without_owners_is_told_to_the_admin(
+        tmp_path: Path, sqlite_url: str, sink: Sink,
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         site={"admin": ADMIN})
+    make_list(config, "steering", ["ana@example.com"])
+    async with running(config) as daemon:
+        for n in range(2):
+            await send(daemon.ports["smtp"], "x@elsewhere.test", [f"steering@{DOMAIN}"],
+                       mail("x@elsewhere.test", f"steering@{DOMAIN}", subject=f"Hi {n}"))
+        received = await sink.wait_for(4)
+        await quiet(daemon)
+    assert sorted(d.rcpt for d in received) == [ADMIN, ADMIN, "x@elsewhere.test",
+                                                "x@elsewhere.test"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
+                and "moderators of steering" in r.getMessage()]
+    assert len(warnings) == 1
