@@ -48,6 +48,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from mailer.addresses import Role, Route
+from mailer.admin import NoSiteContact
 from mailer.db import Database
 from mailer.inbound import READING, Inbound, RoleHandler
 from mailer.models import Message, Work
@@ -331,7 +332,12 @@ class Router:
                     await self.db.write(self._handle, [inbound], lease_end)
                     self._settled([inbound], lease_end)
                 except Exception as error:
-                    log.exception("work %d failed", inbound.work_id)
+                    # Mail waiting for site.admin is a setting to make, not a fault: one
+                    # line, no traceback.
+                    log.error("work %d failed: %s", inbound.work_id, error,
+                              exc_info=not isinstance(error, NoSiteContact),
+                              extra={"event": "failed", "stored_id": inbound.message_id,
+                                     "recipient": inbound.recipient})
                     await self._fail(inbound.work_id, lease_end, error)
         if ready:
             self.on_outgoing()

@@ -99,7 +99,8 @@ async def test_owner_mail_of_a_list_without_owners_reaches_the_admin(
 
 
 async def test_without_an_admin_the_mail_waits_in_the_quarantine_not_dropped(
-        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+        tmp_path: Path, sqlite_url: str, sink: Sink,
+        caplog: pytest.LogCaptureFixture) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
                          router={"processes": 0, "max_attempts": 1})
     async with running(config) as daemon:
@@ -115,6 +116,9 @@ async def test_without_an_admin_the_mail_waits_in_the_quarantine_not_dropped(
     assert state == "quarantined"
     listing = cli(config_file(config, tmp_path), "quarantine", "list")
     assert "site.admin is not set" in listing
+    [failure] = [r for r in caplog.records if "site.admin is not set" in r.getMessage()
+                 and r.name == "mailer.router"]
+    assert not failure.exc_info, "a setting to make, told in one line"
 
 
 @pytest.mark.skipif(not shutil.which("script"), reason="needs script(1) for a terminal")
