@@ -98,6 +98,7 @@ def serve(context: Context, log_level: str, log_format: str) -> None:
     """Run the daemon: listeners, router, delivery."""
     import asyncio
 
+    from mailer.config import ConfigError
     from mailer.daemon import build
     from mailer.db import DatabaseUnavailable
     from mailer.logs import configure
@@ -127,6 +128,8 @@ def serve(context: Context, log_level: str, log_format: str) -> None:
         runner(run())
     except DatabaseUnavailable as error:
         raise click.ClickException(str(error)) from None
+    except ConfigError as error:       # what only start-up finds (a DNS name that is none)
+        raise click.ClickException(f"config: {error}") from None
     except OSError as error:
         raise click.ClickException(f"cannot start: {error.strerror or error}") from None
 

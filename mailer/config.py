@@ -244,6 +244,9 @@ def _validate(config: Config) -> None:
         _check_url("http.base_url", config.http.base_url, ("http", "https"),
                    "http://host[:port] or https://host")
     _check_database_url(config.database.url)
+    server = config.dns.nameserver
+    if server.startswith("[") or server.count(":") == 1:
+        parse_listen(server, "dns.nameserver")
     if config.site.admin:
         check_admin(config.site.admin)
 

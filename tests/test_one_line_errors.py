@@ -68,6 +68,8 @@ def test_postgres_is_the_alias_of_postgresql(tmp_path: Path) -> None:
     ({"database": {"url": "postgresql://u@h:port/db"}},
      "database.url: expected sqlite:///PATH or postgresql://user@host/db, "
      "got 'postgresql://u@h:port/db'"),
+    ({"dns": {"nameserver": "127.0.0.1:domain"}},
+     "dns.nameserver: expected host:port, got '127.0.0.1:domain'"),
     ({"site": {"admin": "nobody"}},
      "site.admin: expected an address such as admin@example.org, got 'nobody'"),
 ])
@@ -90,3 +92,14 @@ def test_a_log_level_not_known_is_a_usage_line_not_a_traceback(tmp_path: Path) -
     assert result.exit_code == 2
     assert "Invalid value for '--log-level': 'verbose' is not one of" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_dns_server_that_is_no_name_stops_serve_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[database]\nurl = "sqlite:///a.sqlite3"\n[smtp]\nlisten = ""\n'
+                      '[lmtp]\nlisten = ""\n[http]\nlisten = ""\n'
+                      '[dns]\nnameserver = "no-such-host.invalid"\n')
+    result = invoke(config, "serve")
+    assert result.exit_code == 1
+    assert one_line(result.output).startswith(
+        "Error: config: dns.nameserver: cannot resolve 'no-such-host.invalid'")
