@@ -39,14 +39,14 @@ def read_posts(raws: Sequence[bytes]) -> list[str]:
 
 def _unreadable(raw: bytes) -> str:
     try:
-        return _fields_problem(parse(raw))        # every field of every part is read
+        return reading_problem(parse(raw))        # every field of every part is read
     except MemoryError:
         return "reading it needs more memory than a worker process may use"
     except Exception as error:
         return f"it cannot be read ({type(error).__name__})"
 
 
-def _fields_problem(message: EmailMessage) -> str:
+def reading_problem(message: EmailMessage) -> str:
     """Why a parsed post cannot be read as its sender meant, or "": a field (in any
     part) that the parser fails on is kept only as text (mailer.inbound.ReadingPolicy),
     and a post is not passed on to members half-read."""
@@ -75,7 +75,7 @@ class PostHandler(ListHandler):
                 problem = f"reading it ended a worker process ({error})"
             if problem:
                 return PostFacts(unreadable=problem)
-        problem = await asyncio.to_thread(lambda: _fields_problem(inbound.message))
+        problem = await asyncio.to_thread(lambda: reading_problem(inbound.message))
         if problem:                                           # parsed once, cached
             return PostFacts(unreadable=problem)
         domain = dmarc.from_domain(inbound.raw)

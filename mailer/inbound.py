@@ -12,6 +12,7 @@ import dataclasses
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from email import errors
 from email.headerregistry import BaseHeader, UnstructuredHeader
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -48,20 +49,46 @@ class ReadingPolicy(EmailPolicy):
 READING = ReadingPolicy()    # what every handler reads with, unless it says otherwise
 
 
+class UnreadableStructure(errors.MessageDefect):
+    """The parser failed on the MIME structure: only the header block was read."""
+
+
 def unreadable_fields(message: Message) -> list[str]:
-    """The fields, in every part, that were read as plain text because their parser failed.
+    """The fields, in every part, that were read as plain text because their parser failed
+    (or whose parameters the library cannot take apart); "MIME structure" when the body
+    could not be parsed at all.
 
     >>> unreadable_fields(parse(b"Content-Type: text/plain; a*\\r\\n\\nhi\\r\\n"))
     ['Content-Type']
+    >>> unreadable_fields(parse(b"Content-Type: multipart/mixed; boundary=x; a*0*=1; a*0*=2;"
+    ...                         b" a*\\r\\n\\r\\n--x\\r\\n\\r\\nhi\\r\\n--x--\\r\\n"))
+    ['MIME structure', 'Content-Type']
     """
-    return [name for part in message.walk() for name, value in part.items()
-            if isinstance(value, UnreadableField)]
+    names = ["MIME structure" for defect in message.defects
+             if isinstance(defect, UnreadableStructure)]
+    for part in message.walk():
+        names += [name for name, value in part.items() if isinstance(value, UnreadableField)]
+        for name in ("Content-Type", "Content-Disposition"):
+            try:
+                part.get_params(header=name)     # the old parameter parser (RFC 2231)
+            except Exception:
+                names.append(name)
+    return list(dict.fromkeys(names))
 
 
 def parse(raw: bytes, policy: Policy = READING, *,
           headersonly: bool = False) -> EmailMessage:
-    """Parse stored bytes once, with the reading policy unless told otherwise."""
-    message = BytesParser(policy=policy).parsebytes(raw, headersonly=headersonly)
+    """Parse stored bytes once, with the reading policy unless told otherwise. Where the
+    library's parser fails on the MIME structure (CPython's RFC 2231 code has its bugs),
+    the header block alone is read, the body kept as text, and the message carries an
+    `UnreadableStructure` defect (see unreadable_fields)."""
+    try:
+        message = BytesParser(policy=policy).parsebytes(raw, headersonly=headersonly)
+    except MemoryError:
+        raise
+    except Exception as error:
+        message = BytesParser(policy=policy).parsebytes(raw, headersonly=True)
+        message.defects.append(UnreadableStructure(f"{type(error).__name__}: {error}"))
     assert isinstance(message, EmailMessage)
     return message
 
