@@ -144,3 +144,17 @@ def test_a_missing_name_is_an_error_not_an_empty_string(tmp_path: Path) -> None:
     import jinja2
     with pytest.raises(jinja2.UndefinedError):
         templates.render(env, "probe", "en", {})
+
+
+@pytest.mark.parametrize("language", ["en", "fr", "de", "es"])
+@pytest.mark.parametrize(("title", "heading"), [
+    ("Steering Committee meeting", "Steering Committee meeting"),   # the body named once
+    ("Annual meeting", "Annual meeting (Steering Committee)")])
+def test_a_meeting_is_named_with_its_body_once(language: str, title: str,
+                                               heading: str) -> None:
+    environment = templates.environment(templates.TEMPLATES)
+    context = {**INVITE, "meeting": {**INVITE["meeting"], "title": title},
+               "site_name": "Progressive Alliance", "mailing": "invitation", "subject": "x"}
+    text = environment.get_template(f"{language}/invitation.txt").render(context)
+    html = environment.get_template(f"{language}/invitation.html").render(context)
+    assert f"  {heading}\n" in text and f">{heading}</th>" in html
