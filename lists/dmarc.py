@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from email.errors import HeaderParseError
+from email.errors import CharsetError, HeaderParseError
 from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.policy import default as default_policy
@@ -175,8 +175,8 @@ def _decoded(name: str) -> str:
     """
     try:
         return str(make_header(decode_header(name)))
-    except (LookupError, UnicodeError, ValueError, HeaderParseError):
-        return name
+    except (LookupError, UnicodeError, ValueError, HeaderParseError, CharsetError):
+        return name     # CharsetError: a charset name the library refuses ("\x80tf-8")
 
 
 def mailboxes(data: bytes, field: str) -> list[tuple[str, str]]:

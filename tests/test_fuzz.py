@@ -895,3 +895,15 @@ async def test_a_content_type_the_parser_trips_on_is_not_quarantined(
     else:
         assert reasons == []
         assert sink.recipients["ana@party.test"] == 1     # the robot's answer
+
+
+def test_a_from_with_a_charset_the_library_refuses_still_gets_the_dmarc_from(
+        fuzz_list: Database) -> None:
+    """The third long run's find: an encoded word whose charset is 8-bit garbage made
+    email.header raise CharsetError while the DMARC step read the poster's name."""
+    raw = (b"From: =?\x80tf-8?q?X=2DFuzz?= <ana@party.test>\r\nTo: fuzz@lists.example.org\r\n"
+           b"Subject: hi\r\nMessage-ID: <1@fuzz.test>\r\n\r\nHello\r\n")
+    with rolled_back(fuzz_list) as session:
+        handle_post(session, raw, "ana@party.test", PostFacts(dmarc_policy="reject"), {})
+        sent = [parse(data) for (data,) in session.execute(select(Outgoing.data))]
+    assert sent and all("via" in str(message["from"]) for message in sent)
