@@ -29,18 +29,20 @@ def robot_message(*, sender: tuple[str, str], to: str, subject: str, body: str,
     message = EmailMessage(policy=SMTP)
     message["From"] = formataddr(sender)
     message["To"] = to
-    message["Subject"] = subject
+    # A subject is often made of a stranger's (their post's Subject): every kind of line
+    # break Python knows (\x85, \u2028 as well as CR and LF) becomes a space.
+    message["Subject"] = " ".join(subject.split())
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = make_msgid(domain=domain)
     message["Auto-Submitted"] = auto
     message["X-Auto-Response-Suppress"] = "All"
     if reply_to:
         message["Reply-To"] = reply_to
-    if in_reply_to and "\n" not in in_reply_to and "\r" not in in_reply_to:
+    if in_reply_to and len(in_reply_to.splitlines()) == 1:      # also \x85, \u2028
         message["In-Reply-To"] = in_reply_to
         message["References"] = in_reply_to
     for name, value in headers:
-        message[name] = value
+        message[name] = " ".join(value.split())
     message.set_content(body, charset="utf-8")
     return message.as_bytes(policy=SMTP)
 

@@ -907,3 +907,20 @@ def test_a_from_with_a_charset_the_library_refuses_still_gets_the_dmarc_from(
         handle_post(session, raw, "ana@party.test", PostFacts(dmarc_policy="reject"), {})
         sent = [parse(data) for (data,) in session.execute(select(Outgoing.data))]
     assert sent and all("via" in str(message["from"]) for message in sent)
+
+
+def test_a_subject_with_a_unicode_line_break_is_held_and_the_poster_told(
+        fuzz_list: Database) -> None:
+    """The fourth long run's find: U+0085 (NEL) in a stranger's Message-ID reached the
+    In-Reply-To of the notice that tells them their post waits, and the email library
+    refused it (a line break to Python); the notice goes, without In-Reply-To."""
+    raw = ("From: stranger@x.test\r\nTo: fuzz@lists.example.org\r\nSubject: a\x85b\u2028c"
+           "\r\nMessage-ID: <2\x85x@fuzz.test>\r\n\r\nHello\r\n").encode()
+    with rolled_back(fuzz_list) as session:
+        mailing_list = service.find(session, "fuzz")
+        list_settings.change(mailing_list, "posting_policy", "members")
+        handle_post(session, raw, "stranger@x.test", PostFacts(), {})
+        sent = [parse(data) for (data,) in session.execute(select(Outgoing.data))]
+    assert [str(message["subject"]) for message in sent] == \
+        ["Your message to Fuzz awaits approval"]
+    assert sent[0]["in-reply-to"] is None
