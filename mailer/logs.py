@@ -24,7 +24,7 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 def message_id(raw: bytes) -> str:
     """The Message-ID field of a message's header, read from the bytes ("" if none).
 
-    >>> message_id(b"Subject: x\\r\\nMessage-ID: <a@b>\\r\\n\\r\\nMessage-ID: <body>")
+    >>> message_id(b"Subject: x\\r\\nMessage-ID: <a@b>\\r\\n\\r\\nMessage-ID: <in-text@b>")
     '<a@b>'
     """
     end = raw.find(b"\r\n\r\n", 0, 262_144)
