@@ -25,6 +25,7 @@ from tests.helpers import (
     DOMAIN,
     SECRET,
     Sink,
+    http,
     mail,
     make_config,
     make_list,
@@ -62,22 +63,6 @@ SAMPLES: dict[str, dict[str, Any]] = {
 
 def page_names(language: str) -> set[str]:
     return {path.stem for path in (templates.TEMPLATES / language / "pages").glob("*.html")}
-
-
-async def http(port: int, method: str, path: str, body: bytes = b"",
-               language: str | None = None) -> tuple[int, dict[str, str], str]:
-    """One HTTP/1.1 request over a real socket: (status, headers, body)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    accept = f"Accept-Language: {language}\r\n" if language is not None else ""
-    writer.write((f"{method} {path} HTTP/1.1\r\nHost: {DOMAIN}\r\n{accept}"
-                  f"Content-Type: application/x-www-form-urlencoded\r\n"
-                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
-    response = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, text = response.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers, text.decode()
 
 
 def lang_of(page: str) -> str:
