@@ -426,6 +426,17 @@ def party(config: Path, name: str, country: str = "FR", region: str = "europe") 
     cli(config, "party", "add", name, "--country", country, "--region", region)
 
 
+ANA, JORG = "ana@ps.example", "jorg@spd.example"
+
+
+def board_of_two(config: Path) -> None:
+    """Two parties with one Board delegate each, in French and in German."""
+    party(config, "Parti Socialiste", "FR")
+    party(config, "SPD", "DE")
+    seat(config, ANA, "Ana Silva", "Parti Socialiste", "board", "fr")
+    seat(config, JORG, 'Jörg "Jo" Müller', "SPD", "board", "de")
+
+
 def organisation_cli(folder: Path, database_url: str) -> tuple[Path, Database]:
     """A migrated database and a config file for the command line: (config, database)."""
     config = make_config(folder, database_url)

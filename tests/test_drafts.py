@@ -17,9 +17,12 @@ from mailer.db import Database
 from mailer.models import Delivery
 from meetings.models import Invitation, Meeting
 from tests.helpers import (
+    ANA,
+    JORG,
     NEXT_YEAR,
     Clock,
     Sink,
+    board_of_two,
     cli,
     cli_error,
     config_file,
@@ -27,21 +30,9 @@ from tests.helpers import (
     days_from_now,
     make_config,
     organisation_cli,
-    party,
     running,
-    seat,
     wait_quiet,
 )
-
-ANA, JORG = "ana@ps.example", "jorg@spd.example"
-
-
-def organise(config: Path) -> None:
-    """Two parties with one Board delegate each, in French and in German."""
-    party(config, "Parti Socialiste", "FR")
-    party(config, "SPD", "DE")
-    seat(config, ANA, "Ana Silva", "Parti Socialiste", "board", "fr")
-    seat(config, JORG, 'Jörg "Jo" Müller', "SPD", "board", "de")
 
 
 def queued(db: Database) -> int:
@@ -56,7 +47,7 @@ def create(config: Path, *extra: str) -> str:
 
 def test_create_makes_a_draft_and_says_what_comes_next(tmp_path: Path) -> None:
     config, db = organisation_cli(tmp_path, f"sqlite:///{tmp_path}/a.sqlite3")
-    organise(config)
+    board_of_two(config)
     assert create(config) == (
         "meeting 1 created as a draft: nothing is sent. Check it with `alliance meeting "
         "show 1`, then send the invitations with `alliance meeting invite 1` (--dry-run to "
@@ -71,7 +62,7 @@ def test_create_makes_a_draft_and_says_what_comes_next(tmp_path: Path) -> None:
 
 def test_show_prints_everything_and_who_will_be_invited_then_who_was(tmp_path: Path) -> None:
     config, db = organisation_cli(tmp_path, f"sqlite:///{tmp_path}/a.sqlite3")
-    organise(config)
+    board_of_two(config)
     create(config, "--description", "Budget, then campaigns.", "--host", "SPD")
     shown = cli(config, "meeting", "show", "1")
     assert shown.splitlines()[0] == "meeting 1: Board meeting (draft)"
@@ -93,7 +84,7 @@ def test_show_prints_everything_and_who_will_be_invited_then_who_was(tmp_path: P
 
 def test_a_dry_run_shows_each_message_and_sends_nothing(tmp_path: Path) -> None:
     config, db = organisation_cli(tmp_path, f"sqlite:///{tmp_path}/a.sqlite3")
-    organise(config)
+    board_of_two(config)
     create(config)
     preview = cli(config, "meeting", "invite", "1", "--dry-run")
     assert preview.splitlines()[0] == ("meeting 1: a dry run, nothing is sent; `alliance "
@@ -111,7 +102,7 @@ def test_a_dry_run_shows_each_message_and_sends_nothing(tmp_path: Path) -> None:
 
 def test_delete_removes_an_unsent_meeting_and_refuses_a_sent_one(tmp_path: Path) -> None:
     config, db = organisation_cli(tmp_path, f"sqlite:///{tmp_path}/a.sqlite3")
-    organise(config)
+    board_of_two(config)
     create(config)
     create(config, "--send-at", f"{NEXT_YEAR}-03-01T10:00")
     create(config)
@@ -130,7 +121,7 @@ async def test_neither_the_scheduler_nor_the_reminders_send_a_draft(
         tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
-    organise(path)
+    board_of_two(path)
     draft = create_meeting(path, "board", start=days_from_now(20), end=days_from_now(20.25),
                            draft=True)
     clock = Clock()
@@ -152,7 +143,7 @@ async def test_neither_the_scheduler_nor_the_reminders_send_a_draft(
 
 def test_list_attendance_and_cadence_tell_drafts_from_meetings(tmp_path: Path) -> None:
     config, db = organisation_cli(tmp_path, f"sqlite:///{tmp_path}/a.sqlite3")
-    organise(config)
+    board_of_two(config)
     create(config)
     create(config, "--send-at", "now")
     rows = json.loads(cli(config, "meeting", "list", "--json"))
@@ -175,7 +166,7 @@ def test_list_attendance_and_cadence_tell_drafts_from_meetings(tmp_path: Path) -
 
 def test_cadence_counts_a_meeting_held_once_it_is_over(tmp_path: Path) -> None:
     config, db = organisation_cli(tmp_path, f"sqlite:///{tmp_path}/a.sqlite3")
-    organise(config)
+    board_of_two(config)
     create(config, "--send-at", "now")
     create(config)
 

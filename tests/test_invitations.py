@@ -25,13 +25,16 @@ from mailer.templates import LANGUAGES, environment
 from meetings import ical
 from meetings.models import Invitation, Meeting, RsvpEvent
 from tests.helpers import (
+    ANA,
     DOMAIN,
     INVITE,
+    JORG,
     NEXT_YEAR,
     Clock,
     Delivered,
     Sink,
     bare_line_feeds,
+    board_of_two,
     calendars,
     cli,
     cli_error,
@@ -48,16 +51,6 @@ from tests.helpers import (
     send,
     wait_quiet,
 )
-
-ANA, JORG = "ana@ps.example", "jorg@spd.example"
-
-
-def organise(config: Path) -> None:
-    """Two parties with one Board delegate each, in French and in German."""
-    party(config, "Parti Socialiste", "FR")
-    party(config, "SPD", "DE")
-    seat(config, ANA, "Ana Silva", "Parti Socialiste", "board", "fr")
-    seat(config, JORG, 'Jörg "Jo" Müller', "SPD", "board", "de")
 
 
 def invitations(db: Database) -> dict[str, Invitation]:
@@ -121,7 +114,7 @@ async def test_one_invitation_per_delegate_built_as_itip_says(tmp_path: Path,
                                                               sink: Sink) -> None:
     config = make_config(tmp_path, database_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
-    organise(path)
+    board_of_two(path)
     meeting_id = create_meeting(path, "board", "--description", "Budget, then campaigns.",
                                 "--agenda-url", "https://example.org/agenda.pdf")
     async with running(config) as daemon:
@@ -162,7 +155,7 @@ async def test_reschedule_cancel_and_minor_fixes(tmp_path: Path, sqlite_url: str
                                                  sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
-    organise(path)
+    board_of_two(path)
     meeting_id = create_meeting(path, "board")
     async with running(config) as daemon:
         await wait_quiet(sink, 2)
@@ -237,7 +230,7 @@ async def test_a_late_delegate_is_invited_and_a_leaving_one_is_uninvited(
         tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
-    organise(path)
+    board_of_two(path)
     meeting_id = create_meeting(path, "board")
     async with running(config) as daemon:
         await wait_quiet(sink, 2)
@@ -268,7 +261,7 @@ async def test_invitations_wait_for_their_send_at_time(tmp_path: Path, sqlite_ur
                                                        sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
-    organise(path)
+    board_of_two(path)
     create_meeting(path, "board", "--send-at", days_from_now(2))
     clock = Clock()
     async with running(config, clock=clock) as daemon:
@@ -287,7 +280,7 @@ async def test_reminders_at_fourteen_and_three_days_only_to_those_who_have_not_a
         tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
-    organise(path)
+    board_of_two(path)
     create_meeting(path, "board", start=days_from_now(20), end=days_from_now(20.25))
     clock = Clock()
     async with running(config, clock=clock) as daemon:
@@ -323,7 +316,7 @@ async def test_attendance_and_one_daily_summary_for_the_coordinators(
         tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
-    organise(path)
+    board_of_two(path)
     cli(path, "coordination", "handover", "SPD", "--contact", "office@spd.example")
     meeting_id = create_meeting(path, "board")
     clock = Clock()
@@ -376,7 +369,7 @@ async def test_handover_renames_the_organizer_and_coordination_mail_reaches_the_
         tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
-    organise(path)
+    board_of_two(path)
     create_meeting(path, "board")
     async with running(config) as daemon:
         first = await wait_quiet(sink, 2)
@@ -526,7 +519,7 @@ async def test_a_coordinating_party_with_an_accented_name_and_a_broken_meeting(
     that cannot be sent holds back no other (each has its own savepoint)."""
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
-    organise(path)
+    board_of_two(path)
     prd = "Partido de la Revolución Democrática"
     party(path, prd, "MX", "latin-america")
     cli(path, "coordination", "handover", prd, "--contact", "enlace@prd.example")
@@ -612,7 +605,7 @@ def test_no_delegate_of_another_party_stands_in_on_the_board(tmp_path: Path,
 def test_attendance_csv_never_carries_a_formula(tmp_path: Path, sqlite_url: str) -> None:
     config = make_config(tmp_path, sqlite_url)
     path = config_file(config, tmp_path)
-    organise(path)
+    board_of_two(path)
     meeting_id = create_meeting(path, "board")
     cli(path, "meeting", "invite", str(meeting_id))
 
