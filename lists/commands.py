@@ -17,7 +17,10 @@ ALIASES = {"join": "subscribe", "leave": "unsubscribe", "stop": "end", "thanks":
            "--": "end"}
 MAX_LINES = 30
 MAX_STRANGERS = 5
-_PREFIX = re.compile(r"^\s*((re|aw|sv|fwd?|tr|wg|rv|r)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+# Reply and forward prefixes as mail clients write them in our languages and a few more;
+# Outlook in Brazilian Portuguese writes "RES:" (resposta) and "ENC:" (encaminhada).
+_PREFIX = re.compile(r"^\s*((re|res|aw|sv|fwd?|enc|tr|wg|rv|r)\s*(\[\d+\])?\s*:\s*)+",
+                     re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ def subject_command(subject: str) -> Command | None:
     """The Subject as a command, once reply and forward prefixes are gone.
 
     >>> subject_command("Re: confirm 12-abc").args
+    ('12-abc',)
+    >>> subject_command("RES: ENC: confirm 12-abc").args
     ('12-abc',)
     >>> subject_command("Hello everyone") is None
     True
