@@ -54,6 +54,8 @@ from tests.helpers import (
 
 # Weekdays as French and German write them, Monday first (for the dates of NEXT_YEAR).
 FR_DAYS = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
+PT_DAYS = ("segunda-feira", "terça-feira", "quarta-feira", "quinta-feira", "sexta-feira",
+           "sábado", "domingo")
 DE_DAYS = ("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag")
 
 
@@ -486,6 +488,9 @@ async def test_a_brazilian_delegate_is_invited_in_portuguese(tmp_path: Path, sql
     assert "Prezado(a) Gleisi Hoffmann," in text
     assert "Progressive Alliance convida você para esta reunião:" in text
     assert "    delegate ENDEREÇO NOME" in text
+    day = PT_DAYS[date(NEXT_YEAR, 3, 14).weekday()]
+    assert f"Quando:      {day}, 14 de março de {NEXT_YEAR}, 09:00–17:00\r\n" in text
+    assert "Board meeting (Conselho)" in text, "the body by its Portuguese name"
     html = message.get_body(("html",)).get_content()
     assert '<html lang="pt">' in html and "Aceitar, Talvez ou Recusar" in html
 
