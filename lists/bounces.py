@@ -31,6 +31,7 @@ from lists import robot, service, subscriptions
 from lists.handler import ListHandler
 from lists.list_site import ListSite
 from lists.models import Bounce, MailingList, Member, Pending
+from mailer import events
 from mailer.addresses import Route
 from mailer.inbound import Inbound
 from mailer.jobs import Job
@@ -116,6 +117,7 @@ def register(session: Session, site: ListSite, mailing_list: MailingList, member
     member.last_bounce_at = now
     session.add(Bounce(list_id=mailing_list.id, member_id=member.id, message_id=message_id,
                        received_at=now, kind=kind))
+    events.note(session, "bounced", f"{kind} bounce")
     log.info("bounces: %s bounce for %s on %s, score %.1f of %.1f", kind, member.address,
              mailing_list.name, member.bounce_score, mailing_list.bounce_threshold,
              extra={"event": "bounced", "outcome": f"{kind} bounce", "list": mailing_list.name,

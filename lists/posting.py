@@ -24,6 +24,7 @@ from lists.models import MailingList
 from lists.pipeline import distribute
 from lists.post import Decision, Post, PostFacts, make_post, senders_of
 from lists.rules import decide
+from mailer import events
 from mailer.inbound import HandlerOptions, Inbound, Offload, WorkerDied, parse, unreadable_fields
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class PostHandler(ListHandler):
             moderation.refuse(session, self.site, post, decision)
         outcome = {"accept": "distributed", "hold": "held", "reject": "rejected"}.get(
             decision.action, "discarded")
+        events.note(session, "post", outcome)
         log.info("post %d to %s %s: %s", inbound.message_id, mailing_list.name, outcome,
                  decision.reason or "-",
                  extra={"event": "post", "outcome": outcome, "list": mailing_list.name,
@@ -111,6 +113,7 @@ def hold_unreadable(session: Session, site: ListSite, mailing_list: MailingList,
     """A post that could not be read safely goes to a person, with the reason; only its
     header block is read here (bounded by intake's caps)."""
     headers = parse(inbound.raw, headersonly=True)
+    events.note(session, "post", "held")
     post = Post(mailing_list, site, headers, inbound.raw, inbound.message_id,
                 inbound.mail_from, senders_of(headers, inbound.mail_from), facts)
     log.warning("post %d to %s held: %s", inbound.message_id, mailing_list.name,

@@ -7,6 +7,7 @@ An unknown key or a value of the wrong type stops start-up with one line naming 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -96,6 +97,18 @@ class OutboundSection:
 class HttpSection:
     listen: str = _key("127.0.0.1:8080", "HTTP listener for pages and one-click unsubscribe")
     base_url: str = _key("http://127.0.0.1:8080", "public URL of that listener")
+    metrics_allow: tuple[str, ...] = _key(
+        ("127.0.0.1/32", "::1/128"), "networks whose clients may read /metrics (others get "
+        "404), such as [\"10.0.0.0/8\"]; a request a proxy forwarded (Forwarded, "
+        "X-Forwarded-For or X-Real-IP) is never let in")
+
+
+@dataclass(frozen=True)
+class HealthSection:
+    max_delivery_age: float = _key(
+        3600.0, "seconds the oldest pending delivery may wait before /healthz answers 503")
+    max_work_age: float = _key(
+        600.0, "seconds a received message may wait to be handled before /healthz answers 503")
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,7 @@ class Config:
     dns: DnsSection = field(default_factory=DnsSection)
     meetings: MeetingsSection = field(default_factory=MeetingsSection)
     templates: TemplatesSection = field(default_factory=TemplatesSection)
+    health: HealthSection = field(default_factory=HealthSection)
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
     @property
@@ -179,6 +193,10 @@ def sections() -> list[tuple[str, type]]:
 
 
 def _check(name: str, value: Any, expected: type) -> Any:
+    if expected is list:       # a tuple[str, ...] key: a TOML list of strings
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name}: expected a list of strings, such as [\"127.0.0.1/32\"]")
+        return tuple(value)
     if expected is tuple:
         if not isinstance(value, list) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
@@ -202,7 +220,8 @@ def _section(name: str, cls: type, values: Any) -> Any:
         if key not in known:
             raise ConfigError(f"{name}.{key}: unknown key")
         expected = {"str": str, "int": int, "float": float, "bool": bool,
-                    "tuple[int, ...]": tuple}[str(known[key].type)]
+                    "tuple[int, ...]": tuple,
+                    "tuple[str, ...]": list}[str(known[key].type)]
         kwargs[key] = _check(f"{name}.{key}", value, expected)
     return cls(**kwargs)
 
@@ -244,6 +263,12 @@ def _validate(config: Config) -> None:
         _check_url("http.base_url", config.http.base_url, ("http", "https"),
                    "http://host[:port] or https://host")
     _check_database_url(config.database.url)
+    for network in config.http.metrics_allow:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"http.metrics_allow: {network!r} is no network, such as "
+                              "127.0.0.1/32 or 10.0.0.0/8") from None
     server = config.dns.nameserver
     if server.startswith("[") or server.count(":") == 1:
         parse_listen(server, "dns.nameserver")

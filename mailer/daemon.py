@@ -18,7 +18,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from lists import wiring as list_side
-from mailer import templates
+from mailer import health, templates
 from mailer.addresses import Role
 from mailer.admin import AdminHandler, SiteContact
 from mailer.config import Config, parse_listen
@@ -27,6 +27,7 @@ from mailer.delivery import Dispatcher, Personaliser
 from mailer.dns import TxtResolver
 from mailer.http_server import WebServer
 from mailer.intake import Arrivals, Gate, Handler, Inbox, Listener, LmtpListener
+from mailer.metrics import Metrics
 from mailer.models import Delivery, Work
 from mailer.router import Router
 from mailer.scheduler import Scheduler
@@ -49,6 +50,7 @@ class Daemon:
     web: WebServer
     gate: Gate
     workers: Workers
+    metrics: Metrics
     servers: dict[str, asyncio.Server] = field(default_factory=dict)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -77,7 +79,8 @@ class Daemon:
             host, port = parse_listen(listen, f"{name}.listen")
             handler = Handler(protocol=name, domain=self.config.site.domain,
                               limits=self.config.intake, inbox=self.inbox,
-                              accepts=self.router.accepts, gate=self.gate)
+                              accepts=self.router.accepts, gate=self.gate,
+                              latency=self.metrics.intake_latency.observe)
             self.servers[name] = await asyncio.get_running_loop().create_server(
                 functools.partial(listener_class, handler, self.config.intake, hostname),
                 host, port, backlog=self.config.intake.backlog)
@@ -132,6 +135,8 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     look for work that another process made due; `clock` is the scheduler's time.
     """
     db = open_database(config.database.url, config.base_dir)
+    metrics = Metrics()
+    metrics.watch(db.write_session)
     secret = db.secret(config.site.secret)
     pages = templates.environment(config.templates_folder or templates.TEMPLATES)
     dns = TxtResolver(config.dns.nameserver, config.dns.timeout, config.dns.cache_seconds)
@@ -160,7 +165,8 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake, arrivals=arrivals)
     scheduler = Scheduler(db, list_side.jobs(list_site) + meeting_side.jobs(meeting_site),
                           on_outgoing=dispatcher.wake, clock=clock, tick=poll)
-    web = WebServer(list_side.pages(list_site, db) + meeting_side.pages(meeting_site, db),
+    web = WebServer(list_side.pages(list_site, db) + meeting_side.pages(meeting_site, db)
+                    + health.pages(db, config.health, metrics, config.http.metrics_allow),
                     templates=pages)
     return Daemon(config, db, transport, inbox, router, dispatcher, scheduler, web, Gate(),
-                  workers)
+                  workers, metrics)

@@ -23,7 +23,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from mailer import logs
+from mailer import events, logs
 from mailer.config import OutboundSection
 from mailer.db import Database
 from mailer.models import Delivery, Outgoing
@@ -168,6 +168,8 @@ def record(session: Session, results: list[tuple[LeasedDelivery, HopReply]], now
             rows.append({"id": job.id, "state": "pending",
                          "due_at": now + backoff(job.attempts, policy),
                          "code": outcome.code, "error": outcome.text[:1000]})
+    for state, event in (("done", "delivered"), ("pending", "deferred"), ("failed", "failed")):
+        events.note(session, "delivery", event, sum(row["state"] == state for row in rows))
     # Fenced: an outcome is written only while this lease is the row's current one, so a
     # late outcome can never overwrite what a later attempt recorded.
     table = cast(Table, Delivery.__table__)

@@ -48,7 +48,10 @@ class WebServer:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         try:
-            request = await asyncio.wait_for(self._read(connection, reader), self.timeout)
+            peername = writer.get_extra_info("peername")
+            peer = str(peername[0]) if isinstance(peername, tuple) else ""
+            request = await asyncio.wait_for(self._read(connection, reader, peer),
+                                             self.timeout)
             if request is None:
                 response = render_error(self.templates, "bad_request", None)
             else:
@@ -65,8 +68,8 @@ class WebServer:
         finally:
             writer.close()
 
-    async def _read(self, connection: h11.Connection,
-                    reader: asyncio.StreamReader) -> Request | None:
+    async def _read(self, connection: h11.Connection, reader: asyncio.StreamReader,
+                    peer: str) -> Request | None:
         head: h11.Request | None = None
         body = bytearray()
         while True:
@@ -88,7 +91,7 @@ class WebServer:
                 target = urlsplit(head.target.decode("ascii", "replace"))
                 headers = {k.decode().lower(): v.decode("latin-1") for k, v in head.headers}
                 return Request(head.method.decode(), target.path,
-                               parse_qs(target.query), headers, bytes(body))
+                               parse_qs(target.query), headers, bytes(body), peer)
             else:
                 return None
 

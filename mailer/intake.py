@@ -26,7 +26,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import insert
 
-from mailer import logs, screen, smtp_replies
+from mailer import events, logs, screen, smtp_replies
 from mailer.addresses import AddressError, Route, normalize, resolve
 from mailer.config import IntakeSection
 from mailer.db import Database
@@ -73,6 +73,7 @@ def _store(session: Any, arrivals: list[Arrival], domain: str, hostname: str) ->
                          "token": route.token, "state": "pending", "attempts": 0,
                          "due_at": now})
     session.execute(insert(Work), work)
+    events.note(session, "received", "stored", len(ids))
     return ids
 
 
@@ -234,8 +235,10 @@ class Handler:
     """aiosmtpd hooks: refuse at RCPT what we do not serve; commit, then answer DATA."""
 
     def __init__(self, *, protocol: str, domain: str, limits: IntakeSection, inbox: Inbox,
-                 accepts: Callable[[Route], Awaitable[bool]], gate: Gate) -> None:
+                 accepts: Callable[[Route], Awaitable[bool]], gate: Gate,
+                 latency: Callable[[float], None] = lambda seconds: None) -> None:
         self.protocol = protocol
+        self.latency = latency      # told, for each message stored, end of DATA to 250
         self.domain = domain.lower()
         self.limits = limits
         self.inbox = inbox
@@ -280,6 +283,7 @@ class Handler:
         return smtp_replies.RCPT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        started = time.monotonic()
         raw = envelope.original_content or b""
         refusal = await self.screen(raw)
         if refusal is not None:
@@ -295,6 +299,7 @@ class Handler:
         try:
             await self.inbox.store(arrival)
             status = smtp_replies.OK
+            self.latency(time.monotonic() - started)
         except Exception as error:
             status = storage_fault_reply(error)
         finally:

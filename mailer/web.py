@@ -40,6 +40,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    peer: str = ""       # the client's IP address, as the listener's socket sees it
 
     def form(self) -> dict[str, list[str]]:
         """The body as an HTML form (application/x-www-form-urlencoded)."""

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 from lists.automail import automatic
 from lists.bounces import failures
 from lists.commands import body_lines
-from mailer import rawmail, robot_mail, templates
+from mailer import events, rawmail, robot_mail, templates
 from mailer.addresses import AddressError, Role, Route, normalize
 from mailer.inbound import HandlerOptions, Inbound, Offload, RoleHandler, parse
 from meetings import coordination, invitations, itip, letters, reachability, reports
@@ -131,6 +131,7 @@ class RsvpHandler(RoleHandler):
     def handle(self, session: Session, inbound: Inbound) -> None:
         invitation = invitation_of(session, self.site, inbound.route.token or "")
         if invitation is None:
+            events.note(session, "rsvp", "refused")
             log.warning("rsvp: message %d to %s: the invitation is gone", inbound.message_id,
                         inbound.recipient,
                         extra={"event": "rsvp", "outcome": "refused",
@@ -139,6 +140,7 @@ class RsvpHandler(RoleHandler):
             return
         reading = inbound.prepared if isinstance(inbound.prepared, Reading) else None
         outcome = process(session, self.site, invitation, inbound, reading)
+        events.note(session, "rsvp", outcome.action)
         log.info("rsvp: message %d for invitation %d: %s (%s)", inbound.message_id,
                  invitation.id, outcome.action, outcome.reason,
                  extra={"event": "rsvp", "outcome": outcome.action, "reason": outcome.reason,
@@ -651,15 +653,15 @@ def forward_note(session: Session, rsvp: Rsvp, inbound: Inbound, reason: str) ->
     coordinators: attached as they came (RFC 2046 §5.2.1), under what they need to act on
     them: the meeting, the invitee, where their answer stands, and how to record one."""
     invitation, meeting, site = rsvp.invitation, rsvp.meeting, rsvp.site
-    language = coordination_language(session)
     context = {"sender": rsvp.sender or "someone", "title": meeting.title,
-               "meeting_id": meeting.id, "when": letters.span_of(meeting).local(language),
+               "meeting_id": meeting.id, "when": letters.when(meeting)["when"],
                "name": invitation.name or invitation.address, "address": invitation.address,
                "partstat": invitation.partstat, "answered": reports.answered(invitation),
                "replied_at": reports.stamp(invitation.replied_at),
                "comment": invitation.comment, "site_name": site.name,
                "delivery": reachability.delivery_note(invitation)}
-    subject, body = templates.render(site.templates, "rsvp_note", language, context)
+    subject, body = templates.render(site.templates, "rsvp_note",
+                                     coordination_language(session), context)
     own = site.address(coordination.LOCAL)
     note = robot_mail.robot_message(
         sender=(site.name, own), to=own, subject=subject, body=body, domain=site.domain,

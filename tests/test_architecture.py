@@ -19,15 +19,16 @@ PACKAGES = ("mailer", "lists", "meetings")
 DOMAIN = ("lists", "meetings")
 
 # What a domain package may import from the core: the contract modules.
-CONTRACTS = {"mailer.addresses", "mailer.admin", "mailer.config", "mailer.inbound", "mailer.jobs",
+CONTRACTS = {"mailer.addresses", "mailer.admin", "mailer.config", "mailer.events",
+             "mailer.inbound", "mailer.jobs",
              "mailer.models", "mailer.outbox", "mailer.rawmail", "mailer.robot_mail",
              "mailer.templates", "mailer.tokens", "mailer.web"}
 # ... and what only its command group may add (the CLI's context, without the daemon).
 CLI_CONTRACT = {"mailer.console"}
 # The engine: only the composition root and the wiring modules may name these.
-ENGINE = {"mailer.daemon", "mailer.db", "mailer.delivery", "mailer.dns",
-          "mailer.http_server", "mailer.intake", "mailer.logs", "mailer.router", "mailer.scheduler",
-          "mailer.screen",
+ENGINE = {"mailer.daemon", "mailer.db", "mailer.delivery", "mailer.dns", "mailer.health",
+          "mailer.http_server", "mailer.intake", "mailer.logs", "mailer.metrics",
+          "mailer.router", "mailer.scheduler", "mailer.screen",
           "mailer.transport", "mailer.workers", "mailer.cli"}
 # Modules of the core that may import the domain, and what.
 COMPOSITION_ROOT = "mailer.daemon"
