@@ -103,6 +103,9 @@ def party_list(context: Context, as_json: bool) -> None:
 
 # -- bodies ---------------------------------------------------------------------------
 
+LANGUAGE = click.Choice(LANGUAGES, case_sensitive=False)
+
+
 @click.group("body")
 def body_group() -> None:
     """Bodies that meet: board, steering, conference, and custom ones."""
@@ -122,16 +125,30 @@ def body_add(context: Context, slug: str, name: str, subscription: str) -> None:
     click.echo(f"added body {made} with the list {made}@{context.config.site.domain}")
 
 
+@body_group.command("name")
+@click.argument("slug")
+@click.argument("language", type=LANGUAGE)
+@click.argument("name")
+@pass_context
+def body_name(context: Context, slug: str, language: str, name: str) -> None:
+    """Name the body SLUG in LANGUAGE, as invitations in that language will call it
+    ("en" is its main name; an empty NAME drops a translation)."""
+    said = run(context, lambda s: organisation.name_body(s, slug, language, name))
+    click.echo(f"body {slug.strip().lower()} in {language.lower()}: {said}")
+
+
 @body_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
 def body_list(context: Context, as_json: bool) -> None:
-    """Show the bodies and their charter rules."""
+    """Show the bodies, their charter rules and their names in other languages."""
     rows = run(context, lambda s: [
         {"slug": b.slug, "name": b.name, "max_parties": b.max_parties or "",
-         "one_per_party": b.one_delegate_per_party, "per_year": b.meetings_per_year}
+         "one_per_party": b.one_delegate_per_party, "per_year": b.meetings_per_year,
+         "names": "; ".join(f"{code} {text}" for code, text in sorted((b.names or {}).items()))}
         for b in organisation.bodies(s)])
-    emit(rows, as_json, ["slug", "name", "max_parties", "one_per_party", "per_year"])
+    emit(rows, as_json, ["slug", "name", "max_parties", "one_per_party", "per_year",
+                         "names"])
 
 
 # -- delegates ------------------------------------------------------------------------
@@ -139,9 +156,6 @@ def body_list(context: Context, as_json: bool) -> None:
 @click.group("delegate")
 def delegate_group() -> None:
     """Delegates and their seats in bodies."""
-
-
-LANGUAGE = click.Choice(LANGUAGES, case_sensitive=False)
 
 
 @delegate_group.command("add")

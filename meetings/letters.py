@@ -19,7 +19,7 @@ import jinja2
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from mailer import templates
+from mailer import dates, templates
 from mailer.models import Delivery, Outgoing
 from meetings import coordination, ical, imip, schedule
 from meetings.meeting_site import MeetingSite
@@ -52,44 +52,65 @@ NOTED = ("title", "when", "location", "host", "alongside", "agenda_url", "descri
 class Notes:
     """What a mailing says beyond the meeting as it stands: what changed, and why."""
 
-    changes: tuple[tuple[str, str, str], ...] = ()   # (field, before, after)
+    changes: tuple[tuple[str, Any, Any], ...] = ()   # (field, before, after)
     reason: str = ""
 
-    def view(self) -> dict[str, Any]:
-        return {"changes": [{"field": field, "old": old, "new": new}
+    def view(self, language: str) -> dict[str, Any]:
+        """The notes as the templates of that language see them (times in its words)."""
+        return {"changes": [{"field": field, "old": _said(old, language),
+                             "new": _said(new, language)}
                             for field, old, new in self.changes],
                 "reason": self.reason}
 
 
-def changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+def _said(value: Any, language: str) -> str:
+    return value.local(language) if isinstance(value, dates.Span) else str(value or "")
+
+
+def changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[tuple[str, Any, Any], ...]:
     """The fields of two meeting views that differ, as (field, before, after).
 
     >>> changes({"title": "Board", "location": "Paris", "when": "x"},
     ...         {"title": "Board", "location": "Rome", "when": "x"})
     (('location', 'Paris', 'Rome'),)
     """
-    return tuple((field, str(before.get(field) or ""), str(after.get(field) or ""))
+    return tuple((field, before.get(field) or "", after.get(field) or "")
                  for field in NOTED if before.get(field) != after.get(field))
 
 
+def span_of(meeting: Meeting) -> dates.Span:
+    """The meeting's time, to be written in a reader's language (mailer.dates)."""
+    return dates.Span(meeting.tz, meeting.start_local, meeting.end_local)
+
+
 def when(meeting: Meeting) -> dict[str, str]:
-    """The meeting's local date and times as templates show them."""
+    """The meeting's local start and end as ISO wall times, for the command line."""
     start, end = schedule.start_of(meeting), schedule.end_of(meeting)
-    until = f"{end:%H:%M}" if end.date() == start.date() else f"{end:%Y-%m-%d %H:%M}"
-    return {"date": f"{start:%Y-%m-%d}", "start": f"{start:%Y-%m-%d %H:%M}",
-            "end": f"{end:%Y-%m-%d %H:%M}", "tz": meeting.tz,
-            "when": f"{start:%Y-%m-%d %H:%M}–{until} ({meeting.tz})"}
+    return {"start": f"{start:%Y-%m-%d %H:%M}", "end": f"{end:%Y-%m-%d %H:%M}",
+            "tz": meeting.tz}
 
 
 def meeting_view(session: Session, meeting: Meeting) -> dict[str, Any]:
-    """The meeting as templates see it: words and times, nothing else."""
+    """The meeting as templates see it, before it is put in a reader's language
+    (`in_language`): its words, its time as a `dates.Span`, its body's names."""
     body = session.get(Body, meeting.body_id)
     host = session.get(Party, meeting.host_party_id) if meeting.host_party_id else None
     return {"id": meeting.id, "title": meeting.title, "body": body.name if body else "",
+            "body_names": dict(body.names or {}) if body else {},
             "location": meeting.location, "description": meeting.description,
             "alongside": meeting.alongside, "agenda_url": meeting.agenda_url,
             "host": host.name if host else "", "status": meeting.status,
-            "sequence": meeting.sequence, **when(meeting)}
+            "sequence": meeting.sequence, "when": span_of(meeting), **when(meeting)}
+
+
+def in_language(view: dict[str, Any], language: str) -> dict[str, Any]:
+    """The view in one language: the body's name in it, and the time with the weekday in
+    the meeting's zone (`when`, then `zone`), in UTC (`utc`) and short for subjects
+    (`date`)."""
+    span: dates.Span = view["when"]
+    return {**view, "body": view["body_names"].get(language) or view["body"],
+            "when": span.time(language), "zone": span.zone(language),
+            "utc": span.utc(language), "date": span.date(language)}
 
 
 def attendees(invitation: Invitation, delegators: dict[int, Invitation],
@@ -131,8 +152,11 @@ class Writer:
         self.site = site
         self.mailing = mailing
         self.organizer = organizer
-        self.common = {"meeting": view, "organizer": organizer, "site_name": site.name,
-                       "whole": mailing.whole, "days_left": days_left, **notes.view()}
+        self.view = view
+        self.notes = notes
+        self.common = {"organizer": organizer, "site_name": site.name,
+                       "whole": mailing.whole, "days_left": days_left}
+        self._languages: dict[str, dict[str, Any]] = {}
         self._templates: dict[str, tuple[jinja2.Template, jinja2.Template]] = {}
         self._heads: dict[tuple[str, str], imip.Letterhead] = {}
 
@@ -143,6 +167,13 @@ class Writer:
                 env.get_template(f"{language}/{self.mailing.template}.txt"),
                 env.get_template(f"{language}/invitation.html"))
         return self._templates[language]
+
+    def _common(self, language: str) -> dict[str, Any]:
+        """What every invitee of that language sees alike, worked out once."""
+        if language not in self._languages:
+            self._languages[language] = {**self.common, **self.notes.view(language),
+                                         "meeting": in_language(self.view, language)}
+        return self._languages[language]
 
     def _head(self, language: str, subject: str) -> imip.Letterhead:
         key = (language, subject)
@@ -161,7 +192,7 @@ class Writer:
         """One invitee's message, in their language."""
         language = templates.language_of(invitation.language)
         plain_template, html_template = self._pair(language)
-        context = {**self.common, "rsvp": sender,
+        context = {**self._common(language), "rsvp": sender,
                    "invitee": {"name": invitation.name or invitation.address,
                                "address": invitation.address},
                    "delegated_from": (delegator.name or delegator.address) if delegator

@@ -8,6 +8,7 @@ UTC instant beside them for queries (RFC 5545 §3.3.5 form 3).
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Float,
     ForeignKey,
@@ -53,7 +54,8 @@ class Body(Base):
     `max_parties` (Board: 30), `one_delegate_per_party` (Steering Committee) and
     `meetings_per_year` (Board 1, Steering Committee 2, Conference 1) carry the charter's
     rules; `list_id` is the body's distribution list, to which its delegates belong.
-    `name_key` is the name as names are compared (meetings.names), kept with the name.
+    `name_key` is the name as names are compared (meetings.names), kept with the name;
+    `names` its name in the other languages invitations are written in.
     """
 
     __tablename__ = "bodies"
@@ -67,6 +69,9 @@ class Body(Base):
     one_delegate_per_party: Mapped[bool] = mapped_column(Boolean, default=False)
     meetings_per_year: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[float] = mapped_column(Float)
+    # The name in other languages, by template language ({"fr": "Comité directeur"});
+    # `name` is the English one, and stands in for any language not given.
+    names: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
     @validates("name")
     def _keyed(self, _: str, name: str) -> str:

@@ -54,12 +54,20 @@ class Charter:
     max_parties: int | None
     one_delegate_per_party: bool
     meetings_per_year: int
+    names: dict[str, str]
 
 
+# The charter's own French names (Conseil, Comité directeur, Conférence) and their usual
+# Spanish, German and Portuguese forms; `body name` changes any of them.
 CHARTER = (
-    Charter("board", "Board", "closed", 30, False, 1),
-    Charter("steering", "Steering Committee", "confirm", None, True, 2),
-    Charter("conference", "Conference", "closed", None, False, 1),
+    Charter("board", "Board", "closed", 30, False, 1,
+            {"fr": "Conseil", "es": "Consejo", "de": "Vorstand", "pt": "Conselho"}),
+    Charter("steering", "Steering Committee", "confirm", None, True, 2,
+            {"fr": "Comité directeur", "es": "Comité Directivo", "de": "Lenkungsausschuss",
+             "pt": "Comitê Diretor"}),
+    Charter("conference", "Conference", "closed", None, False, 1,
+            {"fr": "Conférence", "es": "Conferencia", "de": "Konferenz",
+             "pt": "Conferência"}),
 )
 
 
@@ -69,9 +77,10 @@ def ensure_charter(session: Session) -> None:
         Body.slug.in_([c.slug for c in CHARTER]))))
     for charter in CHARTER:
         if charter.slug not in present:
-            _create_body(session, charter.slug, charter.name, charter.slug,
-                         charter.subscription, charter.max_parties,
-                         charter.one_delegate_per_party, charter.meetings_per_year)
+            body = _create_body(session, charter.slug, charter.name, charter.slug,
+                                charter.subscription, charter.max_parties,
+                                charter.one_delegate_per_party, charter.meetings_per_year)
+            body.names = dict(charter.names)
 
 
 def _body_list(session: Session, slug: str, name: str, subscription: str) -> MailingList:
@@ -121,6 +130,30 @@ def find_body(session: Session, slug: str) -> Body:
     if found is None:
         raise MeetingError(f"no body named {slug!r}" + _hint(session, Body, slug))
     return found
+
+
+def name_body(session: Session, slug: str, language: str, name: str) -> str:
+    """Name the body in one language ("en" is its main name); an empty name drops the
+    translation, so that the English name stands in. Returns what that language says."""
+    body = find_body(session, slug)
+    language = language.strip().lower()
+    if language not in LANGUAGES:
+        raise MeetingError(f"unknown language {language!r}; choose one of "
+                           f"{', '.join(LANGUAGES)}")
+    name = name_of(name, "a body's name")
+    if language == "en":
+        if not name:
+            raise MeetingError("a body needs a name")
+        _new_name(session, Body, name, "body", keep=body.id)
+        body.name = name
+        return f"{name} (its English name)"
+    names = dict(body.names or {})
+    if name:
+        names[language] = name
+    else:
+        names.pop(language, None)
+    body.names = names
+    return names.get(language) or f"{body.name} (its English name)"
 
 
 def bodies(session: Session) -> list[Body]:

@@ -653,15 +653,15 @@ def forward_note(session: Session, rsvp: Rsvp, inbound: Inbound, reason: str) ->
     coordinators: attached as they came (RFC 2046 §5.2.1), under what they need to act on
     them: the meeting, the invitee, where their answer stands, and how to record one."""
     invitation, meeting, site = rsvp.invitation, rsvp.meeting, rsvp.site
+    language = coordination_language(session)
     context = {"sender": rsvp.sender or "someone", "title": meeting.title,
-               "meeting_id": meeting.id, "when": letters.when(meeting)["when"],
+               "meeting_id": meeting.id, "when": letters.span_of(meeting).local(language),
                "name": invitation.name or invitation.address, "address": invitation.address,
                "partstat": invitation.partstat, "answered": reports.answered(invitation),
                "replied_at": reports.stamp(invitation.replied_at),
                "comment": invitation.comment, "site_name": site.name,
                "delivery": reachability.delivery_note(invitation)}
-    subject, body = templates.render(site.templates, "rsvp_note",
-                                     coordination_language(session), context)
+    subject, body = templates.render(site.templates, "rsvp_note", language, context)
     own = site.address(coordination.LOCAL)
     note = robot_mail.robot_message(
         sender=(site.name, own), to=own, subject=subject, body=body, domain=site.domain,

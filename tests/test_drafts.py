@@ -90,7 +90,7 @@ def test_a_dry_run_shows_each_message_and_sends_nothing(tmp_path: Path) -> None:
     assert preview.splitlines()[0] == ("meeting 1: a dry run, nothing is sent; `alliance "
                                        "meeting invite 1` would queue 2 invitation(s):")
     assert re.search(rf"^Ana Silva <{ANA}> +fr +Invitation : Board meeting", preview, re.M)
-    assert f"Einladung: Board meeting ({NEXT_YEAR}-03-14)" in preview
+    assert "Einladung: Board meeting (" in preview and f"14. März {NEXT_YEAR})" in preview
     assert f"--- the text to {JORG} (de) ---" in preview and "Rotes Rathaus" in preview
     assert queued(db) == 0
     assert db.query(lambda s: s.scalar(select(func.count()).select_from(Invitation))) == 0

@@ -10,7 +10,7 @@ import asyncio
 import csv
 import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -51,6 +51,12 @@ from tests.helpers import (
     send,
     wait_quiet,
 )
+
+# Weekdays as French and German write them, Monday first (for the dates of NEXT_YEAR).
+FR_DAYS = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
+PT_DAYS = ("segunda-feira", "terça-feira", "quarta-feira", "quinta-feira", "sexta-feira",
+           "sábado", "domingo")
+DE_DAYS = ("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag")
 
 
 def invitations(db: Database) -> dict[str, Invitation]:
@@ -132,11 +138,25 @@ async def test_one_invitation_per_delegate_built_as_itip_says(tmp_path: Path,
 
     ana = delivered[ANA].message
     assert ana["From"].addresses[0].display_name == "Progressive Alliance", "not twice"
-    assert ana["Subject"] == f"Invitation : Board meeting ({NEXT_YEAR}-03-14)"
-    assert "Bonjour Ana Silva" in ana.get_body(("plain",)).get_content()
-    assert "Board meeting" in ana.get_body(("html",)).get_content()
+    # Dates in the invitee's language with the weekday, in the meeting's zone and in UTC
+    # (Berlin in March is UTC+1); the body by its name in that language.
+    weekday = date(NEXT_YEAR, 3, 14).weekday()
+    assert ana["Subject"] == \
+        f"Invitation : Board meeting ({FR_DAYS[weekday][:3]}. 14 mars {NEXT_YEAR})"
+    text = ana.get_body(("plain",)).get_content()
+    assert "Bonjour Ana Silva" in text
+    assert "Board meeting (Conseil)" in text
+    assert f"Quand :       {FR_DAYS[weekday]} 14 mars {NEXT_YEAR}, 09:00–17:00\r\n" \
+           "                (Europe/Berlin, heure normale d’Europe centrale)\r\n" \
+           f"                {FR_DAYS[weekday]} 14 mars {NEXT_YEAR}, 08:00–16:00 UTC\r\n" in text
+    html = ana.get_body(("html",)).get_content()
+    assert "Board meeting (Conseil)" in html and "08:00–16:00 UTC" in html
     jorg = delivered[JORG].message
-    assert jorg["Subject"].startswith("Einladung: Board meeting")
+    assert jorg["Subject"] == \
+        f"Einladung: Board meeting ({DE_DAYS[weekday][:2]}., 14. März {NEXT_YEAR})"
+    assert f"{DE_DAYS[weekday]}, 14. März {NEXT_YEAR}, 09:00–17:00" in \
+        jorg.get_body(("plain",)).get_content()
+    assert "Board meeting (Vorstand)" in jorg.get_body(("plain",)).get_content()
     assert str(jorg["To"]) == f'"Jörg \\"Jo\\" Müller" <{JORG}>'
     _, event = event_of(calendars(jorg)[0])
     attendee = event["ATTENDEE"]
@@ -188,7 +208,12 @@ async def test_reschedule_cancel_and_minor_fixes(tmp_path: Path, sqlite_url: str
         assert event["DTSTART"].dt.isoformat() == f"{NEXT_YEAR}-03-15T10:00:00+01:00"
         assert event["ATTENDEE"].params["PARTSTAT"] == "NEEDS-ACTION"
         said = moved[JORG].message.get_body(("plain",)).get_content().replace("\r\n", "\n")
-        assert "Was sich geändert hat:\n  Wann: " in said and " → " in said, "old → new"
+        # old → new, each with its weekday in German, in the meeting's zone
+        old_day, new_day = (DE_DAYS[date(NEXT_YEAR, 3, day).weekday()] for day in (14, 15))
+        assert ("Was sich geändert hat:\n"
+                f"  Wann: {old_day}, 14. März {NEXT_YEAR}, 09:00–17:00 (Europe/Berlin, "
+                f"Mitteleuropäische Normalzeit) → {new_day}, 15. März {NEXT_YEAR}, "
+                "10:00–18:00 (Europe/Berlin, Mitteleuropäische Normalzeit)\n") in said
         rows = invitations(daemon.db)
         assert {(i.partstat, i.reset_sequence, i.sent_sequence) for i in rows.values()} == \
             {("NEEDS-ACTION", 1, 1)}
@@ -444,6 +469,30 @@ async def test_a_substitute_gets_a_request_with_delegated_from(tmp_path: Path,
     assert rows["wanjiru@odm.example"].delegated_from_id == rows["ama@odm.example"].id
     attendance = json.loads(cli(path, "meeting", "attendance", str(meeting_id), "--json"))
     assert {r["address"]: r["party"] for r in attendance}["wanjiru@odm.example"] == "ODM"
+
+
+async def test_a_brazilian_delegate_is_invited_in_portuguese(tmp_path: Path, sqlite_url: str,
+                                                            sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    path = config_file(config, tmp_path)
+    party(path, "Partido dos Trabalhadores", "BR", "latin-america")
+    seat(path, "gleisi@pt.example", "Gleisi Hoffmann", "Partido dos Trabalhadores", "board",
+         "pt")
+    create_meeting(path, "board")
+    async with running(config):
+        [invitation] = await wait_quiet(sink, 1)
+    message = invitation.message
+    assert invitation.rcpt == "gleisi@pt.example"
+    assert message["Subject"].startswith("Convite: Board meeting")
+    text = message.get_body(("plain",)).get_content()
+    assert "Prezado(a) Gleisi Hoffmann," in text
+    assert "Progressive Alliance convida você para esta reunião:" in text
+    assert "    delegate ENDEREÇO NOME" in text
+    day = PT_DAYS[date(NEXT_YEAR, 3, 14).weekday()]
+    assert f"Quando:      {day}, 14 de março de {NEXT_YEAR}, 09:00–17:00\r\n" in text
+    assert "Board meeting (Conselho)" in text, "the body by its Portuguese name"
+    html = message.get_body(("html",)).get_content()
+    assert '<html lang="pt">' in html and "Aceitar, Talvez ou Recusar" in html
 
 
 async def test_coordinators_are_warned_once_when_a_year_falls_short(

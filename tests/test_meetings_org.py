@@ -19,6 +19,7 @@ from tests.helpers import (
     create_meeting,
     make_config,
     party,
+    run,
     seat,
 )
 
@@ -49,6 +50,25 @@ def test_the_charter_bodies_exist_from_the_start_with_their_lists(tmp_path: Path
     cli(config, "body", "add", "women-network", "--name", "Women's Network")
     shown = json.loads(cli(config, "list", "show", "women-network", "--json"))
     assert shown["subscription_policy"] == "closed"
+
+
+def test_a_body_has_a_name_in_each_language(tmp_path: Path) -> None:
+    config, _ = setup(tmp_path)
+    steering = json.loads(cli(config, "body", "list", "--json"))[1]
+    assert steering["names"] == ("de Lenkungsausschuss; es Comité Directivo; "
+                                 "fr Comité directeur; pt Comitê Diretor"), "the charter's own"
+    assert cli(config, "body", "name", "steering", "FR", "Comité de pilotage") == \
+        "body steering in fr: Comité de pilotage\n"
+    assert cli(config, "body", "name", "steering", "de", "") == \
+        "body steering in de: Steering Committee (its English name)\n"
+    steering = json.loads(cli(config, "body", "list", "--json"))[1]
+    assert steering["names"] == "es Comité Directivo; fr Comité de pilotage; pt Comitê Diretor"
+    assert cli(config, "body", "name", "board", "en", "Council") == "body board in en: " \
+        "Council (its English name)\n"
+    assert cli_error(config, "body", "name", "board", "en", "steering  committee") == \
+        "body 'Steering Committee' already exists"
+    assert "'xx' is not one of" in run(config, "body", "name", "board", "xx", "Rat")[1]
+    assert json.loads(cli(config, "body", "list", "--json"))[0]["name"] == "Council"
 
 
 def test_a_delegate_is_subscribed_to_the_body_list(tmp_path: Path) -> None:

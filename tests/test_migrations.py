@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from alembic import command
@@ -140,3 +141,32 @@ def test_names_get_their_keys_and_seat_memberships_their_origin(database_url: st
     assert body_key == "steering committee"
     assert [tuple(row) for row in origins] == [("eva@spoe.example", "seat"),
                                                ("karl@spoe.example", "")]
+
+
+def test_the_charter_bodies_get_their_names_in_every_language(database_url: str) -> None:
+    upgrade_to(database_url, "0010")
+    engine = create_engine(resolve_url(database_url, Path(".")))
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO lists (id, name, display_name, description, subscription_policy, "
+            "posting_policy, created_at) VALUES (1, 'steering', 'Steering', '', 'confirm', "
+            "'members', 0), (2, 'board', 'Board', '', 'closed', 'members', 0)"))
+        # The Board was renamed by its coordinator: its own name is all it keeps.
+        connection.execute(text(
+            "INSERT INTO bodies (id, slug, name, name_key, kind, list_id, "
+            "one_delegate_per_party, meetings_per_year, created_at) VALUES "
+            "(1, 'steering', 'Steering Committee', 'steering committee', 'steering', 1, "
+            "true, 2, 0), (2, 'board', 'Council', 'council', 'board', 2, false, 1, 0)"))
+    engine.dispose()
+    db = Database(database_url)
+    db.upgrade()
+    try:
+        names = db.query(lambda s: dict(s.execute(text(
+            "SELECT slug, names FROM bodies")).all()))
+    finally:
+        db.close()
+    steering = names["steering"] if isinstance(names["steering"], dict) \
+        else json.loads(names["steering"])
+    assert steering == {"fr": "Comité directeur", "es": "Comité Directivo",
+                        "de": "Lenkungsausschuss", "pt": "Comitê Diretor"}
+    assert names["board"] is None
