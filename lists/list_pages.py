@@ -9,8 +9,8 @@ button sends. The token is the member's own (HMAC-signed id), so it unsubscribes
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from lists import subscriptions
 from lists.list_site import ListSite
 from lists.models import Archived, MailingList, Member
+from mailer import dates
 from mailer.addresses import named_addresses
 from mailer.inbound import parse
 from mailer.templates import language_of
@@ -78,16 +79,19 @@ def pages(site: ListSite, db: Store) -> tuple[Page, ...]:
         if found is None:
             return render_error(env, "no_archive", request.language())
         list_language, context = found
-        return render_page(env, "archive_index", language_of(request.language(), list_language),
-                           **context)
+        language = language_of(request.language(), list_language)
+        posts = [{**post, "date": dates.short_day(post["at"], language)}
+                 for post in context["posts"]]
+        return render_page(env, "archive_index", language, **{**context, "posts": posts})
 
     async def post(request: Request, match: re.Match[str]) -> Response:
         found = await db.read(lambda s: _archived_post(s, match["name"], int(match["id"])))
         if found is None:
             return render_error(env, "no_post", request.language())
         list_language, context = found
-        return render_page(env, "archived_post", language_of(request.language(), list_language),
-                           **context)
+        language = language_of(request.language(), list_language)
+        return render_page(env, "archived_post", language,
+                           **context, date=dates.stamp(context.pop("at"), language))
 
     pattern = re.compile(r"/unsubscribe/(?P<token>[0-9]{1,18}-[a-z2-7]{26})")
     return (Page(("GET", "HEAD"), pattern, show), Page(("POST",), pattern, unsubscribe),
@@ -101,15 +105,16 @@ def public(mailing_list: MailingList | None) -> bool:
 
 
 def _archive_index(session: Session, name: str) -> tuple[str, dict[str, Any]] | None:
-    """(the list's language, the index page's context) of a public archive, else None."""
+    """(the list's language, the index page's context) of a public archive, else None;
+    the dates are written once the page's language is known."""
     mailing_list = session.scalar(select(MailingList).where(MailingList.name == name))
     if mailing_list is None or not public(mailing_list):
         return None
     rows = session.execute(select(Archived.id, Archived.archived_at, Archived.subject)
                            .where(Archived.list_id == mailing_list.id)
                            .order_by(Archived.id.desc()).limit(500))
-    posts = [{"id": ident, "date": time.strftime("%Y-%m-%d", time.gmtime(at)),
-              "subject": subject or ""} for ident, at, subject in rows]
+    posts = [{"id": ident, "at": datetime.fromtimestamp(at, UTC), "subject": subject or ""}
+             for ident, at, subject in rows]
     return mailing_list.language, {"list_name": mailing_list.display_name, "posts": posts}
 
 
@@ -126,7 +131,7 @@ def _archived_post(session: Session, name: str,
     return mailing_list.language, {
         "list_name": mailing_list.display_name, "subject": archived.subject,
         "senders": [name for name, _ in named_addresses(message)],
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(archived.archived_at)),
+        "at": archived.archived_at,
         "text": str(body.get_content()) if body is not None else None}
 
 

@@ -107,12 +107,6 @@ def details(session: Session, meeting: Meeting) -> dict[str, Any]:
             "invited" if sent else "will_be_invited": invitees}
 
 
-def sent_meetings(session: Session, meeting_ids: list[int]) -> set[int]:
-    """Which of the meetings have had mail go out (or queued) to an invitee."""
-    return set(session.scalars(select(Invitation.meeting_id).distinct().where(
-        Invitation.meeting_id.in_(meeting_ids), Invitation.sent_sequence.is_not(None))))
-
-
 def _utc(value: float | None) -> str:
     return "" if value is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))
 
@@ -134,15 +128,17 @@ def answered(invitation: Invitation) -> str:
 
 
 def summary_rows(session: Session, events: list[RsvpEvent]) -> list[dict[str, Any]]:
-    """The events as the summary template shows them, by meeting then time."""
+    """The events as the summary template shows them, by meeting then time; each meeting's
+    date in the coordinators' language."""
     meetings = {m.id: m for m in session.scalars(select(Meeting).where(
         Meeting.id.in_({e.meeting_id for e in events})))}
     invitations = {i.id: i for i in session.scalars(select(Invitation).where(
         Invitation.id.in_({e.invitation_id for e in events})))}
+    language = coordination.language(session)
     rows = []
     for event in events:
         meeting, invitation = meetings[event.meeting_id], invitations[event.invitation_id]
-        rows.append({"meeting": meeting.title, "date": letters.when(meeting)["start"],
+        rows.append({"meeting": meeting.title, "date": letters.span_of(meeting).date(language),
                      "meeting_id": meeting.id, "name": invitation.name or invitation.address,
                      "address": invitation.address, "kind": event.kind,
                      "partstat": event.partstat, "detail": event.detail,

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 from lists.automail import automatic
 from lists.bounces import failures
 from lists.commands import body_lines
-from mailer import events, rawmail, robot_mail, templates
+from mailer import dates, events, rawmail, robot_mail, templates
 from mailer.addresses import AddressError, Role, Route, normalize
 from mailer.inbound import HandlerOptions, Inbound, Offload, RoleHandler, parse
 from meetings import coordination, invitations, itip, letters, reachability, reports
@@ -658,7 +658,8 @@ def forward_note(session: Session, rsvp: Rsvp, inbound: Inbound, reason: str) ->
                "meeting_id": meeting.id, "when": letters.span_of(meeting).local(language),
                "name": invitation.name or invitation.address, "address": invitation.address,
                "partstat": invitation.partstat, "answered": reports.answered(invitation),
-               "replied_at": reports.stamp(invitation.replied_at),
+               "replied_at": "" if invitation.replied_at is None
+               else dates.stamp(invitation.replied_at, language),
                "comment": invitation.comment, "site_name": site.name,
                "delivery": reachability.delivery_note(invitation)}
     subject, body = templates.render(site.templates, "rsvp_note", language, context)

@@ -225,6 +225,10 @@ async def test_the_archive_follows_accept_language_and_escapes_a_hostile_subject
     assert escaped in index and "<script>" not in index
     assert post_status == 200 and lang_of(post) == "de"
     assert "Alle Beiträge von Steering Committee" in post
+    # Dates in the page's language, with the weekday (German: "Fr., 4. Dez. 2026").
+    assert re.search(r"<li>[A-Z][a-z]\., \d{1,2}\. \w+\.? \d{4} <a href=", index), index
+    assert re.search(r"(Montag|Dienstag|Mittwoch|Donnerstag|Freitag|Samstag|Sonntag), "
+                     r"\d{1,2}\. \w+ \d{4}, \d\d:\d\d UTC</p>", post), post
     assert f"<h1>[steering] {escaped}</h1>" in post and f"Look: {escaped}" in post
     assert "<script>" not in post
     assert english_status == 200 and "Archive of Steering Committee" in english, \

@@ -15,8 +15,10 @@ import base64
 import dataclasses
 import json
 import os
+import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import default as default_policy
@@ -1001,6 +1003,11 @@ async def test_words_without_a_calendar_reach_the_coordinators_with_the_meeting_
         assert f"(meeting {world.meeting_id})" in text and "Africa/Nairobi" in text
         assert "Invitee:         Ana Silva <ana@party.test>" in text
         assert "Current answer:  ACCEPTED (by mail, " in text
+        # the meeting's time and the answer's in words, with the weekday
+        assert re.search(r"Meeting: .*\), \w+day, \d{1,2} \w+ \d{4}, \d\d:\d\d–\d\d:\d\d "
+                         r"\(Africa/Nairobi, East Africa Time\)", text), text
+        assert re.search(r"ACCEPTED \(by mail, \w+day, \d{1,2} \w+ \d{4}, \d\d:\d\d UTC\)",
+                         text), text
         assert f"alliance meeting answer {world.meeting_id} ana@party.test" in text
         assert attached.get_content_type() == "message/rfc822"
         assert words in note.data, "the words attached byte for byte"
