@@ -239,3 +239,71 @@ def quarantine_replay(context: Context, work_id: int) -> None:
         raise click.ClickException(f"no quarantined work with id {work_id}")
     click.echo(f"work {work_id} queued again")
 
+
+@main.group()
+def dkim() -> None:
+    """DKIM signing keys and their DNS records (the README's DKIM part)."""
+
+
+@dkim.command("keygen")
+@click.option("--selector", help="name of the key in DNS (default: dkim.selector, or "
+                                 "dkim.ed25519_selector with --ed25519, else YYYYMM)")
+@click.option("--ed25519", "ed25519_key", is_flag=True,
+              help="an Ed25519 key for a second signature (RFC 8463), not RSA-2048")
+@pass_context
+def dkim_keygen(context: Context, selector: str | None, ed25519_key: bool) -> None:
+    """Write a new private key (mode 0600, never over a file) and print its DNS record."""
+    import time
+
+    from mailer import domainkeys
+
+    section = context.config.dkim
+    configured = section.ed25519_selector if ed25519_key else section.selector
+    selector = selector or configured or time.strftime("%Y%m") + ("e" if ed25519_key else "")
+    if not domainkeys.SELECTOR.fullmatch(selector):
+        raise click.ClickException(f"--selector: expected a DNS label such as 2026a, "
+                                   f"got {selector!r}")
+    key_file = section.ed25519_key_file if ed25519_key else section.key_file
+    path = domainkeys.key_path(context.config, selector,
+                               key_file if selector == configured else "")
+    try:
+        private = domainkeys.generate(path, ed25519_key=ed25519_key)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists; a key is never overwritten (to rotate, "
+                                   "make one with a new --selector)") from None
+    except OSError as error:
+        raise click.ClickException(f"cannot write {path}: {error.strerror or error}") \
+            from None
+    click.echo(f"wrote {path}; publish this record, then set [dkim] "
+               f"{'ed25519_selector' if ed25519_key else 'selector'} = \"{selector}\"",
+               err=True)
+    click.echo(domainkeys.record(selector, section.domain or context.config.site.domain,
+                                 private))
+
+
+@dkim.command("record")
+@click.option("--selector", "selectors", multiple=True,
+              help="the key of var/dkim/SELECTOR.pem (default: the configured ones)")
+@pass_context
+def dkim_record(context: Context, selectors: tuple[str, ...]) -> None:
+    """Print the DNS TXT record of each signing key, as it must be published."""
+    from mailer import domainkeys
+    from mailer.config import ConfigError
+
+    config = context.config
+    domain = config.dkim.domain or config.site.domain
+    try:
+        if selectors:
+            keys = [domainkeys.load_key(domainkeys.key_path(config, selector, ""), selector,
+                                        domain, "any", "--selector")
+                    for selector in selectors]
+        else:
+            signer = domainkeys.signer(config)
+            keys = list(signer.keys) if signer else []
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    if not keys:
+        raise click.ClickException("DKIM is off: [dkim] selector is not set in the config")
+    for key in keys:
+        click.echo(key.record())
+

@@ -151,6 +151,20 @@ class TemplatesSection:
 
 
 @dataclass(frozen=True)
+class DkimSection:
+    selector: str = _key(
+        "", "selector of the RSA key that signs every message we send (RFC 6376); empty: "
+        "no DKIM signature")
+    key_file: str = _key("", "PEM private key of that selector; empty: var/dkim/SELECTOR.pem")
+    domain: str = _key("", "signing domain (d=), where SELECTOR._domainkey is published; "
+                           "empty: site.domain")
+    ed25519_selector: str = _key(
+        "", "selector of an Ed25519 key that adds a second signature (RFC 8463); empty: none")
+    ed25519_key_file: str = _key(
+        "", "PEM private key of that selector; empty: var/dkim/ED25519_SELECTOR.pem")
+
+
+@dataclass(frozen=True)
 class Config:
     site: SiteSection = field(default_factory=SiteSection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
@@ -158,6 +172,7 @@ class Config:
     lmtp: LmtpSection = field(default_factory=LmtpSection)
     intake: IntakeSection = field(default_factory=IntakeSection)
     outbound: OutboundSection = field(default_factory=OutboundSection)
+    dkim: DkimSection = field(default_factory=DkimSection)
     http: HttpSection = field(default_factory=HttpSection)
     router: RouterSection = field(default_factory=RouterSection)
     lists: ListsSection = field(default_factory=ListsSection)

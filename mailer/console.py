@@ -67,9 +67,21 @@ class Context:
 
     def transaction(self, fn: Callable[..., T], *args: Any,
                     mistakes: tuple[type[Exception], ...] = ()) -> T:
-        """fn(session, *args) in one transaction; the `mistakes` become one line."""
+        """fn(session, *args) in one transaction; the `mistakes` become one line.
+
+        A unique key that another command took between this one's check and its commit
+        (two `party add SPÖ` at once) is tried once more: the second try sees the other's
+        row and says why in one line, as if the two had come one after the other.
+        """
         try:
-            return self.db.transaction(fn, *args)
+            try:
+                return self.db.transaction(fn, *args)
+            except Exception as error:
+                from sqlalchemy.exc import IntegrityError
+
+                if not isinstance(error, IntegrityError):
+                    raise
+                return self.db.transaction(fn, *args)
         except mistakes as error:
             raise click.ClickException(str(error)) from None
         except Exception as error:

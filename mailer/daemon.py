@@ -25,6 +25,8 @@ from mailer.config import Config, parse_listen
 from mailer.db import Database, open_database
 from mailer.delivery import Dispatcher, Personaliser
 from mailer.dns import TxtResolver
+from mailer.domainkeys import DkimSigner, SignedTransport, sign_batch
+from mailer.domainkeys import signer as dkim_signer
 from mailer.http_server import WebServer
 from mailer.intake import Arrivals, Gate, Handler, Inbox, Listener, LmtpListener
 from mailer.metrics import Metrics
@@ -127,6 +129,13 @@ def recover_leases(session: Session, now: float) -> None:
                     .values(state="pending", due_at=now))
 
 
+def signed(transport: Transport, dkim: DkimSigner, workers: Workers) -> Transport:
+    """The transport with every message DKIM-signed on its way, in the worker processes
+    (RSA takes 0.3 ms a copy: a 10,000-member post would hold the event loop 3 s)."""
+    return SignedTransport(transport, dkim,
+                           workers.batched(functools.partial(sign_batch, dkim.key_texts)))
+
+
 def build(config: Config, transport: Transport | None = None, *, poll: float = 1.0,
           clock: Callable[[], float] = time.time) -> Daemon:
     """Make every part of the daemon from the config, migrating the database first.
@@ -134,6 +143,7 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     `transport` replaces the one `outbound.url` names; `poll` is how often idle workers
     look for work that another process made due; `clock` is the scheduler's time.
     """
+    dkim = dkim_signer(config)   # a missing key stops start-up before the database opens
     db = open_database(config.database.url, config.base_dir)
     metrics = Metrics()
     metrics.watch(db.write_session)
@@ -148,15 +158,18 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
                                       connections=config.outbound.connections,
                                       timeout=config.outbound.timeout,
                                       local_hostname=hostname)
+    workers = Workers(config.router.processes,
+                      preload=list_side.WORKER_MODULES + meeting_side.WORKER_MODULES
+                      + (("mailer.domainkeys",) if dkim else ()),
+                      memory=config.router.worker_memory_mb * 1024 * 1024)
+    if dkim is not None:
+        transport = signed(transport, dkim, workers)
     arrivals = Arrivals()
     dispatcher = Dispatcher(db, transport, Personaliser(list_site.member_tokens,
                                                         list_site.unsubscribe_tokens),
                             config.outbound, poll=poll,
                             on_refused=list_side.on_refused(list_site),
                             intake_busy=arrivals.busy)
-    workers = Workers(config.router.processes,
-                      preload=list_side.WORKER_MODULES + meeting_side.WORKER_MODULES,
-                      memory=config.router.worker_memory_mb * 1024 * 1024)
     admin = AdminHandler(SiteContact(config.site.admin, config.site.domain))
     router = Router(db, {**list_side.handlers(list_site, workers),
                          **meeting_side.handlers(meeting_site, workers), Role.ADMIN: admin},

@@ -26,7 +26,8 @@ CONTRACTS = {"mailer.addresses", "mailer.admin", "mailer.config", "mailer.events
 # ... and what only its command group may add (the CLI's context, without the daemon).
 CLI_CONTRACT = {"mailer.console"}
 # The engine: only the composition root and the wiring modules may name these.
-ENGINE = {"mailer.daemon", "mailer.db", "mailer.delivery", "mailer.dns", "mailer.health",
+ENGINE = {"mailer.daemon", "mailer.db", "mailer.delivery", "mailer.dns",
+          "mailer.domainkeys", "mailer.health",
           "mailer.http_server", "mailer.intake", "mailer.logs", "mailer.metrics",
           "mailer.router", "mailer.scheduler", "mailer.screen",
           "mailer.transport", "mailer.workers", "mailer.cli"}

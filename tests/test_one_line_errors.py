@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session
 
 from mailer.config import ConfigError, from_dict
+from mailer.db import Database
+from meetings import organisation
 from tests.helpers import cli, free_port, invoke, postgres_database
 
 
@@ -59,9 +62,9 @@ def test_postgres_is_the_alias_of_postgresql(tmp_path: Path) -> None:
     ({"http": {"base_url": "https://"}},
      "http.base_url: expected http://host[:port] or https://host, got 'https://'"),
     ({"outbound": {"url": "smtp://:25"}},
-     "outbound.url: expected smtp://host:port, got 'smtp://:25'"),
+     "outbound.url: expected smtp://host:port or smtps://host:port, got 'smtp://:25'"),
     ({"outbound": {"url": "smtp://relay:port"}},
-     "outbound.url: expected smtp://host:port, got 'smtp://relay:port'"),
+     "outbound.url: expected smtp://host:port or smtps://host:port, got 'smtp://relay:port'"),
     ({"database": {"url": "mysql://u@h/db"}},
      "database.url: expected sqlite:///PATH or postgresql://user@host/db, "
      "got 'mysql://u@h/db'"),
@@ -103,3 +106,33 @@ def test_a_dns_server_that_is_no_name_stops_serve_in_one_line(tmp_path: Path) ->
     assert result.exit_code == 1
     assert one_line(result.output).startswith(
         "Error: config: dns.nameserver: cannot resolve 'no-such-host.invalid'")
+
+
+def test_two_party_adds_at_once_are_one_line_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another command takes the name between this one's check and its commit (on
+    PostgreSQL, where two commands write at once): the unique key refuses it, and the
+    command tries again and says why, in one line."""
+    with postgres_database() as url:
+        config = config_with(tmp_path, url)
+        cli(config, "party", "list")              # the schema, made
+        other = Database(url)
+        check = organisation._new_name
+        raced: list[str] = []
+
+        def racing(session: Session, model: type, name: str, noun: str, **keep: int) -> None:
+            check(session, model, name, noun, **keep)
+            if not raced:                          # the other command, in the window
+                raced.append(name)
+                other.transaction(lambda s: organisation.add_party(
+                    s, "spö", country="AT", region="europe"))
+
+        monkeypatch.setattr(organisation, "_new_name", racing)
+        try:
+            result = invoke(config, "party", "add", "SPÖ", "--country", "AT",
+                            "--region", "europe")
+        finally:
+            other.close()
+        assert raced == ["SPÖ"], "the other command came in between"
+        assert result.exit_code == 1 and one_line(result.output) == \
+            "Error: party 'spö' already exists"
