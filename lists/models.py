@@ -28,7 +28,7 @@ REPLY_TO = ("poster", "list")
 DMARC_MODES = ("dmarc-policy", "always", "never")
 DMARC_POSTER_IN = ("reply-to", "cc")
 DIGEST_PERIODS = ("daily", "weekly", "monthly")
-LANGUAGES = ("en", "fr", "es", "de")
+LANGUAGES = ("en", "fr", "es", "de", "pt")
 
 
 class MailingList(Base):

@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-LANGUAGES = ("en", "fr", "es", "de")
+LANGUAGES = ("en", "fr", "es", "de", "pt")
 DEFAULT_LANGUAGE = "en"
 
 
@@ -34,8 +34,8 @@ def environment(folder: Path = TEMPLATES) -> jinja2.Environment:
 def language_of(*choices: str | None) -> str:
     """The first of the choices that we have templates for, else English.
 
-    >>> language_of("", "pt", "fr")
-    'fr'
+    >>> language_of("", "it", "pt", "fr")
+    'pt'
     >>> language_of(None)
     'en'
     """
@@ -55,10 +55,12 @@ def accepted_language(header: str | None) -> str | None:
     >>> accepted_language("fr-CH, fr;q=0.9, en;q=0.8, de;q=0.7, *;q=0.5")
     'fr'
     >>> accepted_language("pt-BR, de;q=0.3, es-419;q=0.6")
+    'pt'
+    >>> accepted_language("it-IT, de;q=0.3, es-419;q=0.6")
     'es'
     >>> accepted_language("en;q=0, DE")
     'de'
-    >>> accepted_language("pt, *;q=0.9, fr;q=0.1") is None
+    >>> accepted_language("it, *;q=0.9, fr;q=0.1") is None
     True
     >>> accepted_language("") is None
     True

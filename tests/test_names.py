@@ -159,5 +159,5 @@ def test_list_choices_and_settings_take_any_case(tmp_path: Path, sqlite_url: str
     assert (shown["subscription_policy"], shown["posting_policy"], shown["language"],
             shown["dmarc_mode"]) == ("closed", "anyone", "fr", "always")
     assert cli_error(config, "list", "set", "forum", "language", "xx") == \
-        "language takes one of: en, fr, es, de"
+        "language takes one of: en, fr, es, de, pt"
     db.close()

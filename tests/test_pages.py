@@ -196,7 +196,7 @@ async def test_the_unsubscribe_page_speaks_the_members_language_then_the_visitor
     assert "Comité &lt;directeur&gt;" in page and "<directeur>" not in page
     assert "<form method='post'><input type='hidden' name='List-Unsubscribe' " \
            "value='One-Click'>" in page
-    assert lang_of(visitor) == "es" and "Darme de baja" in visitor
+    assert lang_of(visitor) == "pt" and "Cancelar minha inscrição" in visitor, "pt-BR is pt"
     assert lang_of(nobody) == "de" and "verlassen?" in nobody
     assert left == 200 and left_headers["content-language"] == "fr"
     assert f"{french} a quitté la liste" in done
@@ -242,7 +242,8 @@ async def test_the_http_error_pages_follow_accept_language(
     async with running(config) as daemon:
         port = daemon.ports["http"]
         french = await http(port, "GET", "/nothing-here", language="fr-CH, fr;q=0.9, en;q=0.8")
-        spanish = await http(port, "GET", "/nothing-here", language="pt, es;q=0.5")
+        spanish = await http(port, "GET", "/nothing-here", language="it, es;q=0.5")
+        portuguese = await http(port, "GET", "/nothing-here", language="pt-BR, en;q=0.5")
         english = await http(port, "GET", "/nothing-here")
         german = await http(port, "POST", "/lists/board/", language="de")
         closed = await http(port, "GET", "/lists/board/", language="fr")
@@ -255,6 +256,8 @@ async def test_the_http_error_pages_follow_accept_language(
     assert french[0] == 404 and french[1]["content-language"] == "fr"
     assert lang_of(french[2]) == "fr" and "Page introuvable" in french[2]
     assert spanish[0] == 404 and "Página no encontrada" in spanish[2]
+    assert portuguese[0] == 404 and portuguese[1]["content-language"] == "pt"
+    assert lang_of(portuguese[2]) == "pt" and "Página não encontrada" in portuguese[2]
     assert english[0] == 404 and "Not found" in english[2]
     assert english[1]["content-language"] == "en"
     assert german[0] == 405 and "Methode nicht erlaubt" in german[2]

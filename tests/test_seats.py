@@ -236,7 +236,7 @@ ama@odm.example,Ama Owino,ODM,steering,en
 not an address,Someone,ODM,board,en
 bo@odm.example,Bo,Parti-Socialiste,board,en
 cy@odm.example,Cy,ODM,senate,en
-dee@odm.example,Dee,ODM,board,pt
+dee@odm.example,Dee,ODM,board,it
 wanjiru@odm.example,Wanjiru,ODM,steering,en
 eve@odm.example,Eve,ODM,board
 ama@odm.example,Ama O.,ODM,board,en
@@ -258,7 +258,7 @@ def test_a_csv_file_with_bad_rows_names_each_and_applies_none(tmp_path: Path,
         "line 3: not an address: 'not an address'",
         "line 4: no party named 'Parti-Socialiste'; did you mean 'Parti Socialiste'?",
         "line 5: no body named 'senate'",
-        "line 6: unknown language 'pt'; choose one of en, fr, es, de",
+        "line 6: unknown language 'it'; choose one of en, fr, es, de, pt",
         "line 7: the Steering Committee takes one delegate per party; ODM already has "
         "ama@odm.example (name a substitute with --substitute)",
         "line 8: 4 cells, not 5 (address,name,party,body,language)",

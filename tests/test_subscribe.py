@@ -247,6 +247,27 @@ async def test_commands_in_the_body_skip_quotes_and_signatures(
     assert "set regular" not in text and "nomail" not in text.split("Commands")[0]
 
 
+async def test_a_member_who_chose_portuguese_gets_the_robots_mail_in_portuguese(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    make_list(config, "steering", [ANA])
+    async with running(config) as daemon:
+        port = daemon.ports["smtp"]
+        await send(port, ANA, [REQUEST], mail(ANA, REQUEST, subject="set language pt"))
+        [results] = await wait_quiet(sink, 1)
+        sink.received.clear()
+        await send(port, ANA, [REQUEST], mail(ANA, REQUEST, subject="RES: unsubscribe"))
+        [confirmation] = await wait_quiet(sink, 1)
+    assert results.message["Subject"] == "Resultados dos seus comandos para steering"
+    assert 'Feito: a partir de agora, as mensagens do robô serão enviadas em "pt".' in \
+        results.message.get_content()
+    token = confirmation.message["Subject"].split()[1]
+    assert confirmation.message["Subject"] == f"confirm {token} (saída de steering)"
+    text = confirmation.message.get_content()
+    assert text.startswith("Prezado(a),\n\nAlguém, provavelmente você, pediu o cancelamento")
+    assert f"    confirm {token}\n" in text
+
+
 async def test_an_unknown_command_gets_help(tmp_path: Path, sqlite_url: str,
                                             sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
