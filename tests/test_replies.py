@@ -2,11 +2,12 @@
 
 Replies as Outlook, Google, Apple and Thunderbird really send them are addressed to a
 meeting of ours and processed: our own hand-written fixtures (tests/data/replies/, one per
-client quirk) and the real captures in ../shared/interop-samples/ (read from there, never
-copied), rewritten only where they must name our meeting (UID), our invitee and our rsvp
-address. The conversations run over SMTP against a daemon on port 0; the rules, the stale
-and spoofed cases and hostile input are also checked in one transaction each, which is
-where the daemon's router would call them.
+client quirk), our own message in the shape of each real capture (tests/data/interop/), and,
+when they are beside the checkout, the captures themselves in ../shared/interop-samples/
+(read from there, never copied), rewritten only where they must name our meeting (UID), our
+invitee and our rsvp address. The conversations run over SMTP against a daemon on port 0;
+the rules, the stale and spoofed cases and hostile input are also checked in one
+transaction each, which is where the daemon's router would call them.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ from meetings.rsvp import FORWARD_HEADER, Reading, RsvpHandler, RsvpOutcome, pro
 from tests.helpers import (
     ATTENDEE_TOKENS,
     COORDINATOR,
+    DATA,
     DOMAIN,
+    FIXTURE_INVITEE,
+    FIXTURE_RSVP,
+    FIXTURE_UID,
     REPLIES,
     ZONE,
     Clock,
@@ -100,20 +105,58 @@ def outgoing(db: Database) -> list[tuple[str, EmailMessage]]:
 
 # -- messages: fixtures and samples, addressed to our meeting --------------------------
 
+@dataclass(frozen=True)
+class Samples:
+    """Messages in the shape of each real client, from one folder, and the names in them
+    that stand for our meeting, our invitee and our rsvp address."""
+
+    folder: Path
+    uid: str
+    invitees: tuple[str, ...]
+    rsvp: str = ""
+
+    def message(self, name: str, world: World, invitee: str = "ana@party.test",
+                **more: str) -> bytes:
+        """The message `name`, addressed to our meeting and from `invitee`."""
+        changes = {**more, self.uid: world.uid}
+        if self.rsvp:
+            changes[self.rsvp] = world.rsvp(invitee)
+        changes.update((stand_in, invitee) for stand_in in self.invitees)
+        return addressed(self.raw(name), changes)
+
+    def raw(self, name: str) -> bytes:
+        """The file `name` as it is, with CRLF line ends."""
+        return crlf((self.folder / name).read_bytes())
+
+
+# The shapes the shared captures show, one file each; tests/data/interop/ holds our own
+# message of each shape under the same name (its README says which quirk each keeps).
+SHAPES = sorted([
+    "apple-ical-reply-accepted.eml", "apple-ical-reply-missing-attendee.eml",
+    "apple-ical-reply-missing-organizer.eml", "apple-ical-reply-no-ics.eml",
+    "cancel-recurring-series.eml", "dsn-bounce-with-ics.eml",
+    "exchange-cdo-request-malformed.ics", "exchange2010-request-windows-tzid.ics",
+    "google-calendar-request.eml", "google-recurring-with-overrides.ics",
+    "outlook-exchange2010-request.eml", "outlook-teams-request.eml",
+    "request-single-occurrence-override.eml", "zimbra-recurring-with-instance-override.ics"])
+OWN_SAMPLES = Samples(DATA / "interop", FIXTURE_UID, (FIXTURE_INVITEE,), FIXTURE_RSVP)
+
+
 def interop_folder() -> Path:
     if not INTEROP.is_dir():
         if os.environ.get("CI"):
             raise RuntimeError(f"CI needs the interop samples in {INTEROP}")
-        pytest.skip(f"the interop samples are not beside the checkout ({INTEROP})")
+        pytest.skip(f"the shared interop samples are not beside the checkout ({INTEROP}); "
+                    "the same test ran on our own message of that shape (tests/data/interop/)")
     return INTEROP
 
 
-def sample(name: str, world: World, invitee: str = "ana@party.test", **more: str) -> bytes:
-    """A real client's message from ../shared/interop-samples/, addressed to our meeting."""
-    raw = crlf((interop_folder() / name).read_bytes())
-    changes = {**more, APPLE_UID: world.uid, APPLE_ATTENDEE: invitee,
-               "nonexistant@example.com": invitee}
-    return addressed(raw, changes)
+@pytest.fixture(params=["own", "shared"])
+def samples(request: pytest.FixtureRequest) -> Samples:
+    """Each client shape twice: our own message, and the real capture when it is there."""
+    if request.param == "own":
+        return OWN_SAMPLES
+    return Samples(interop_folder(), APPLE_UID, (APPLE_ATTENDEE, "nonexistant@example.com"))
 
 
 def wrapped(calendar: bytes, world: World, sender: str = "ana@party.test",
@@ -199,9 +242,9 @@ def test_a_client_reply_sets_partstat_and_comment_once(db: Database, world: Worl
     assert standing(db, world, "kofi@party.test").partstat == "NEEDS-ACTION"
 
 
-def test_an_apple_reply_without_method_parameter_is_applied(db: Database,
-                                                           world: World) -> None:
-    raw = sample("apple-ical-reply-accepted.eml", world, "yann@party.test")
+def test_an_apple_reply_without_method_parameter_is_applied(db: Database, world: World,
+                                                           samples: Samples) -> None:
+    raw = samples.message("apple-ical-reply-accepted.eml", world, "yann@party.test")
     outcome = deliver(db, world, "yann@party.test", raw, mail_from="yann@party.test")
     assert outcome == RsvpOutcome("applied", "ACCEPTED")
     assert standing(db, world, "yann@party.test").partstat == "ACCEPTED"
@@ -408,8 +451,8 @@ NOT_ANSWERS = [
 
 @pytest.mark.parametrize(("name", "reason"), NOT_ANSWERS)
 def test_interop_samples_that_are_no_usable_answer_go_to_coordination(
-        db: Database, world: World, name: str, reason: str) -> None:
-    raw = sample(name, world, "ana@party.test")
+        db: Database, world: World, samples: Samples, name: str, reason: str) -> None:
+    raw = samples.message(name, world, "ana@party.test")
     outcome = deliver(db, world, "ana@party.test", raw)
     assert outcome == RsvpOutcome("forward", reason)
     assert forwards(db) == [reason]
@@ -427,34 +470,36 @@ ICS_SAMPLES = [
 
 
 @pytest.mark.parametrize(("name", "reason"), ICS_SAMPLES)
-def test_interop_calendars_attached_to_a_mail_are_passed_on(db: Database, world: World,
-                                                           name: str, reason: str) -> None:
-    calendar = crlf((interop_folder() / name).read_bytes())
+def test_interop_calendars_attached_to_a_mail_are_passed_on(
+        db: Database, world: World, samples: Samples, name: str, reason: str) -> None:
+    calendar = samples.raw(name)
     outcome = deliver(db, world, "ana@party.test", wrapped(calendar, world))
     assert outcome == RsvpOutcome("forward", reason)
 
 
-def exchange_reply(world: World, attendee: str, **more: str) -> bytes:
+def exchange_reply(samples: Samples, world: World, attendee: str, **more: str) -> bytes:
     """The Exchange 2010 sample (Windows TZID) turned into that attendee's REPLY."""
-    text = crlf((interop_folder() / "exchange2010-request-windows-tzid.ics").read_bytes())
+    text = samples.raw("exchange2010-request-windows-tzid.ics")
     text = text.replace(b"METHOD:REQUEST", b"METHOD:REPLY").replace(
         b"END:VEVENT", f"ATTENDEE;PARTSTAT=TENTATIVE:mailto:{attendee}\r\nEND:VEVENT".encode())
-    text = text.replace(b"040000008200E00074C5B7101A82E0080000000090E19664858ED20100000000"
-                        b"000000", world.uid.encode())
+    # Exchange's own UID (one line of hex in both files) becomes our meeting's.
+    text, found = re.subn(rb"^UID:[0-9A-F]{64,}\r$", b"UID:" + world.uid.encode() + b"\r", text,
+                          flags=re.MULTILINE)
+    assert found == 1
     for old, new in more.items():
         text = text.replace(old.encode(), new.encode())
     return text
 
 
 def test_the_exchange_sample_as_a_reply_is_applied_despite_its_windows_tzid(
-        db: Database, world: World) -> None:
-    raw = wrapped(exchange_reply(world, "ana@party.test"), world)
+        db: Database, world: World, samples: Samples) -> None:
+    raw = wrapped(exchange_reply(samples, world, "ana@party.test"), world)
     assert deliver(db, world, "ana@party.test", raw) == RsvpOutcome("applied", "TENTATIVE")
 
 
 def test_the_malformed_cdo_sample_as_a_reply_has_no_uid_and_is_passed_on(
-        db: Database, world: World) -> None:
-    text = crlf((interop_folder() / "exchange-cdo-request-malformed.ics").read_bytes())
+        db: Database, world: World, samples: Samples) -> None:
+    text = samples.raw("exchange-cdo-request-malformed.ics")
     text = text.replace(b"METHOD:REQUEST", b"METHOD:REPLY").replace(
         b"END:VEVENT", b"ATTENDEE;PARTSTAT=ACCEPTED:mailto:ana@party.test\r\nEND:VEVENT")
     outcome = deliver(db, world, "ana@party.test", wrapped(text, world))
@@ -485,9 +530,9 @@ def test_an_automatic_reply_with_a_calendar_reply_is_applied_but_never_passed_on
     assert outgoing(db) == []
 
 
-def test_a_dsn_bounce_of_the_invitation_is_kept_beside_the_answer(db: Database,
-                                                                  world: World) -> None:
-    raw = sample("dsn-bounce-with-ics.eml", world, "kofi@party.test")
+def test_a_dsn_bounce_of_the_invitation_is_kept_beside_the_answer(
+        db: Database, world: World, samples: Samples) -> None:
+    raw = samples.message("dsn-bounce-with-ics.eml", world, "kofi@party.test")
     outcome = deliver(db, world, "kofi@party.test", raw, mail_from="")
     assert outcome.action == "bounced" and outcome.reason.startswith("5.0.0 on ")
     assert standing(db, world, "kofi@party.test") == Standing("NEEDS-ACTION", "", "active",
@@ -881,7 +926,8 @@ IN_DAEMON_OR_WORKER = pytest.mark.parametrize("processes", [0, 1], ids=["in-daem
 
 @IN_DAEMON_OR_WORKER
 async def test_replies_from_every_client_over_smtp(tmp_path: Path, database_url: str,
-                                                  sink: Sink, processes: int) -> None:
+                                                  sink: Sink, samples: Samples,
+                                                  processes: int) -> None:
     config = make_config(tmp_path, database_url, smarthost_port=sink.port,
                          router={"processes": processes})
     async with running(config) as daemon:
@@ -890,14 +936,14 @@ async def test_replies_from_every_client_over_smtp(tmp_path: Path, database_url:
         mails = [
             ("ana@party.test", fixture("outlook-reply-accepted.eml", world)),
             ("kofi@party.test", fixture("google-reply-declined.eml", world, "kofi@party.test")),
-            ("yann@party.test", sample("apple-ical-reply-accepted.eml", world,
-                                       "yann@party.test")),
+            ("yann@party.test", samples.message("apple-ical-reply-accepted.eml", world,
+                                                "yann@party.test")),
             ("zara@party.test", fixture("thunderbird-reply-tentative.eml", world,
                                         "zara@party.test")),
             ("zara@party.test", fixture("out-of-office.eml", world, "zara@party.test")),
             ("ana@party.test", fixture("spoofed-reply-other-attendee.eml", world)),
-            ("yann@party.test", sample("apple-ical-reply-no-ics.eml", world,
-                                       "yann@party.test")),
+            ("yann@party.test", samples.message("apple-ical-reply-no-ics.eml", world,
+                                                "yann@party.test")),
         ]
         for address, data in mails:
             await send(port, address, [world.rsvp(address)], data)
@@ -921,7 +967,7 @@ async def test_replies_from_every_client_over_smtp(tmp_path: Path, database_url:
 
 @IN_DAEMON_OR_WORKER
 async def test_counter_refresh_substitute_and_bounce_over_smtp(tmp_path: Path, sqlite_url: str,
-                                                              sink: Sink,
+                                                              sink: Sink, samples: Samples,
                                                               processes: int) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
                          router={"processes": processes})
@@ -931,8 +977,8 @@ async def test_counter_refresh_substitute_and_bounce_over_smtp(tmp_path: Path, s
         ana, kofi = world.rsvp("ana@party.test"), world.rsvp("kofi@party.test")
         await send(port, "ana@party.test", [ana], fixture("outlook-counter.eml", world))
         await send(port, "ana@party.test", [ana], fixture("refresh.eml", world))
-        await send(port, "", [kofi], sample("dsn-bounce-with-ics.eml", world,
-                                            "kofi@party.test"))
+        await send(port, "", [kofi], samples.message("dsn-bounce-with-ics.eml", world,
+                                                     "kofi@party.test"))
         await quiet(daemon)
         by_rcpt = {d.rcpt: d for d in ours(sink)}
         assert sorted(by_rcpt) == ["ana@party.test", COORDINATOR]
@@ -1158,8 +1204,12 @@ def test_compat32_reads_crafted_headers_as_the_modern_policy_does(name: str) -> 
     assert full.calendars.messages or full.machine, "the case reads as something"
 
 
-def test_compat32_reads_every_client_message_as_the_modern_policy_does() -> None:
-    files = sorted(REPLIES.glob("*.eml")) + sorted(interop_folder().glob("*.eml"))
+def test_compat32_reads_every_client_message_as_the_modern_policy_does(
+        samples: Samples) -> None:
+    # The folder holds one message of each shape, nothing missing and nothing more.
+    assert sorted(path.name for path in samples.folder.iterdir()
+                  if path.suffix in (".eml", ".ics")) == SHAPES
+    files = sorted(REPLIES.glob("*.eml")) + sorted(samples.folder.glob("*.eml"))
     assert len(files) > 15
     for path in files:
         light, full = both_ways(crlf(path.read_bytes()))
