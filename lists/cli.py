@@ -16,11 +16,13 @@ import click
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lists import archive, moderation, roster, service, settings
-from lists.list_site import ListSite
+from lists import roster, service, settings
 from lists.models import Held, Member
 from lists.service import ListError
 from mailer.console import Context, emit, pass_context, when
+
+# Moderation (which sends mail: Jinja, the pipeline) and the archive are imported by
+# their commands, so that a listing command loads neither (issue 11, item 10: start-up).
 
 T = TypeVar("T")
 
@@ -174,6 +176,9 @@ def list_set(context: Context, name: str, key: str, value: str) -> None:
 def list_moderate(context: Context, name: str, held_id: int, decision: str,
                   reason: str) -> None:
     """Approve, reject or discard the held post HELD_ID of NAME."""
+    from lists import moderation
+    from lists.list_site import ListSite
+
     site = ListSite.from_config(context.config, context.secret, context.templates)
 
     def decide(session: Session) -> None:
@@ -224,6 +229,8 @@ def list_held(context: Context, name: str, as_json: bool) -> None:
 @pass_context
 def list_archive(context: Context, name: str, path: Path) -> None:
     """Export every post distributed on NAME to a new mbox file (for mutt, mailbox)."""
+    from lists import archive
+
     try:
         count = context.db.query(lambda s: archive.export_mbox(s, service.find(s, name), path))
     except ListError as error:

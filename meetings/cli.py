@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 from sqlalchemy.orm import Session
@@ -23,24 +23,23 @@ from sqlalchemy.orm import Session
 from lists.models import LANGUAGES
 from lists.service import ListError
 from mailer.console import Context, emit, pass_context, when
-from meetings import (
-    cadence,
-    coordination,
-    feed,
-    invitations,
-    organisation,
-    reports,
-    schedule,
-    seating,
-)
-from meetings.meeting_site import MeetingSite
-from meetings.models import REGIONS, Meeting
+from meetings import organisation, schedule
+from meetings.models import BY_HAND, REGIONS, Meeting
 from meetings.organisation import MeetingError
+
+if TYPE_CHECKING:
+    from meetings.meeting_site import MeetingSite
+
+# The modules that make or read mail (invitations, reports, the feed, coordination,
+# cadence: Jinja and icalendar) are imported by the commands that use them, so that a
+# listing command loads none of them (issue 11, item 10: start-up).
 
 T = TypeVar("T")
 
 
 def _site(context: Context) -> MeetingSite:
+    from meetings.meeting_site import MeetingSite
+
     return MeetingSite.from_config(context.config, context.secret, context.templates)
 
 
@@ -170,6 +169,8 @@ def delegate_group() -> None:
 def delegate_add(context: Context, address: str, name: str, party: str, body_slug: str,
                  language: str | None, substitute: bool) -> None:
     """Seat ADDRESS in a body: subscribed to its list, invited to its meetings."""
+    from meetings import invitations
+
     site = _site(context)
 
     def add(session: Session) -> tuple[str, int]:
@@ -191,6 +192,8 @@ def delegate_add(context: Context, address: str, name: str, party: str, body_slu
 @pass_context
 def delegate_remove(context: Context, address: str, body_slug: str) -> None:
     """Take ADDRESS's seat in a body; invitations already sent are cancelled."""
+    from meetings import invitations
+
     site = _site(context)
 
     def remove(session: Session) -> tuple[str, int]:
@@ -242,6 +245,8 @@ def delegate_list(context: Context, body_slug: str, as_json: bool) -> None:
 def delegate_import(context: Context, source: TextIO) -> None:
     """Seat the delegates of a CSV file (address,name,party,body,language): every row is
     checked first; if any is bad, each bad row is named and nothing is applied."""
+    from meetings import invitations, seating
+
     site = _site(context)
 
     def apply(session: Session) -> tuple[seating.Imported, int]:
@@ -286,6 +291,8 @@ def meeting_create(context: Context, body_slug: str, title: str, start: str, end
                    tz: str, location: str, host: str, alongside: str, description: str,
                    agenda_url: str, send_at: str) -> None:
     """Plan a meeting: a draft, or scheduled with --send-at (the scheduler sends then)."""
+    from meetings import invitations
+
     site = _site(context)
     plan = schedule.Plan(body=body_slug, title=title, start=start, end=end, tz=tz,
                          location=location, host=host, alongside=alongside,
@@ -318,6 +325,8 @@ def _meeting_action(context: Context, meeting_id: int,
 @pass_context
 def meeting_invite(context: Context, meeting_id: int, dry_run: bool) -> None:
     """Send the invitations now (only to invitees who have had none)."""
+    from meetings import invitations
+
     if dry_run:
         _preview(context, meeting_id)
         return
@@ -326,6 +335,8 @@ def meeting_invite(context: Context, meeting_id: int, dry_run: bool) -> None:
 
 
 def _preview(context: Context, meeting_id: int) -> None:
+    from meetings import invitations
+
     letters = _meeting_action(context, meeting_id, invitations.preview)
     click.echo(f"meeting {meeting_id}: a dry run, nothing is sent; `alliance meeting invite "
                f"{meeting_id}` would queue {len(letters)} invitation(s):")
@@ -345,6 +356,8 @@ def _preview(context: Context, meeting_id: int) -> None:
 @pass_context
 def meeting_show(context: Context, meeting_id: int, as_json: bool) -> None:
     """Everything about a meeting: its state, times, place, and who is (to be) invited."""
+    from meetings import reports
+
     shown = run(context, lambda s: reports.details(s, schedule.find(s, meeting_id)))
     if as_json:
         click.echo(json.dumps(shown, indent=2))
@@ -373,6 +386,8 @@ SHOWN = ("body", "state", "status", "sequence", "start", "start_utc", "end", "en
 @pass_context
 def meeting_delete(context: Context, meeting_id: int) -> None:
     """Delete a meeting whose invitations have not gone out (else: `meeting cancel`)."""
+    from meetings import invitations
+
     title = _meeting_action(context, meeting_id, lambda s, _, m: invitations.delete(s, m))
     click.echo(f"meeting {meeting_id} ({title}) deleted; nothing had been sent")
 
@@ -386,6 +401,8 @@ def meeting_delete(context: Context, meeting_id: int) -> None:
 def meeting_reschedule(context: Context, meeting_id: int, start: str, end: str,
                        tz: str) -> None:
     """Move the meeting: SEQUENCE+1, answers reset, updates sent."""
+    from meetings import invitations
+
     def move(session: Session, site: MeetingSite, meeting: Meeting) -> int | None:
         when = schedule.times(start, end, tz or meeting.tz, site.clock())
         if not schedule.moved(meeting, when):
@@ -412,6 +429,8 @@ def meeting_update(context: Context, meeting_id: int, title: str | None,
                    description: str | None, location: str | None, agenda_url: str | None,
                    alongside: str | None, status: str | None) -> None:
     """Change details; location and status count as major changes (SEQUENCE+1)."""
+    from meetings import invitations
+
     changes = schedule.Changes(title=title, description=description, location=location,
                                agenda_url=agenda_url, alongside=alongside, status=status)
     count = _meeting_action(context, meeting_id,
@@ -425,6 +444,8 @@ def meeting_update(context: Context, meeting_id: int, title: str | None,
 @pass_context
 def meeting_cancel(context: Context, meeting_id: int, reason: str) -> None:
     """Cancel the meeting: METHOD:CANCEL to every invitee, with the reason if given."""
+    from meetings import invitations
+
     if "\0" in reason:
         raise click.ClickException("--reason may not hold a NUL character")
     reason = " ".join(reason.split())      # one line: it reaches a calendar's COMMENT
@@ -442,6 +463,8 @@ def meeting_cancel(context: Context, meeting_id: int, reason: str) -> None:
 def meeting_delegate(context: Context, meeting_id: int, from_address: str, to_address: str,
                      name: str) -> None:
     """FROM_ADDRESS sends TO_ADDRESS in their place; the substitute is invited."""
+    from meetings import invitations
+
     def send(session: Session, site: MeetingSite, meeting: Meeting) -> str:
         origin = invitations.find_invitation(session, meeting, from_address)
         return invitations.delegate(session, site, meeting, origin, to_address, name).address
@@ -453,13 +476,15 @@ def meeting_delegate(context: Context, meeting_id: int, from_address: str, to_ad
 @meeting_group.command("answer")
 @click.argument("meeting_id", type=int)
 @click.argument("address")
-@click.argument("answer", type=click.Choice([p.lower() for p in invitations.BY_HAND],
+@click.argument("answer", type=click.Choice([p.lower() for p in BY_HAND],
                                             case_sensitive=False))
 @click.option("--comment", default="", help="what they said, shown beside the answer")
 @pass_context
 def meeting_answer(context: Context, meeting_id: int, address: str, answer: str,
                    comment: str) -> None:
     """Record ADDRESS's answer, given by phone or in words: shown as by hand."""
+    from meetings import invitations
+
     def record(session: Session, site: MeetingSite, meeting: Meeting) -> str:
         return invitations.answer_by_hand(session, site, meeting, address, answer.upper(),
                                           comment).address
@@ -494,6 +519,8 @@ def spreadsheet_cell(value: object) -> object:
 @pass_context
 def meeting_attendance(context: Context, meeting_id: int, as_json: bool, as_csv: bool) -> None:
     """Who is invited and what they answered; the totals and the meeting's state last."""
+    from meetings import invitations, reports
+
     def read(session: Session) -> tuple[list[dict[str, Any]], str]:
         meeting = schedule.find(session, meeting_id)
         state = schedule.state(meeting, invitations.was_sent(session, meeting))
@@ -526,7 +553,7 @@ def meeting_list(context: Context, body_slug: str, as_json: bool) -> None:
             query = query.where(Meeting.body_id == organisation.find_body(session,
                                                                           body_slug).id)
         found = list(session.scalars(query))
-        sent = reports.sent_meetings(session, [m.id for m in found])
+        sent = schedule.sent_meetings(session, [m.id for m in found])
         return [{"id": m.id, "start": m.start_local[:16].replace("T", " "), "zone": m.tz,
                  "title": m.title, "place": m.location,
                  "state": schedule.state(m, m.id in sent), "status": m.status,
@@ -543,6 +570,8 @@ def meeting_list(context: Context, body_slug: str, as_json: bool) -> None:
 @pass_context
 def meeting_feed(context: Context, body_slug: str, output: Path | None) -> None:
     """Write the public iCalendar feed (METHOD:PUBLISH) of a body's meetings."""
+    from meetings import feed
+
     site = _site(context)
     data = run(context, lambda s: feed.feed(s, site, body_slug))
     if output is None:
@@ -567,6 +596,8 @@ def coordination_group() -> None:
 @pass_context
 def coordination_handover(context: Context, party: str, contacts: tuple[str, ...]) -> None:
     """PARTY coordinates from now on: the organizer of every invitation sent from now."""
+    from meetings import coordination
+
     term = run(context, lambda s: coordination.handover(s, party, list(contacts),
                                                         time.time()).contact)
     click.echo(f"{party} coordinates from now on"
@@ -578,6 +609,8 @@ def coordination_handover(context: Context, party: str, contacts: tuple[str, ...
 @pass_context
 def coordination_show(context: Context, as_json: bool) -> None:
     """The coordination terms, oldest first."""
+    from meetings import coordination
+
     rows = run(context, lambda s: [
         {"party": p.name, "from": _when(t.started_at), "until": _when(t.ended_at),
          "contact": t.contact} for t, p in coordination.terms(s)])
@@ -591,6 +624,8 @@ def coordination_show(context: Context, as_json: bool) -> None:
 def cadence_command(context: Context, year: int | None, as_json: bool) -> None:
     """Each body's meetings in YEAR (default: this year) against the charter: held,
     planned (announced, to come) and drafts (counted as neither)."""
+    from meetings import cadence
+
     year = year or time.gmtime().tm_year
     rows = run(context, lambda s: [
         {"body": r.body, "year": r.year, "held": r.held, "planned": r.planned,

@@ -40,7 +40,7 @@ from mailer.models import Delivery, Outgoing
 from meetings import letters, organisation, schedule
 from meetings.letters import DAY
 from meetings.meeting_site import MeetingSite
-from meetings.models import Body, Delegate, Invitation, Meeting, RsvpEvent, Seat
+from meetings.models import BY_HAND, Body, Delegate, Invitation, Meeting, RsvpEvent, Seat
 from meetings.organisation import MeetingError
 
 log = logging.getLogger(__name__)
@@ -344,9 +344,6 @@ def find_invitation(session: Session, meeting: Meeting, address: str) -> Invitat
     if found is None:
         raise MeetingError(f"{address} is not invited to meeting {meeting.id}")
     return found
-
-
-BY_HAND = ("ACCEPTED", "TENTATIVE", "DECLINED")
 
 
 def answer_by_hand(session: Session, site: MeetingSite, meeting: Meeting, address: str,

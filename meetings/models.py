@@ -26,6 +26,8 @@ from meetings.names import name_key
 REGIONS = ("asia", "africa", "middle-east", "europe", "latin-america", "north-america")
 BODY_KINDS = ("board", "steering", "conference", "custom")
 PARTSTATS = ("NEEDS-ACTION", "ACCEPTED", "DECLINED", "TENTATIVE", "DELEGATED")
+# The answers the coordinators may record for an invitee who gave it by phone or in words.
+BY_HAND = ("ACCEPTED", "TENTATIVE", "DECLINED")
 
 
 class Party(Base):

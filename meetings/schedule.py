@@ -14,16 +14,19 @@ import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailer import rawmail
-from meetings import ical
-from meetings.meeting_site import MeetingSite
-from meetings.models import Meeting
+from meetings.models import Invitation, Meeting
 from meetings.organisation import MeetingError, find_body, find_party
+
+if TYPE_CHECKING:
+    from meetings import ical
+    from meetings.meeting_site import MeetingSite
 
 STATUSES = ("CONFIRMED", "TENTATIVE")
 
@@ -305,6 +308,12 @@ def state(meeting: Meeting, sent: bool) -> str:
     return "draft" if meeting.send_at is None else "scheduled"
 
 
+def sent_meetings(session: Session, meeting_ids: list[int]) -> set[int]:
+    """Which of the meetings have had mail go out (or queued) to an invitee."""
+    return set(session.scalars(select(Invitation.meeting_id).distinct().where(
+        Invitation.meeting_id.in_(meeting_ids), Invitation.sent_sequence.is_not(None))))
+
+
 def find(session: Session, meeting_id: int) -> Meeting:
     """The meeting with that id, or MeetingError."""
     found = session.get(Meeting, meeting_id)
@@ -332,6 +341,10 @@ def end_of(meeting: Meeting) -> datetime:
 
 def occasion(meeting: Meeting, stamp: float) -> ical.Occasion:
     """The meeting as a VEVENT sees it; DTSTAMP is `stamp` (RFC 5545 §3.8.7.2)."""
+    # Imported here: icalendar is a tenth of the start-up of `alliance meeting list`,
+    # which reads meetings and makes no calendar (issue 11, item 10).
+    from meetings import ical
+
     description = meeting.description
     if meeting.alongside:
         description = f"{description}\n\n{meeting.alongside}".strip()
