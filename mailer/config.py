@@ -50,6 +50,13 @@ class DatabaseSection:
 @dataclass(frozen=True)
 class SmtpSection:
     listen: str = _key("127.0.0.1:8025", 'SMTP listener, host:port; "" turns it off')
+    tls_cert: str = _key(
+        "", "PEM certificate (with its chain) the SMTP listener offers STARTTLS with "
+        "(RFC 3207); empty: no STARTTLS")
+    tls_key: str = _key("", "PEM private key of tls_cert; empty: the key is in the tls_cert file")
+    require_tls: bool = _key(
+        False, "refuse mail (530) until the client has done STARTTLS; off, STARTTLS is "
+        "offered and optional, as an MX must (RFC 3207 §4)")
 
 
 @dataclass(frozen=True)
@@ -274,6 +281,10 @@ def _validate(config: Config) -> None:
         raise ConfigError("outbound.url: expected maildir:PATH or smtp://host:port")
     if scheme == "smtp":
         _check_url("outbound.url", config.outbound.url, ("smtp",), "smtp://host:port")
+    if config.smtp.tls_key and not config.smtp.tls_cert:
+        raise ConfigError("smtp.tls_key: set smtp.tls_cert too (the certificate of that key)")
+    if config.smtp.require_tls and not config.smtp.tls_cert:
+        raise ConfigError("smtp.require_tls: set smtp.tls_cert and smtp.tls_key first")
     if config.http.base_url:
         _check_url("http.base_url", config.http.base_url, ("http", "https"),
                    "http://host[:port] or https://host")

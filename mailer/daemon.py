@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from mailer.metrics import Metrics
 from mailer.models import Delivery, Work
 from mailer.router import Router
 from mailer.scheduler import Scheduler
+from mailer.tls import listener_context
 from mailer.transport import Transport, from_url
 from mailer.workers import Workers
 from meetings import wiring as meeting_side
@@ -53,6 +55,7 @@ class Daemon:
     gate: Gate
     workers: Workers
     metrics: Metrics
+    listener_tls: ssl.SSLContext | None = None    # STARTTLS on the SMTP listener
     servers: dict[str, asyncio.Server] = field(default_factory=dict)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -83,8 +86,11 @@ class Daemon:
                               limits=self.config.intake, inbox=self.inbox,
                               accepts=self.router.accepts, gate=self.gate,
                               latency=self.metrics.intake_latency.observe)
+            tls = self.listener_tls if name == "smtp" else None   # LMTP: a local MTA
             self.servers[name] = await asyncio.get_running_loop().create_server(
-                functools.partial(listener_class, handler, self.config.intake, hostname),
+                functools.partial(listener_class, handler, self.config.intake, hostname,
+                                  tls=tls, require_tls=tls is not None
+                                  and self.config.smtp.require_tls),
                 host, port, backlog=self.config.intake.backlog)
             log.info("%s listening on %s:%d", name.upper(), host, self.ports[name])
         if self.config.http.listen:
@@ -143,6 +149,9 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     `transport` replaces the one `outbound.url` names; `poll` is how often idle workers
     look for work that another process made due; `clock` is the scheduler's time.
     """
+    # The certificate first: a mistake in it stops start-up in one line, before anything
+    # is opened.
+    listener_tls = listener_context(config) if config.smtp.listen else None
     dkim = dkim_signer(config)   # a missing key stops start-up before the database opens
     db = open_database(config.database.url, config.base_dir)
     metrics = Metrics()
@@ -182,4 +191,4 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
                     + health.pages(db, config.health, metrics, config.http.metrics_allow),
                     templates=pages)
     return Daemon(config, db, transport, inbox, router, dispatcher, scheduler, web, Gate(),
-                  workers, metrics)
+                  workers, metrics, listener_tls=listener_tls)

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -359,13 +360,15 @@ class Listener(SMTP):
     refusals without a message delivered (Postfix's smtpd_hard_error_limit), and a 421
     before any close (RFC 5321 §4.2.2, §3.8)."""
 
-    def __init__(self, handler: Handler, limits: IntakeSection, hostname: str) -> None:
+    def __init__(self, handler: Handler, limits: IntakeSection, hostname: str, *,
+                 tls: ssl.SSLContext | None = None, require_tls: bool = False) -> None:
         # +1 for the transparency dot (RFC 5321 §4.5.2), as aiosmtpd's own default does.
         self.line_length_limit = limits.max_line_length + 1
         self.local_part_limit = 64
         super().__init__(handler, data_size_limit=limits.max_message_size,
                          hostname=hostname, ident="Alliance Mail", timeout=limits.timeout,
-                         command_call_limit=CALL_LIMITS)
+                         command_call_limit=CALL_LIMITS, tls_context=tls,
+                         require_starttls=require_tls)
         self.gate = handler.gate
         self.limits = limits
         self.counted = handler.protocol == "smtp"   # an MTA in front (LMTP) is not capped
@@ -374,7 +377,10 @@ class Listener(SMTP):
         self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
+        starttls = self._original_transport is not None
         super().connection_made(transport)
+        if starttls:
+            return  # the same session, now over TLS (RFC 3207 §4.2): counted once
         self.gate.sessions.add(self)
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else "unknown"

@@ -31,6 +31,7 @@ ENGINE = {"mailer.daemon", "mailer.db", "mailer.delivery", "mailer.dns",
           "mailer.http_server", "mailer.intake", "mailer.logs", "mailer.metrics",
           "mailer.router", "mailer.scheduler", "mailer.screen",
           "mailer.transport", "mailer.workers", "mailer.cli"}
+ENGINE |= {"mailer.tls"}    # the listener's certificate, the smarthost's TLS and credentials
 # Modules of the core that may import the domain, and what.
 COMPOSITION_ROOT = "mailer.daemon"
 CLI_ENTRY = "mailer.cli"
