@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailer.jobs import Job
 from mailer.models import Setting
-from meetings import coordination
-from meetings.meeting_site import MeetingSite
 from meetings.models import Body, Meeting
 from meetings.organisation import ensure_charter
+
+if TYPE_CHECKING:
+    from meetings.meeting_site import MeetingSite
 
 WARN_FROM_MONTH = 10
 
@@ -107,6 +109,10 @@ def shortfalls(session: Session, now: float) -> list[Standing]:
 
 def warn(session: Session, site: MeetingSite, now: float) -> int:
     """One mail to the coordinators about the bodies that fall short; the number queued."""
+    # Imported here: coordination brings the templates (Jinja), which `alliance cadence`,
+    # a report, does not need (issue 11, item 10: start-up).
+    from meetings import coordination
+
     short = shortfalls(session, now)
     if not short or not coordination.notify(
             session, site, "cadence_warning",
