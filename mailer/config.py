@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 
 class ConfigError(Exception):
@@ -88,7 +88,19 @@ class IntakeSection:
 
 @dataclass(frozen=True)
 class OutboundSection:
-    url: str = _key("maildir:var/outbox", "maildir:PATH, or smtp://host:port for a smarthost")
+    url: str = _key(
+        "maildir:var/outbox", "maildir:PATH, or a smarthost: smtp://host:port (STARTTLS when "
+        "offered), smtp://host:port?starttls=required (never in clear), smtps://host:port "
+        "(TLS from the first byte)")
+    tls_ca_file: str = _key(
+        "", "PEM CA certificates the smarthost's certificate is checked against; empty: the "
+        "system's")
+    tls_verify: bool = _key(
+        True, "check the smarthost's certificate and name; false: encrypt without checking "
+        "(a local Postfix with a self-signed certificate)")
+    auth_file: str = _key(
+        "", "file holding user:password for AUTH at the smarthost, readable by its owner "
+        "only; empty: $ALLIANCE_SMARTHOST_USER and $ALLIANCE_SMARTHOST_PASSWORD, or no AUTH")
     connections: int = _key(24, "concurrent SMTP connections to the smarthost")
     connections_during_intake: int = _key(
         2, "of those, how many send while messages are arriving (intake goes first: "
@@ -276,11 +288,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("intake.max_recipients: must be at least 1")
     if not 0 <= config.router.processes <= 64:
         raise ConfigError("router.processes: expected 0 to 64 worker processes")
-    scheme = config.outbound.url.split(":", 1)[0]
-    if scheme not in ("maildir", "smtp"):
-        raise ConfigError("outbound.url: expected maildir:PATH or smtp://host:port")
-    if scheme == "smtp":
-        _check_url("outbound.url", config.outbound.url, ("smtp",), "smtp://host:port")
+    if not config.outbound.url.startswith("maildir:"):
+        parse_smarthost(config.outbound.url)
     if config.smtp.tls_key and not config.smtp.tls_cert:
         raise ConfigError("smtp.tls_key: set smtp.tls_cert too (the certificate of that key)")
     if config.smtp.require_tls and not config.smtp.tls_cert:
@@ -374,6 +383,51 @@ def _check_url(name: str, value: str, schemes: tuple[str, ...], example: str) ->
         parts = urlsplit("")
     if parts.scheme.lower() not in schemes or not parts.hostname:
         raise ConfigError(f"{name}: expected {example}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SmarthostUrl:
+    """What `outbound.url` says of the smarthost: where, and how TLS is used."""
+
+    host: str
+    port: int
+    implicit_tls: bool      # smtps://: TLS from the first byte (RFC 8314 §3.3)
+    require_starttls: bool  # smtp://...?starttls=required: never send in clear
+
+
+CREDENTIALS_HOME = ("put user:password in the file outbound.auth_file names (mode 600), or "
+                    "set $ALLIANCE_SMARTHOST_USER and $ALLIANCE_SMARTHOST_PASSWORD")
+
+
+def parse_smarthost(url: str) -> SmarthostUrl:
+    """The smarthost of `outbound.url`, or ConfigError; a password in it is refused.
+
+    >>> parse_smarthost("smtp://relay.example.org?starttls=required")
+    SmarthostUrl(host='relay.example.org', port=25, implicit_tls=False, require_starttls=True)
+    >>> parse_smarthost("smtps://relay.example.org").port
+    465
+    >>> parse_smarthost("smtp://me:secret@relay.example.org")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mailer.config.ConfigError: outbound.url: no user or password in the URL: put user:...
+    """
+    if "@" in url.partition("?")[0].partition("://")[2]:
+        # Said before anything else, and without the value: it may hold a password.
+        raise ConfigError(f"outbound.url: no user or password in the URL: {CREDENTIALS_HOME}")
+    if url.partition(":")[0].lower() not in ("smtp", "smtps"):
+        raise ConfigError("outbound.url: expected maildir:PATH, smtp://host:port or "
+                          "smtps://host:port")
+    _check_url("outbound.url", url, ("smtp", "smtps"), "smtp://host:port or smtps://host:port")
+    parts = urlsplit(url)
+    implicit = parts.scheme.lower() == "smtps"
+    query = parse_qs(parts.query, keep_blank_values=True)
+    starttls = query.pop("starttls", ["opportunistic"])
+    if query or parts.path not in ("", "/") or parts.fragment or len(starttls) > 1 or (
+            starttls[0] not in ("opportunistic", "required")) or (implicit and parts.query):
+        raise ConfigError("outbound.url: expected smtp://host:port, optionally with "
+                          f"?starttls=required, or smtps://host:port; got {url!r}")
+    return SmarthostUrl(parts.hostname or "", parts.port or (465 if implicit else 25),
+                        implicit, starttls[0] == "required")
 
 
 def parse_listen(value: str, name: str = "listen") -> tuple[str, int]:

@@ -35,7 +35,7 @@ from mailer.models import Delivery, Work
 from mailer.router import Router
 from mailer.scheduler import Scheduler
 from mailer.tls import listener_context
-from mailer.transport import Transport, from_url
+from mailer.transport import Transport, from_config
 from mailer.workers import Workers
 from meetings import wiring as meeting_side
 
@@ -149,9 +149,11 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     `transport` replaces the one `outbound.url` names; `poll` is how often idle workers
     look for work that another process made due; `clock` is the scheduler's time.
     """
-    # The certificate first: a mistake in it stops start-up in one line, before anything
-    # is opened.
+    # Certificates and credentials first: a mistake in them stops start-up in one line,
+    # before anything is opened.
+    hostname = config.intake.hostname or config.site.domain
     listener_tls = listener_context(config) if config.smtp.listen else None
+    transport = transport or from_config(config, local_hostname=hostname)
     dkim = dkim_signer(config)   # a missing key stops start-up before the database opens
     db = open_database(config.database.url, config.base_dir)
     metrics = Metrics()
@@ -162,11 +164,6 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     meeting_site = meeting_side.site(config, secret, pages, clock=clock)
     list_site = list_side.site(config, secret, pages, dns, clock=clock,
                                on_leave=meeting_side.on_leave(meeting_site))
-    hostname = config.intake.hostname or config.site.domain
-    transport = transport or from_url(config.outbound.url, base=config.base_dir,
-                                      connections=config.outbound.connections,
-                                      timeout=config.outbound.timeout,
-                                      local_hostname=hostname)
     workers = Workers(config.router.processes,
                       preload=list_side.WORKER_MODULES + meeting_side.WORKER_MODULES
                       + (("mailer.domainkeys",) if dkim else ()),

@@ -4,6 +4,11 @@
 smarthost through a pool of reused aiosmtplib connections, and a Maildir (one file per
 delivery) for a machine with no mail server. Tests pass their own transports in through the
 constructor of the delivery engine; nothing here is switched by a flag.
+
+A connection to the smarthost is made secure once, when it is opened (STARTTLS or implicit
+TLS, then AUTH), and then carries many messages. Whatever goes wrong while opening it (no
+STARTTLS where it is required, a certificate that does not check, a refused password) is
+the hop's trouble, not the recipient's: a deferral (451) with one log line, never a bounce.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import aiosmtplib
+
+from mailer.config import Config
+from mailer.tls import Smarthost, smarthost
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +57,74 @@ class Transport(Protocol):
         ...
 
 
+class HopUnusable(Exception):
+    """The smarthost could not be used for any message: the text says why, in one line."""
+
+
 class SmtpTransport:
     """A bounded pool of long-lived SMTP connections to one smarthost."""
 
-    def __init__(self, host: str, port: int, *, connections: int, timeout: float,
+    def __init__(self, smarthost: Smarthost, *, connections: int, timeout: float,
                  local_hostname: str) -> None:
-        self.host = host
-        self.port = port
+        self.smarthost = smarthost
         self.timeout = timeout
         self.local_hostname = local_hostname
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(connections)
+        self._trouble = ""      # the last problem logged; said once, not once per message
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        client = aiosmtplib.SMTP(hostname=self.host, port=self.port, timeout=self.timeout,
-                                 local_hostname=self.local_hostname, start_tls=False)
-        await client.connect()
+        """A new session, made secure and logged in as `outbound` says, or HopUnusable."""
+        hop = self.smarthost
+        client = aiosmtplib.SMTP(hostname=hop.host, port=hop.port, timeout=self.timeout,
+                                 local_hostname=self.local_hostname, use_tls=hop.implicit_tls,
+                                 start_tls=False, tls_context=hop.tls)
+        try:
+            await client.connect()
+            if not hop.implicit_tls:
+                await self._starttls(client)
+            if hop.credentials is not None:
+                await self._login(client)
+        except HopUnusable:
+            client.close()
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            client.close()
+            raise HopUnusable(_reason(error)) from None
+        if self._trouble:
+            log.info("smarthost %s: connected again", hop.name)
+            self._trouble = ""
         return client
+
+    async def _starttls(self, client: aiosmtplib.SMTP) -> None:
+        """STARTTLS when offered (RFC 3207); when `starttls=required`, never go on in clear."""
+        await client.ehlo()
+        if client.supports_extension("starttls"):
+            await client.starttls()
+        elif self.smarthost.require_starttls:
+            raise HopUnusable("offers no STARTTLS and the URL says starttls=required: "
+                              "nothing is sent in clear")
+
+    async def _login(self, client: aiosmtplib.SMTP) -> None:
+        """AUTH (RFC 4954), only over TLS: a password is never sent in clear."""
+        credentials = self.smarthost.credentials
+        assert credentials is not None
+        if client.get_transport_info("sslcontext") is None:
+            raise HopUnusable("offers no STARTTLS: the AUTH password is not sent in clear")
+        try:
+            await client.login(credentials.user, credentials.password)
+        except aiosmtplib.SMTPAuthenticationError as error:
+            raise HopUnusable(f"refused AUTH as {credentials.user!r} ({error.code} "
+                              f"{error.message}): check the credentials") from None
+
+    def _unusable(self, problem: str) -> HopReply:
+        """The deferral of a message the smarthost could not take; logged once a problem."""
+        text = f"smarthost {self.smarthost.name} {problem}"
+        if problem != self._trouble:
+            self._trouble = problem
+            log.warning("%s; deliveries are deferred", text,
+                        extra={"event": "smarthost", "outcome": "deferred"})
+        return HopReply(451, text)
 
     async def send(self, sender: str, recipient: str, data: bytes) -> HopReply:
         async with self._slots:
@@ -83,9 +142,11 @@ class SmtpTransport:
             except aiosmtplib.SMTPResponseException as error:
                 await self._recycle(client)
                 return HopReply(error.code, error.message)
+            except HopUnusable as problem:
+                return self._unusable(str(problem))
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
                 await self._discard(client)
-                return HopReply(451, f"smarthost {self.host}:{self.port} unreachable: {error}")
+                return HopReply(451, f"smarthost {self.smarthost.name} unreachable: {error}")
 
     async def _recycle(self, client: aiosmtplib.SMTP | None) -> None:
         """After a refusal the session is still good once reset; keep it if RSET works."""
@@ -147,14 +208,28 @@ class MaildirTransport:
         return None
 
 
-def from_url(url: str, *, base: Path, connections: int, timeout: float,
-             local_hostname: str) -> Transport:
-    """The transport an `outbound.url` names: maildir:PATH or smtp://host:port."""
-    scheme, _, rest = url.partition(":")
-    if scheme == "maildir":
-        path = Path(rest)
-        return MaildirTransport(path if path.is_absolute() else base / path)
-    parts = urlsplit(url)
-    return SmtpTransport(parts.hostname or "127.0.0.1", parts.port or 25,
-                         connections=connections, timeout=timeout,
-                         local_hostname=local_hostname)
+NAME_MISMATCH = (62, 64)   # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong while opening a session, in words an operator can act on."""
+    found = error if isinstance(error, ssl.SSLError) else error.__cause__
+    if isinstance(found, ssl.SSLCertVerificationError):
+        hint = ("put a name its certificate holds in outbound.url"
+                if found.verify_code in NAME_MISMATCH else "give its CA in outbound.tls_ca_file")
+        return f"failed the TLS certificate check ({found.verify_message}): {hint}"
+    if isinstance(found, ssl.SSLError):
+        return f"TLS failed: {found}"
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return f"refused the session: {error.code} {error.message}"
+    return f"unreachable: {error}"
+
+
+def from_config(config: Config, local_hostname: str) -> Transport:
+    """The transport `outbound.url` names: maildir:PATH, or a smarthost (smtp://, smtps://)
+    with its CA file and credentials read now (a problem stops start-up in one line)."""
+    outbound = config.outbound
+    if outbound.url.startswith("maildir:"):
+        return MaildirTransport(config.path(outbound.url.removeprefix("maildir:")))
+    return SmtpTransport(smarthost(config), connections=outbound.connections,
+                         timeout=outbound.timeout, local_hostname=local_hostname)

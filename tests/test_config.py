@@ -42,7 +42,8 @@ def test_every_key_has_a_default_and_a_readme_line() -> None:
     ({"intake": {"max_recipients": True}}, "intake.max_recipients: expected int, got a boolean"),
     ({"site": {"domain": 7}}, "site.domain: expected str, got int"),
     ({"smtp": {"listen": "8025"}}, "smtp.listen: expected host:port, got '8025'"),
-    ({"outbound": {"url": "ftp://x"}}, "outbound.url: expected maildir:PATH or smtp://host:port"),
+    ({"outbound": {"url": "ftp://x"}},
+     "outbound.url: expected maildir:PATH, smtp://host:port or smtps://host:port"),
     ({"outbound": "smtp://x"}, "outbound: expected a table, got str"),
 ])
 def test_a_bad_config_stops_with_one_line_naming_the_key(data: dict, message: str) -> None:
