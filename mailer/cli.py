@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -98,6 +99,7 @@ def serve(context: Context, log_level: str, log_format: str) -> None:
     """Run the daemon: listeners, router, delivery."""
     import asyncio
 
+    from mailer.backup import BackupError
     from mailer.config import ConfigError
     from mailer.daemon import build
     from mailer.db import DatabaseUnavailable
@@ -126,7 +128,7 @@ def serve(context: Context, log_level: str, log_format: str) -> None:
 
     try:
         runner(run())
-    except DatabaseUnavailable as error:
+    except (DatabaseUnavailable, BackupError) as error:
         raise click.ClickException(str(error)) from None
     except ConfigError as error:       # what only start-up finds (a DNS name that is none)
         raise click.ClickException(f"config: {error}") from None
@@ -136,8 +138,6 @@ def serve(context: Context, log_level: str, log_format: str) -> None:
 
 def ask_site_contact(context: Context) -> Config:
     """The first run on a terminal asks for `site.admin` and writes it to the config."""
-    from pathlib import Path
-
     from mailer.config import ConfigError, check_admin, load, with_site_admin
 
     path = Path(context.config_path or "config.toml")
@@ -167,11 +167,80 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@click.option("--check", is_flag=True,
+              help="change nothing: exit 0 when the schema is the code's newest, else 1 with "
+                   "one line (for scripts)")
 @pass_context
-def db_upgrade(context: Context) -> None:
-    """Apply every pending migration."""
-    context.db.upgrade()
-    click.echo(f"database at the newest schema: {context.db.writer.url.render_as_string()}")
+def db_upgrade(context: Context, check: bool) -> None:
+    """Apply every pending migration (back up first: `alliance backup FILE`)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mailer.db import Database, known_revisions, unavailable
+
+    url = context.config.database.url
+    try:
+        database = Database(url, context.config.base_dir)
+        try:
+            before, behind = database.revisions(), database.behind()
+            if behind and (check or before - known_revisions()):
+                raise click.ClickException(behind)
+            if not check:
+                database.upgrade()
+            after = database.revisions()
+        finally:
+            database.close()
+    except (OSError, SQLAlchemyError, ValueError, TypeError) as error:
+        raise click.ClickException(unavailable(url, error)) from None
+    newest = ", ".join(sorted(after))
+    change = newest if before == after else f"{', '.join(sorted(before)) or 'none'} -> {newest}"
+    click.echo(f"database at the newest schema: {database.writer.url.render_as_string()} "
+               f"({change})")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="write over FILE if it exists")
+@pass_context
+def backup(context: Context, file: Path, force: bool) -> None:
+    """Copy the SQLite database to FILE, consistent, while the daemon serves (the site
+    secret is in it); PostgreSQL: pg_dump, as the README says."""
+    from mailer import backup as backups
+
+    config = context.config
+    source = backups.sqlite_file(config.database.url, config.base_dir)
+    if source is None:
+        raise click.ClickException("database.url is PostgreSQL: back it up with pg_dump "
+                                   "(the README's Operating part gives the steps)")
+    try:
+        summary = backups.backup(source, file, force=force)
+    except backups.BackupError as error:
+        raise click.ClickException(str(error)) from None
+    secret = ("the site secret is in it" if summary.secret and not config.site.secret else
+              "site.secret is set in the config: keep the config file with it")
+    click.echo(f"backup of {source} written to {file}: {summary.messages} messages, "
+               f"schema {summary.schema}; {secret}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True,
+              help="put the backup in place of an existing database (its content is lost)")
+@pass_context
+def restore(context: Context, file: Path, force: bool) -> None:
+    """Put the backup FILE in place of the SQLite database (the daemon stopped)."""
+    from mailer import backup as backups
+
+    config = context.config
+    target = backups.sqlite_file(config.database.url, config.base_dir)
+    if target is None:
+        raise click.ClickException("database.url is PostgreSQL: restore with pg_restore "
+                                   "(the README's Operating part gives the steps)")
+    try:
+        summary = backups.restore(file, target, force=force)
+    except backups.BackupError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{file} restored to {target}: {summary.messages} messages, schema "
+               f"{summary.schema}; start the daemon")
 
 
 @main.command()

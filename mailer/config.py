@@ -45,6 +45,9 @@ class DatabaseSection:
         "sqlite:///var/alliance.sqlite3",
         "SQLAlchemy URL: sqlite:///relative/or/absolute/path or postgresql://user@host/db",
     )
+    migrate: str = _key(
+        "auto", 'auto: serve brings the schema to the code\'s newest at start; manual: serve '
+        'refuses a database behind it, and "alliance db upgrade" migrates (after a backup)')
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,9 @@ def _validate(config: Config) -> None:
         _check_url("http.base_url", config.http.base_url, ("http", "https"),
                    "http://host[:port] or https://host")
     _check_database_url(config.database.url)
+    if config.database.migrate not in ("auto", "manual"):
+        raise ConfigError(f"database.migrate: expected \"auto\" or \"manual\", "
+                          f"got {config.database.migrate!r}")
     for network in config.http.metrics_allow:
         try:
             ipaddress.ip_network(network, strict=False)

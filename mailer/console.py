@@ -48,7 +48,8 @@ class Context:
             from mailer.db import DatabaseUnavailable, open_database
 
             try:
-                self._db = open_database(self.config.database.url, self.config.base_dir)
+                self._db = open_database(self.config.database.url, self.config.base_dir,
+                                         migrate=self.config.database.migrate == "auto")
             except DatabaseUnavailable as error:
                 raise click.ClickException(str(error)) from None
         return self._db

@@ -7,6 +7,7 @@ Nothing here is global: each part is handed its collaborators.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -22,6 +23,7 @@ from lists import wiring as list_side
 from mailer import health, templates
 from mailer.addresses import Role
 from mailer.admin import AdminHandler, SiteContact
+from mailer.backup import serving, sqlite_file
 from mailer.config import Config, parse_listen
 from mailer.db import Database, open_database
 from mailer.delivery import Dispatcher, Personaliser
@@ -58,6 +60,7 @@ class Daemon:
     listener_tls: ssl.SSLContext | None = None    # STARTTLS on the SMTP listener
     servers: dict[str, asyncio.Server] = field(default_factory=dict)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @property
     def ports(self) -> dict[str, int]:
@@ -67,6 +70,9 @@ class Daemon:
 
     async def start(self) -> None:
         """Start the workers, then open the listeners."""
+        database = sqlite_file(self.db.url, self.config.base_dir)
+        if database is not None:
+            self.held.enter_context(serving(database))    # no restore over it meanwhile
         if self.db.is_sqlite:
             # A SQLite file belongs to one daemon, so whatever is leased was leased by a
             # previous run of this one that died: take it back now, not when leases end.
@@ -108,6 +114,7 @@ class Daemon:
         await asyncio.to_thread(self.workers.stop)
         await self.dispatcher.stop()
         await asyncio.to_thread(self.db.close)
+        self.held.close()
         self.stopped.set()
 
     async def serve(self) -> None:
@@ -155,7 +162,8 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     listener_tls = listener_context(config) if config.smtp.listen else None
     transport = transport or from_config(config, local_hostname=hostname)
     dkim = dkim_signer(config)   # a missing key stops start-up before the database opens
-    db = open_database(config.database.url, config.base_dir)
+    db = open_database(config.database.url, config.base_dir,
+                       migrate=config.database.migrate == "auto")
     metrics = Metrics()
     metrics.watch(db.write_session)
     secret = db.secret(config.site.secret)

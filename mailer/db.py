@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,6 +42,13 @@ def heads(folder: Path = MIGRATIONS / "versions") -> set[str]:
         if down:
             parents.update(re.findall(r"['\"]([^'\"]+)['\"]", down[1]))
     return revisions - parents
+
+
+def known_revisions(folder: Path = MIGRATIONS / "versions") -> set[str]:
+    """Every revision the migration files name."""
+    return {found[1] for path in folder.glob("*.py")
+            if (found := re.search(r"^revision\s*=\s*['\"]([^'\"]+)['\"]",
+                                   path.read_text(), re.M))}
 
 
 def resolve_url(url: str, base_dir: Path) -> str:
@@ -70,15 +77,29 @@ class DatabaseUnavailable(Exception):
     """The database cannot be opened; one line saying what and what to do."""
 
 
-def open_database(url: str, base_dir: Path = Path(".")) -> Database:
+class SchemaBehind(DatabaseUnavailable):
+    """The schema is not the code's newest and `database.migrate` is manual."""
+
+
+def open_database(url: str, base_dir: Path = Path("."), *, migrate: bool = True) -> Database:
     """The database at the newest schema, or DatabaseUnavailable in one line (issue 11,
-    item 7: a missing folder, a stopped server or a bad URL is no traceback)."""
+    item 7: a missing folder, a stopped server or a bad URL is no traceback).
+
+    Without `migrate` (`database.migrate = "manual"`) a schema behind the code's is
+    SchemaBehind, for the operator to back up and run `alliance db upgrade`.
+    """
     try:
         db = Database(url, base_dir)
-        db.upgrade()
+        if migrate:
+            db.upgrade()
+        else:
+            behind = db.behind()
     except (OSError, SQLAlchemyError, ValueError, TypeError) as error:
         # ValueError and TypeError: what SQLAlchemy raises on a URL it cannot take apart.
         raise DatabaseUnavailable(unavailable(url, error)) from None
+    if not migrate and behind:
+        db.close()
+        raise SchemaBehind(f"{behind} (database.migrate is manual)")
     return db
 
 
@@ -180,6 +201,30 @@ class Database:
         except Exception:
             return False       # no database yet, or no alembic_version: migrate
         return bool(found) and found == heads()
+
+    def revisions(self) -> set[str]:
+        """The schema's revisions as recorded in the database (none for a new one)."""
+        with self.reader.connect() as connection:
+            if not inspect(connection).has_table("alembic_version"):
+                return set()
+            return set(connection.execute(text(
+                "SELECT version_num FROM alembic_version")).scalars())
+
+    def behind(self) -> str:
+        """"" when the schema is the code's newest; else one line saying how it differs
+        and what to do."""
+        found, newest = self.revisions(), heads()
+        if found == newest:
+            return ""
+        shown = make_url(self.url).render_as_string(hide_password=True)
+        at = ", ".join(sorted(found))
+        if not found:
+            return f"database {shown} has no schema yet: run `alliance db upgrade` to make it"
+        if found - known_revisions():
+            return (f"database {shown} is at schema {at}, which this version does not know "
+                    "(a newer version migrated it?): run that version, or restore a backup")
+        return (f"database {shown} is at schema {at}, the code's is "
+                f"{', '.join(sorted(newest))}: back it up, then run `alliance db upgrade`")
 
     def upgrade(self) -> None:
         """Bring the schema to the newest Alembic revision (creating the database)."""

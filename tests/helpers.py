@@ -34,10 +34,12 @@ import aiosmtplib
 import psycopg
 import pytest
 from aiosmtpd.smtp import SMTP
+from alembic import command
+from alembic.config import Config as AlembicConfig
 from click.testing import CliRunner, Result
 from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord
 from icalendar import Calendar
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
 from lists import service
@@ -50,7 +52,7 @@ from mailer.addresses import Role, Route
 from mailer.cli import main
 from mailer.config import Config, from_dict
 from mailer.daemon import Daemon, build
-from mailer.db import Database
+from mailer.db import MIGRATIONS, Database, resolve_url
 from mailer.inbound import Inbound, parse
 from mailer.models import Delivery, Work
 from mailer.tokens import Signer
@@ -176,6 +178,17 @@ def postgres_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def upgrade_to(url: str, revision: str) -> None:
+    """Bring the database to an old schema `revision`, as an old version left it."""
+    engine = create_engine(resolve_url(url, Path(".")))
+    alembic = AlembicConfig()
+    alembic.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        alembic.attributes["connection"] = connection
+        command.upgrade(alembic, revision)
+    engine.dispose()
 
 
 # -- configs and daemons ----------------------------------------------------------------

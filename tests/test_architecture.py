@@ -26,7 +26,7 @@ CONTRACTS = {"mailer.addresses", "mailer.admin", "mailer.config", "mailer.events
 # ... and what only its command group may add (the CLI's context, without the daemon).
 CLI_CONTRACT = {"mailer.console"}
 # The engine: only the composition root and the wiring modules may name these.
-ENGINE = {"mailer.daemon", "mailer.db", "mailer.delivery", "mailer.dns",
+ENGINE = {"mailer.backup", "mailer.daemon", "mailer.db", "mailer.delivery", "mailer.dns",
           "mailer.domainkeys", "mailer.health",
           "mailer.http_server", "mailer.intake", "mailer.logs", "mailer.metrics",
           "mailer.router", "mailer.scheduler", "mailer.screen",

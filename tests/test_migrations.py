@@ -5,22 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, inspect, text
 
 from lists import service
-from mailer.db import MIGRATIONS, Database, resolve_url
-
-
-def upgrade_to(url: str, revision: str) -> None:
-    engine = create_engine(resolve_url(url, Path(".")))
-    alembic = AlembicConfig()
-    alembic.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        alembic.attributes["connection"] = connection
-        command.upgrade(alembic, revision)
-    engine.dispose()
+from mailer.db import Database, resolve_url
+from tests.helpers import upgrade_to
 
 
 def test_upgrading_from_the_first_schema_keeps_lists_and_members(database_url: str) -> None:
