@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 
 from mailer import domainkeys
 from mailer.config import ConfigError, from_dict
-from mailer.domainkeys import DkimKey, DkimSigner, SignedTransport
-from mailer.transport import HopReply
+from mailer.domainkeys import CopySigning, DkimKey, DkimSigner
 from tests.helpers import (
     DOMAIN,
     Sink,
@@ -200,26 +199,21 @@ def test_a_worker_signs_as_the_daemon_would() -> None:
     assert fields.count(b"DKIM-Signature:") == 2
 
 
-async def test_the_signed_transport_hands_on_the_signed_message() -> None:
-    sent: list[bytes] = []
+async def test_copies_signed_ahead_go_out_as_they_were_signed() -> None:
+    signer = DkimSigner(keys())
 
-    class Recorder:
-        async def send(self, sender: str, recipient: str, data: bytes) -> HopReply:
-            sent.append(data)
-            return HopReply(250, "ok")
+    async def in_a_worker(batch: list[domainkeys.Unsigned]) -> list[bytes]:
+        return domainkeys.sign_batch(signer.key_texts, batch)
 
-        async def close(self) -> None:
-            return None
-
-    signer = DkimSigner(keys()[:1])
-
-    async def elsewhere(unsigned: domainkeys.Unsigned) -> bytes:
-        return domainkeys.sign_batch(signer.key_texts, [unsigned])[0]
-
-    for transport in (SignedTransport(Recorder(), signer),
-                      SignedTransport(Recorder(), signer, elsewhere)):
-        assert (await transport.send("a@x", "b@y", POST)).ok
-    assert len(sent) == 2 and all(verified(data, DNS) for data in sent)
+    copies = [POST.replace(b"/u/abc", f"/u/{n}".encode()) for n in range(3)]
+    copies.append(POST.replace(b"\r\n", b"\n"))      # bare line feeds: made CRLF
+    for signing in (CopySigning(signer), CopySigning(signer, in_a_worker)):
+        heads = await signing.sign_heads(copies)
+        sent = [signing.attach(head, copy) for head, copy in zip(heads, copies, strict=True)]
+        assert all(verified(data, DNS, count=2) for data in sent)
+        assert b"\n" not in sent[3].replace(b"\r\n", b"")
+    # A copy whose header was not signed ahead is signed as it is sent.
+    assert verified(CopySigning(signer).attach(None, POST), DNS, count=2)
 
 
 def test_the_record_is_cut_into_strings_of_255_bytes() -> None:
