@@ -24,7 +24,7 @@ from mailer import health, templates
 from mailer.addresses import Role
 from mailer.admin import AdminHandler, SiteContact
 from mailer.backup import serving, sqlite_file
-from mailer.config import Config, parse_listen
+from mailer.config import Config, ConfigError, parse_listen
 from mailer.db import Database, open_database
 from mailer.delivery import Dispatcher, Personaliser
 from mailer.dns import TxtResolver
@@ -92,16 +92,36 @@ class Daemon:
                               limits=self.config.intake, inbox=self.inbox,
                               accepts=self.router.accepts, gate=self.gate,
                               latency=self.metrics.intake_latency.observe)
-            tls = self.listener_tls if name == "smtp" else None   # LMTP: a local MTA
             self.servers[name] = await asyncio.get_running_loop().create_server(
-                functools.partial(listener_class, handler, self.config.intake, hostname,
-                                  tls=tls, require_tls=tls is not None
-                                  and self.config.smtp.require_tls),
+                functools.partial(self._session, name, listener_class, handler, hostname),
                 host, port, backlog=self.config.intake.backlog)
             log.info("%s listening on %s:%d", name.upper(), host, self.ports[name])
         if self.config.http.listen:
             host, port = parse_listen(self.config.http.listen, "http.listen")
             self.servers["http"] = await asyncio.start_server(self.web.serve, host, port)
+
+    def _session(self, name: str, listener_class: type[Listener], handler: Handler,
+                 hostname: str) -> Listener:
+        """A new SMTP or LMTP session, with the certificate as it is now (SIGHUP renews it)."""
+        tls = self.listener_tls if name == "smtp" else None   # LMTP: a local MTA
+        return listener_class(handler, self.config.intake, hostname, tls=tls,
+                              require_tls=tls is not None and self.config.smtp.require_tls)
+
+    def reload(self) -> None:
+        """SIGHUP: read again what is renewed under a running daemon, the SMTP listener's
+        certificate and key; the sessions that start after it use them. A certificate that
+        cannot be used is logged, and the one in use kept. Other config changes need a
+        restart."""
+        if self.listener_tls is None:
+            log.info("reload: no certificate to read again (smtp.tls_cert is not set)")
+            return
+        try:
+            self.listener_tls = listener_context(self.config)
+        except ConfigError as error:
+            log.error("reload: %s; the certificate in use is kept", error)
+            return
+        log.info("reload: the SMTP listener's certificate was read again from %s",
+                 self.config.path(self.config.smtp.tls_cert))
 
     async def stop(self, grace: float = 30.0) -> None:
         """SIGTERM: new sessions get 421, messages being stored finish, queues stay safe."""
@@ -124,6 +144,7 @@ class Daemon:
         stop_requested = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         print(f"alliance: serving {self.config.site.domain}: "
               + ", ".join(f"{name.upper()} on port {port}"
                           for name, port in self.ports.items())
