@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Alliance Mail benchmark: list fan-out and SMTP intake against Postfix's smtp-sink.
 
-    python3 benchmarks/run.py [--short] [--scenarios A,B,C,D,E,F,G] [--json-out FILE]
+    python3 benchmarks/run.py [--short] [--scenarios A,B,C,D,E,F,G,H] [--json-out FILE]
 
 For each scenario: a fresh temporary folder with a SQLite database and a config, Postfix's
 `smtp-sink` on a free loopback port as the smarthost (every transaction appended to a dump
@@ -24,6 +24,8 @@ posts over SMTP, and a watcher that polls the dump every 5 ms.
   G  intake under load: D's 5,000 posts while 10 posts of 20 KB to a second list of
      5,000 members fan out (short: 200 posts, 10 x 200 members); its p99 is compared
      with D's from the same run (issue 10: within 2x)
+  H  B with DKIM on (`[dkim]`, a key from `alliance dkim keygen`): every copy signed,
+     an even sample of 200 verified by dkimpy (short: 200 members)
 
 A scenario passes when every expected (Message-ID, recipient) pair reached the sink exactly
 once, nothing else did, every post got 250, the database shows every delivery done, every

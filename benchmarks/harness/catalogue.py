@@ -21,6 +21,7 @@ class Scenario:
     busy_posts: int = 0       # G: posts to the list `busy` fanning out during the intake
     busy_members: int = 0     # G: that list's members
     busy_size: int = 0        # G: bytes per busy post
+    dkim: bool = False        # H: [dkim] on, a key from `alliance dkim keygen`
 
     @property
     def expected(self) -> int:
@@ -43,6 +44,8 @@ FULL = {
     "G": Scenario("G", "intake as D while 10 posts of 20 KB fan out to 5,000 members each",
                   1, 5000, clients=50, intake=True, timeout=900,
                   busy_posts=10, busy_members=5000, busy_size=20480),
+    "H": Scenario("H", "1 post -> 10,000 members, each copy DKIM-signed", 10000, 1,
+                  timeout=900, dkim=True),
 }
 SHORT = {
     "A": Scenario("A", "1 post -> 50 members", 50, 1, timeout=60),
@@ -57,4 +60,6 @@ SHORT = {
     "G": Scenario("G", "intake as D while 10 posts of 20 KB fan out to 200 members each",
                   1, 200, clients=50, intake=True, timeout=90,
                   busy_posts=10, busy_members=200, busy_size=20480),
+    "H": Scenario("H", "1 post -> 200 members, each copy DKIM-signed", 200, 1, timeout=60,
+                  dkim=True),
 }

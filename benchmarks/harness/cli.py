@@ -25,7 +25,8 @@ def parser() -> argparse.ArgumentParser:
                     "(see benchmarks/README.md).")
     parser.add_argument("--short", action="store_true",
                         help="small sizes; checks counts only (for CI)")
-    parser.add_argument("--scenarios", default="A,B,C,D,E,F,G", help="default A,B,C,D,E,F,G")
+    parser.add_argument("--scenarios", default="A,B,C,D,E,F,G,H",
+                        help="default A,B,C,D,E,F,G,H")
     parser.add_argument("--json-out", help="write every figure as JSON to this file")
     parser.add_argument("--connections", type=int, default=None,
                         help="outbound.connections for the daemon (default: its own)")

@@ -34,8 +34,10 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def write_config(folder: Path, sink_port: int, dns_port: int, connections: int | None) -> Path:
-    """The trial's config.toml: SQLite in `folder`, the sink as smarthost, our DNS server."""
+def write_config(folder: Path, sink_port: int, dns_port: int, connections: int | None,
+                 dkim_selector: str = "") -> Path:
+    """The trial's config.toml: SQLite in `folder`, the sink as smarthost, our DNS server;
+    with `dkim_selector`, DKIM on (its key is var/dkim/SELECTOR.pem beside the config)."""
     outbound = f'url = "smtp://{LOOPBACK}:{sink_port}"\n'
     if connections:
         outbound += f"connections = {connections}\n"
@@ -48,7 +50,8 @@ def write_config(folder: Path, sink_port: int, dns_port: int, connections: int |
         '[lmtp]\nlisten = ""\n\n'
         f"[outbound]\n{outbound}\n"
         f'[http]\nlisten = "{LOOPBACK}:0"\nbase_url = "http://{LOOPBACK}"\n\n'
-        f'[dns]\nnameserver = "{LOOPBACK}:{dns_port}"\n',
+        f'[dns]\nnameserver = "{LOOPBACK}:{dns_port}"\n'
+        + (f'\n[dkim]\nselector = "{dkim_selector}"\n' if dkim_selector else ""),
         encoding="utf-8")
     return path
 

@@ -39,6 +39,9 @@ REPLIES = ("| scenario | clients | replies accepted | intake accepted/s | "
            "end-of-DATA -> 250 p50 ms | p99 ms | first send -> all ACCEPTED s | "
            "replies/s (target >= 500) | last 250 -> all ACCEPTED s | outcomes | "
            "CPU s: daemon / its workers / clients | RSS peak MiB | ok |")
+DKIM = ("| scenario | copies DKIM-signed | sample verified by dkimpy | "
+        "250 -> last delivery s | deliveries/s | daemon CPU s | its worker processes' "
+        "CPU s | ok |")
 MAILMAN = ("| system | scenario | variant | deliveries | "
            "time to complete s (from before the post) | deliveries/s | "
            "first delivery s (from before the post) | dupes | complete |")
@@ -93,6 +96,15 @@ def fanout_row(r: Result) -> list[str]:
                  "delivery_phase_per_s", "duplicates", "missing"),
             rewritten(r),
             *get(r, "sessions_closed_421", "daemon_cpu_s", "rss_ready_mib", "rss_peak_mib"),
+            ok(r)]
+
+
+def dkim_row(r: Result) -> list[str]:
+    """H: the fan-out with every copy signed."""
+    return [f"{r['scenario']}: {r['title']}",
+            f"{fmt(r.get('dkim_signed'))} / {fmt(r.get('dkim_transactions'))}",
+            f"{fmt(r.get('dkim_verified'))} / {fmt(r.get('dkim_sample'))}",
+            *get(r, "time_to_last_s", "deliveries_per_s", "daemon_cpu_s", "workers_cpu_s"),
             ok(r)]
 
 
@@ -153,6 +165,9 @@ def table(results: list[Result], mailman: list[Result]) -> str:
     intake = [r for r in results if r.get("clients", 1) > 1]
     digest = [r for r in results if r.get("digest")]
     lines = section(FANOUT, [fanout_row(r) for r in fanout])[1:] if fanout else []
+    signed = [r for r in results if "dkim_signed" in r]
+    if signed:
+        lines += section(DKIM, [dkim_row(r) for r in signed])
     if intake:
         idle = next((r for r in intake if r["scenario"] == "D"), None)
         lines += section(INTAKE, [intake_row(r, idle) for r in intake])

@@ -23,9 +23,9 @@ from .daemon import alliance, run_helper
 from .database import database_counts, read_database
 from .dns import DMARC_ZONE
 from .poster import Post, Posted, PostRun, make_post, post_all
-from .processes import proc_cpu_seconds
+from .processes import children_cpu_seconds, proc_cpu_seconds
 from .profiling import summarise_profile
-from .sink import Watcher
+from .sink import Watcher, dkim_check
 from .trial import Rig, Trial, run_trial, wind_down
 
 # The daemon's `digests` job runs at start-up and then every 60 s (lists/digests.py job()).
@@ -123,6 +123,8 @@ class ListTrial(Trial):
         self.t0 = 0.0           # the (first) post's 250; for a digest, the last post's
         self.cpu_before = 0.0
         self.cpu_busy = 0.0
+        self.workers_before = 0.0
+        self.workers_busy = 0.0   # the daemon's worker processes (H: the RSA signatures)
         self.digests: list[Digest] = []
         self.busy_ids: list[str] = []   # G: the posts fanning out during the intake
 
@@ -166,6 +168,7 @@ class ListTrial(Trial):
                 f"{DIGEST_LEAD:.0f} s before the daemon's digests job runs again")
             time.sleep(max(0.0, start_at - time.monotonic()))
         self.cpu_before = proc_cpu_seconds(daemon.pid) or 0.0
+        self.workers_before = children_cpu_seconds(daemon.pid)
         if sc.busy_posts:
             self.post_busy()
         self.posting = post_all(daemon.port, posts, sc.clients, sc.timeout)
@@ -208,6 +211,7 @@ class ListTrial(Trial):
             self.problems.append(f"timed out after {sc.timeout:.0f} s with "
                                  f"{rig.sink.poll()} of {self.watcher.expected} deliveries")
         self.cpu_busy = (proc_cpu_seconds(rig.daemon.pid) or 0.0) - self.cpu_before
+        self.workers_busy = children_cpu_seconds(rig.daemon.pid) - self.workers_before
         time.sleep(self.args.settle)  # anything arriving now is a duplicate
         self.watcher.halt.set()
         self.watcher.join(5)
@@ -242,6 +246,19 @@ class ListTrial(Trial):
             self.result.update(self.digest_figures(counts, len(expected)))
         if sc.intake and self.accepted:
             self.result.update(self.intake_figures())
+        if sc.dkim:
+            self.check_dkim()
+
+    def check_dkim(self) -> None:
+        """H: every copy signed; an even sample of 200 verified by dkimpy."""
+        found = dkim_check(self.rig.sink.records(), self.rig.dkim_record, 200)
+        self.result.update(found)
+        if found["dkim_signed"] != found["dkim_transactions"]:
+            self.problems.append(f"{found['dkim_signed']} of {found['dkim_transactions']} "
+                                 "copies at the sink DKIM-signed")
+        if found["dkim_verified"] is not None and found["dkim_verified"] != found["dkim_sample"]:
+            self.problems.append(f"dkimpy verified {found['dkim_verified']} of a sample of "
+                                 f"{found['dkim_sample']} signatures")
 
     def check_digests(self, post_ids: list[str]) -> list[str]:
         """F: one digest queued, carrying every post; its Message-ID(s)."""
@@ -294,6 +311,7 @@ class ListTrial(Trial):
             "delivery_phase_per_s": (round((expected - 1) / (done_at - first), 1)
                                      if done_at and first and done_at > first else None),
             "daemon_cpu_s": round(self.cpu_busy, 2),
+            "workers_cpu_s": round(self.workers_busy, 2),
             "rss_ready_mib": round(rig.rss_ready / 1024, 1),
             "rss_peak_mib": rig.peak_mib(status),
             "database": database,

@@ -21,10 +21,12 @@ from typing import Any, Protocol
 from . import profiling
 from .catalogue import Scenario
 from .common import HarnessError
-from .daemon import Daemon, write_config
+from .daemon import Daemon, alliance, write_config
 from .dns import DMARC_ZONE, DnsServer
 from .processes import RssSampler, proc_status
 from .sink import Sink
+
+DKIM_SELECTOR = "bench"     # H: the selector of the trial's key
 
 
 class Halting(Protocol):
@@ -48,6 +50,7 @@ class Rig:
         self.sampler: RssSampler | None = None
         self.threads: list[Halting] = []
         self.rss_ready = 0   # KiB, the daemon's VmRSS before the work
+        self.dkim_record = ""  # H: the DNS record `alliance dkim keygen` printed
 
     @property
     def config(self) -> Path:
@@ -63,7 +66,11 @@ class Rig:
         """smtp-sink and the DNS server, and the config that points the daemon at them."""
         self.sink.start()
         self.dns.start()
-        write_config(self.folder, self.sink.port, self.dns.port, self.args.connections)
+        write_config(self.folder, self.sink.port, self.dns.port, self.args.connections,
+                     DKIM_SELECTOR if self.sc.dkim else "")
+        if self.sc.dkim:
+            printed = alliance(self.config, "dkim", "keygen", "--selector", DKIM_SELECTOR)
+            self.dkim_record = printed.strip().splitlines()[-1]
 
     def start_daemon(self) -> None:
         """`alliance serve`, settled, and the thread that samples its memory."""
