@@ -30,7 +30,7 @@ from mailer.delivery import Dispatcher, Personaliser
 from mailer.dns import TxtResolver
 from mailer.domainkeys import CopySigning, DkimSigner, sign_batch
 from mailer.domainkeys import signer as dkim_signer
-from mailer.http_server import WebServer
+from mailer.http_server import Listening, WebServer
 from mailer.intake import Arrivals, Gate, Handler, Inbox, Listener, LmtpListener
 from mailer.metrics import Metrics
 from mailer.models import Delivery, Work
@@ -58,7 +58,7 @@ class Daemon:
     workers: Workers
     metrics: Metrics
     listener_tls: ssl.SSLContext | None = None    # STARTTLS on the SMTP listener
-    servers: dict[str, asyncio.Server] = field(default_factory=dict)
+    servers: dict[str, asyncio.Server | Listening] = field(default_factory=dict)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -98,7 +98,7 @@ class Daemon:
             log.info("%s listening on %s:%d", name.upper(), host, self.ports[name])
         if self.config.http.listen:
             host, port = parse_listen(self.config.http.listen, "http.listen")
-            self.servers["http"] = await asyncio.start_server(self.web.serve, host, port)
+            self.servers["http"] = await self.web.listen(host, port)
 
     def _session(self, name: str, listener_class: type[Listener], handler: Handler,
                  hostname: str) -> Listener:
@@ -128,6 +128,8 @@ class Daemon:
         await self.gate.drain(grace)
         for server in self.servers.values():
             server.close()
+        if isinstance(web := self.servers.get("http"), Listening):
+            await web.wait_closed()
         await self.inbox.stop()
         await self.scheduler.stop()
         await self.router.stop()

@@ -1,9 +1,10 @@
 """Web pages as the domain packages write them: requests, responses, pages and the store.
 
-The HTTP listener (mailer.http_server) matches a request to a `Page` and awaits its handler;
-a handler reads and writes the database through the `Store` it was given. Every page is a
-template (`templates/<language>/pages/<name>.html`) rendered by the one strict environment,
-whose autoescape makes the values in the context safe: no HTML is written in Python.
+The HTTP listener (mailer.http_server, Starlette on uvicorn) matches a request to a `Page`
+and awaits its handler; a handler reads and writes the database through the `Store` it was
+given. Every page is a template (`templates/<language>/pages/<name>.html`) rendered by the
+one strict environment, whose autoescape makes the values in the context safe: no HTML is
+written in Python.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ T = TypeVar("T")
 
 # The problems a page may report (the template `error` words them), and their status.
 ERRORS = {"bad_request": 400, "not_found": 404, "method_not_allowed": 405,
-          "temporary_problem": 500, "no_archive": 404, "no_post": 404, "no_calendar": 404}
+          "temporary_problem": 500, "too_large": 413, "timeout": 408, "no_archive": 404,
+          "no_post": 404, "no_calendar": 404}
 
 
 class Store(Protocol):

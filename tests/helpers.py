@@ -461,9 +461,11 @@ def organisation_cli(folder: Path, database_url: str) -> tuple[Path, Database]:
 async def http(port: int, method: str, path: str, body: bytes = b"",
                language: str | None = None,
                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
-    """One HTTP/1.1 request over a real socket: (status, headers, body)."""
+    """One HTTP/1.1 request over a real socket, the connection closed after it:
+    (status, headers, body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    accept = f"Accept-Language: {language}\r\n" if language is not None else ""
+    accept = "Connection: close\r\n"
+    accept += f"Accept-Language: {language}\r\n" if language is not None else ""
     accept += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     writer.write((f"{method} {path} HTTP/1.1\r\nHost: {DOMAIN}\r\n{accept}"
                   f"Content-Type: application/x-www-form-urlencoded\r\n"

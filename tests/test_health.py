@@ -3,7 +3,6 @@ running daemon."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -94,11 +93,12 @@ async def test_a_database_that_does_not_answer_is_503_naming_it(tmp_path: Path) 
     db = Database("postgresql://postgres@127.0.0.1:1/alliance", tmp_path)
     web = WebServer(health.pages(db, HealthSection(), Metrics(), ["127.0.0.1/32"]),
                     templates=templates.environment())
-    server = await asyncio.start_server(web.serve, "127.0.0.1", 0)
+    server = await web.listen("127.0.0.1", 0)
     try:
         status, _, body = await http(server.sockets[0].getsockname()[1], "GET", "/healthz")
     finally:
         server.close()
+        await server.wait_closed()
         db.close()
     assert status == 503
     report = json.loads(body)
