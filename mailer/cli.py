@@ -376,3 +376,38 @@ def dkim_record(context: Context, selectors: tuple[str, ...]) -> None:
     for key in keys:
         click.echo(key.record())
 
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 600),
+              help="seconds each check may take")
+@pass_context
+def check(context: Context, as_json: bool, timeout: float) -> None:
+    """Check the config, database, smarthost, DNS (MX, SPF, DKIM, DMARC) and what Gmail
+    and Yahoo ask of bulk senders: one line each, ok, warn or fail, with how to fix it.
+    Exit code 1 when any check fails."""
+    import asyncio
+    import os
+    from pathlib import Path
+
+    from mailer import check as checks
+    from mailer.config import ConfigError, load
+
+    chosen = context.config_path or os.environ.get("ALLIANCE_CONFIG")
+    origin = Path(chosen or "config.toml")
+    try:
+        config = load(chosen)
+    except ConfigError as error:
+        findings = [checks.Finding("config", "fail", str(error), f"correct it in {origin}")]
+    else:
+        probe = checks.Probe(config, origin=origin if origin.exists() else None,
+                             timeout=timeout, sending_address=checks.outward_address)
+        findings = asyncio.run(checks.run(probe))
+    if as_json:
+        click.echo(json.dumps({"status": checks.worst(findings),
+                               "checks": [vars(finding) for finding in findings]}, indent=2))
+    else:
+        for finding in findings:
+            click.echo(finding.line())
+    sys.exit(1 if checks.worst(findings) == "fail" else 0)

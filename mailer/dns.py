@@ -96,15 +96,21 @@ class TxtResolver:
     def resolver(self) -> dns.asyncresolver.Resolver:
         """The resolver, made on first use (reading resolv.conf for the system's)."""
         if self._resolver is None:
-            if self.server is None:
-                resolver = dns.asyncresolver.Resolver()
-            else:
-                resolver = dns.asyncresolver.Resolver(configure=False)
-                resolver.nameservers = [self.server[0]]
-                resolver.port = self.server[1]
-            resolver.timeout = resolver.lifetime = self.timeout
-            resolver.cache = None
-            self._resolver = resolver
+            self._resolver = make_resolver(self.server, self.timeout)
         return self._resolver
+
+
+def make_resolver(server: tuple[str, int] | None, timeout: float) -> dns.asyncresolver.Resolver:
+    """A resolver asking `server` (address, port), or the system's (resolv.conf) for None;
+    `timeout` seconds a look-up, and no cache of its own."""
+    if server is None:
+        resolver = dns.asyncresolver.Resolver()
+    else:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [server[0]]
+        resolver.port = server[1]
+    resolver.timeout = resolver.lifetime = timeout
+    resolver.cache = None
+    return resolver
 
 

@@ -32,6 +32,7 @@ ENGINE = {"mailer.backup", "mailer.daemon", "mailer.db", "mailer.delivery", "mai
           "mailer.router", "mailer.scheduler", "mailer.screen",
           "mailer.transport", "mailer.workers", "mailer.cli"}
 ENGINE |= {"mailer.tls"}    # the listener's certificate, the smarthost's TLS and credentials
+ENGINE |= {"mailer.check"}  # `alliance check`: the site as Gmail and Yahoo see it
 # Modules of the core that may import the domain, and what.
 COMPOSITION_ROOT = "mailer.daemon"
 CLI_ENTRY = "mailer.cli"
