@@ -54,6 +54,12 @@ class Context:
                 raise click.ClickException(str(error)) from None
         return self._db
 
+    def close(self) -> None:
+        """Close the database, if the command opened it."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
     @property
     def secret(self) -> bytes:
         """The key of the site's signed tokens (made and kept in the database if need be)."""

@@ -89,6 +89,16 @@ def test_a_listing_command_imports_nothing_that_makes_or_serves_mail(tmp_path: P
         assert found == [], args
 
 
+def test_a_command_closes_the_database_before_the_process_ends(tmp_path: Path) -> None:
+    # The program's end leaves its objects to the process (gc.freeze, mailer.cli): the
+    # command's context must close the database itself, or SQLite's write-ahead log stays.
+    config, db = organisation_cli(tmp_path, f"sqlite:///{tmp_path}/a.sqlite3")
+    db.close()
+    subprocess.run([sys.executable, "-m", "mailer", "--config", str(config), "party", "list"],
+                   cwd=ROOT, check=True, capture_output=True)
+    assert sorted(path.name for path in tmp_path.glob("a.sqlite3*")) == ["a.sqlite3"]
+
+
 def test_the_heads_read_from_the_files_are_alembics() -> None:
     alembic = AlembicConfig()
     alembic.set_main_option("script_location", str(MIGRATIONS))
