@@ -20,8 +20,7 @@ import pytest
 from mailer import router, workers
 from mailer.config import OutboundSection
 from mailer.daemon import Daemon
-from tests.helpers import DOMAIN, free_port
-from tests.test_tls import Pki, make_pki
+from tests.helpers import DOMAIN, Pki, free_port, make_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "alliance-mail.service"
