@@ -50,6 +50,7 @@ class Arrival:
     mail_from: str
     recipients: tuple[str, ...]
     raw: bytes
+    tls: bool = False           # the session had done STARTTLS
 
 
 def _store(session: Any, arrivals: list[Arrival], domain: str, hostname: str) -> list[int]:
@@ -89,11 +90,13 @@ def received(arrival: Arrival, stored_id: int) -> None:
 
 
 def _trace(arrival: Arrival, hostname: str) -> bytes:
-    """The Received: header we add (RFC 5321 §4.4); it also feeds hop counting."""
+    """The Received: header we add (RFC 5321 §4.4); it also feeds hop counting. A session
+    over STARTTLS says `with ESMTPS` (RFC 3848 §2)."""
     helo = "".join(c for c in arrival.helo if c.isalnum() or c in ".-[]:")[:100] or "unknown"
     stamp = email.utils.formatdate(localtime=False)
+    protocol = "ESMTPS" if arrival.tls else arrival.protocol.upper()
     return (f"Received: from {helo} ({arrival.peer})\r\n\tby {hostname} with "
-            f"{arrival.protocol.upper()}; {stamp}\r\n").encode("ascii", "replace")
+            f"{protocol}; {stamp}\r\n").encode("ascii", "replace")
 
 
 class Arrivals:
@@ -295,7 +298,8 @@ class Handler:
                           helo=session.host_name or "",
                           mail_from="" if envelope.mail_from in (None, "<>")
                           else envelope.mail_from,
-                          recipients=tuple(envelope.rcpt_tos), raw=raw)
+                          recipients=tuple(envelope.rcpt_tos), raw=raw,
+                          tls=session.ssl is not None)
         self.gate.enter()
         try:
             await self.inbox.store(arrival)
