@@ -330,6 +330,8 @@ class Dispatcher:
 
     async def _sign_ahead(self, jobs: list[LeasedDelivery]) -> None:
         """DKIM: sign these copies' header blocks in one call (a worker process's)."""
+        # A message the cache has let go already (large ones) is signed as it is sent.
+        jobs = [job for job in jobs if job.outgoing_id in self._messages]
         if self.signing is None or not jobs:
             return
         try:

@@ -315,6 +315,25 @@ async def test_invitations_are_signed_twice_in_a_worker_process(
     assert all(d.message.get_content_type() == "multipart/mixed" for d in received)
 
 
+async def test_copies_are_signed_as_they_go_when_signing_ahead_fails(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    install_keys(tmp_path)
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         dkim={"selector": "2026a"})
+    make_list(config, "steering", members(3))
+
+    async def worker_died(batch: list[domainkeys.Unsigned]) -> list[bytes]:
+        raise RuntimeError("the worker process died")
+
+    async with running(config) as daemon:
+        assert daemon.dispatcher.signing is not None
+        daemon.dispatcher.signing.elsewhere = worker_died
+        await send(daemon.ports["smtp"], "m00001@members.test", [LIST],
+                   mail("m00001@members.test", LIST))
+        received = await wait_quiet(sink, 3)
+    assert all(verified(d.data, DNS) for d in received)
+
+
 async def test_without_dkim_nothing_is_signed(tmp_path: Path, sqlite_url: str,
                                               sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
