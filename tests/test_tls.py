@@ -159,7 +159,6 @@ async def test_a_client_does_starttls_and_its_message_is_committed(
         [post] = await wait_quiet(sink, 1)
     assert post.message["Subject"] == "[steering] Over TLS"
     assert " with ESMTPS; " in str(post.message["Received"])     # RFC 3848
-    assert " with ESMTPS; " in str(post.message["Received"])     # RFC 3848
 
 
 async def test_starttls_is_offered_but_optional_by_default(
