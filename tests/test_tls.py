@@ -465,3 +465,26 @@ async def test_a_certificate_that_does_not_check_defers(
     finally:
         await smarthost.stop()
     assert smarthost.encrypted == [True, True]
+
+
+@pytest.mark.usefixtures("no_credentials_in_environment")
+async def test_a_smarthost_that_refuses_the_session_defers_rather_than_bounces(
+        tmp_path: Path, sqlite_url: str, pki: Pki) -> None:
+    """A 554 greeting is about the connection, not the recipient (RFC 5321 §3.1)."""
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"554 5.3.2 relay.test not accepting mail now\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        config = smarthost_config(tmp_path, sqlite_url, pki, f"smtp://127.0.0.1:{port}")
+        make_list(config, "steering", members(2))
+        async with running(config) as daemon:
+            await send(daemon.ports["smtp"], members(1)[0], [LIST], mail(members(1)[0], LIST))
+            errors = await wait_for_errors(daemon, 2)
+    finally:
+        server.close()
+    assert set(errors) == {f"smarthost 127.0.0.1:{port} refused the session: 554 5.3.2 "
+                           "relay.test not accepting mail now"}

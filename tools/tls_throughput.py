@@ -5,7 +5,7 @@ over STARTTLS with AUTH, and over smtps:// with AUTH (issue 12, item 3).
                                     [--rounds 3]
 
 The smarthost is an aiosmtpd sink in a process of its own (its TLS work is not charged to
-ours), with a CA and certificate made here (tests/test_tls.py's make_pki). Our side is the
+ours), with a CA and certificate made here (tests/helpers.py's make_pki). Our side is the
 daemon's own SmtpTransport: a pool of `--connections` sessions, each made secure and
 logged in once, then reused. Both sides run on uvloop when it is installed, as `alliance
 serve` does. The modes take turns, `--rounds` times; each line gives the best round and
@@ -135,7 +135,7 @@ def main() -> None:
     if args.sink:
         sink(*args.sink)
         return
-    from tests.test_tls import make_pki
+    from tests.helpers import make_pki
 
     pki = make_pki(Path(tempfile.mkdtemp(prefix="alliance-tls-")))
     print(f"{args.messages} messages of {args.size} bytes, {args.connections} connections, "
