@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session
 
@@ -18,6 +19,7 @@ from mailer.metrics import Metrics
 from mailer.models import Delivery, Outgoing
 from tests.helpers import (
     DOMAIN,
+    PG_ADMIN,
     Sink,
     fixture,
     http,
@@ -25,6 +27,7 @@ from tests.helpers import (
     make_config,
     make_list,
     organise,
+    postgres_database,
     quiet,
     running,
     send,
@@ -106,6 +109,37 @@ async def test_a_database_that_does_not_answer_is_503_naming_it(tmp_path: Path) 
     assert report["database"].startswith("unavailable: ")
 
 
+def refuse_connections(url: str, refuse: bool) -> None:
+    """Make the PostgreSQL database refuse new connections and end those it has (as a
+    server going away does), or take them again."""
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(not refuse).lower()}')
+        if refuse:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+
+async def test_a_running_daemon_whose_database_goes_away_answers_503_then_200_again(
+        tmp_path: Path, sink: Sink) -> None:
+    with postgres_database() as url:
+        config = make_config(tmp_path, url, smarthost_port=sink.port)
+        async with running(config) as daemon:
+            port = daemon.ports["http"]
+            assert (await http(port, "GET", "/healthz"))[0] == 200
+            refuse_connections(url, True)
+            try:
+                status, _, body = await http(port, "GET", "/healthz")
+            finally:
+                refuse_connections(url, False)
+            back, _, _ = await http(port, "GET", "/healthz")
+    assert status == 503
+    report = json.loads(body)
+    assert report["failing"] == ["database"]
+    assert report["database"].startswith("unavailable: ")
+    assert back == 200
+
+
 async def test_metrics_count_what_was_received_distributed_delivered_and_applied(
         tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
@@ -134,11 +168,12 @@ async def test_metrics_count_what_was_received_distributed_delivered_and_applied
     assert new[("alliance_intake_latency_seconds_count", ())] == 2
 
 
-async def test_a_refused_delivery_is_counted_failed_and_bounced(
+async def test_a_refused_delivery_is_counted_failed_and_bounced_a_retried_one_deferred(
         tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     make_list(config, "steering", ["m1@example.com", "gone@example.com"])
     sink.refuse["gone@example.com"] = "550 5.1.1 no such user"
+    sink.tempfail_data = 1        # m1's copy is deferred once, then delivered
     async with running(config) as daemon:
         await send(daemon.ports["smtp"], "m1@example.com", [f"steering@{DOMAIN}"],
                    mail("m1@example.com", f"steering@{DOMAIN}"))
@@ -147,6 +182,8 @@ async def test_a_refused_delivery_is_counted_failed_and_bounced(
         _, _, text = await http(daemon.ports["http"], "GET", "/metrics")
     found = samples(text)
     assert found[("alliance_deliveries_total", (("outcome", "failed"),))] == 1
+    assert found[("alliance_deliveries_total", (("outcome", "deferred"),))] == 1
+    assert found[("alliance_deliveries_total", (("outcome", "delivered"),))] == 1
     assert found[("alliance_bounces_total", ())] == 1
 
 
