@@ -1,6 +1,6 @@
 """Whether the service is well: what `/healthz` answers, and the `/metrics` page beside it.
 
-`check` is the whole judgement, with no HTTP in it: the database answers, the oldest
+`Checker` is the whole judgement, with no HTTP in it: the database answers, the oldest
 delivery waiting for the smarthost is younger than `health.max_delivery_age`, and the oldest
 received message waiting to be handled is younger than `health.max_work_age`. It returns a
 report (JSON-ready) and a status, 200 or 503 with the failing checks named. `pages` hands
@@ -84,17 +84,39 @@ def judge(found: dict[str, Any], limits: HealthSection, now: float) -> Health:
     return Health(503 if failing else 200, report)
 
 
-async def check(db: Store, limits: HealthSection, now: float | None = None,
-                timeout: float = DATABASE_TIMEOUT) -> Health:
-    """Ask the database and judge: 503 naming `database` when it does not answer."""
-    try:
-        found = await asyncio.wait_for(db.read(queues), timeout)
-    except Exception as error:
-        cause = " ".join(str(getattr(error, "orig", None) or error).split()) or \
-            type(error).__name__
-        return Health(503, {"status": "unhealthy", "failing": ["database"],
-                            "database": f"unavailable: {cause[:300]}"})
-    return judge(found, limits, time.time() if now is None else now)
+class Checker:
+    """Asks the database and judges: 503 naming `database` when it does not answer.
+
+    One question at a time: while the database hangs, each /healthz does not start another
+    (each would hold a reader thread until the database answers); it waits on the one
+    asked already, up to `timeout` seconds.
+    """
+
+    def __init__(self, db: Store, limits: HealthSection,
+                 timeout: float = DATABASE_TIMEOUT) -> None:
+        self.db = db
+        self.limits = limits
+        self.timeout = timeout
+        self._asking: asyncio.Future[dict[str, Any]] | None = None
+
+    async def check(self, now: float | None = None) -> Health:
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.ensure_future(self.db.read(queues))
+            # Its outcome is read here even when no one waits for it any more.
+            self._asking.add_done_callback(lambda asked: asked.cancelled() or asked.exception())
+        try:
+            found = await asyncio.wait_for(asyncio.shield(self._asking), self.timeout)
+        except TimeoutError:
+            return unavailable(f"no answer within {self.timeout:g} s")
+        except Exception as error:
+            return unavailable(" ".join(str(getattr(error, "orig", None) or error).split())
+                               or type(error).__name__)
+        return judge(found, self.limits, time.time() if now is None else now)
+
+
+def unavailable(cause: str) -> Health:
+    return Health(503, {"status": "unhealthy", "failing": ["database"],
+                        "database": f"unavailable: {cause[:300]}"})
 
 
 def age(moment: float | None, now: float) -> float | None:
@@ -136,8 +158,10 @@ def allowed(request: Request, networks: Sequence[str]) -> bool:
 def pages(db: Store, limits: HealthSection, metrics: Metrics,
           metrics_allow: Sequence[str]) -> tuple[Page, ...]:
     """`GET /healthz` (JSON, 200 or 503) and `GET /metrics` (Prometheus text)."""
+    checker = Checker(db, limits)
+
     async def healthz(request: Request, _match: re.Match[str]) -> Response:
-        health = await check(db, limits)
+        health = await checker.check()
         return Response(health.status, json.dumps(health.report).encode() + b"\n",
                         "application/json")
 

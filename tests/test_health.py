@@ -3,9 +3,12 @@ running daemon."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
@@ -107,6 +110,31 @@ async def test_a_database_that_does_not_answer_is_503_naming_it(tmp_path: Path) 
     report = json.loads(body)
     assert report["failing"] == ["database"]
     assert report["database"].startswith("unavailable: ")
+
+
+class Hanging:
+    """A database that never answers (a server behind a dropped route)."""
+
+    def __init__(self) -> None:
+        self.questions = 0
+        self.never = asyncio.Event()
+
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self.questions += 1
+        await self.never.wait()
+
+    async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        raise AssertionError("a health check writes nothing")
+
+
+async def test_a_database_that_hangs_is_503_and_asked_once_however_often_healthz_is_asked(
+        ) -> None:
+    database = Hanging()
+    checker = health.Checker(database, HealthSection(), timeout=0.05)
+    first, second = await checker.check(), await checker.check()
+    assert first.status == second.status == 503
+    assert first.report["database"] == "unavailable: no answer within 0.05 s"
+    assert database.questions == 1
 
 
 def refuse_connections(url: str, refuse: bool) -> None:
