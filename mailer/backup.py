@@ -73,7 +73,11 @@ def serving(database: Path) -> Iterator[None]:
 
 
 def _lock(database: Path, kind: int, busy: str) -> BinaryIO:
-    handle = open(lock_file(database), "a+b")  # noqa: SIM115 -- held until released
+    try:
+        handle = open(lock_file(database), "a+b")  # noqa: SIM115 -- held until released
+    except OSError as error:
+        raise BackupError(f"cannot open {lock_file(database)}: {error.strerror or error} "
+                          "(run the command as the service's user)") from None
     try:
         fcntl.flock(handle, kind | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -146,6 +146,10 @@ def test_backup_and_restore_say_what_is_wrong_in_one_line(tmp_path: Path,
     assert cli_error(settings, "restore", str(junk)).startswith(f"{junk} is not a backup of ours")
     assert cli_error(settings, "restore", str(tmp_path / "none")) == \
         f"no backup at {tmp_path / 'none'}"
+    lock = tmp_path / "alliance.sqlite3-serving.lock"
+    lock.mkdir()            # a lock that cannot be opened, as one another user made
+    assert cli_error(settings, "restore", str(taken), "--force") == (
+        f"cannot open {lock}: Is a directory (run the command as the service's user)")
     postgres = config_toml(tmp_path, "postgresql://postgres@127.0.0.1:5432/alliance")
     assert cli_error(postgres, "backup", str(tmp_path / "x")) == (
         "database.url is PostgreSQL: back it up with pg_dump (the README's Operating part "
