@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from lists.models import Member
+from mailer.config import ConfigError, from_dict
 from mailer.db import Database
 from tests.helpers import (
     DOMAIN,
@@ -154,6 +156,16 @@ def test_backup_and_restore_say_what_is_wrong_in_one_line(tmp_path: Path,
     assert cli_error(postgres, "backup", str(tmp_path / "x")) == (
         "database.url is PostgreSQL: back it up with pg_dump (the README's Operating part "
         "gives the steps)")
+    assert cli_error(postgres, "restore", str(taken)) == (
+        "database.url is PostgreSQL: restore with pg_restore (the README's Operating part "
+        "gives the steps)")
+
+
+def test_database_migrate_is_auto_or_manual() -> None:
+    assert from_dict({}).database.migrate == "auto"
+    with pytest.raises(ConfigError) as error:
+        from_dict({"database": {"migrate": "sometimes"}})
+    assert str(error.value) == 'database.migrate: expected "auto" or "manual", got \'sometimes\''
 
 
 def test_manual_migration_stops_serve_and_db_upgrade_migrates(tmp_path: Path,

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session
 
 from mailer import health, templates
-from mailer.config import HealthSection
+from mailer.config import ConfigError, HealthSection, from_dict
 from mailer.db import Database
 from mailer.http_server import WebServer
 from mailer.metrics import Metrics
@@ -240,3 +241,17 @@ async def test_each_daemon_counts_its_own(tmp_path: Path, sqlite_url: str) -> No
         _, _, text_two = await http(two.ports["http"], "GET", "/metrics")
     assert samples(text_one)[("alliance_messages_received_total", ())] == 1
     assert samples(text_two)[("alliance_messages_received_total", ())] == 0
+
+
+def test_metrics_allow_takes_networks_only() -> None:
+    assert from_dict({}).http.metrics_allow == ("127.0.0.1/32", "::1/128")
+    assert from_dict({"http": {"metrics_allow": ["10.0.0.0/8"]}}).http.metrics_allow == \
+        ("10.0.0.0/8",)
+    for value, message in (
+            (["10.0.0.0/33"], "http.metrics_allow: '10.0.0.0/33' is no network, such as "
+                              "127.0.0.1/32 or 10.0.0.0/8"),
+            ("10.0.0.0/8", 'http.metrics_allow: expected a list of strings, such as '
+                           '["127.0.0.1/32"]')):
+        with pytest.raises(ConfigError) as error:
+            from_dict({"http": {"metrics_allow": value}})
+        assert str(error.value) == message
