@@ -170,8 +170,8 @@ def copy_signing(dkim: DkimSigner | None, workers: Workers) -> CopySigning | Non
     takes 0.3 ms a copy: a 10,000-member post would hold the event loop 3 s)."""
     if dkim is None:
         return None
-    sign = functools.partial(sign_batch, dkim.key_texts)
-    return CopySigning(dkim, lambda batch: workers.run(sign, batch))
+    keys = dkim.key_texts
+    return CopySigning(dkim, lambda batch: workers.run(sign_batch, keys, batch))
 
 
 def build(config: Config, transport: Transport | None = None, *, poll: float = 1.0,
