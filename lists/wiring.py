@@ -10,11 +10,14 @@ import time
 from collections.abc import Callable
 
 import jinja2
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from lists import digests, list_pages, moderation, subscriptions
 from lists.bounces import DECAY, BounceHandler, smarthost_refusals
 from lists.dmarc import DmarcLookup, TxtLookup
 from lists.list_site import LeaveHook, ListSite
+from lists.models import MailingList, Member
 from lists.posting import PostHandler
 from lists.requests import ConfirmHandler, OwnerHandler, RequestHandler
 from mailer.addresses import Role
@@ -23,6 +26,7 @@ from mailer.inbound import Offload, RoleHandler
 from mailer.jobs import Job
 from mailer.outbox import RefusalHook
 from mailer.web import Page, Store
+from mailer.webauth import Person
 
 # What the worker processes import before their first call (they read large posts).
 WORKER_MODULES = ("lists.posting",)
@@ -54,6 +58,19 @@ def jobs(site: ListSite) -> tuple[Job, ...]:
 def pages(site: ListSite, store: Store) -> tuple[Page, ...]:
     """The list side's web pages."""
     return list_pages.pages(site, store)
+
+
+def person(session: Session, address: str) -> Person | None:
+    """Who the address is on the lists (mailer.webauth): member, owner, moderator of which."""
+    rows = session.execute(
+        select(MailingList.name, Member.role, Member.display_name, Member.language)
+        .join(Member, Member.list_id == MailingList.id)
+        .where(func.lower(Member.address) == address.lower())).all()
+    if not rows:
+        return None
+    return Person(address, next((r.display_name for r in rows if r.display_name), ""),
+                  next((r.language for r in rows if r.language), ""),
+                  frozenset(f"{r.role}:{r.name}" for r in rows))
 
 
 def on_refused(site: ListSite) -> RefusalHook:

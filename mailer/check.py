@@ -223,6 +223,10 @@ class Probe:
             self._suffixes = PublicSuffixList()
         return str(self._suffixes.privatesuffix(domain.lower()) or domain.lower())
 
+    async def sender(self) -> tuple[str | None, str]:
+        """The public address mail leaves from, and whose it is (`sending_address`)."""
+        return await self.once("sender", lambda: sending_address(self))
+
     async def hop(self) -> HopSession:
         """The smarthost session, opened once."""
         return await self.once("smarthost", lambda: smarthost_session(self))
@@ -556,7 +560,99 @@ async def spf(probe: Probe) -> Outcome:
     if len(records) > 1:
         return fail(f"{len(records)} SPF records at {domain}: receivers then fail SPF for "
                     "all its mail (RFC 7208 §4.5)", "merge them into one v=spf1 record")
-    return judge_spf(records[0], domain)
+    verdict = judge_spf(records[0], domain)
+    address, whose = await probe.sender()
+    if verdict.status == "fail" or address is None:
+        return verdict
+    try:
+        result = await spf_result(probe, domain, address, [0])
+    except SpfUnfollowable as trouble:
+        if trouble.permanent:
+            return fail(f'"{records[0]}" at {domain}: {trouble}',
+                        "list addresses (ip4:, ip6:) instead of names")
+        return Outcome(verdict.status, f"{verdict.detail}; whether it allows {address} "
+                       f"cannot be told ({trouble})", verdict.fix)
+    if result != "pass":
+        return fail(f'"{records[0]}" at {domain} gives {address} ({whose}) "{result}", '
+                    'not "pass": Gmail and Yahoo see mail from there fail SPF',
+                    f"add ip{ipaddress.ip_address(address).version}:{address} to it")
+    return Outcome(verdict.status, f"{verdict.detail}; it allows {address} ({whose})",
+                   verdict.fix)
+
+
+class SpfUnfollowable(Exception):
+    """An SPF record this check cannot follow to its end: a macro, ptr, or too many
+    look-ups (`permanent`: a receiver cannot either, RFC 7208 §4.6.4)."""
+
+    def __init__(self, reason: str, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
+
+
+QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
+HOST_MECHANISM = re.compile(r"(a|mx)(?::([^/]+))?(?:/(\d+))?(?://(\d+))?", re.I)
+
+
+async def spf_result(probe: Probe, domain: str, address: str, lookups: list[int]) -> str:
+    """What `address` sending as `domain` gets from its SPF record (RFC 7208 §4.6): pass,
+    fail, softfail, neutral, none or permerror. `lookups` counts the DNS look-ups."""
+    records = [record for record in await probe.txt(domain) if is_spf(record)]
+    if len(records) != 1:
+        return "permerror" if records else "none"
+    redirect = ""
+    for term in records[0].split()[1:]:
+        if term.lower().startswith("redirect="):
+            redirect = term.partition("=")[2]
+        elif not SPF_MODIFIER.fullmatch(term):
+            qualifier = term[0] if term[0] in QUALIFIERS else "+"
+            if await _spf_matches(probe, term.lstrip("+-~?"), domain, address, lookups):
+                return QUALIFIERS[qualifier]
+    if redirect:
+        _spf_lookup(lookups)
+        return await spf_result(probe, redirect, address, lookups)
+    return "neutral"
+
+
+def _spf_lookup(lookups: list[int]) -> None:
+    lookups[0] += 1
+    if lookups[0] > 10:
+        raise SpfUnfollowable("more than 10 DNS look-ups with its includes: a permanent "
+                              "error (RFC 7208 §4.6.4)", permanent=True)
+
+
+async def _spf_matches(probe: Probe, mechanism: str, domain: str, address: str,
+                       lookups: list[int]) -> bool:
+    """Whether one mechanism (its qualifier taken off) matches `address` (RFC 7208 §5)."""
+    if "%" in mechanism:
+        raise SpfUnfollowable(f"{mechanism} has a macro")
+    kind, _, value = mechanism.partition(":")
+    kind = kind.lower()
+    ip = ipaddress.ip_address(address)
+    if kind == "all":
+        return True
+    if kind in ("ip4", "ip6"):
+        network = ipaddress.ip_network(value, strict=False)
+        return network.version == ip.version and ip in network
+    if kind in ("include", "exists"):
+        _spf_lookup(lookups)
+        if kind == "exists":
+            return bool(await probe.lookup(value, "A"))
+        return await spf_result(probe, value, address, lookups) == "pass"
+    host = HOST_MECHANISM.fullmatch(mechanism)
+    if host is None:
+        raise SpfUnfollowable(f"{mechanism} is not followed here")
+    _spf_lookup(lookups)
+    target = host[2] or domain
+    names = [target] if host[1].lower() == "a" else [
+        str(record.exchange).rstrip(".") for record in await probe.lookup(target, "MX")]
+    prefix = host[3] if ip.version == 4 else host[4]
+    for name in names:
+        for record in await probe.lookup(name, "A" if ip.version == 4 else "AAAA"):
+            network = ipaddress.ip_network(f"{record.address}/{prefix or ip.max_prefixlen}",
+                                           strict=False)
+            if ip in network:
+                return True
+    return False
 
 
 def suggested_spf(config: Config) -> str:
@@ -787,7 +883,7 @@ async def bulk_tls(probe: Probe) -> Outcome:
 
 async def reverse_dns(probe: Probe) -> Outcome:
     """Forward-confirmed reverse DNS (FCrDNS) of the address mail leaves from."""
-    address, whose = await sending_address(probe)
+    address, whose = await probe.sender()
     if address is None:
         return warn(f"cannot tell the address mail leaves from ({whose})",
                     "see that the PTR record of that address names a host whose A (or AAAA) "

@@ -15,12 +15,14 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
+import jinja2
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from lists import wiring as list_side
-from mailer import health, templates
+from mailer import dashboard, health, templates, webauth
 from mailer.addresses import Role
 from mailer.admin import AdminHandler, SiteContact
 from mailer.backup import serving, sqlite_file
@@ -174,6 +176,22 @@ def copy_signing(dkim: DkimSigner | None, workers: Workers) -> CopySigning | Non
     return CopySigning(dkim, lambda batch: workers.run(sign_batch, keys, batch))
 
 
+def web_access(config: Config, secret: bytes, db: Database, pages: jinja2.Environment,
+               clock: Callable[[], float]) -> webauth.Access:
+    """Who may use the signed-in pages: the people the two domain packages know, and the
+    site admin. The session cookie is `Secure` unless the site is plain HTTP on loopback
+    (a developer's machine), where a browser would not send it back."""
+    base = urlsplit(config.base_url)
+    secure = base.scheme == "https" or base.hostname not in ("127.0.0.1", "localhost", "::1")
+
+    def directory(session: Session, address: str) -> webauth.Person | None:
+        return webauth.merge([list_side.person(session, address),
+                              meeting_side.person(session, address)], address)
+
+    return webauth.Access(webauth.Auth(secret, secure=secure, clock=clock), directory, db,
+                          pages, admin=config.site.admin)
+
+
 def build(config: Config, transport: Transport | None = None, *, poll: float = 1.0,
           clock: Callable[[], float] = time.time) -> Daemon:
     """Make every part of the daemon from the config, migrating the database first.
@@ -216,8 +234,12 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     inbox = Inbox(db, config.site.domain, hostname, on_stored=router.wake, arrivals=arrivals)
     scheduler = Scheduler(db, list_side.jobs(list_site) + meeting_side.jobs(meeting_site),
                           on_outgoing=dispatcher.wake, clock=clock, tick=poll)
+    access = web_access(config, secret, db, pages, clock)
     web = WebServer(list_side.pages(list_site, db) + meeting_side.pages(meeting_site, db)
-                    + health.pages(db, config.health, metrics, config.http.metrics_allow),
+                    + health.pages(db, config.health, metrics, config.http.metrics_allow)
+                    + webauth.pages(access, webauth.SignInSite(
+                        config.site.name, config.site.domain, config.base_url, pages))
+                    + dashboard.pages(access, pages),
                     templates=pages)
     return Daemon(config, db, transport, inbox, router, dispatcher, scheduler, web, Gate(),
                   workers, metrics, listener_tls=listener_tls)

@@ -94,7 +94,8 @@ class WebServer:
             return render_error(self.templates, "too_large", None)
         request = Request(incoming.method, incoming.url.path,
                           parse_qs(incoming.url.query), headers, body,
-                          incoming.client.host if incoming.client else "")
+                          incoming.client.host if incoming.client else "",
+                          incoming.url.query)
         try:
             return await self.dispatch(request)
         except Exception:

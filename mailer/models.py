@@ -119,3 +119,23 @@ class Delivery(Base):
     done_at: Mapped[float | None] = mapped_column(Float)
     code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class SignIn(Base):
+    """A sign-in link mailed to an address (mailer.webauth): good once, for a short while.
+
+    The link carries the row's id signed with the site secret; `used_at` makes it one-time,
+    and the rows of the last quarter hour are what sign-in requests are counted against
+    (per address and per client address), across every daemon of the site.
+    """
+
+    __tablename__ = "sign_ins"
+    __table_args__ = (Index("ix_sign_ins_address_created", "address", "created_at"),
+                      Index("ix_sign_ins_client_created", "client", "created_at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320))
+    client: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float)
+    next_path: Mapped[str] = mapped_column(String(300), default="/")

@@ -43,6 +43,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     peer: str = ""       # the client's IP address, as the listener's socket sees it
+    raw_query: str = ""  # the query string as it came (to send a visitor back to it)
 
     def form(self) -> dict[str, list[str]]:
         """The body as an HTML form (application/x-www-form-urlencoded)."""

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import jinja2
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from lists.models import MailingList
@@ -18,9 +19,11 @@ from mailer.config import Config
 from mailer.inbound import Offload, RoleHandler
 from mailer.jobs import Job
 from mailer.web import Page, Store
-from meetings import cadence, departures, feed, invitations, reminders, reports
+from mailer.webauth import Person
+from meetings import cadence, coordination, departures, feed, invitations, reminders, reports
 from meetings.coordination import CoordinationHandler
 from meetings.meeting_site import MeetingSite
+from meetings.models import Delegate
 from meetings.rsvp import RsvpHandler
 
 # What the worker processes import before their first call (they read RSVP replies).
@@ -51,6 +54,21 @@ def on_leave(site: MeetingSite) -> Callable[[Session, MailingList, str], int]:
     leaves their body's list is reported to the coordinators."""
     return lambda session, mailing_list, address: departures.left_list(
         session, site, mailing_list, address)
+
+
+def person(session: Session, address: str) -> Person | None:
+    """Who the address is to the meetings (mailer.webauth): a coordinator, a delegate."""
+    roles = set()
+    if address.lower() in {c.lower() for c in coordination.contacts(session)}:
+        roles.add("coordinator")
+    delegate = session.scalar(select(Delegate).where(
+        func.lower(Delegate.address) == address.lower()))
+    if delegate is not None:
+        roles.add("delegate")
+    if not roles:
+        return None
+    return Person(address, delegate.name if delegate else "",
+                  delegate.language if delegate else "", frozenset(roles))
 
 
 def pages(site: MeetingSite, store: Store) -> tuple[Page, ...]:

@@ -546,7 +546,7 @@ async def http(port: int, method: str, path: str, body: bytes = b"",
     writer.close()
     head, text = response.split(b"\r\n\r\n", 1)
     lines = head.decode("latin-1").split("\r\n")
-    fields = dict(line.lower().split(": ", 1) for line in lines[1:])
+    fields = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:])}
     return int(lines[0].split()[1]), fields, text.decode()
 
 

@@ -23,6 +23,8 @@ CONTRACTS = {"mailer.addresses", "mailer.admin", "mailer.config", "mailer.events
              "mailer.inbound", "mailer.jobs",
              "mailer.models", "mailer.outbox", "mailer.rawmail", "mailer.robot_mail",
              "mailer.templates", "mailer.tokens", "mailer.web"}
+CONTRACTS |= {"mailer.dates"}     # dates and times in a reader's language (Babel)
+CONTRACTS |= {"mailer.webauth", "mailer.dashboard"}   # who is at a page; the dashboard frame
 # ... and what only its command group may add (the CLI's context, without the daemon).
 CLI_CONTRACT = {"mailer.console"}
 # The engine: only the composition root and the wiring modules may name these.

@@ -295,6 +295,55 @@ async def test_a_softfail_spf_record_warns_with_the_reason(site: Config, zone: Z
     assert "softfail" in finding.detail and "-all" in finding.fix
 
 
+async def test_an_spf_record_that_leaves_out_the_sending_address_fails(
+        site: Config, zone: Zone) -> None:
+    zone.text(DOMAIN, "v=spf1 include:_spf.example.net mx ~all")
+    zone.text("_spf.example.net", "v=spf1 ip4:198.51.100.0/24 -all")
+    finding = (await checked(site))["SPF"]
+    assert finding.line() == (
+        f'fail  SPF: "v=spf1 include:_spf.example.net mx ~all" at {DOMAIN} gives {SENDING_IP} '
+        '(this host) "softfail", not "pass": Gmail and Yahoo see mail from there fail SPF; '
+        f"to fix: add ip4:{SENDING_IP} to it")
+
+
+async def test_an_spf_record_that_allows_the_sending_address_through_an_include_passes(
+        site: Config, zone: Zone) -> None:
+    zone.text(DOMAIN, "v=spf1 include:_spf.example.net -all")
+    zone.text("_spf.example.net", "v=spf1 a:relay.example.net -all")
+    zone.publish("relay.example.net", "A", A(SENDING_IP))
+    finding = (await checked(site))["SPF"]
+    assert finding.status == "ok"
+    assert finding.detail.endswith(f"; it allows {SENDING_IP} (this host)")
+
+
+async def test_an_mx_naming_another_host_warns(site: Config, zone: Zone) -> None:
+    zone.publish(DOMAIN, "MX", MX("mx.provider.example", 10))
+    zone.publish("mx.provider.example", "A", A("198.51.100.7"))
+    finding = (await checked(site))["MX"]
+    assert finding.status == "warn"
+    assert finding.detail.startswith(f"{DOMAIN} MX mx.provider.example, not this host")
+    assert "Postfix in front" in finding.fix
+
+
+async def test_dmarc_of_the_organisational_domain_applies_with_its_sp(
+        site: Config, zone: Zone) -> None:
+    del zone.records[(f"_dmarc.{DOMAIN}", "TXT")]
+    zone.text("_dmarc.example.org", "v=DMARC1; p=reject; sp=none")
+    finding = (await checked(site))["DMARC"]
+    assert finding.status == "warn", "sp=none is what a subdomain gets"
+    assert finding.detail.startswith('"v=DMARC1; p=reject; sp=none" at _dmarc.example.org')
+
+
+async def test_a_sending_address_without_reverse_dns_fails(site: Config, zone: Zone) -> None:
+    zone.records = {key: value for key, value in zone.records.items()
+                    if value and key[1] != "PTR"}
+    finding = (await checked(site))["bulk senders: reverse DNS"]
+    assert finding.line() == (
+        f"fail  bulk senders: reverse DNS: {SENDING_IP} (this host) has no PTR record; to fix: "
+        f"ask the address's provider for 25.2.0.192.in-addr.arpa. IN PTR mail.{DOMAIN}. and "
+        f"publish mail.{DOMAIN}. IN A {SENDING_IP}")
+
+
 async def test_no_dmarc_record_fails_with_the_record_to_publish(
         site: Config, zone: Zone) -> None:
     del zone.records[(f"_dmarc.{DOMAIN}", "TXT")]
@@ -316,8 +365,9 @@ async def test_dmarc_p_none_warns_that_it_is_only_the_minimum(
 
 
 async def test_a_database_behind_the_code_fails_saying_to_upgrade(
-        tmp_path: Path, zone: Zone, smarthost: SecureSink, signing_key: Path) -> None:
-    url = f"sqlite:///{tmp_path}/old.sqlite3"
+        tmp_path: Path, database_url: str, zone: Zone, smarthost: SecureSink,
+        signing_key: Path) -> None:
+    url = database_url
     upgrade_to(url, "0010")
     config = site_config(tmp_path, url, zone, smarthost, signing_key)
     finding = (await checked(config))["database"]
@@ -371,7 +421,7 @@ async def test_a_dead_dns_server_fails_each_dns_check_in_one_line_at_its_timeout
         # The DNS timeout (0.5 s) ended it, not the check's own (60 s).
         assert found[name].detail.startswith(dead), found[name].detail
         assert "[dns] nameserver" in found[name].fix
-    assert found["smarthost"].status == "ok" and found["database"].status == "ok"
+    assert (found["smarthost"].status, found["database"].status) == ("ok", "ok"), found
 
 
 # -- the command line ----------------------------------------------------------------------

@@ -45,7 +45,7 @@ async def test_every_answer_carries_the_security_headers(listening: Listening) -
         status, headers, _ = await http(port, "GET", path)
         assert "frame-ancestors 'none'" in headers["content-security-policy"], path
         assert "script-src" not in headers["content-security-policy"], "no script at all"
-        assert headers["x-frame-options"] == "deny"      # (http() lowercases fields)
+        assert headers["x-frame-options"] == "DENY"
         assert headers["referrer-policy"] == "no-referrer", "tokens in URLs stay here"
         assert headers["x-content-type-options"] == "nosniff"
         assert "server" not in headers

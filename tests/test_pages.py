@@ -58,6 +58,18 @@ SAMPLES: dict[str, dict[str, Any]] = {
                       "senders": ["Ana Silva", ""], "date": "2027-03-01 09:30 UTC",
                       "text": "Dear all,\nthe agenda is below.\n"},
     **{f"error/{problem}": {"problem": problem} for problem in ERRORS},
+    **{f"sign_in/{state}": {"state": state, "next_path": "/dashboard",
+                            "address": "ana@members.test"}
+       for state in ("ask", "bad_address", "sent", "limited")},
+    "sign_in_link": {"address": "ana@members.test"},
+    "sign_in_expired": {},
+    "forbidden": {"address": "ana@members.test", "csrf": "c" * 32},
+    "forbidden/stale": {"address": "ana@members.test", "csrf": "c" * 32, "stale_form": True},
+    "dashboard": {"visitor": "ana@members.test", "csrf": "c" * 32,
+                  "sections": ["meetings", "organisation", "lists", "queue"],
+                  "roles": ["admin"]},
+    "dashboard/none": {"visitor": "ana@members.test", "csrf": "c" * 32, "sections": [],
+                       "roles": []},
 }
 
 

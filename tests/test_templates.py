@@ -20,6 +20,8 @@ COMMON: dict[str, Any] = {"list": LIST, "site_name": "Progressive Alliance"}
 # adding a template means adding its sample context.
 SAMPLES: dict[str, dict[str, Any]] = {
     "footer": {},
+    "sign_in": {"link": "https://lists.example.org/sign-in/12-abcdefghijklmnopqrstuvwxyz",
+                "minutes": 15, "address": "ana@members.test"},
     "confirm_subscribe": {"token": "12-abcdefghijklmnopqrstuvwxyz", "address": "ana@members.test",
                           "confirm_address":
                               "steering-confirm+12-abcdefghijklmnopqrstuvwxyz@lists.example.org",
