@@ -26,7 +26,7 @@ from mailer.inbound import Offload, RoleHandler
 from mailer.jobs import Job
 from mailer.outbox import RefusalHook
 from mailer.web import Page, Store
-from mailer.webauth import Person
+from mailer.webauth import SiteUser
 
 # What the worker processes import before their first call (they read large posts).
 WORKER_MODULES = ("lists.posting",)
@@ -60,7 +60,7 @@ def pages(site: ListSite, store: Store) -> tuple[Page, ...]:
     return list_pages.pages(site, store)
 
 
-def person(session: Session, address: str) -> Person | None:
+def person(session: Session, address: str) -> SiteUser | None:
     """Who the address is on the lists (mailer.webauth): member, owner, moderator of which."""
     rows = session.execute(
         select(MailingList.name, Member.role, Member.display_name, Member.language)
@@ -68,7 +68,7 @@ def person(session: Session, address: str) -> Person | None:
         .where(func.lower(Member.address) == address.lower())).all()
     if not rows:
         return None
-    return Person(address, next((r.display_name for r in rows if r.display_name), ""),
+    return SiteUser(address, next((r.display_name for r in rows if r.display_name), ""),
                   next((r.language for r in rows if r.language), ""),
                   frozenset(f"{r.role}:{r.name}" for r in rows))
 

@@ -184,7 +184,7 @@ def web_access(config: Config, secret: bytes, db: Database, pages: jinja2.Enviro
     base = urlsplit(config.base_url)
     secure = base.scheme == "https" or base.hostname not in ("127.0.0.1", "localhost", "::1")
 
-    def directory(session: Session, address: str) -> webauth.Person | None:
+    def directory(session: Session, address: str) -> webauth.SiteUser | None:
         return webauth.merge([list_side.person(session, address),
                               meeting_side.person(session, address)], address)
 

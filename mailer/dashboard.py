@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import jinja2
 
 from mailer.web import Page, Request, Response, render_page
-from mailer.webauth import Access, Person, Visitor
+from mailer.webauth import Access, SiteUser, Visitor
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Section:
     key: str
     roles: frozenset[str]        # any of these; "owner"/"moderator" mean of any list
 
-    def open_to(self, person: Person) -> bool:
+    def open_to(self, person: SiteUser) -> bool:
         if self.roles & person.roles:
             return True
         kinds = {role for role in self.roles if role in ("owner", "moderator")}
@@ -42,21 +43,21 @@ SECTIONS = (
 )
 
 
-def frame(visitor: Visitor, person: Person) -> dict[str, object]:
+def frame(visitor: Visitor, person: SiteUser) -> dict[str, Any]:
     """What every dashboard page's layout shows: who is signed in, the sections they may
     open, and the CSRF token their forms carry."""
     return {"visitor": visitor.address, "csrf": visitor.csrf,
             "sections": [s.key for s in SECTIONS if s.open_to(person)]}
 
 
-def language(request: Request, person: Person) -> str | None:
+def language(request: Request, person: SiteUser) -> str | None:
     """A dashboard page's language: the visitor's browser's, else the person's own."""
     return request.language() or person.language or None
 
 
 def pages(access: Access, env: jinja2.Environment) -> tuple[Page, ...]:
     async def home(request: Request, match: re.Match[str], visitor: Visitor,
-                   person: Person) -> Response:
+                   person: SiteUser) -> Response:
         return render_page(env, "dashboard", language(request, person),
                            **frame(visitor, person), roles=sorted(person.roles))
 

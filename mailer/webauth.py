@@ -12,7 +12,7 @@ The session is a cookie, signed with the site secret (HMAC-SHA256): the address,
 session id and an expiry; `Secure`, `HttpOnly`, `SameSite=Lax`. Every form of a signed-in
 page carries a CSRF token derived from the session id (`Visitor.csrf`); a POST without the
 right one changes nothing. What a visitor may do is worked out per request from what they
-are now (`Person.roles`), so a coordinator whose term ended loses the pages at once.
+are now (`SiteUser.roles`), so a coordinator whose term ended loses the pages at once.
 Every change made on the web is logged with who made it (`audit`).
 """
 
@@ -53,7 +53,7 @@ PER_CLIENT = 10          # sign-in requests from one client address per WINDOW
 
 
 @dataclass(frozen=True)
-class Person:
+class SiteUser:
     """Who an address is to the site, now: its language and its roles.
 
     Roles are words: "admin" (site.admin), "coordinator" (a coordination contact),
@@ -82,15 +82,15 @@ class Person:
 
 # What each domain package knows of an address (lists: memberships and ownership;
 # meetings: coordination and seats); the site admin is added here.
-Directory = Callable[[Session, str], Person | None]
+Directory = Callable[[Session, str], SiteUser | None]
 
 
-def merge(people: Sequence[Person | None], address: str) -> Person | None:
+def merge(people: Sequence[SiteUser | None], address: str) -> SiteUser | None:
     """One person from what each package knows, the first name and language given."""
     found = [p for p in people if p is not None]
     if not found:
         return None
-    return Person(address, next((p.name for p in found if p.name), ""),
+    return SiteUser(address, next((p.name for p in found if p.name), ""),
                   next((p.language for p in found if p.language), ""),
                   frozenset().union(*(p.roles for p in found)))
 
@@ -183,7 +183,7 @@ def local_path(text: str) -> str:
     return text
 
 
-def audit(person: Person | Visitor, action: str, **detail: Any) -> None:
+def audit(person: SiteUser | Visitor, action: str, **detail: Any) -> None:
     """One log line for a change made on the web, naming who made it."""
     said = " ".join(f"{key}={value!r}" for key, value in detail.items())
     audit_log.info("web: %s %s %s", person.address, action, said,
@@ -200,7 +200,7 @@ class SignInSite:
     templates: jinja2.Environment
 
 
-Handler = Callable[[Request, re.Match[str], Visitor, Person], Awaitable[Response]]
+Handler = Callable[[Request, re.Match[str], Visitor, SiteUser], Awaitable[Response]]
 
 
 class Access:
@@ -214,19 +214,19 @@ class Access:
         self.env = env
         self.admin = admin.lower()
 
-    async def person(self, visitor: Visitor) -> Person | None:
+    async def person(self, visitor: Visitor) -> SiteUser | None:
         return await self.store.read(lambda s: self.who(s, visitor.address))
 
-    def who(self, session: Session, address: str) -> Person | None:
+    def who(self, session: Session, address: str) -> SiteUser | None:
         """Who the address is now (the directory's roles, plus admin for site.admin)."""
         known = self.directory(session, address)
         if self.admin and address.lower() == self.admin:
-            admin = Person(address, "", "", frozenset({"admin"}))
+            admin = SiteUser(address, "", "", frozenset({"admin"}))
             return merge([known, admin], address)
         return known
 
     def page(self, methods: tuple[str, ...], pattern: str, handler: Handler,
-             allowed: Callable[[Person, re.Match[str]], bool] = lambda p, m: p.staff) -> Page:
+             allowed: Callable[[SiteUser, re.Match[str]], bool] = lambda p, m: p.staff) -> Page:
         """A page for signed-in visitors whom `allowed` lets in (staff, by default); any
         POST must carry the visitor's CSRF token."""
 

@@ -19,7 +19,7 @@ from mailer.config import Config
 from mailer.inbound import Offload, RoleHandler
 from mailer.jobs import Job
 from mailer.web import Page, Store
-from mailer.webauth import Person
+from mailer.webauth import SiteUser
 from meetings import cadence, coordination, departures, feed, invitations, reminders, reports
 from meetings.coordination import CoordinationHandler
 from meetings.meeting_site import MeetingSite
@@ -56,7 +56,7 @@ def on_leave(site: MeetingSite) -> Callable[[Session, MailingList, str], int]:
         session, site, mailing_list, address)
 
 
-def person(session: Session, address: str) -> Person | None:
+def person(session: Session, address: str) -> SiteUser | None:
     """Who the address is to the meetings (mailer.webauth): a coordinator, a delegate."""
     roles = set()
     if address.lower() in {c.lower() for c in coordination.contacts(session)}:
@@ -67,7 +67,7 @@ def person(session: Session, address: str) -> Person | None:
         roles.add("delegate")
     if not roles:
         return None
-    return Person(address, delegate.name if delegate else "",
+    return SiteUser(address, delegate.name if delegate else "",
                   delegate.language if delegate else "", frozenset(roles))
 
 
