@@ -410,6 +410,62 @@ async def test_a_wrong_password_fails_naming_where_credentials_go(
     assert "outbound.auth_file" in finding.fix and smarthost.logins == []
 
 
+async def test_a_smarthost_over_smtps_is_checked_with_tls_from_the_first_byte(
+        tmp_path: Path, sqlite_url: str, site: Config, zone: Zone, smarthost: SecureSink,
+        signing_key: Path) -> None:
+    implicit = SecureSink(tls=make_certificate(tmp_path).server_context())
+    loop = asyncio.get_running_loop()
+    implicit.server = await loop.create_server(
+        lambda: SMTP(implicit, hostname="sink.test", authenticator=implicit.authenticate,
+                     auth_require_tls=False), "127.0.0.1", 0, ssl=implicit.tls)
+    port = implicit.server.sockets[0].getsockname()[1]
+    try:
+        config = site_config(tmp_path, sqlite_url, zone, smarthost, signing_key,
+                             outbound={"url": f"smtps://127.0.0.1:{port}"})
+        found = await checked(config)
+    finally:
+        await implicit.stop()
+    assert found["smarthost"].detail == (f"127.0.0.1:{port}: connected, EHLO, smtps, AUTH as "
+                                         f"'{USER}'; no mail sent")
+    assert found["bulk senders: TLS"].line() == \
+        f"ok    bulk senders: TLS: smtps to 127.0.0.1:{port}"
+
+
+async def test_a_local_smarthost_in_clear_passes_but_tls_warns(
+        tmp_path: Path, sqlite_url: str, site: Config, zone: Zone, smarthost: SecureSink,
+        signing_key: Path, sink: Sink) -> None:
+    config = site_config(tmp_path, sqlite_url, zone, smarthost, signing_key,
+                         outbound={"url": f"smtp://127.0.0.1:{sink.port}", "auth_file": ""})
+    found = await checked(config)
+    assert found["smarthost"].detail == (f"127.0.0.1:{sink.port}: connected, EHLO, no TLS "
+                                         "(none offered), no AUTH (no credentials set); no "
+                                         "mail sent")
+    assert found["bulk senders: TLS"].status == "warn"
+    assert found["bulk senders: TLS"].detail == \
+        f"in clear to 127.0.0.1:{sink.port}, on this machine"
+
+    required = site_config(tmp_path, sqlite_url, zone, smarthost, signing_key, outbound={
+        "url": f"smtp://127.0.0.1:{sink.port}?starttls=required", "auth_file": ""})
+    finding = (await checked(required))["smarthost"]
+    assert finding.line() == (
+        f"fail  smarthost: 127.0.0.1:{sink.port} offers no STARTTLS, and the URL says "
+        "starttls=required; to fix: turn STARTTLS on at the smarthost, or use "
+        "smtps://HOST:465")
+    assert sink.received == []
+
+
+async def test_maildir_outbound_warns_that_nothing_is_sent(
+        tmp_path: Path, sqlite_url: str, site: Config, zone: Zone, smarthost: SecureSink,
+        signing_key: Path) -> None:
+    config = site_config(tmp_path, sqlite_url, zone, smarthost, signing_key,
+                         outbound={"url": "maildir:outbox", "auth_file": "",
+                                   "tls_ca_file": ""})
+    found = await checked(config)
+    assert found["smarthost"].status == found["bulk senders: TLS"].status == "warn"
+    assert found["smarthost"].detail == ("outbound.url is maildir:outbox: mail is written to "
+                                         "files there, never sent")
+
+
 async def test_a_dead_dns_server_fails_each_dns_check_in_one_line_at_its_timeout(
         site: Config, zone: Zone) -> None:
     zone.silent = True
