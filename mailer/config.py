@@ -143,7 +143,8 @@ class ListsSection:
 
 @dataclass(frozen=True)
 class DnsSection:
-    nameserver: str = _key("", "DNS server for DMARC lookups, host or host:port; empty: system")
+    nameserver: str = _key("", "DNS server for DMARC look-ups and `alliance check`, host or "
+                                 "host:port; empty: system")
     timeout: float = _key(2.0, "seconds a DNS lookup may take before the post goes on without")
     cache_seconds: float = _key(3600.0, "how long a DMARC answer is remembered")
 
