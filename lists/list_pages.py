@@ -62,7 +62,8 @@ def pages(site: ListSite, db: Store) -> tuple[Page, ...]:
         token = match["token"]
         found = await db.read(lambda s: _describe(s, site, token))
         if found is None:
-            return render_page(env, "unknown_link", request.language(), 404)
+            return render_page(env, "unknown_link", request.language(), 404,
+                               link="unsubscribe")
         return render_page(env, "unsubscribe", found.page_language(request),
                            address=found.address, list_name=found.list_name)
 
@@ -70,7 +71,8 @@ def pages(site: ListSite, db: Store) -> tuple[Page, ...]:
         token = match["token"]
         done = await db.write(lambda s: _leave(s, site, token))
         if done is None:
-            return render_page(env, "unknown_link", request.language(), 404)
+            return render_page(env, "unknown_link", request.language(), 404,
+                               link="unsubscribe")
         return render_page(env, "unsubscribed", done.page_language(request),
                            address=done.address, list_name=done.list_name)
 

@@ -213,6 +213,17 @@ def send_current(session: Session, site: MeetingSite, meeting: Meeting,
     return letters.send(session, site, meeting, [invitation], letters.INVITATION)
 
 
+def send_answered(session: Session, site: MeetingSite, meeting: Meeting,
+                  invitation: Invitation) -> int:
+    """An answer given on the web, back to the invitee's calendar: the REQUEST at the same
+    SEQUENCE with their PARTSTAT (RFC 5546 §3.2.2.2 allows an update to one attendee),
+    to them only; nothing for a meeting that is over (itip.md G15)."""
+    if meeting.status == "CANCELLED" or meeting.ends_at <= site.clock() \
+            or invitation.state != "active":
+        return 0
+    return letters.send(session, site, meeting, [invitation], letters.ANSWERED)
+
+
 def seat_added(session: Session, site: MeetingSite, body: Body) -> int:
     """A delegate joined the body: invite them to its meetings whose invitations went out."""
     now = site.clock()

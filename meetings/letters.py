@@ -43,6 +43,8 @@ UPDATE = Mailing("invitation_update", "REQUEST")
 CANCEL = Mailing("invitation_cancel", "CANCEL")
 UNINVITE = Mailing("invitation_cancel", "CANCEL", whole=False)
 REMINDER = Mailing("reminder", "REQUEST", kind="reminder")
+# An answer given on the web, back to the invitee's calendar (rsvp.answer_on_web).
+ANSWERED = Mailing("invitation_answered", "REQUEST")
 
 # What an update lists when it changed, in this order (keys of meeting_view).
 NOTED = ("title", "when", "location", "host", "alongside", "agenda_url", "description")
@@ -187,6 +189,12 @@ class Writer:
                                                domain=self.site.domain)
         return self._heads[key]
 
+    def _links(self, invitation: Invitation) -> dict[str, str]:
+        """The invitee's answer pages, in a REQUEST to one who may still answer."""
+        if self.mailing.method != "REQUEST" or invitation.partstat == "DELEGATED":
+            return {}
+        return self.site.answer_links(invitation.id)
+
     def write(self, invitation: Invitation, sender: str, calendar: bytes,
               delegator: Invitation | None) -> bytes:
         """One invitee's message, in their language."""
@@ -195,6 +203,10 @@ class Writer:
         context = {**self._common(language), "rsvp": sender,
                    "invitee": {"name": invitation.name or invitation.address,
                                "address": invitation.address},
+                   "answer": {"partstat": invitation.partstat,
+                              "delegated_to": invitation.delegated_to,
+                              "comment": invitation.comment},
+                   "links": self._links(invitation),
                    "delegated_from": (delegator.name or delegator.address) if delegator
                    else ""}
         module = plain_template.make_module(context)

@@ -80,6 +80,7 @@ class Rsvp:
     invitation: Invitation
     sender: str
     now: float
+    via: str = "mail"        # or "web": an answer given on the invitee's answer page
 
 
 class RsvpHandler(RoleHandler):
@@ -439,10 +440,60 @@ def ask_delegator_again(session: Session, rsvp: Rsvp) -> None:
 
 
 def record(session: Session, rsvp: Rsvp, kind: str, partstat: str, detail: str) -> None:
-    """One change, for the daily summary of the coordinator."""
+    """One change, for the daily summary of the coordinator; one given on the web is
+    marked so ("reply-web", "delegated-web")."""
+    kind = kind if rsvp.via == "mail" else f"{kind}-{rsvp.via}"
     session.add(RsvpEvent(meeting_id=rsvp.meeting.id, invitation_id=rsvp.invitation.id,
                           kind=kind, partstat=partstat, detail=detail[:itip.MAX_TEXT],
                           at=rsvp.now))
+
+
+# -- answers given on the web ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class WebAnswer:
+    """What an invitee chose on their answer page: a PARTSTAT (or DELEGATED and the
+    substitute), a comment, and the SEQUENCE of the meeting as the page showed it."""
+
+    partstat: str
+    comment: str
+    sequence: int
+    substitute: str = ""
+    substitute_name: str = ""
+
+    def as_reply(self, uid: str, invitee: str, now: float) -> itip.ItipMessage:
+        """The answer as the REPLY the invitee's calendar would have sent (RFC 5546
+        §3.2.3; with DELEGATED, §3.2.2.3 and its DELEGATED-FROM line for the substitute)."""
+        delegated = self.partstat == DELEGATED
+        own = itip.AttendeeReply(invitee, partstat=self.partstat, comment=self.comment,
+                                 delegated_to=(self.substitute,) if delegated else ())
+        other = (itip.AttendeeReply(self.substitute, self.substitute_name,
+                                    delegated_from=(invitee,)),) \
+            if delegated and self.substitute and self.substitute != invitee else ()
+        # DTSTAMP in whole seconds, as the REQUEST sent back writes it: a client that
+        # echoes that DTSTAMP in a later reply of its own is not taken for a stale one.
+        return itip.ItipMessage("REPLY", uid, self.sequence, float(int(now)), "",
+                                (own, *other))
+
+
+def answer_on_web(session: Session, site: MeetingSite, invitation: Invitation,
+                  answer: WebAnswer) -> RsvpOutcome:
+    """An answer given on the invitee's page (reached by their own signed link), under
+    the rules of a REPLY by mail (`reply`): a cancelled meeting, a removed invitee, an
+    answer to a version before a change of time, a delegator taking the seat back and the
+    charter's rules for substitutes all refuse it alike. The link is the proof of who
+    answers, as their own address is for mail. An answer that changes something is sent
+    back to the invitee's calendar: the REQUEST again, to them only, with their PARTSTAT
+    in their ATTENDEE line (as Google Calendar does), so that calendar and attendance agree.
+    """
+    meeting = session.get(Meeting, invitation.meeting_id)
+    assert meeting is not None, "an invitation has its meeting"
+    invitee = invitation.address.lower()
+    rsvp = Rsvp(site, meeting, invitation, invitee, site.clock(), via="web")
+    outcome = reply(session, rsvp, answer.as_reply(meeting.uid, invitee, rsvp.now))
+    if outcome.action in ("applied", "delegated"):
+        invitations.send_answered(session, site, meeting, invitation)
+    return outcome
 
 
 # -- substitutes -----------------------------------------------------------------------

@@ -20,7 +20,16 @@ from mailer.inbound import Offload, RoleHandler
 from mailer.jobs import Job
 from mailer.web import Page, Store
 from mailer.webauth import SiteUser
-from meetings import cadence, coordination, departures, feed, invitations, reminders, reports
+from meetings import (
+    answer_pages,
+    cadence,
+    coordination,
+    departures,
+    feed,
+    invitations,
+    reminders,
+    reports,
+)
 from meetings.coordination import CoordinationHandler
 from meetings.meeting_site import MeetingSite
 from meetings.models import Delegate
@@ -72,5 +81,5 @@ def person(session: Session, address: str) -> SiteUser | None:
 
 
 def pages(site: MeetingSite, store: Store) -> tuple[Page, ...]:
-    """The meetings side's web pages (feeds)."""
-    return feed.pages(site, store)
+    """The meetings side's web pages: the feeds, and the invitees' answer pages."""
+    return feed.pages(site, store) + answer_pages.pages(site, store)

@@ -630,6 +630,9 @@ INVITE: dict[str, Any] = {
     "rsvp": "rsvp+4-abcdefghijklmnopqrstuvwxyz@lists.example.org",
     "invitee": {"name": "Ana Silva", "address": "ana@party.test"},
     "delegated_from": "Kofi Mensah",
+    "answer": {"partstat": "ACCEPTED", "delegated_to": "", "comment": "Late, after 11:00"},
+    "links": {choice: f"https://lists.example.org/rsvp/4-abcdefghijklmnopqrstuvwxyz/{choice}"
+              for choice in ("accept", "tentative", "decline", "substitute")},
     "changes": [{"field": "when",
                  "old": "Saturday, 13 March 2027, 09:00–17:00 (Africa/Nairobi, East Africa Time)",
                  "new": "Sunday, 14 March 2027, 09:00–17:00 (Africa/Nairobi, East Africa Time)"},

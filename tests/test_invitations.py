@@ -553,7 +553,7 @@ def test_a_time_zone_is_written_as_a_yearly_rule_where_it_has_one(tz: str) -> No
 
 @pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("mailing", ["invitation", "invitation_update", "invitation_cancel",
-                                     "reminder"])
+                                     "reminder", "invitation_answered"])
 def test_the_html_part_renders_in_every_language(language: str, mailing: str) -> None:
     html = environment().get_template(f"{language}/invitation.html").render(
         {**INVITE, "site_name": "Progressive Alliance", "mailing": mailing,

@@ -46,11 +46,35 @@ TAG = re.compile(r"(?<!\?P)<(!doctype|/?(html|head|body|title|meta|link|style|sc
                  r"span|a|ul|ol|li|pre|code|form|input|button|table|tr|td|th|br|hr|em|"
                  r"strong|b|i|img))(\s[^<>]*)?/?>", re.IGNORECASE)
 
+# What the answer pages see (meetings/answer_pages.py), beside their choice and problem.
+ANSWER: dict[str, Any] = {
+    "meeting": {"title": "Steering Committee, Nairobi", "body": "Steering Committee",
+                "when": "Sunday, 14 March 2027, 09:00–17:00",
+                "zone": "Africa/Nairobi, East Africa Time",
+                "utc": "Sunday, 14 March 2027, 06:00–14:00 UTC", "location": "KICC, Nairobi",
+                "host": "ODM", "alongside": "World Social Forum",
+                "agenda_url": "https://example.org/a.pdf", "description": "Budget."},
+    "invitee": {"name": "Ana Silva", "address": "ana@party.test"},
+    "current": {"partstat": "DELEGATED", "comment": "Late, after 11:00",
+                "delegated_to": "kofi@party.test"},
+    "choice": "accept", "sequence": 2, "closed": "", "problem": "",
+    "coordination": "coordination@lists.example.org"}
+
 # What each page template sees, as its handler passes it (lists/list_pages.py, mailer/web.py).
 SAMPLES: dict[str, dict[str, Any]] = {
     "unsubscribe": {"address": "ana@members.test", "list_name": "Steering Committee"},
     "unsubscribed": {"address": "ana@members.test", "list_name": "Steering Committee"},
-    "unknown_link": {},
+    **{f"unknown_link/{link}": {"link": link} for link in ("unsubscribe", "confirm", "answer")},
+    **{f"answer/{choice}{closed}{problem}": {**ANSWER, "choice": choice, "closed": closed,
+                                             "problem": problem}
+       for choice in ("accept", "tentative", "decline", "substitute")
+       for closed, problem in (("", ""), ("cancelled", ""), ("delegated", ""),
+                               ("", "changed"), ("", "no_substitute"))},
+    **{f"answered/{partstat}": {**ANSWER, "current": {**ANSWER["current"],
+                                                      "partstat": partstat}}
+       for partstat in ("ACCEPTED", "TENTATIVE", "DECLINED", "DELEGATED")},
+    **{f"answer_refused/{problem}": {**ANSWER, "problem": problem, "detail": "a reason"}
+       for problem in ("cancelled", "removed", "delegated", "substitute")},
     "archive_index": {"list_name": "Steering Committee", "posts": [
         {"id": 7, "date": "2027-03-01", "subject": "[steering] Agenda for Nairobi"},
         {"id": 6, "date": "2027-02-27", "subject": ""}]},

@@ -93,6 +93,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "invitation_update": INVITE,
     "invitation_cancel": {**INVITE, "whole": False},
     "reminder": INVITE,
+    "invitation_answered": INVITE,
     "rsvp_summary": {"count": 2, "events": [
         {"meeting": "Board, Berlin", "date": "2027-03-14 09:00", "meeting_id": 4,
          "name": "Ana Silva", "address": "ana@party.test", "kind": "reply",
