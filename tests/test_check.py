@@ -377,6 +377,16 @@ async def test_a_database_behind_the_code_fails_saying_to_upgrade(
     assert finding.fix == "back it up, then run `alliance db upgrade`"
 
 
+async def test_a_database_server_that_is_down_fails_in_one_line(
+        tmp_path: Path, zone: Zone, smarthost: SecureSink, signing_key: Path) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/alliance"
+    config = site_config(tmp_path, url, zone, smarthost, signing_key)
+    finding = (await checked(config))["database"]
+    assert finding.status == "fail"
+    assert finding.detail.startswith(f"database {url}: cannot open it (")
+    assert "\n" not in finding.detail and "database.url" in finding.detail
+
+
 async def test_a_missing_database_is_not_created(
         tmp_path: Path, zone: Zone, smarthost: SecureSink, signing_key: Path) -> None:
     url = f"sqlite:///{tmp_path}/state/none.sqlite3"
