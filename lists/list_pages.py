@@ -9,8 +9,10 @@ button sends. The token is the member's own (HMAC-signed id), so it unsubscribes
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from email.parser import BytesParser
+from email.policy import default
 from typing import Any
 
 from sqlalchemy import select
@@ -45,6 +47,22 @@ class Leaver:
         return language_of(self.language, request.language(), self.list_language)
 
 
+def one_click(request: Request) -> bool:
+    """Whether a POST says `List-Unsubscribe=One-Click` (RFC 8058 §3.1), in either form
+    encoding a mail client may send: multipart/form-data (RFC 7578, which §3.1 prefers)
+    or application/x-www-form-urlencoded (what the page's button sends)."""
+    kind = request.headers.get("content-type", "")
+    if kind.split(";")[0].strip().lower() != "multipart/form-data":
+        return "One-Click" in request.form().get("List-Unsubscribe", [])
+    form = BytesParser(policy=default).parsebytes(
+        b"Content-Type: " + kind.encode("latin-1", "replace") + b"\r\n\r\n" + request.body)
+    if not form.is_multipart():
+        return False
+    return any(part.get_param("name", header="content-disposition") == "List-Unsubscribe"
+               and str(part.get_content()).strip() == "One-Click"
+               for part in form.iter_parts())
+
+
 def _member(session: Session, site: ListSite, token: str) -> tuple[Member, MailingList] | None:
     ident = site.unsubscribe_tokens.verify(token)
     member = session.get(Member, ident) if ident is not None else None
@@ -68,6 +86,10 @@ def pages(site: ListSite, db: Store) -> tuple[Page, ...]:
                            address=found.address, list_name=found.list_name)
 
     async def unsubscribe(request: Request, match: re.Match[str]) -> Response:
+        if not one_click(request):
+            # Nothing changes without RFC 8058's body: the page with its button, as a GET.
+            shown = await show(request, match)
+            return shown if shown.status == 404 else replace(shown, status=400)
         token = match["token"]
         done = await db.write(lambda s: _leave(s, site, token))
         if done is None:

@@ -69,6 +69,11 @@ def find_pending(session: Session, site: ListSite, mailing_list: MailingList,
     return pending
 
 
+def pending_of(session: Session, mailing_list: MailingList, token: str) -> Pending | None:
+    """The pending action of this list a token names, in any state; changes nothing."""
+    return _by_token(session, Pending, mailing_list, token)
+
+
 def find_held(session: Session, mailing_list: MailingList, token: str) -> Held | None:
     """The held post a moderator's token names (tokens of holds start with 'h')."""
     return _by_token(session, Held, mailing_list, token, prefix="h")
@@ -129,12 +134,21 @@ def request_leave(session: Session, site: ListSite, mailing_list: MailingList, a
 
 def _ask(session: Session, site: ListSite, mailing_list: MailingList, pending: Pending,
          template: str, source: str, in_reply_to: str | None) -> None:
+    """The confirmation mail: confirmed by a reply, a `confirm TOKEN` command, or the
+    button of the page it links to (lists.confirm_pages)."""
     reply_to = confirm_address(site, mailing_list, pending.token)
     robot.send(session, site, mailing_list, template, to=pending.address,
                language=pending.language, kind="confirm", source=source,
                reply_to=reply_to, in_reply_to=in_reply_to,
                context={"token": pending.token, "confirm_address": reply_to,
-                        "address": pending.address, "days": mailing_list.confirm_days})
+                        "address": pending.address, "days": mailing_list.confirm_days,
+                        "confirm_url": confirm_link(site, mailing_list, pending.token)})
+
+
+def confirm_link(site: ListSite, mailing_list: MailingList, token: str) -> str:
+    """The page that confirms a pending action (lists.confirm_pages), or "" with no web
+    site."""
+    return f"{site.base_url}/confirm/{mailing_list.name}/{token}" if site.base_url else ""
 
 
 def confirm(session: Session, site: ListSite, mailing_list: MailingList, pending: Pending,

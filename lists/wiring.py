@@ -13,7 +13,7 @@ import jinja2
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lists import digests, list_pages, moderation, subscriptions
+from lists import confirm_pages, digests, list_pages, moderation, subscriptions
 from lists.bounces import DECAY, BounceHandler, smarthost_refusals
 from lists.dmarc import DmarcLookup, TxtLookup
 from lists.list_site import LeaveHook, ListSite
@@ -57,7 +57,7 @@ def jobs(site: ListSite) -> tuple[Job, ...]:
 
 def pages(site: ListSite, store: Store) -> tuple[Page, ...]:
     """The list side's web pages."""
-    return list_pages.pages(site, store)
+    return list_pages.pages(site, store) + confirm_pages.pages(site, store)
 
 
 def person(session: Session, address: str) -> SiteUser | None:

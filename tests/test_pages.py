@@ -65,6 +65,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "unsubscribe": {"address": "ana@members.test", "list_name": "Steering Committee"},
     "unsubscribed": {"address": "ana@members.test", "list_name": "Steering Committee"},
     **{f"unknown_link/{link}": {"link": link} for link in ("unsubscribe", "confirm", "answer")},
+    **{f"confirm/{action}": {"action": action, "address": "ana@members.test",
+                             "list_name": "Steering Committee"}
+       for action in ("subscribe", "unsubscribe")},
+    **{f"confirmed/{outcome}": {"outcome": outcome, "address": "ana@members.test",
+                                "list_name": "Steering Committee"}
+       for outcome in ("subscribed", "awaiting_approval", "unsubscribed", "not_member",
+                       "already_member")},
     **{f"answer/{choice}{closed}{problem}": {**ANSWER, "choice": choice, "closed": closed,
                                              "problem": problem}
        for choice in ("accept", "tentative", "decline", "substitute")

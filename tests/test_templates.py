@@ -25,12 +25,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "confirm_subscribe": {"token": "12-abcdefghijklmnopqrstuvwxyz", "address": "ana@members.test",
                           "confirm_address":
                               "steering-confirm+12-abcdefghijklmnopqrstuvwxyz@lists.example.org",
-                          "days": 7},
+                          "days": 7,
+                          "confirm_url": "https://lists.example.org/confirm/steering/12-abcdefghijklmnopqrstuvwxyz"},
     "confirm_unsubscribe": {"token": "13-abcdefghijklmnopqrstuvwxyz",
                             "address": "ana@members.test",
                             "confirm_address":
                                 "steering-confirm+13-abcdefghijklmnopqrstuvwxyz@lists.example.org",
-                            "days": 7},
+                            "days": 7,
+                            "confirm_url": "https://lists.example.org/confirm/steering/13-abcdefghijklmnopqrstuvwxyz"},
     "welcome": {"address": "ana@members.test"},
     "goodbye": {"address": "ana@members.test"},
     "subscription_refused": {},
