@@ -8,8 +8,6 @@ one line and exit code 1.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 import time
@@ -169,17 +167,15 @@ def delegate_group() -> None:
 def delegate_add(context: Context, address: str, name: str, party: str, body_slug: str,
                  language: str | None, substitute: bool) -> None:
     """Seat ADDRESS in a body: subscribed to its list, invited to its meetings."""
-    from meetings import invitations
+    from meetings import coordinating
 
     site = _site(context)
 
     def add(session: Session) -> tuple[str, int]:
-        body = organisation.find_body(session, body_slug)
-        made = organisation.seat(session, body, organisation.find_party(session, party),
-                                 address=address, name=name, language=language or "",
-                                 role="substitute" if substitute else "delegate")
-        invited = invitations.seat_added(session, site, body) if not substitute else 0
-        return f"{made.role} of {party} in {body.slug}", invited
+        given = coordinating.give_seat(session, site, body_slug, party, address=address,
+                                       name=name, language=language or "",
+                                       substitute=substitute)
+        return f"{given.seat.role} of {party} in {given.body}", given.invited
 
     seated, invited = run(context, add)
     click.echo(f"{address}: {seated}" + (f"; invited to {invited} meeting(s)"
@@ -192,18 +188,17 @@ def delegate_add(context: Context, address: str, name: str, party: str, body_slu
 @pass_context
 def delegate_remove(context: Context, address: str, body_slug: str) -> None:
     """Take ADDRESS's seat in a body; invitations already sent are cancelled."""
-    from meetings import invitations
+    from meetings import coordinating
 
     site = _site(context)
 
     def remove(session: Session) -> tuple[str, int]:
-        body = organisation.find_body(session, body_slug)
-        unseated = organisation.unseat(session, body, address)
-        cancelled = invitations.seat_removed(session, site, body, unseated.delegate)
-        listed = (f"; off the {body.slug} list" if unseated.left_list else
-                  f"; stays on the {body.slug} list (joined it on their own)"
+        taken = coordinating.take_seat(session, site, body_slug, address)
+        unseated = taken.unseated
+        listed = (f"; off the {taken.body} list" if unseated.left_list else
+                  f"; stays on the {taken.body} list (joined it on their own)"
                   if unseated.stays else "")
-        return listed, cancelled
+        return listed, taken.cancelled
 
     listed, cancelled = run(context, remove)
     click.echo(f"{address} has no seat in {body_slug} any more{listed}"
@@ -401,15 +396,10 @@ def meeting_delete(context: Context, meeting_id: int) -> None:
 def meeting_reschedule(context: Context, meeting_id: int, start: str, end: str,
                        tz: str) -> None:
     """Move the meeting: SEQUENCE+1, answers reset, updates sent."""
-    from meetings import invitations
+    from meetings import coordinating
 
-    def move(session: Session, site: MeetingSite, meeting: Meeting) -> int | None:
-        when = schedule.times(start, end, tz or meeting.tz, site.clock())
-        if not schedule.moved(meeting, when):
-            return None
-        return invitations.reschedule(session, site, meeting, when)
-
-    count = _meeting_action(context, meeting_id, move)
+    count = _meeting_action(context, meeting_id, lambda s, site, m: coordinating.reschedule(
+        s, site, m, start, end, tz))
     if count is None:
         click.echo(f"meeting {meeting_id}: nothing changed (the same times); no updates")
         return
@@ -444,13 +434,10 @@ def meeting_update(context: Context, meeting_id: int, title: str | None,
 @pass_context
 def meeting_cancel(context: Context, meeting_id: int, reason: str) -> None:
     """Cancel the meeting: METHOD:CANCEL to every invitee, with the reason if given."""
-    from meetings import invitations
+    from meetings import coordinating
 
-    if "\0" in reason:
-        raise click.ClickException("--reason may not hold a NUL character")
-    reason = " ".join(reason.split())      # one line: it reaches a calendar's COMMENT
     count = _meeting_action(context, meeting_id,
-                            lambda s, site, m: invitations.cancel(s, site, m, reason))
+                            lambda s, site, m: coordinating.cancel(s, site, m, reason))
     click.echo(f"meeting {meeting_id} cancelled; {count} cancellation(s) queued")
 
 
@@ -493,25 +480,6 @@ def meeting_answer(context: Context, meeting_id: int, address: str, answer: str,
     click.echo(f"meeting {meeting_id}: {invitee} {answer.upper()}, recorded by hand")
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_cell(value: object) -> object:
-    """A CSV cell that a spreadsheet shows as text, never runs as a formula.
-
-    Invitees write the comments: a cell starting with = + - @ tab or CR gets a leading
-    single quote (OWASP "CSV Injection"; RFC 4180 itself knows no formulas).
-
-    >>> print(spreadsheet_cell("=HYPERLINK(0)"))
-    '=HYPERLINK(0)
-    >>> spreadsheet_cell("Avec plaisir")
-    'Avec plaisir'
-    """
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
 @meeting_group.command("attendance")
 @click.argument("meeting_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
@@ -528,11 +496,7 @@ def meeting_attendance(context: Context, meeting_id: int, as_json: bool, as_csv:
 
     rows, state = run(context, read)
     if as_csv:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=reports.COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows([{k: spreadsheet_cell(v) for k, v in row.items()} for row in rows])
-        click.echo(out.getvalue(), nl=False)
+        click.echo(reports.attendance_csv(rows), nl=False)
         return
     emit(rows, as_json, reports.COLUMNS)
     if not as_json:

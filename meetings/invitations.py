@@ -403,6 +403,7 @@ class Preview:
     language: str
     subject: str
     text: str
+    html: str = ""
 
 
 def preview(session: Session, site: MeetingSite, meeting: Meeting) -> list[Preview]:
@@ -423,9 +424,10 @@ def preview(session: Session, site: MeetingSite, meeting: Meeting) -> list[Previ
 
 def _preview(invitation: Invitation, data: bytes) -> Preview:
     message = BytesParser(policy=default_policy).parsebytes(data)
-    body = message.get_body(("plain",))
+    body, html = message.get_body(("plain",)), message.get_body(("html",))
     return Preview(invitation.address, invitation.name, invitation.language,
-                   str(message["Subject"]), body.get_content() if body is not None else "")
+                   str(message["Subject"]), body.get_content() if body is not None else "",
+                   html.get_content() if html is not None else "")
 
 
 def delete(session: Session, meeting: Meeting) -> str:

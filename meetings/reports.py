@@ -7,6 +7,8 @@ so at most one a day, and none on a day without news.
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from typing import Any
 
@@ -70,6 +72,35 @@ def attendance(session: Session, meeting: Meeting) -> list[dict[str, Any]]:
              "replied_at": stamp(i.replied_at), "delivery": delivery_note(i)}
             for i in invitations]
     return sorted(rows, key=lambda row: (row["party"], row["address"]))
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: object) -> object:
+    """A CSV cell that a spreadsheet shows as text, never runs as a formula.
+
+    Invitees write the comments: a cell starting with = + - @ tab or CR gets a leading
+    single quote (OWASP "CSV Injection"; RFC 4180 itself knows no formulas).
+
+    >>> print(spreadsheet_cell("=HYPERLINK(0)"))
+    '=HYPERLINK(0)
+    >>> spreadsheet_cell("Avec plaisir")
+    'Avec plaisir'
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def attendance_csv(rows: list[dict[str, Any]]) -> str:
+    """Attendance rows as CSV (RFC 4180, a header line first), safe in a spreadsheet:
+    `alliance meeting attendance --csv` and the dashboard's download."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: spreadsheet_cell(v) for k, v in row.items()} for row in rows])
+    return out.getvalue()
 
 
 ANSWERS = (("accepted", "ACCEPTED"), ("tentative", "TENTATIVE"), ("declined", "DECLINED"),
