@@ -396,7 +396,8 @@ def invitees(session: Session, meeting: Meeting) -> list[Delegate]:
 
 @dataclass(frozen=True)
 class Preview:
-    """One message `invite` would queue: to whom, in which language, with what subject."""
+    """One message `invite` would queue: to whom, in which language, with what subject,
+    its text part and its HTML part (as sent: the dashboard shows it as text)."""
 
     address: str
     name: str
