@@ -60,15 +60,17 @@ def _parties(session: Session, invitations: list[Invitation]) -> dict[int, str]:
 
 
 def attendance(session: Session, meeting: Meeting) -> list[dict[str, Any]]:
-    """Each invitee: name, party, address, PARTSTAT, how it was given (by mail, or by hand
-    by a coordinator), comment, reply time (UTC), and any problem delivering mail to them,
-    beside the answer, which a failed message never replaces."""
+    """Each invitee: name, party, address, PARTSTAT, how it was given (by mail, on the web,
+    or by hand by a coordinator), comment, reply time (UTC), and any problem delivering mail
+    to them, beside the answer, which a failed message never replaces."""
     invitations = list(session.scalars(select(Invitation).where(
         Invitation.meeting_id == meeting.id, Invitation.state != "removed")
         .order_by(Invitation.id)))
     parties = _parties(session, invitations)
+    web = on_the_web(session, meeting.id)
     rows = [{"name": i.name, "party": parties[i.id], "address": i.address,
-             "partstat": i.partstat, "answered": answered(i), "comment": i.comment,
+             "partstat": i.partstat, "answered": answered(i, i.id in web),
+             "comment": i.comment,
              "replied_at": stamp(i.replied_at), "delivery": delivery_note(i)}
             for i in invitations]
     return sorted(rows, key=lambda row: (row["party"], row["address"]))
@@ -149,13 +151,32 @@ def _with_parties(session: Session, delegates: list[Delegate]) -> list[tuple[Del
                   key=lambda pair: (pair[1], pair[0].address))
 
 
-def answered(invitation: Invitation) -> str:
-    """How the answer came: "by mail" from the invitee, "by hand" from a coordinator."""
+def answered(invitation: Invitation, web: bool = False) -> str:
+    """How the answer came: "by mail" or "on the web" (`web`, see `on_the_web`) from the
+    invitee, "by hand" from a coordinator."""
     if invitation.partstat == "NEEDS-ACTION":
         return ""
     if invitation.by_hand:
         return "by hand"
-    return "by mail" if invitation.replied_at is not None else ""
+    if invitation.replied_at is None:
+        return ""
+    return "on the web" if web else "by mail"
+
+
+# The RsvpEvents that record an answer, and those of answers given on the web.
+ANSWER_KINDS = ("reply", "delegated", "by-hand", "reply-web", "delegated-web")
+WEB_KINDS = ("reply-web", "delegated-web")
+
+
+def on_the_web(session: Session, meeting_id: int) -> set[int]:
+    """The invitations of a meeting whose last answer was given on the web."""
+    last: dict[int, str] = {}
+    for invitation_id, kind in session.execute(
+            select(RsvpEvent.invitation_id, RsvpEvent.kind)
+            .where(RsvpEvent.meeting_id == meeting_id, RsvpEvent.kind.in_(ANSWER_KINDS))
+            .order_by(RsvpEvent.id)):
+        last[invitation_id] = kind
+    return {ident for ident, kind in last.items() if kind in WEB_KINDS}
 
 
 def summary_rows(session: Session, events: list[RsvpEvent]) -> list[dict[str, Any]]:

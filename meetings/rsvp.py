@@ -708,7 +708,8 @@ def forward_note(session: Session, rsvp: Rsvp, inbound: Inbound, reason: str) ->
     context = {"sender": rsvp.sender or "someone", "title": meeting.title,
                "meeting_id": meeting.id, "when": letters.span_of(meeting).local(language),
                "name": invitation.name or invitation.address, "address": invitation.address,
-               "partstat": invitation.partstat, "answered": reports.answered(invitation),
+               "partstat": invitation.partstat, "answered": reports.answered(
+                   invitation, invitation.id in reports.on_the_web(session, meeting.id)),
                "replied_at": "" if invitation.replied_at is None
                else dates.stamp(invitation.replied_at, language),
                "comment": invitation.comment, "site_name": site.name,

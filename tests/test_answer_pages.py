@@ -7,6 +7,7 @@ REQUEST back to them alone with their PARTSTAT, read by icalendar and by ical.js
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ async def test_a_link_shows_a_button_and_the_button_answers_back_to_the_calendar
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     path = config_file(config, tmp_path)
     board_of_two(path)
-    create_meeting(path, "board")
+    meeting_id = create_meeting(path, "board")
     async with running(config) as daemon:
         invited = {d.rcpt: d for d in await wait_quiet(sink, 2)}
         ana = links(invited[ANA])
@@ -117,7 +118,8 @@ async def test_a_link_shows_a_button_and_the_button_answers_back_to_the_calendar
                                                                     comment="Je serai là à 10 h."))
         await wait_quiet(sink, 3)
         assert len(events(daemon.db)) == 1
-        attendance = cli(path, "meeting", "attendance", "1")
+        attendance = {row["address"]: row for row in json.loads(
+            cli(path, "meeting", "attendance", str(meeting_id), "--json"))}
 
     # The page speaks the invitee's language (French), not the visitor's (German).
     assert status == 200 and headers["content-language"] == "fr" and head == 200
@@ -137,7 +139,9 @@ async def test_a_link_shows_a_button_and_the_button_answers_back_to_the_calendar
     [seen] = icaljs(calendars(message)[0])["events"]
     assert seen["attendees"][0]["params"]["PARTSTAT"] == "ACCEPTED"
     assert links(back)["decline"] == ana["decline"], "she may still change her mind"
-    assert "ACCEPTED" in attendance
+    assert (attendance[ANA]["partstat"], attendance[ANA]["answered"]) == \
+        ("ACCEPTED", "on the web")
+    assert attendance[JORG]["answered"] == ""
 
 
 async def test_a_link_of_another_purpose_or_tampered_is_unknown(tmp_path: Path,
