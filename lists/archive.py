@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lists import threads
 from lists.models import Archived, MailingList
 from lists.post import Post
 from lists.service import ListError
@@ -55,19 +56,56 @@ def impersonal(data: bytes, leave: str) -> bytes:
 
 
 def store(session: Session, list_id: int, sender: str, data: bytes,
-          archived_at: float) -> Archived:
-    """Archive one message (CRLF line endings) as the list distributed it."""
+          archived_at: float, text: str | None = None) -> Archived:
+    """Archive one message (CRLF line endings) as the list distributed it, in its thread.
+
+    `text` is the post's plain text, when the caller has read it already.
+    """
+    headers = parse(data, headersonly=True)
+    if text is None:
+        text = threads.text_of(parse(data))
     archived = Archived(list_id=list_id, archived_at=archived_at, sender=sender[:320],
-                        subject=subject_of(data), data=data)
+                        subject=subject_of(data), data=data,
+                        message_id=threads.own_id(headers), month=threads.month_of(archived_at),
+                        body=text)
     session.add(archived)
+    session.flush()          # the id: a thread's first post names the thread
+    archived.thread_id = thread_of(session, list_id, threads.parents(headers)) or archived.id
     return archived
 
 
-def keep(session: Session, post: Post, data: bytes) -> Archived:
-    """Archive the list copy of a post that is being distributed (same transaction)."""
+def thread_of(session: Session, list_id: int, parents: list[str]) -> int | None:
+    """The thread of the nearest of `parents` (Message-IDs) in the list's archive."""
+    if not parents:
+        return None
+    found = dict(session.execute(select(Archived.message_id, Archived.thread_id).where(
+        Archived.list_id == list_id, Archived.message_id.in_(parents))).all())
+    return next((found[ident] for ident in parents if found.get(ident)), None)
+
+
+def keep(session: Session, post: Post, data: bytes) -> bytes:
+    """Archive the list copy of a post that is being distributed (same transaction);
+    returns the copy members get: with `Archived-At` (RFC 5064) where the archive is
+    public, pointing at the post's page, which the archived copy carries too."""
     sender = post.senders[0] if post.senders else post.mail_from
-    return store(session, post.mailing_list.id, sender,
-                 impersonal(data, post.address("-leave")), post.site.clock())
+    archived = store(session, post.mailing_list.id, sender,
+                     impersonal(data, post.address("-leave")), post.site.clock(),
+                     threads.text_of(post.message))
+    if not (post.mailing_list.public_archive and post.site.base_url):
+        return data
+    link = f"<{post_url(post.site.base_url, post.mailing_list.name, archived.id)}>"
+    data = rawmail.rewrite(data, {"archived-at"}, [("Archived-At", link)])
+    archived.data = impersonal(data, post.address("-leave"))
+    return data
+
+
+def post_url(base_url: str, list_name: str, ident: int) -> str:
+    """The stable address of an archived post's page.
+
+    >>> post_url("https://lists.example.org", "steering", 7)
+    'https://lists.example.org/lists/steering/7'
+    """
+    return f"{base_url}/lists/{list_name}/{ident}"
 
 
 def from_line(sender: str, archived_at: float) -> bytes:

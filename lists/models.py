@@ -60,10 +60,9 @@ class MailingList(Base):
     member_posts_per_hour: Mapped[int] = mapped_column(Integer, default=20,
                                                        server_default="20")
 
-    @property
-    def public_archive(self) -> bool:
-        """Only a list anyone may join (policy `confirm`) shows its archive on the web."""
-        return self.subscription_policy == "confirm"
+    # The archive on the web (issue 13): the owner's choice; a new open list starts public.
+    public_archive: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                 server_default="0")
 
 
 class Member(Base):
@@ -147,13 +146,23 @@ class Archived(Base):
 
     __tablename__ = "archive"
     __table_args__ = (Index("ix_archive_list", "list_id", "id"),
-                      Index("ix_archive_sender", "list_id", "sender", "archived_at"))
+                      Index("ix_archive_sender", "list_id", "sender", "archived_at"),
+                      Index("ix_archive_message_id", "list_id", "message_id"),
+                      Index("ix_archive_thread", "list_id", "thread_id", "id"),
+                      Index("ix_archive_month", "list_id", "month", "id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("lists.id"))
     archived_at: Mapped[float] = mapped_column(Float)
     sender: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    # Read once when the post is kept (lists/threads.py), for the archive's pages: the
+    # Message-ID, the archive id of its thread's first post, YYYYMM, and its plain text
+    # (which the full-text index covers, with the subject: migration 0013).
+    message_id: Mapped[str] = mapped_column(String(250), default="", server_default="")
+    thread_id: Mapped[int | None] = mapped_column(Integer)
+    month: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    body: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class DigestState(Base):

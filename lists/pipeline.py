@@ -23,7 +23,7 @@ from mailer.outbox import UNSUBSCRIBE_MARKER
 
 LIST_FIELDS = {"list-id", "list-post", "list-help", "list-unsubscribe", "list-subscribe",
                "list-owner", "list-archive", "list-unsubscribe-post", "precedence", "x-loop",
-               "return-path", "delivered-to", "x-original-to"}
+               "return-path", "delivered-to", "x-original-to", "archived-at"}
 
 
 def subject_prefix(post: Post, data: bytes) -> bytes:
@@ -110,8 +110,9 @@ PIPELINE: tuple[Callable[[Post, bytes], bytes], ...] = (
 
 
 def fan_out(session: Session, post: Post, data: bytes) -> int:
-    """Store the list copy once and one delivery per regular member; returns its id."""
-    archive.keep(session, post, data)
+    """Store the list copy once and one delivery per regular member; returns its id.
+    The archive keeps it first: a public archive's copy says where it is (Archived-At)."""
+    data = archive.keep(session, post, data)
     outgoing = outbox.enqueue(session, sender=post.address("-bounces+{token}"),
                               recipients=(), data=data, kind="list",
                               source_id=post.message_id)

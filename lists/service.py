@@ -53,7 +53,9 @@ def create(session: Session, name: str, *, display_name: str = "",
     mailing_list = MailingList(name=name, display_name=display_name or name,
                                subscription_policy=subscription, posting_policy=posting,
                                language=language, subject_prefix=f"[{name}]",
-                               created_at=time.time())
+                               created_at=time.time(),
+                               # An open list's archive starts public; the owner decides.
+                               public_archive=subscription == "confirm")
     session.add(mailing_list)
     session.flush()
     return mailing_list

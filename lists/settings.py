@@ -57,6 +57,8 @@ SETTINGS: tuple[ListSetting, ...] = (
                 minimum=1),
     ListSetting("automatic_action", str, "what happens to a post a machine sent "
                 "(Auto-Submitted, Precedence: bulk, a bounce)", models.AUTOMATIC_ACTIONS),
+    ListSetting("public_archive", bool, "show the archive on the web (by month, thread and "
+                "search) and point each copy at its page (Archived-At)"),
     ListSetting("member_posts_per_hour", int, "posts one sender may have distributed in an "
                 "hour before the next is held; 0: no limit", minimum=0),
 )

@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jinja2
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lists import confirm_pages, digests, list_pages, moderation, subscriptions
+from lists import (
+    archive_pages,
+    confirm_pages,
+    digests,
+    list_pages,
+    moderation,
+    subscriptions,
+)
 from lists.bounces import DECAY, BounceHandler, smarthost_refusals
 from lists.dmarc import DmarcLookup, TxtLookup
 from lists.list_site import LeaveHook, ListSite
+from lists.member_pages import Personal
+from lists.member_pages import pages as member_pages_of
 from lists.models import MailingList, Member
 from lists.posting import PostHandler
 from lists.requests import ConfirmHandler, OwnerHandler, RequestHandler
@@ -26,7 +36,7 @@ from mailer.inbound import Offload, RoleHandler
 from mailer.jobs import Job
 from mailer.outbox import RefusalHook
 from mailer.web import Page, Store
-from mailer.webauth import SiteUser
+from mailer.webauth import Access, SiteUser
 
 # What the worker processes import before their first call (they read large posts).
 WORKER_MODULES = ("lists.posting",)
@@ -56,8 +66,17 @@ def jobs(site: ListSite) -> tuple[Job, ...]:
 
 
 def pages(site: ListSite, store: Store) -> tuple[Page, ...]:
-    """The list side's web pages."""
-    return list_pages.pages(site, store) + confirm_pages.pages(site, store)
+    """The list side's web pages, and the public archive's."""
+    return list_pages.pages(site, store) + confirm_pages.pages(site, store) \
+        + archive_pages.pages(site, store)
+
+
+def member_pages(site: ListSite, store: Store, access: Access,
+                 export: Callable[[Session, str], dict[str, Any]],
+                 erase: Callable[[Session, str], list[str]]) -> tuple[Page, ...]:
+    """The members' own pages (/me); `export` and `erase` are the meetings side's part
+    of a person's data."""
+    return member_pages_of(site, store, access, Personal(export, erase))
 
 
 def person(session: Session, address: str) -> SiteUser | None:

@@ -40,6 +40,13 @@ def short_day(moment: datetime, language: str) -> str:
     return str(format_skeleton("yMMMEd", moment, locale=locale_of(language)))
 
 
+@lru_cache(maxsize=1024)
+def month(year: int, number: int, language: str) -> str:
+    """A month and its year, as the archive's pages name it: "March 2027", "mars 2027"."""
+    from babel.dates import format_skeleton
+    return str(format_skeleton("yMMMM", datetime(year, number, 1), locale=locale_of(language)))
+
+
 def clock(moment: datetime, language: str) -> str:
     """The time of day as the language writes it: "09:00", "9:00" (es)."""
     from babel.dates import format_time

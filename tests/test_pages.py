@@ -60,6 +60,8 @@ ANSWER: dict[str, Any] = {
     "choice": "accept", "sequence": 2, "closed": "", "problem": "",
     "coordination": "coordination@lists.example.org"}
 
+ARCHIVE = {"list_name": "Steering Committee", "list_slug": "steering"}   # the archive's pages
+
 # What each page template sees, as its handler passes it (lists/list_pages.py, mailer/web.py).
 SAMPLES: dict[str, dict[str, Any]] = {
     "unsubscribe": {"address": "ana@members.test", "list_name": "Steering Committee"},
@@ -82,11 +84,24 @@ SAMPLES: dict[str, dict[str, Any]] = {
        for partstat in ("ACCEPTED", "TENTATIVE", "DECLINED", "DELEGATED")},
     **{f"answer_refused/{problem}": {**ANSWER, "problem": problem, "detail": "a reason"}
        for problem in ("cancelled", "removed", "delegated", "substitute")},
-    "archive_index": {"list_name": "Steering Committee", "posts": [
+    "archive_index": {**ARCHIVE, "posts": [
         {"id": 7, "date": "2027-03-01", "subject": "[steering] Agenda for Nairobi"},
-        {"id": 6, "date": "2027-02-27", "subject": ""}]},
-    "archived_post": {"list_name": "Steering Committee", "subject": "Agenda for Nairobi",
+        {"id": 6, "date": "2027-02-27", "subject": ""}],
+        "months": [{"key": "2027-03", "name": "March 2027", "count": 12}]},
+    "archive_month": {**ARCHIVE, "month_name": "March 2027", "page": 2, "more": True,
+                      "threads": [{"id": 6, "subject": "Agenda", "count": 3,
+                                   "date": "2027-03-02"}]},
+    "archive_thread": {**ARCHIVE, "subject": "Agenda", "page": 1, "more": False, "posts": [
+        {"id": 6, "date": "2027-03-01", "subject": "Agenda", "sender": "ana at party.test",
+         "text": "Dear all,\nthe agenda.\n", "cut": True},
+        {"id": 7, "date": "2027-03-02", "subject": "", "sender": "kofi at party.test",
+         "text": "", "cut": False}]},
+    "archive_search": {**ARCHIVE, "query": "agenda & minutes", "page": 1, "more": True,
+                       "results": [{"id": 6, "date": "2027-03-01", "subject": "Agenda",
+                                    "sender": "ana at party.test"}]},
+    "archived_post": {**ARCHIVE, "subject": "Agenda for Nairobi",
                       "senders": ["Ana Silva", ""], "date": "2027-03-01 09:30 UTC",
+                      "thread": 6, "month": "2027-03",
                       "text": "Dear all,\nthe agenda is below.\n"},
     **{f"error/{problem}": {"problem": problem} for problem in ERRORS},
     **{f"sign_in/{state}": {"state": state, "next_path": "/dashboard",
@@ -101,6 +116,20 @@ SAMPLES: dict[str, dict[str, Any]] = {
                   "roles": ["admin"]},
     "dashboard/none": {"visitor": "ana@members.test", "csrf": "c" * 32, "sections": [],
                        "roles": []},
+    **{f"me/{done or 'plain'}": {
+        "address": "ana@members.test", "csrf": "c" * 32, "staff": done == "saved",
+        "done": done, "languages": ["en", "fr", "es", "de", "pt"],
+        "mode_order": ["regular", "digest", "nomail"],
+        "lists": [{"list": "steering", "name": "Steering Committee", "delivery": "digest",
+                   "language": "fr", "enabled": True},
+                  {"list": "board", "name": "Board", "delivery": "regular",
+                   "language": "en", "enabled": False}]}
+       for done in ("", "saved", "left", "unchanged")},
+    "me/empty": {"address": "ana@members.test", "csrf": "c" * 32, "staff": False, "done": "",
+                 "languages": ["en"], "mode_order": ["regular"], "lists": []},
+    "me_erase": {"address": "ana@members.test", "csrf": "c" * 32},
+    "me_erased": {"address": "ana@members.test", "seated": []},
+    "me_erased/seated": {"address": "ana@members.test", "seated": ["board", "steering"]},
 }
 
 
@@ -268,9 +297,10 @@ async def test_the_archive_follows_accept_language_and_escapes_a_hostile_subject
     assert lang_of(index) == "de" and "Archiv von Steering Committee" in index
     assert escaped in index and "<script>" not in index
     assert post_status == 200 and lang_of(post) == "de"
-    assert "Alle Beiträge von Steering Committee" in post
+    assert "Archiv von Steering Committee" in post and "Der ganze Thread" in post
     # Dates in the page's language, with the weekday (German: "Fr., 4. Dez. 2026").
-    assert re.search(r"<li>[A-Z][a-z]\., \d{1,2}\. \w+\.? \d{4} <a href=", index), index
+    assert re.search(r'<li><span class="meta">[A-Z][a-z]\., \d{1,2}\. \w+\.? \d{4}</span> '
+                     r"<a href=", index), index
     assert re.search(r"(Montag|Dienstag|Mittwoch|Donnerstag|Freitag|Samstag|Sonntag), "
                      r"\d{1,2}\. \w+ \d{4}, \d\d:\d\d UTC</p>", post), post
     assert f"<h1>[steering] {escaped}</h1>" in post and f"Look: {escaped}" in post
