@@ -274,3 +274,39 @@ async def test_a_substitute_sent_on_the_web_follows_the_seating_rules(
                        .get_content()) is None, "a delegator's seat is for the coordinators"
     # Taking the seat back is for the coordinators, as it is by mail.
     assert taken[0] == 409 and "coordination@" + DOMAIN in taken[2]
+
+
+# The answer page's button in each language (templates/<lang>/pages/answer_words.inc).
+ACCEPT = {"en": "Accept", "fr": "Accepter", "es": "Aceptar", "de": "Zusagen", "pt": "Aceitar"}
+UNKNOWN = {"en": "Unknown link", "fr": "Lien inconnu", "es": "Enlace desconocido",
+           "de": "Unbekannter Link", "pt": "Link desconhecido"}
+
+
+async def test_the_pages_speak_the_invitees_language_and_else_the_browsers(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    path = config_file(config, tmp_path)
+    for number, language in enumerate(ACCEPT):
+        party(path, f"Party {language}", "FR")
+        seat(path, f"{language}@party.example", f"Delegate {number}", f"Party {language}",
+             "board", language)
+    create_meeting(path, "board")
+    async with running(config) as daemon:
+        invited = {d.rcpt: d for d in await wait_quiet(sink, len(ACCEPT))}
+        port = daemon.ports["http"]
+        # Each invitee's page in their own language, whatever the browser prefers.
+        own = {language: await http(port, "GET",
+                                    links(invited[f"{language}@party.example"])["accept"],
+                                    language="de-AT, de;q=0.9" if language != "de" else "pt")
+               for language in ACCEPT}
+        # A link that names no invitation: the browser's language.
+        unknown = {language: await http(port, "GET", f"/rsvp/1-{'a' * 26}/accept",
+                                        language=f"{language}, en;q=0.1")
+                   for language in ACCEPT}
+    for language, (status, headers, page) in own.items():
+        assert status == 200 and headers["content-language"] == language
+        assert f'<html lang="{language}">' in page
+        assert f'<button type="submit">{ACCEPT[language]}</button>' in page
+    for language, (status, headers, page) in unknown.items():
+        assert status == 404 and headers["content-language"] == language
+        assert UNKNOWN[language] in page

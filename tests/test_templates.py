@@ -163,3 +163,18 @@ def test_a_meeting_is_named_with_its_body_once(language: str, title: str,
     text = environment.get_template(f"{language}/invitation.txt").render(context)
     html = environment.get_template(f"{language}/invitation.html").render(context)
     assert f"  {heading}\n" in text and f">{heading}</th>" in html
+
+
+@pytest.mark.parametrize("language", templates.LANGUAGES)
+def test_the_summary_and_the_note_say_when_an_answer_came_on_the_web(language: str) -> None:
+    env = templates.environment()
+    events = [{**event, "kind": kind} for event, kind in zip(
+        SAMPLES["rsvp_summary"]["events"], ("reply-web", "delegated-web"), strict=True)]
+    _, summary = templates.render(env, "rsvp_summary", language,
+                                  {**COMMON, "count": 2, "events": events})
+    _, note = templates.render(env, "rsvp_note", language,
+                               {**COMMON, **SAMPLES["rsvp_note"], "answered": "on the web"})
+    words = {"en": "on the web", "fr": "sur le web", "es": "en la web", "de": "im Web",
+             "pt": "pela web"}[language]
+    assert summary.count(words) == 2 and "-web" not in summary
+    assert f"({words}, " in note
