@@ -239,7 +239,10 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
                     + health.pages(db, config.health, metrics, config.http.metrics_allow)
                     + webauth.pages(access, webauth.SignInSite(
                         config.site.name, config.site.domain, config.base_url, pages))
-                    + dashboard.pages(access, pages),
+                    + dashboard.pages(access, pages)
+                    + list_side.member_pages(list_site, db, access,
+                                             meeting_side.personal_export,
+                                             meeting_side.personal_erase),
                     templates=pages)
     return Daemon(config, db, transport, inbox, router, dispatcher, scheduler, web, Gate(),
                   workers, metrics, listener_tls=listener_tls)

@@ -108,16 +108,17 @@ def body_hash(body: bytes) -> bytes:
     return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
 
 
-def header_list(fields: Sequence[bytes]) -> list[bytes]:
-    """h=: the names of SIGNED present, each oversigned, plus ALWAYS (RFC 6376 §5.4.2)."""
+def header_list(fields: Sequence[bytes], signed: Sequence[str] = SIGNED,
+                always: frozenset[str] = ALWAYS) -> list[bytes]:
+    """h=: the names of `signed` present, each oversigned, plus `always` (RFC 6376 §5.4.2)."""
     counts: dict[bytes, int] = {}
     for field in fields:
         name = field.partition(b":")[0].rstrip(b" \t").lower()
         counts[name] = counts.get(name, 0) + 1
     names = []
-    for text in SIGNED:
+    for text in signed:
         name = text.encode()
-        if name in counts or text in ALWAYS:
+        if name in counts or text in always:
             names += [name] * (counts.get(name, 0) + 1)
     return names
 
@@ -135,8 +136,9 @@ def header_data(fields: Sequence[bytes], names: Sequence[bytes]) -> bytes:
     return b"".join(data)
 
 
-def fold(tags: Sequence[str]) -> str:
-    """A DKIM-Signature field of these tags, folded into lines of at most 78 characters.
+def fold(tags: Sequence[str], name: str = "DKIM-Signature") -> str:
+    """A DKIM-Signature field (or an ARC one, RFC 8617 §4.1) of these tags, folded into
+    lines of at most 78 characters.
 
     A base64 value (bh=, b=) is cut anywhere, h= only after a colon (RFC 6376 §3.5):
 
@@ -146,7 +148,7 @@ def fold(tags: Sequence[str]) -> str:
     \tsubject; b=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
     \tAAAAAAAAAAAAAAAAAA
     """
-    lines = ["DKIM-Signature:"]
+    lines = [name + ":"]
     for position, tag in enumerate(tags):
         for number, atom in enumerate(_atoms(tag + (";" if position < len(tags) - 1 else ""))):
             space = "" if number else " "

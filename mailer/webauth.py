@@ -352,5 +352,13 @@ def pages(gate: Access, site: SignInSite) -> tuple[Page, ...]:
 
 
 def _spend(session: Session, gate: Access, token: str, now: float) -> tuple[str, str] | None:
+    """Spend the link: (its address, where to go: the page asked for, else the dashboard
+    for staff and the member's own page for everyone else)."""
     row = open_link(session, gate, token, now, use=True)
-    return None if row is None else (row.address, local_path(row.next_path))
+    if row is None:
+        return None
+    wanted = local_path(row.next_path)
+    if wanted == "/":
+        user = gate.who(session, row.address)
+        wanted = "/dashboard" if user is not None and user.staff else "/me"
+    return row.address, wanted

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jinja2
 from sqlalchemy import func, select
@@ -27,6 +28,7 @@ from meetings import (
     departures,
     feed,
     invitations,
+    personal,
     reminders,
     reports,
 )
@@ -63,6 +65,16 @@ def on_leave(site: MeetingSite) -> Callable[[Session, MailingList, str], int]:
     leaves their body's list is reported to the coordinators."""
     return lambda session, mailing_list, address: departures.left_list(
         session, site, mailing_list, address)
+
+
+def personal_export(session: Session, address: str) -> dict[str, Any]:
+    """What the meetings side keeps about an address (GDPR art. 15)."""
+    return personal.export(session, address)
+
+
+def personal_erase(session: Session, address: str) -> list[str]:
+    """Erase what the meetings side keeps about an address, unless seated (art. 17)."""
+    return personal.erase(session, address)
 
 
 def person(session: Session, address: str) -> SiteUser | None:

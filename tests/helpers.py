@@ -888,3 +888,29 @@ def cap_pages(session: Any, extra: int | None) -> None:
     pages = session.execute(text("PRAGMA page_count")).scalar()
     limit = 2_147_483_646 if extra is None else int(pages or 0) + extra
     session.execute(text(f"PRAGMA max_page_count = {limit}"))
+
+
+# -- signing in to the web pages (mailer.webauth) -------------------------------------------
+
+async def sign_in(port: int, sink: Sink, address: str) -> str:
+    """Sign `address` in as a person does: ask for a link, take it from the mail the sink
+    got, press its button. Returns the `Cookie:` value for later requests."""
+    from urllib.parse import quote
+
+    before = len(sink.received)
+    status, _, page = await http(port, "POST", "/sign-in", f"address={quote(address)}".encode())
+    assert status == 200, page
+    await sink.wait_for(before + 1)
+    found = re.search(r"https?://[^/\s]+(/sign-in/[0-9a-z-]+)",
+                      sink.received[before].message.get_content())
+    assert found is not None, sink.received[before].message.get_content()
+    status, headers, _ = await http(port, "POST", found[1])
+    assert status == 303, headers
+    return headers["set-cookie"].split(";", 1)[0]
+
+
+def csrf_of(page: str) -> str:
+    """The CSRF token the forms of a signed-in page carry."""
+    found = re.search(r'name="csrf" value="([0-9a-f]{32})"', page)
+    assert found is not None, page
+    return found[1]

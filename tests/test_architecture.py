@@ -25,6 +25,7 @@ CONTRACTS = {"mailer.addresses", "mailer.admin", "mailer.config", "mailer.events
              "mailer.templates", "mailer.tokens", "mailer.web"}
 CONTRACTS |= {"mailer.dates"}     # dates and times in a reader's language (Babel)
 CONTRACTS |= {"mailer.webauth", "mailer.dashboard"}   # who is at a page; the dashboard frame
+CONTRACTS |= {"mailer.arc"}   # the ARC set of a post's list copies (RFC 8617), asked by lists
 # ... and what only its command group may add (the CLI's context, without the daemon).
 CLI_CONTRACT = {"mailer.console"}
 # The engine: only the composition root and the wiring modules may name these.
@@ -35,6 +36,7 @@ ENGINE = {"mailer.backup", "mailer.daemon", "mailer.db", "mailer.delivery", "mai
           "mailer.transport", "mailer.workers", "mailer.cli"}
 ENGINE |= {"mailer.tls"}    # the listener's certificate, the smarthost's TLS and credentials
 ENGINE |= {"mailer.check"}  # `alliance check`: the site as Gmail and Yahoo see it
+ENGINE |= {"mailer.postfix"}  # `alliance postfix`: the lines that put Postfix in front
 # Modules of the core that may import the domain, and what.
 COMPOSITION_ROOT = "mailer.daemon"
 CLI_ENTRY = "mailer.cli"
