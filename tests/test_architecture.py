@@ -44,7 +44,8 @@ CLI_ENTRY = "mailer.cli"
 NETWORK = ("socket", "ssl", "dns", "aiosmtplib", "aiosmtpd", "smtplib", "h11", "http.client",
            "urllib.request", "asyncio.streams", "psycopg")
 # Module names that every package may have once, each holding the same kind of thing.
-SAME_KIND = {"__init__", "__main__", "models", "cli", "wiring"}
+SAME_KIND = {"__init__", "__main__", "models", "cli", "wiring",
+             "personal"}   # each package's part of a person's data (GDPR export, erasure)
 
 
 def modules() -> dict[str, Path]:

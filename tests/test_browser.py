@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.browser_helpers import SHOTS, check_page, chromium
-from tests.helpers import Sink, make_config, running, wait_quiet
+from tests.helpers import SHOTS, Sink, check_page, chromium, make_config, running, wait_quiet
 
 ADMIN = "admin@alliance.example"
 

@@ -126,7 +126,7 @@ async def test_a_link_never_sends_the_visitor_to_another_site(
         await ask(port, ADMIN, target)
         [mail] = await wait_quiet(sink, 1)
         status, headers, _ = await http(port, "POST", link_in(mail.message.get_content()))
-    assert status == 303 and headers["location"] == "/"
+    assert status == 303 and headers["location"] == "/dashboard", "here, not there"
 
 
 async def test_a_post_without_the_sessions_csrf_token_changes_nothing(
