@@ -105,8 +105,8 @@ async def test_one_click_unsubscribe_takes_rfc_8058s_body_in_either_form_encodin
     make_list(config, "steering", people)
     signer = Signer(SECRET, "unsubscribe")
     async with running(config) as daemon:
-        ids = daemon.db.query(lambda s: dict(s.execute(select(Member.address, Member.id))
-                                             .tuples().all()))
+        ids = daemon.db.query(lambda s: {address: ident for address, ident in s.execute(
+            select(Member.address, Member.id))})
         path = {address: f"/unsubscribe/{signer.sign(ids[address])}" for address in people}
         port = daemon.ports["http"]
         bare = await http(port, "POST", path[people[0]], b"")
