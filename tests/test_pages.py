@@ -103,6 +103,17 @@ SAMPLES: dict[str, dict[str, Any]] = {
                       "senders": ["Ana Silva", ""], "date": "2027-03-01 09:30 UTC",
                       "thread": 6, "month": "2027-03",
                       "text": "Dear all,\nthe agenda is below.\n"},
+    "bodies": {"site_name": "Progressive Alliance", "bodies": [
+        {"slug": "board", "name": "Board", "count": 1},
+        {"slug": "steering", "name": "Steering Committee", "count": 0}]},
+    "body": {"site_name": "Progressive Alliance", "body_name": "Board", "slug": "board",
+             "feed": "https://lists.example.org/feeds/board.ics",
+             "webcal": "webcal://lists.example.org/feeds/board.ics", "meetings": [
+                 {"id": 3, "title": "Board meeting",
+                  "when": "Monday, 1 March 2027, 09:00–17:00",
+                  "zone": "Europe/Paris, Central European Standard Time",
+                  "utc": "Monday, 1 March 2027, 08:00–16:00 UTC", "location": "Paris",
+                  "alongside": "the PES congress"}]},
     **{f"error/{problem}": {"problem": problem} for problem in ERRORS},
     **{f"sign_in/{state}": {"state": state, "next_path": "/dashboard",
                             "address": "ana@members.test"}
