@@ -390,6 +390,32 @@ def dkim_record(context: Context, selectors: tuple[str, ...]) -> None:
         click.echo(key.record())
 
 
+@main.command("postfix")
+@click.option("--part", type=click.Choice(("main.cf", "master.cf", "transport")),
+              help="print only this part (default: all three, one after another)")
+@click.option("--tls-cert", default="", help="certificate Postfix offers STARTTLS with "
+              "(default: smtp.tls_cert, else Debian's snakeoil certificate)")
+@click.option("--tls-key", default="", help="its private key (default: smtp.tls_key, or the "
+              "--tls-cert file)")
+@pass_context
+def postfix_lines(context: Context, part: str | None, tls_cert: str, tls_key: str) -> None:
+    """Print the main.cf, master.cf and transport lines that put Postfix in front: MX of the
+    list domain relaying to our LMTP, refusing unknown addresses at RCPT, and the daemon's
+    smarthost over TLS (the README's "Postfix in front")."""
+    from mailer import postfix
+    from mailer.config import ConfigError
+
+    config = context.config
+    try:
+        setup = postfix.setup(config, tls_cert, tls_key)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(postfix.render(setup, part), nl=False)
+    if config.outbound.url != setup.outbound_url:
+        click.echo(f"note: outbound.url is {config.outbound.url!r}: set it to "
+                   f"{setup.outbound_url!r} to send through this Postfix", err=True)
+
+
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
