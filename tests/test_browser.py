@@ -3,10 +3,33 @@ running daemon; axe-core in every main page; screenshots at phone and desktop wi
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
-from tests.helpers import SHOTS, Sink, check_page, chromium, make_config, running, wait_quiet
+from sqlalchemy import select
+
+from lists.models import Member
+from tests.helpers import (
+    ANA,
+    DOMAIN,
+    SHOTS,
+    Sink,
+    board_of_two,
+    calendars,
+    check_page,
+    chromium,
+    cli,
+    config_file,
+    create_meeting,
+    event_of,
+    mail,
+    make_config,
+    make_list,
+    running,
+    send,
+    wait_quiet,
+)
 
 ADMIN = "admin@alliance.example"
 
@@ -44,3 +67,59 @@ async def test_a_coordinator_signs_in_by_a_mailed_link_in_chromium(
         await page.goto(f"{root}/dashboard")
         assert page.url.startswith(f"{root}/sign-in"), "signed out"
     assert (SHOTS / "dashboard-phone.png").stat().st_size > 0
+
+
+def path_in(text: str, pattern: str) -> str:
+    found = re.search(rf"https://lists\.example\.org({pattern})", text)
+    assert found is not None, text
+    return found[1]
+
+
+async def test_a_person_confirms_a_subscription_in_chromium(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+    make_list(config, "steering", ["ana@members.test"], display_name="Steering Committee")
+    async with running(config) as daemon, chromium() as browser:
+        await send(daemon.ports["smtp"], "cy@members.test", [f"steering-join@{DOMAIN}"],
+                   mail("cy@members.test", f"steering-join@{DOMAIN}", subject="join"))
+        [request] = await wait_quiet(sink, 1)
+        link = path_in(request.message.get_content(), r"/confirm/steering/[0-9]+-[a-z2-7]+")
+        page = await browser.new_page()
+        root = f"http://127.0.0.1:{daemon.ports['http']}"
+        await page.goto(root + link)
+        await check_page(page, "confirm-subscription")
+        assert not daemon.db.query(lambda s: s.scalar(select(Member.id).where(
+            Member.address == "cy@members.test"))), "showing the page changes nothing"
+        await page.get_by_role("button", name="Join the list").click()
+        await page.get_by_text("cy@members.test is now subscribed").wait_for()
+        await check_page(page, "subscribed")
+    assert daemon.db.query(lambda s: s.scalar(select(Member.id).where(
+        Member.address == "cy@members.test")))
+
+
+async def test_a_delegate_accepts_in_chromium_and_the_calendar_hears_of_it(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         site={"admin": ADMIN})
+    path = config_file(config, tmp_path)
+    board_of_two(path)
+    meeting_id = create_meeting(path, "board")
+    async with running(config) as daemon, chromium() as browser:
+        invitations = {d.rcpt: d for d in await wait_quiet(sink, 2)}
+        text = invitations[ANA].message.get_body(("plain",)).get_content()
+        accept = path_in(text, r"/rsvp/[0-9]+-[a-z2-7]+/accept")
+        page = await browser.new_page()
+        root = f"http://127.0.0.1:{daemon.ports['http']}"
+        await page.goto(root + accept)
+        await check_page(page, "answer-accept")
+        await page.get_by_label("Un commentaire (facultatif)").fill("J’arrive vers 10 h.")
+        await page.get_by_role("button", name="Accepter").click()
+        await page.wait_for_load_state()
+        await check_page(page, "answered")
+        [back] = (await wait_quiet(sink, 3))[2:]
+    assert back.rcpt == ANA
+    _, event = event_of(calendars(back.message)[0])
+    assert event["ATTENDEE"].params["PARTSTAT"] == "ACCEPTED", "the calendar agrees"
+    rows = {r["address"]: r for r in json.loads(cli(path, "meeting", "attendance",
+                                                    str(meeting_id), "--json"))}
+    assert (rows[ANA]["partstat"], rows[ANA]["comment"]) == ("ACCEPTED", "J’arrive vers 10 h.")
