@@ -37,11 +37,13 @@ from tests.helpers import (
     DOMAIN,
     PG_ADMIN,
     Dialogue,
+    Pki,
     Sink,
     free_port,
     mail,
     make_config,
     make_list,
+    make_pki,
     postgres_database,
     quiet,
     reply_to,
@@ -253,6 +255,61 @@ async def test_S25_an_early_talker_is_served_as_any_client(tmp_path: Path,
         talk = Dialogue(reader, writer)
         assert (await talk.reply()).startswith("220")
         assert (await talk.reply()).startswith("250")
+        await talk.close()
+        assert stored(daemon) == 0
+
+
+def with_tls(tmp_path: Path, url: str) -> tuple[Any, Pki]:
+    pki = make_pki(tmp_path)
+    return steering(tmp_path, url, smtp={"tls_cert": str(pki.cert),
+                                         "tls_key": str(pki.key)}), pki
+
+
+async def test_S26_a_command_pipelined_behind_starttls_is_discarded(
+        tmp_path: Path, sqlite_url: str) -> None:
+    """CVE-2024-34083: what follows STARTTLS in the same segment must not be obeyed
+    inside the TLS session (a man in the middle's injection)."""
+    config, pki = with_tls(tmp_path, sqlite_url)
+    async with running(config) as daemon:
+        talk = await session(daemon.ports["smtp"])
+        talk.writer.write(b"STARTTLS\r\nMAIL FROM:<evil@attacker.test>\r\n")
+        assert (await talk.reply()).startswith("220")
+        await talk.writer.start_tls(pki.client_context(), server_hostname="localhost")
+        # In TLS, a RCPT before any MAIL of ours must be 503: the injected MAIL is gone.
+        assert (await talk.say("EHLO client.test")).startswith("250")
+        assert (await talk.say(f"RCPT TO:<{LIST}>")).startswith("503")
+        await talk.close()
+        assert stored(daemon) == 0
+
+
+async def test_S27_garbage_instead_of_a_client_hello_closes_the_session_only(
+        tmp_path: Path, sqlite_url: str) -> None:
+    config, _ = with_tls(tmp_path, sqlite_url)
+    async with running(config) as daemon:
+        talk = await session(daemon.ports["smtp"])
+        assert (await talk.say("STARTTLS")).startswith("220")
+        talk.writer.write(b"this is no ClientHello\r\n" * 20)
+        # The session ends (read to its end within the wait), with at most a TLS alert:
+        # no SMTP answer, no traceback.
+        ended = await asyncio.wait_for(talk.reader.read(), 10)
+        assert not ended or ended.startswith(b"\x15"), ended
+        # The listener goes on serving: a new session is greeted and takes mail.
+        again = await session(daemon.ports["smtp"])
+        assert (await again.say(f"MAIL FROM:<{POSTER}>")).startswith("250")
+        await again.close()
+        assert stored(daemon) == 0
+
+
+async def test_S33_auth_is_not_offered_and_refused(tmp_path: Path, sqlite_url: str) -> None:
+    """We are a list server's MX, not a submission service: no AUTH, in clear or in TLS."""
+    config, _ = with_tls(tmp_path, sqlite_url)
+    async with running(config) as daemon:
+        talk = await Dialogue.open(daemon.ports["smtp"])
+        assert "AUTH" not in await talk.say("EHLO client.test")
+        answer = await talk.say("AUTH PLAIN AGFuYQBzZWNyZXQ=")
+        assert answer == ("538 5.7.11 Encryption required for requested authentication "
+                          "mechanism"), "a password is never taken in clear"
+        assert (await talk.say(f"MAIL FROM:<{POSTER}>")).startswith("250"), "still served"
         await talk.close()
         assert stored(daemon) == 0
 
