@@ -235,7 +235,8 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     scheduler = Scheduler(db, list_side.jobs(list_site) + meeting_side.jobs(meeting_site),
                           on_outgoing=dispatcher.wake, clock=clock, tick=poll)
     access = web_access(config, secret, db, pages, clock)
-    web = WebServer(list_side.pages(list_site, db) + meeting_side.pages(meeting_site, db)
+    web = WebServer(list_side.pages(list_site, db)
+                    + meeting_side.pages(meeting_site, db, access)
                     + health.pages(db, config.health, metrics, config.http.metrics_allow)
                     + webauth.pages(access, webauth.SignInSite(
                         config.site.name, config.site.domain, config.base_url, pages))

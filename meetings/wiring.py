@@ -20,7 +20,7 @@ from mailer.config import Config
 from mailer.inbound import Offload, RoleHandler
 from mailer.jobs import Job
 from mailer.web import Page, Store
-from mailer.webauth import SiteUser
+from mailer.webauth import Access, SiteUser
 from meetings import (
     answer_pages,
     cadence,
@@ -33,8 +33,10 @@ from meetings import (
     reports,
 )
 from meetings.coordination import CoordinationHandler
+from meetings.meeting_pages import pages as meeting_pages
 from meetings.meeting_site import MeetingSite
 from meetings.models import Delegate
+from meetings.organisation_pages import pages as organisation_pages
 from meetings.rsvp import RsvpHandler
 
 # What the worker processes import before their first call (they read RSVP replies).
@@ -92,6 +94,8 @@ def person(session: Session, address: str) -> SiteUser | None:
                   delegate.language if delegate else "", frozenset(roles))
 
 
-def pages(site: MeetingSite, store: Store) -> tuple[Page, ...]:
-    """The meetings side's web pages: the feeds, and the invitees' answer pages."""
-    return feed.pages(site, store) + answer_pages.pages(site, store)
+def pages(site: MeetingSite, store: Store, access: Access) -> tuple[Page, ...]:
+    """The meetings side's web pages: the feeds, the invitees' answer pages, and the
+    dashboard's meetings and organisation pages (behind `access`)."""
+    return feed.pages(site, store) + answer_pages.pages(site, store) \
+        + meeting_pages(site, access) + organisation_pages(site, access)

@@ -169,6 +169,101 @@ def lang_of(page: str) -> str:
     return found[1]
 
 
+# The coordinator's meeting and organisation pages (meetings/meeting_pages.py,
+# meetings/organisation_pages.py), as their handlers pass them.
+STAFF_FRAME: dict[str, Any] = {"visitor": "coordination@ps.example", "csrf": "c" * 32,
+                               "sections": ["meetings", "organisation"],
+                               "notice": {"key": "", "count": 0}}
+NO_PROBLEM = {"form": "", "text": ""}
+STAFF_MEETING: dict[str, Any] = {
+    **ANSWER["meeting"], "id": 4, "tz": "Africa/Nairobi", "state": "sent", "sent": True,
+    "send_at": "Monday, 1 March 2027, 09:00 UTC", "status": "CONFIRMED", "sequence": 1,
+    "start_local": "2027-03-14T09:00", "end_local": "2027-03-14T17:00"}
+ROW = {"name": "Ana Silva", "party": "ODM", "address": "ana@party.test",
+       "partstat": "ACCEPTED", "answered": "by hand", "comment": "=1+1",
+       "replied_at": "2027-03-02T10:00:00Z", "delivery": "", "region": "africa",
+       "replied": "Tuesday, 2 March 2027, 10:00 UTC"}
+COUNTS = {"ACCEPTED": 1, "TENTATIVE": 0, "DECLINED": 0, "NEEDS-ACTION": 2, "DELEGATED": 0}
+SAMPLES.update({
+    **{f"staff_meetings/{key or 'plain'}": {
+        **STAFF_FRAME, "notice": {"key": key, "count": 3}, "year": 2027,
+        "upcoming": [{"id": 4, "title": "Steering Committee", "body": "Steering Committee",
+                      "when": "Sunday, 14 March 2027, 09:00–17:00", "zone": "Africa/Nairobi",
+                      "location": "KICC", "state": state, "sent": 12,
+                      "send_at": "Monday, 1 March 2027, 09:00 UTC"}
+                     for state in ("draft", "scheduled", "sent", "cancelled")],
+        "past": [], "cadence": [
+            {"body": "Board", "required": 1, "held": 1, "planned": 0, "drafts": 0, "short": 0},
+            {"body": "Steering Committee", "required": 2, "held": 0, "planned": 2,
+             "drafts": 1, "short": 0},
+            {"body": "Conference", "required": 1, "held": 0, "planned": 0, "drafts": 0,
+             "short": 1}]}
+       for key in ("", "created", "updated", "same_times", "rescheduled", "invited",
+                   "cancelled", "deleted")},
+    **{f"staff_meeting_new/{problem['form'] or 'plain'}": {
+        **STAFF_FRAME, "problem": problem, "bodies": {"board": "Board", "steering": "CoPil"},
+        "parties": ["ODM", "SPD"], "zones": ("UTC", "Africa/Nairobi"),
+        "entered": {"body": "steering", "title": "<b>Nairobi</b>", "start": "2027-03-14T09:00",
+                    "end": "2027-03-14T17:00", "zone": "Africa/Nairobi", "zone_other": "",
+                    "location": "", "host": "ODM", "alongside": "", "agenda_url": "",
+                    "description": "", "send_at": ""}}
+       for problem in (NO_PROBLEM, {"form": "create", "text": "unknown time zone 'x'"})},
+    **{f"staff_meeting/{state}{'-' + problem['form'] if problem['form'] else ''}": {
+        **STAFF_FRAME, "meeting": {**STAFF_MEETING, "state": state, "sent": sent},
+        "people": [{**ROW, "language": "fr"}], "statuses": ("CONFIRMED", "TENTATIVE"),
+        "problem": problem, "forms": {
+            "update": {"title": "Steering", "location": "KICC", "alongside": "",
+                       "agenda_url": "", "description": "", "status": "TENTATIVE"},
+            "reschedule": {"start": "2027-03-14T09:00", "end": "2027-03-14T17:00",
+                           "zone": "Africa/Nairobi"},
+            "cancel": {"reason": "no quorum"}}}
+       for state, sent in (("draft", False), ("scheduled", False), ("sent", True),
+                           ("cancelled", True))
+       for problem in (NO_PROBLEM, {"form": "reschedule", "text": "the start is in the past"})},
+    **{f"staff_meeting_preview/{case}": {
+        **STAFF_FRAME, "meeting": STAFF_MEETING, "problem": problem,
+        "recipients": recipients, "letters": [
+            {"language": "fr", "address": "ana@party.test", "subject": "Invitation : CoPil",
+             "text": "Bonjour Ana,\n", "html": "<p>Bonjour</p>", "html_text": "Bonjour"}]}
+       for case, problem, recipients in (
+           ("letters", "", [{"name": "Ana", "address": "ana@party.test", "language": "fr",
+                             "subject": "Invitation : CoPil"}]),
+           ("nobody", "", []), ("refused", "meeting 4 is over", []))},
+    **{f"staff_meeting_attendance/{case}": {
+        **STAFF_FRAME, "meeting": STAFF_MEETING, "rows": rows, "totals": COUNTS,
+        "by_party": [{"name": "ODM", "counts": COUNTS}],
+        "by_region": [{"name": "africa", "counts": COUNTS}, {"name": "", "counts": COUNTS}],
+        "answers": ["accepted", "tentative", "declined"], "problem": problem,
+        "invitee_names": {"ana@party.test": "Ana Silva (ana@party.test)"},
+        "entered": {"address": "ana@party.test", "answer": "declined", "comment": "ill"}}
+       for case, rows, problem in (
+           ("rows", [ROW], NO_PROBLEM), ("none", [], NO_PROBLEM),
+           ("refused", [ROW], {"form": "answer", "text": "meeting 4 is cancelled"}))},
+    **{f"staff_organisation/{form or 'plain'}": {
+        **STAFF_FRAME, "notice": {"key": "seated", "count": 2},
+        "problem": {"form": form, "text": "refused"} if form else NO_PROBLEM,
+        "parties": [{"name": "ODM", "country": "KE", "region": "africa", "seats": 2}],
+        "bodies": [{"slug": "board", "name": "Board", "here": "Conseil",
+                    "names": {"fr": "Conseil"}, "seats": [
+                        {"address": "ana@party.test", "name": "Ana", "party": "ODM",
+                         "role": "substitute", "language": "pt"}]},
+                   {"slug": "steering", "name": "Steering", "here": "", "names": {},
+                    "seats": []}],
+        "names_of_bodies": {"board": "Conseil", "steering": "Steering"},
+        "regions": ("africa", "europe"), "languages": ("en", "fr", "es", "de", "pt"),
+        "forms": {"party-add": {"name": "", "country": "", "region": "europe"},
+                  "party-rename": {"old": "ODM", "new": "O.D.M."},
+                  "party-remove": {"name": ""},
+                  "seat": {"address": "", "name": "", "party": "ODM", "body": "board",
+                           "language": "en", "substitute": "yes"},
+                  "unseat": {"body": "", "address": ""},
+                  "delegate": {"address": "", "name": "", "language": ""},
+                  "body-name": {"body": "board", "language": "fr", "name": ""}}}
+       for form in ("", "party-add", "party-rename", "seat", "unseat", "delegate",
+                    "body-name")},
+})
+
+
 # -- no HTML in Python ------------------------------------------------------------------
 
 def markup_in_python() -> list[str]:
