@@ -2,6 +2,7 @@
 """Alliance Mail benchmark: list fan-out and SMTP intake against Postfix's smtp-sink.
 
     python3 benchmarks/run.py [--short] [--scenarios A,B,C,D,E,F,G,H] [--json-out FILE]
+        [--database postgresql://USER@HOST:PORT] [--daemons N] [--members N]
 
 For each scenario: a fresh temporary folder with a SQLite database and a config, Postfix's
 `smtp-sink` on a free loopback port as the smarthost (every transaction appended to a dump
@@ -27,11 +28,19 @@ posts over SMTP, and a watcher that polls the dump every 5 ms.
   H  B with DKIM on (`[dkim]`, a key from `alliance dkim keygen`): every copy signed,
      an even sample of 200 verified by dkimpy (short: 200 members)
 
+`--database postgresql://...` runs each trial on a PostgreSQL database of its own,
+created with a unique name before the trial and dropped after it (also on errors;
+`--keep` keeps it). `--daemons N` (PostgreSQL only: SQLite is one daemon per file) starts
+N `alliance serve` processes on the trial's one config, posts to the first, and reports
+what each delivered (its /metrics) and its peak RSS (VmHWM, and a 50 ms sampler).
+`--members N` sets the member count of A, B and H.
+
 A scenario passes when every expected (Message-ID, recipient) pair reached the sink exactly
 once, nothing else did, every post got 250, the database shows every delivery done, every
-list copy at the sink came From the list ("... via bench", DMARC), the digest carried
+list copy at the sink came From the list ("... via bench", DMARC), with several daemons
+what their /metrics counted adds up to the deliveries made, the digest carried
 every post, each delegate got one invitation and every reply was applied (E), and the
-daemon stopped cleanly with no ERROR in its log. The exit code is 0 if
+daemons stopped cleanly with no ERROR in their logs. The exit code is 0 if
 every scenario passed, 1 otherwise (also when the harness itself could not run). Timings
 are reported, never asserted. Everything talks to 127.0.0.1 only; every loop is bounded in
 count and time; only the processes started here are stopped, by PID, also on errors and on

@@ -10,7 +10,8 @@ Its parts, each in a module of its own:
   dns               the loopback DNS server with the DMARC record
   sink              Postfix's smtp-sink, its dump read and counted, the dump watcher
   daemon            config.toml, `alliance serve`, the CLI, benchmarks/make_*.py
-  database          the daemon's SQLite database, read-only, and its watcher
+  database          the trial's database (SQLite, or PostgreSQL made and dropped for it),
+                    read-only, and its watcher
   poster            the SMTP clients
   profiling         py-spy (--profile) and its summary
   trial             one trial's rig and its one teardown (Rig.shut_down)
@@ -20,6 +21,7 @@ Its parts, each in a module of its own:
   mailman           GNU Mailman 3 beside it (--with-mailman)
   report            the tables, the profiles, the JSON document, the last line
 
-Only the standard library; the daemon and benchmarks/make_*.py run as subprocesses with
-this checkout first on PYTHONPATH.
+Only the standard library, and psycopg (the daemon's own driver) with `--database
+postgresql://...`; the daemons and benchmarks/make_*.py run as subprocesses with this
+checkout first on PYTHONPATH.
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -63,3 +63,20 @@ SHORT = {
     "H": Scenario("H", "1 post -> 200 members, each copy DKIM-signed", 200, 1, timeout=60,
                   dkim=True),
 }
+
+# The scenarios whose size is the member count of one list (`--members` sets it).
+SIZED_BY_MEMBERS = ("A", "B", "H")
+
+
+def with_members(sc: Scenario, members: int) -> Scenario:
+    """`sc` with `members` members (`--members`), its title and time limit to match.
+
+    >>> sized = with_members(FULL["B"], 100000)
+    >>> sized.title, sized.members, sized.timeout
+    ('1 post -> 100,000 members', 100000, 9000.0)
+    """
+    if sc.key not in SIZED_BY_MEMBERS or members == sc.members:
+        return sc
+    title = sc.title.replace(f"{sc.members:,}", f"{members:,}", 1)
+    timeout = max(sc.timeout, sc.timeout * members / sc.members)
+    return replace(sc, title=title, members=members, timeout=timeout)

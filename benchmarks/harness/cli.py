@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from .catalogue import FULL, SHORT, Scenario
+from .catalogue import FULL, SHORT, SIZED_BY_MEMBERS, Scenario, with_members
 from .common import log
 from .mailman import run_mailman
 from .processes import stop_everything
@@ -28,6 +28,16 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenarios", default="A,B,C,D,E,F,G,H",
                         help="default A,B,C,D,E,F,G,H")
     parser.add_argument("--json-out", help="write every figure as JSON to this file")
+    parser.add_argument("--members", type=int, default=None,
+                        help="the list's member count in "
+                             f"{', '.join(SIZED_BY_MEMBERS)} (default: the scenario's)")
+    parser.add_argument("--database", metavar="URL", default=None,
+                        help="postgresql://USER@HOST:PORT[/DB]: each trial on a database "
+                             "of its own there, created before and dropped after "
+                             "(default: SQLite, a file in the trial's folder)")
+    parser.add_argument("--daemons", type=int, default=1,
+                        help="`alliance serve` processes sharing the trial's database "
+                             "(more than 1: PostgreSQL only); posts go to the first")
     parser.add_argument("--connections", type=int, default=None,
                         help="outbound.connections for the daemon (default: its own)")
     parser.add_argument("--settle", type=float, default=None,
@@ -61,9 +71,21 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[Scenari
     unknown = [k for k in keys if k not in catalogue]
     if unknown or not keys:
         options.error(f"unknown scenario(s) {unknown}; choose from {','.join(catalogue)}")
+    if args.members is not None and args.members < 1:
+        options.error("--members: at least 1")
+    postgresql = (args.database or "").startswith(("postgresql://", "postgres://"))
+    if args.database and not postgresql:
+        options.error(f"--database {args.database}: give a postgresql://... URL "
+                      "(SQLite, the default, needs none)")
+    if args.daemons < 1 or (args.daemons > 1 and not postgresql):
+        options.error("--daemons: more than 1 only with --database postgresql://... "
+                      "(SQLite is one daemon per file)")
     args.profile_scenarios = {k.strip().upper() for k in args.profile_scenarios.split(",")
                               if k.strip()}
-    return args, [catalogue[k] for k in keys]
+    scenarios = [catalogue[k] for k in keys]
+    if args.members is not None:
+        scenarios = [with_members(sc, args.members) for sc in scenarios]
+    return args, scenarios
 
 
 def run_all(args: argparse.Namespace, scenarios: list[Scenario],

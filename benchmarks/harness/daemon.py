@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,9 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def write_config(folder: Path, sink_port: int, dns_port: int, connections: int | None,
-                 dkim_selector: str = "") -> Path:
-    """The trial's config.toml: SQLite in `folder`, the sink as smarthost, our DNS server;
+def write_config(folder: Path, database_url: str, sink_port: int, dns_port: int,
+                 connections: int | None, dkim_selector: str = "") -> Path:
+    """The trial's config.toml: its database, the sink as smarthost, our DNS server;
     with `dkim_selector`, DKIM on (its key is var/dkim/SELECTOR.pem beside the config)."""
     outbound = f'url = "smtp://{LOOPBACK}:{sink_port}"\n'
     if connections:
@@ -45,7 +46,7 @@ def write_config(folder: Path, sink_port: int, dns_port: int, connections: int |
     path.write_text(
         "# Written by benchmarks/run.py for one trial.\n"
         f'[site]\ndomain = "{DOMAIN}"\nname = "Benchmark"\n\n'
-        f'[database]\nurl = "sqlite:///{folder / "alliance.sqlite3"}"\n\n'
+        f'[database]\nurl = "{database_url}"\n\n'
         f'[smtp]\nlisten = "{LOOPBACK}:0"\n\n'
         '[lmtp]\nlisten = ""\n\n'
         f"[outbound]\n{outbound}\n"
@@ -82,15 +83,18 @@ def alliance(config: Path, *args: str, prefix: tuple[str, ...] = (),
 
 
 class Daemon:
-    """`alliance --config FILE serve`, its SMTP port read from the line it prints."""
+    """`alliance --config FILE serve`, its SMTP and HTTP ports read from the line it
+    prints. Several may serve one config (PostgreSQL): each is named, for its files."""
 
-    def __init__(self, folder: Path, config: Path) -> None:
+    def __init__(self, folder: Path, config: Path, name: str = "daemon") -> None:
         self.folder = folder
         self.config = config
-        self.stdout = folder / "daemon.stdout"
-        self.stderr = folder / "daemon.stderr"
+        self.name = name
+        self.stdout = folder / f"{name}.stdout"
+        self.stderr = folder / f"{name}.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.http_port = 0
         self.ready_at = 0.0   # monotonic time we read its "SMTP on port" line
 
     @property
@@ -107,17 +111,20 @@ class Daemon:
                                       env=child_env())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = re.search(r"SMTP on port (\d+)", self.stdout.read_text(errors="replace"))
+            printed = self.stdout.read_text(errors="replace")
+            found = re.search(r"SMTP on port (\d+)", printed)
             if found:
                 self.port = int(found.group(1))
+                http = re.search(r"HTTP on port (\d+)", printed)
+                self.http_port = int(http.group(1)) if http else 0
                 self.ready_at = time.monotonic()
                 return
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
         tail = self.stderr.read_text(errors="replace").strip().splitlines()[-15:]
-        log("the daemon's last words:\n" + "\n".join(tail))
-        raise HarnessError(f"the daemon did not start (exit {self.proc.poll()}): "
+        log(f"{self.name}'s last words:\n" + "\n".join(tail))
+        raise HarnessError(f"{self.name} did not start (exit {self.proc.poll()}): "
                            + (tail[-1] if tail else "no output"))
 
     def stop(self) -> int | None:
@@ -135,3 +142,17 @@ class Daemon:
         """The ERROR, CRITICAL and Traceback lines of its log."""
         return [line for line in self.log_text().splitlines()
                 if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")]
+
+    def delivered(self) -> int | None:
+        """How many deliveries this daemon made, from its /metrics (None if unreadable)."""
+        if not self.http_port:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.http_port}/metrics",
+                                        timeout=10) as answer:
+                text = answer.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        found = re.search(r'^alliance_deliveries_total\{outcome="delivered"\} ([0-9.e+]+)$',
+                          text, re.M)
+        return int(float(found.group(1))) if found else None

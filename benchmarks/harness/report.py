@@ -42,6 +42,8 @@ REPLIES = ("| scenario | clients | replies accepted | intake accepted/s | "
 DKIM = ("| scenario | copies DKIM-signed | sample verified by dkimpy | "
         "250 -> last delivery s | deliveries/s | daemon CPU s | its worker processes' "
         "CPU s | ok |")
+PER_DAEMON = ("| scenario | database | daemon | deliveries it made (its /metrics) | "
+              "RSS peak MiB |")
 MAILMAN = ("| system | scenario | variant | deliveries | "
            "time to complete s (from before the post) | deliveries/s | "
            "first delivery s (from before the post) | dupes | complete |")
@@ -89,9 +91,31 @@ def get(result: Result, *keys: str) -> list[str]:
     return [fmt(result.get(key)) for key in keys]
 
 
+def label(r: Result) -> str:
+    """A scenario's name, and its database when it is not one daemon on SQLite.
+
+    >>> label({"scenario": "B", "title": "t", "engine": "postgresql", "daemons": 2})
+    'B: t (PostgreSQL, 2 daemons)'
+    """
+    engine, daemons = r.get("engine", "sqlite"), r.get("daemons", 1)
+    if engine == "sqlite" and daemons == 1:
+        return f"{r['scenario']}: {r['title']}"
+    name = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}.get(engine, engine)
+    return (f"{r['scenario']}: {r['title']} ({name}"
+            + (f", {daemons} daemons)" if daemons > 1 else ")"))
+
+
+def per_daemon_rows(results: list[Result]) -> list[list[str]]:
+    """One row per daemon of each result that ran more than one."""
+    return [[label(r), fmt(r.get("engine")), f"{d['daemon']} (pid {d['pid']})",
+             fmt(d.get("delivered")), fmt(d.get("rss_peak_mib"))]
+            for r in results if len(r.get("per_daemon") or ()) > 1
+            for d in r["per_daemon"]]
+
+
 def fanout_row(r: Result) -> list[str]:
     """A, B, C: a post to every member."""
-    return [f"{r['scenario']}: {r['title']}", f"{fmt(r['members'])} x {fmt(r['posts'])}",
+    return [label(r), f"{fmt(r['members'])} x {fmt(r['posts'])}",
             *get(r, "deliveries", "time_to_last_s", "deliveries_per_s", "first_delivery_s",
                  "delivery_phase_per_s", "duplicates", "missing"),
             rewritten(r),
@@ -165,6 +189,9 @@ def table(results: list[Result], mailman: list[Result]) -> str:
     intake = [r for r in results if r.get("clients", 1) > 1]
     digest = [r for r in results if r.get("digest")]
     lines = section(FANOUT, [fanout_row(r) for r in fanout])[1:] if fanout else []
+    several = per_daemon_rows(results)
+    if several:
+        lines += section(PER_DAEMON, several)
     signed = [r for r in results if "dkim_signed" in r]
     if signed:
         lines += section(DKIM, [dkim_row(r) for r in signed])

@@ -20,7 +20,7 @@ from typing import Any
 from .catalogue import Scenario
 from .common import DOMAIN, LIST, LIST_ADDRESS, MEMBER_FORMAT, POSTER, HarnessError, log, percentile
 from .daemon import alliance, run_helper
-from .database import database_counts, read_database
+from .database import Store, database_counts, read_database
 from .dns import DMARC_ZONE
 from .poster import Post, Posted, PostRun, make_post, post_all
 from .processes import children_cpu_seconds, proc_cpu_seconds
@@ -52,12 +52,11 @@ def threshold_kib(sizes: list[int]) -> int:
     return kib
 
 
-def arm_digest(folder: Path, config: Path, posts: int, limit: float) -> dict[str, Any]:
+def arm_digest(database: Store, config: Path, posts: int, limit: float) -> dict[str, Any]:
     """Wait until the posts are archived, then set the list's threshold to their size.
 
     The threshold is set with the owners' CLI (`alliance list set`), as an owner would.
     """
-    database = folder / "alliance.sqlite3"
     deadline = time.monotonic() + limit
     while True:
         sizes = [size for (size,) in read_database(
@@ -83,11 +82,13 @@ class Digest:
     from_list: int           # enclosed posts whose From is the list's (DMARC)
 
 
-def digests_queued(path: Path, post_ids: list[str]) -> list[Digest]:
+def digests_queued(database: Store, post_ids: list[str]) -> list[Digest]:
     """Every digest in the database after the run, with what it carries."""
     found = []
     for created_at, data in read_database(
-            path, "SELECT created_at, data FROM outgoing WHERE kind = 'digest' ORDER BY id"):
+            database, "SELECT created_at, data FROM outgoing WHERE kind = 'digest' "
+            "ORDER BY id"):
+        data = bytes(data)   # psycopg may give a memoryview
         head = data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
         ids = re.findall(rb"(?im)^message-id:\s*(<[^>\r\n]*>)", head)
         found.append(Digest(
@@ -153,7 +154,8 @@ class ListTrial(Trial):
         rig.start_profile(sc.key)
         rig.watch(self.watcher)
         self.watcher.start()
-        log(f"{sc.key}: {sc.title}: daemon pid {rig.daemon.pid} on port {rig.daemon.port}, "
+        daemons = ", ".join(f"{d.name} pid {d.pid} on port {d.port}" for d in rig.daemons)
+        log(f"{sc.key}: {sc.title}: {rig.database.engine}, {daemons}, "
             f"sink pid {rig.sink.pid} on port {rig.sink.port}, DNS on port {rig.dns.port}")
 
     def post(self) -> None:
@@ -167,8 +169,8 @@ class ListTrial(Trial):
             log(f"{sc.key}: posting in {start_at - time.monotonic():.1f} s, "
                 f"{DIGEST_LEAD:.0f} s before the daemon's digests job runs again")
             time.sleep(max(0.0, start_at - time.monotonic()))
-        self.cpu_before = proc_cpu_seconds(daemon.pid) or 0.0
-        self.workers_before = children_cpu_seconds(daemon.pid)
+        self.cpu_before = self.daemons_cpu()
+        self.workers_before = self.workers_cpu()
         if sc.busy_posts:
             self.post_busy()
         self.posting = post_all(daemon.port, posts, sc.clients, sc.timeout)
@@ -185,6 +187,14 @@ class ListTrial(Trial):
                                          + sc.busy_members * sc.busy_posts)
         replies = [p.replied_at for p in self.accepted] or [self.posting.started]
         self.t0 = max(replies) if sc.digest else min(replies)
+
+    def daemons_cpu(self) -> float:
+        """CPU seconds the daemons have used (all of them: `--daemons`)."""
+        return sum(proc_cpu_seconds(d.pid) or 0.0 for d in self.rig.daemons)
+
+    def workers_cpu(self) -> float:
+        """CPU seconds the daemons' live worker processes have used."""
+        return sum(children_cpu_seconds(d.pid) for d in self.rig.daemons)
 
     def post_busy(self) -> None:
         """G: the posts to `busy`, all accepted before the intake starts."""
@@ -203,15 +213,15 @@ class ListTrial(Trial):
         """F: arm the digest; then wait for the last delivery, and `--settle` s more."""
         sc, rig = self.sc, self.rig
         if sc.digest and self.accepted:
-            self.result.update(arm_digest(rig.folder, rig.config, len(self.accepted),
+            self.result.update(arm_digest(rig.database, rig.config, len(self.accepted),
                                           DIGEST_LEAD))
             self.result["armed_after_s"] = round(time.monotonic() - self.t0, 3)
         remaining = sc.timeout - (time.monotonic() - self.posting.started)
         if self.accepted and not self.watcher.complete.wait(max(remaining, 0.0)):
             self.problems.append(f"timed out after {sc.timeout:.0f} s with "
                                  f"{rig.sink.poll()} of {self.watcher.expected} deliveries")
-        self.cpu_busy = (proc_cpu_seconds(rig.daemon.pid) or 0.0) - self.cpu_before
-        self.workers_busy = children_cpu_seconds(rig.daemon.pid) - self.workers_before
+        self.cpu_busy = self.daemons_cpu() - self.cpu_before
+        self.workers_busy = self.workers_cpu() - self.workers_before
         time.sleep(self.args.settle)  # anything arriving now is a duplicate
         self.watcher.halt.set()
         self.watcher.join(5)
@@ -242,12 +252,21 @@ class ListTrial(Trial):
         if database.get("deliveries", {}) != {"done": len(expected)}:
             self.problems.append(f"database deliveries by state: {database.get('deliveries')}")
         self.result.update(self.figures(counts, len(expected), status, database))
+        self.check_per_daemon(len(expected))
         if sc.digest and self.digests:
             self.result.update(self.digest_figures(counts, len(expected)))
         if sc.intake and self.accepted:
             self.result.update(self.intake_figures())
         if sc.dkim:
             self.check_dkim()
+
+    def check_per_daemon(self, expected: int) -> None:
+        """With several daemons: what each one's /metrics counted adds up to the
+        deliveries made (a copy sent by two would be counted by both)."""
+        counted = [d["delivered"] for d in self.rig.per_daemon]
+        if len(counted) > 1 and None not in counted and sum(counted) != expected:
+            self.problems.append(f"the daemons' /metrics count {counted} deliveries "
+                                 f"(sum {sum(counted)}), not {expected}")
 
     def check_dkim(self) -> None:
         """H: every copy signed; an even sample of 200 verified by dkimpy."""
@@ -315,6 +334,9 @@ class ListTrial(Trial):
             "rss_ready_mib": round(rig.rss_ready / 1024, 1),
             "rss_peak_mib": rig.peak_mib(status),
             "database": database,
+            "engine": rig.database.engine,
+            "daemons": len(rig.daemons),
+            "per_daemon": rig.per_daemon,
         }
 
     def digest_figures(self, counts: dict[str, int], expected: int) -> dict[str, Any]:

@@ -130,7 +130,8 @@ class MeetingTrial(Trial):
         """E1: the coordinator's command, then every invitation to the sink."""
         rig, sc = self.rig, self.sc
         queue = DbWatcher(rig.database,
-                          "SELECT count(*), sum(state <> 'pending') FROM deliveries",
+                          "SELECT count(*), sum(CASE WHEN state <> 'pending' THEN 1 ELSE 0 END) "
+                          "FROM deliveries",
                           {"committed": (0, 1), "leased": (1, 1)}, sc.timeout)
         rig.watch(self.watcher, queue)
         rig.start_profile("E1")
