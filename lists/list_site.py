@@ -11,6 +11,7 @@ import jinja2
 
 from lists.dmarc import DmarcLookup
 from mailer.admin import SiteContact
+from mailer.arc import Sealer
 from mailer.config import Config, ListsSection
 from mailer.tokens import Signer
 
@@ -37,6 +38,7 @@ class ListSite:
     limits: ListsSection = field(default_factory=ListsSection)
     clock: Callable[[], float] = time.time
     dmarc: DmarcLookup | None = None
+    arc: Sealer | None = None      # ARC sets on list copies (RFC 8617); None: none
     on_leave: LeaveHook | None = None
     # site.admin: who gets mail with no other person (no coordinator, no owner yet)
     contact: SiteContact = field(default_factory=lambda: SiteContact("", ""))
@@ -44,14 +46,14 @@ class ListSite:
     @classmethod
     def from_config(cls, config: Config, secret: bytes, templates: jinja2.Environment, *,
                     clock: Callable[[], float] = time.time,
-                    dmarc: DmarcLookup | None = None,
+                    dmarc: DmarcLookup | None = None, arc: Sealer | None = None,
                     on_leave: LeaveHook | None = None) -> ListSite:
         """The list side's view of the site; `secret` keys its tokens."""
         return cls(domain=config.site.domain.lower(), name=config.site.name,
                    templates=templates, member_tokens=Signer(secret, "member"),
                    unsubscribe_tokens=Signer(secret, "unsubscribe"),
                    base_url=config.base_url, limits=config.lists, clock=clock, dmarc=dmarc,
-                   on_leave=on_leave,
+                   arc=arc, on_leave=on_leave,
                    contact=SiteContact(config.site.admin, config.site.domain))
 
     def address(self, local: str) -> str:

@@ -9,6 +9,7 @@ came from a robot (RFC 3834).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from lists.models import Held, MailingList
 from lists.pipeline import distribute
 from lists.post import Decision, Post, PostFacts, senders_of
 from lists.subscriptions import RequestOutcome
+from mailer.arc import Assessment
 from mailer.inbound import parse
 from mailer.models import Message
 
@@ -45,7 +47,9 @@ def hold(session: Session, site: ListSite, post: Post, decision: Decision) -> He
                 subject=_subject(post), reason=reason, held_at=now,
                 expires_at=now + mailing_list.hold_days * DAY,
                 note=json.dumps({"dmarc_policy": post.facts.dmarc_policy,
-                                 "reason_code": decision.code}))
+                                 "reason_code": decision.code,
+                                 "arc": dataclasses.astuple(post.facts.arc)
+                                 if post.facts.arc else None}))
     session.add(held)
     session.flush()
     held.token = f"h{held.id}-{subscriptions.new_secret()}"
@@ -116,10 +120,24 @@ def _post(session: Session, site: ListSite, mailing_list: MailingList, held: Hel
     stored = session.get(Message, held.message_id)
     assert stored is not None, "a held post keeps its message"
     message = parse(stored.raw)
-    policy = _facts(held).get("dmarc_policy")
+    facts = _facts(held)
+    policy = facts.get("dmarc_policy")
     return Post(mailing_list, site, message, stored.raw, stored.id, stored.mail_from,
                 senders_of(message, stored.mail_from),
-                PostFacts(policy if isinstance(policy, str) else None))
+                PostFacts(policy if isinstance(policy, str) else None,
+                          arc=_arc(facts.get("arc"))))
+
+
+def _arc(kept: object) -> Assessment | None:
+    """The ARC set a held post's copies get, as the post's note kept it (checked when
+    the post arrived: the chain as it came, RFC 8617 §5.2)."""
+    if not isinstance(kept, list) or len(kept) != 3:
+        return None
+    instance, cv, results = kept
+    if not isinstance(instance, int) or cv not in ("none", "pass", "fail") \
+            or not isinstance(results, str):
+        return None
+    return Assessment(instance, cv, results)
 
 
 def by_mail(session: Session, site: ListSite, mailing_list: MailingList, held: Held,

@@ -111,8 +111,11 @@ PIPELINE: tuple[Callable[[Post, bytes], bytes], ...] = (
 
 def fan_out(session: Session, post: Post, data: bytes) -> int:
     """Store the list copy once and one delivery per regular member; returns its id.
-    The archive keeps it first: a public archive's copy says where it is (Archived-At)."""
+    The archive keeps it first: a public archive's copy says where it is (Archived-At).
+    Then the ARC set, over the copy as every member gets it but their List-Unsubscribe."""
     data = archive.keep(session, post, data)
+    if post.site.arc is not None and post.facts.arc is not None:
+        data = post.site.arc.seal(data, post.facts.arc)
     outgoing = outbox.enqueue(session, sender=post.address("-bounces+{token}"),
                               recipients=(), data=data, kind="list",
                               source_id=post.message_id)

@@ -9,6 +9,7 @@ from typing import Literal
 from lists.list_site import ListSite
 from lists.models import MailingList
 from mailer.addresses import AddressError, named_addresses, normalize
+from mailer.arc import Assessment
 from mailer.inbound import Inbound, UnreadableField
 
 Action = Literal["accept", "hold", "reject", "discard"]
@@ -25,11 +26,12 @@ class Decision:
 
 @dataclass(frozen=True)
 class PostFacts:
-    """What was found before the transaction: the poster's DMARC policy (RFC 7489), and
-    why the post could not be read, if it could not."""
+    """What was found before the transaction: the poster's DMARC policy (RFC 7489), why
+    the post could not be read, if it could not, and the ARC set its copies get (RFC 8617)."""
 
     dmarc_policy: str | None = None
     unreadable: str = ""
+    arc: Assessment | None = None
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,8 @@ class PostHandler(ListHandler):
         self._read = workers.batched(read_posts) if workers is not None else None
 
     async def prepare(self, inbound: Inbound) -> PostFacts:
-        """Read the post (a large one in a worker first), and look up the poster's DMARC
-        policy; neither holds the write transaction."""
+        """Read the post (a large one in a worker first), look up the poster's DMARC
+        policy, and check the ARC chain it came with; none holds the write transaction."""
         if self._read is not None and len(inbound.raw) >= READ_IN_WORKER:
             try:
                 problem = await self._read(inbound.raw)
@@ -79,10 +79,12 @@ class PostHandler(ListHandler):
         problem = await asyncio.to_thread(lambda: reading_problem(inbound.message))
         if problem:                                           # parsed once, cached
             return PostFacts(unreadable=problem)
+        arc = await self.site.arc.assess(inbound.raw, inbound.protocol) \
+            if self.site.arc is not None else None
         domain = dmarc.from_domain(inbound.raw)
         if self.site.dmarc is None or domain is None:
-            return PostFacts()
-        return PostFacts(await self.site.dmarc.policy(domain))
+            return PostFacts(arc=arc)
+        return PostFacts(await self.site.dmarc.policy(domain), arc=arc)
 
     def handle(self, session: Session, inbound: Inbound) -> None:
         mailing_list = service.find(session, inbound.route.list or "")

@@ -31,6 +31,7 @@ from lists.models import MailingList, Member
 from lists.posting import PostHandler
 from lists.requests import ConfirmHandler, OwnerHandler, RequestHandler
 from mailer.addresses import Role
+from mailer.arc import Sealer
 from mailer.config import Config
 from mailer.inbound import Offload, RoleHandler
 from mailer.jobs import Job
@@ -43,11 +44,13 @@ WORKER_MODULES = ("lists.posting",)
 
 
 def site(config: Config, secret: bytes, templates: jinja2.Environment, dns: TxtLookup, *,
-         clock: Callable[[], float] = time.time, on_leave: LeaveHook | None = None) -> ListSite:
+         clock: Callable[[], float] = time.time, on_leave: LeaveHook | None = None,
+         arc: Sealer | None = None) -> ListSite:
     """The list side's view of the site, with DMARC look-ups through `dns`; `on_leave`
-    hears of members who leave a list (the meetings side's `on_leave`)."""
+    hears of members who leave a list (the meetings side's `on_leave`); `arc` seals the
+    list copies of posts whose results our MTA vouched for."""
     return ListSite.from_config(config, secret, templates, clock=clock,
-                                dmarc=DmarcLookup(dns), on_leave=on_leave)
+                                dmarc=DmarcLookup(dns), arc=arc, on_leave=on_leave)
 
 
 def handlers(site: ListSite, workers: Offload | None = None) -> dict[Role, RoleHandler]:

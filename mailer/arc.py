@@ -35,15 +35,20 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
+from mailer.config import Config, ConfigError
 from mailer.domainkeys import (
+    SELECTOR,
     SIGNED,
     DkimKey,
+    DkimSigner,
     body_hash,
     crlf,
     fold,
     header_data,
     header_fields,
     header_list,
+    key_path,
+    load_key,
     relaxed_header,
     split,
 )
@@ -403,3 +408,24 @@ class Sealer:
     def _signed(self, tag_list: list[str], data: bytes, name: str) -> bytes:
         value = base64.b64encode(self.key.sign(data)).decode()
         return fold([*tag_list, "b=" + value], name).encode()
+
+
+def sealer(config: Config, dkim: DkimSigner | None, dns: KeyLookup) -> Sealer | None:
+    """The sealer the [arc] section asks for: None without an authserv-id, or with DKIM
+    off (ARC rides on the DKIM set-up: its key by default, its published records)."""
+    section = config.arc
+    if not section.authserv_id or dkim is None:
+        if section.authserv_id:
+            log.warning("arc.authserv_id is set but DKIM is off (no dkim.selector): no ARC")
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", section.authserv_id):
+        raise ConfigError(f"arc.authserv_id: expected a host name such as "
+                          f"mx.{config.site.domain}, got {section.authserv_id!r}")
+    if not section.selector:
+        return Sealer(dkim.keys[0], section.authserv_id, dns)
+    if not SELECTOR.fullmatch(section.selector):
+        raise ConfigError(f"arc.selector: expected a DNS label such as 2026a, "
+                          f"got {section.selector!r}")
+    key = load_key(key_path(config, section.selector, section.key_file), section.selector,
+                   dkim.keys[0].domain, "rsa", "arc.key_file")
+    return Sealer(key, section.authserv_id, dns)

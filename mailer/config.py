@@ -188,6 +188,16 @@ class DkimSection:
 
 
 @dataclass(frozen=True)
+class ArcSection:
+    authserv_id: str = _key(
+        "", "authserv-id of the Authentication-Results our MTA in front writes (RFC 8601); "
+        "posts that carry them on top get an ARC set (RFC 8617) on their list copies, "
+        "when DKIM is on; empty: no ARC")
+    selector: str = _key("", "selector of the RSA key that seals; empty: dkim.selector's key")
+    key_file: str = _key("", "PEM private key of that selector; empty: var/dkim/SELECTOR.pem")
+
+
+@dataclass(frozen=True)
 class Config:
     site: SiteSection = field(default_factory=SiteSection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
@@ -196,6 +206,7 @@ class Config:
     intake: IntakeSection = field(default_factory=IntakeSection)
     outbound: OutboundSection = field(default_factory=OutboundSection)
     dkim: DkimSection = field(default_factory=DkimSection)
+    arc: ArcSection = field(default_factory=ArcSection)
     http: HttpSection = field(default_factory=HttpSection)
     router: RouterSection = field(default_factory=RouterSection)
     lists: ListsSection = field(default_factory=ListsSection)

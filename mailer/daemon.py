@@ -22,9 +22,10 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from lists import wiring as list_side
-from mailer import dashboard, health, templates, webauth
+from mailer import dashboard, health, queue_pages, templates, webauth
 from mailer.addresses import Role
 from mailer.admin import AdminHandler, SiteContact
+from mailer.arc import sealer as arc_sealer
 from mailer.backup import serving, sqlite_file
 from mailer.config import Config, ConfigError, parse_listen
 from mailer.db import Database, open_database
@@ -214,7 +215,8 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
     dns = TxtResolver(config.dns.nameserver, config.dns.timeout, config.dns.cache_seconds)
     meeting_site = meeting_side.site(config, secret, pages, clock=clock)
     list_site = list_side.site(config, secret, pages, dns, clock=clock,
-                               on_leave=meeting_side.on_leave(meeting_site))
+                               on_leave=meeting_side.on_leave(meeting_site),
+                               arc=arc_sealer(config, dkim, dns))
     workers = Workers(config.router.processes,
                       preload=list_side.WORKER_MODULES + meeting_side.WORKER_MODULES
                       + (("mailer.domainkeys",) if dkim else ()),

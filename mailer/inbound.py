@@ -107,6 +107,7 @@ class Inbound:
         default=None, compare=False, repr=False)
     peer: str = ""
     prepared: Any = None
+    protocol: str = ""          # "smtp", or "lmtp": from the MTA in front (mailer.arc trusts)
     policy: Policy = READING
 
     @property

@@ -428,16 +428,17 @@ def _load(session: Session, ids: list[int],
     their handler is lazy."""
     rows = session.execute(
         select(Work.id, Work.role, Work.list_name, Work.token, Work.recipient,
-               Message.id, Message.mail_from, Message.raw, Message.peer)
+               Message.id, Message.mail_from, Message.raw, Message.peer, Message.protocol)
         .join(Message, Message.id == Work.message_id)
         .where(Work.id.in_(ids), Work.state == "working"))
     loaded: dict[int, Inbound | Exception] = {}
-    for work_id, role, list_name, token, recipient, message_id, mail_from, raw, peer in rows:
+    for work_id, role, list_name, token, recipient, message_id, mail_from, raw, peer, \
+            protocol in rows:
         try:
             route = Route(Role(role), list_name, token)
             policy, early = parsing.get(role, (READING, True))
             inbound = Inbound(work_id, message_id, route, recipient, mail_from, raw,
-                              peer=peer, policy=policy)
+                              peer=peer, policy=policy, protocol=protocol)
             if early:
                 inbound.message  # noqa: B018 (parsed now, off the event loop)
             loaded[work_id] = inbound
