@@ -146,9 +146,8 @@ def test_rsa_and_ed25519_signatures_verify(message: bytes) -> None:
 
 def test_the_signed_fields_are_the_listed_ones_each_once_more() -> None:
     signed = DkimSigner(keys()[:1]).sign(POST)
-    field = signed.split(b"\r\n\t", 3)
     h = re.search(rb"h=([^;]+);", re.sub(rb"\r\n\s+", b"", signed.split(b"\r\n\r\n")[0]))
-    assert h is not None and field
+    assert h is not None
     names = h.group(1).decode().split(":")
     for name in ("from", "to", "subject", "date", "message-id", "list-id",
                  "list-unsubscribe", "list-unsubscribe-post", "mime-version",
