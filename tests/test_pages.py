@@ -141,20 +141,6 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "me_erase": {"address": "ana@members.test", "csrf": "c" * 32},
     "me_erased": {"address": "ana@members.test", "seated": []},
     "me_erased/seated": {"address": "ana@members.test", "seated": ["board", "steering"]},
-    **{f"me/{done or 'plain'}": {
-        "address": "ana@members.test", "csrf": "c" * 32, "staff": done == "saved",
-        "done": done, "languages": ["en", "fr", "es", "de", "pt"],
-        "mode_order": ["regular", "digest", "nomail"],
-        "lists": [{"list": "steering", "name": "Steering Committee", "delivery": "digest",
-                   "language": "fr", "enabled": True},
-                  {"list": "board", "name": "Board", "delivery": "regular",
-                   "language": "en", "enabled": False}]}
-       for done in ("", "saved", "left", "unchanged")},
-    "me/empty": {"address": "ana@members.test", "csrf": "c" * 32, "staff": False, "done": "",
-                 "languages": ["en"], "mode_order": ["regular"], "lists": []},
-    "me_erase": {"address": "ana@members.test", "csrf": "c" * 32},
-    "me_erased": {"address": "ana@members.test", "seated": []},
-    "me_erased/seated": {"address": "ana@members.test", "seated": ["board", "steering"]},
 }
 
 
