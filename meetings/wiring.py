@@ -23,6 +23,7 @@ from mailer.web import Page, Store
 from mailer.webauth import Access, SiteUser
 from meetings import (
     answer_pages,
+    body_pages,
     cadence,
     coordination,
     departures,
@@ -95,7 +96,9 @@ def person(session: Session, address: str) -> SiteUser | None:
 
 
 def pages(site: MeetingSite, store: Store, access: Access) -> tuple[Page, ...]:
-    """The meetings side's web pages: the feeds, the invitees' answer pages, and the
-    dashboard's meetings and organisation pages (behind `access`)."""
-    return feed.pages(site, store) + answer_pages.pages(site, store) \
+    """The meetings side's web pages: the feeds and the bodies' public pages, the
+    invitees' answer pages, and the dashboard's meetings and organisation pages (behind
+    `access`)."""
+    return feed.pages(site, store) + body_pages.pages(site, store) \
+        + answer_pages.pages(site, store) \
         + meeting_pages(site, access) + organisation_pages(site, access)

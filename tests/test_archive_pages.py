@@ -184,7 +184,9 @@ async def test_each_page_costs_the_same_queries_for_three_posts_or_three_hundred
         counts = []
         for route in routes:
             seen: list[str] = []
-            listener = lambda *args: seen.append(args[2])  # noqa: E731
+
+            def listener(*args: Any, seen: list[str] = seen) -> None:
+                seen.append(args[2])
             event.listen(daemon.db.reader, "before_cursor_execute", listener)
             status, _, _ = await http(daemon.ports["http"], "GET", f"/lists/steering/{route}")
             event.remove(daemon.db.reader, "before_cursor_execute", listener)
