@@ -22,7 +22,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from lists import wiring as list_side
-from mailer import dashboard, health, queue_pages, templates, webauth
+from mailer import dashboard, health, templates, webauth
 from mailer.addresses import Role
 from mailer.admin import AdminHandler, SiteContact
 from mailer.arc import sealer as arc_sealer
