@@ -30,8 +30,9 @@ def test_ci_runs_the_readme_test_command_as_written_there() -> None:
 
 
 # The programs the tests and the try-it block run, and the Debian package of each.
-PACKAGES = {"swaks": "swaks", "smtp-sink": "postfix", "node": "nodejs", "npm": "npm",
-            "chromium": "chromium"}
+PACKAGES = {"swaks": "swaks", "smtp-sink": "postfix", "postfix": "postfix",
+            "node": "nodejs", "npm": "npm",
+            "chromium": "chromium", "nginx": "nginx-light"}
 
 
 def test_every_program_the_tests_run_is_named_in_the_apt_line() -> None:
