@@ -3,9 +3,35 @@ Postfix instance made from them relays, verifies and smarthosts for a running da
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import smtplib
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-from tests.helpers import DOMAIN, cli, cli_error
+import dkim
+import pytest
+
+from tests.helpers import (
+    DOMAIN,
+    Delivered,
+    Sink,
+    cli,
+    cli_error,
+    free_port,
+    invoke,
+    mail,
+    make_config,
+    make_list,
+    make_pki,
+    running,
+)
 
 
 def site(folder: Path, text: str) -> Path:
@@ -57,3 +83,251 @@ def test_a_smarthost_elsewhere_gets_a_loopback_port_and_a_note(tmp_path: Path) -
 def test_without_an_lmtp_listener_there_is_nothing_to_relay_to(tmp_path: Path) -> None:
     config = site(tmp_path, '[lmtp]\nlisten = ""\n')
     assert "lmtp.listen is off" in cli_error(config, "postfix")
+
+
+# -- a private Postfix, made from `alliance postfix` -------------------------------------
+
+POSTFIX = shutil.which("postfix") or (
+    "/usr/sbin/postfix" if os.access("/usr/sbin/postfix", os.X_OK) else None)
+NO_POSTFIX = ("Postfix is not installed (apt-get install postfix; its own service need not "
+              "run); CI installs it" if POSTFIX is None else
+              "a private Postfix instance is started as root (postfix -c DIR start)"
+              if os.geteuid() != 0 else "")
+
+# Postfix's own services, as Debian's master.cf has them, out of any chroot (the instance
+# lives in a temporary folder). The test's master.cf adds the MX's listener and what
+# `alliance postfix` prints.
+SERVICES = """\
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+smtp      unix  - - n - - smtp
+relay     unix  - - n - - smtp
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+lmtp      unix  - - n - - lmtp
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+class Instance:
+    """A Postfix of its own: config, queue, data and log in one temporary folder, listening
+    on loopback ports only; never the system's Postfix, never port 25."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.etc = root / "etc"
+        self.spool = root / "spool"
+        self.maillog = root / "maillog"
+
+    def write(self, main_cf: str, master_cf: str, transport: str) -> None:
+        for folder in (self.etc, self.spool):
+            folder.mkdir(mode=0o755)
+        (self.etc / "main.cf").write_text(main_cf)
+        (self.etc / "master.cf").write_text(master_cf)
+        (self.etc / "transport").write_text(transport)
+        self.maillog.touch()
+
+    def main_cf(self, smarthost_port: int) -> str:
+        """What makes the instance private, and the internet it delivers to: the sink."""
+        return f"""\
+compatibility_level = 3.6
+queue_directory = {self.spool}
+data_directory = {self.root}/data
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+myhostname = mx.postfix.test
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+maillog_file = {self.maillog}
+maillog_file_prefixes = {self.root}
+# One client at a time here: never pause it for the queue manager to catch up.
+in_flow_delay = 0
+relayhost = [127.0.0.1]:{smarthost_port}
+"""
+
+    async def command(self, program: str, *args: str) -> str:
+        assert POSTFIX is not None
+        process = await asyncio.create_subprocess_exec(
+            str(Path(POSTFIX).parent / program), "-c", str(self.etc), *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, (program, args, output.decode(), self.log())
+        return output.decode()
+
+    def log(self) -> str:
+        return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
+
+    def processes(self) -> set[int]:
+        """The master and everything it started (read from /proc)."""
+        pid_file = self.spool / "pid" / "master.pid"
+        if not pid_file.exists():
+            return set()
+        found = {int(pid_file.read_text().split()[0])}
+        parents = {}
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if entry.name.isdigit():
+                    stat = (entry / "stat").read_text()
+                    parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+        while grown := {pid for pid, parent in parents.items()
+                        if parent in found and pid not in found}:
+            found |= grown
+        return {pid for pid in found if Path(f"/proc/{pid}").exists()}
+
+    async def queue(self) -> list[dict[str, object]]:
+        """Postfix's queue, one entry a message (postqueue -j)."""
+        output = await self.command("postqueue", "-j")
+        return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+    async def drained(self, timeout: float = 30.0) -> None:
+        """Wait until Postfix's queue is empty: every message passed on."""
+        for _ in range(int(timeout / 0.1)):
+            if not await self.queue():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"Postfix's queue: {await self.queue()}\n{self.log()}")
+
+    @contextlib.asynccontextmanager
+    async def started(self) -> AsyncIterator[Instance]:
+        await self.command("postmap", str(self.etc / "transport"))
+        await self.command("postfix", "check")
+        await self.command("postfix", "start")
+        try:
+            yield self
+        finally:
+            children = self.processes()
+            await self.command("postfix", "stop")
+            await self.gone(children)
+
+    async def gone(self, pids: set[int]) -> None:
+        """Wait for the instance's processes to end; kill those that linger."""
+        for _ in range(100):
+            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+            if not pids:
+                return
+            await asyncio.sleep(0.1)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def instance() -> Iterator[Instance]:
+    # Not under pytest's tmp_path: its folders are root's alone (0700), and Postfix's
+    # processes run as the postfix user in the queue folder.
+    root = Path(tempfile.mkdtemp(prefix="alliance-postfix-"))
+    root.chmod(0o755)
+    yield Instance(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def dns_of(record: str) -> Callable[..., bytes | None]:
+    """A dnsfunc for dkimpy answering with the record `alliance dkim keygen` printed."""
+    name, _, strings = record.partition(" IN TXT ")
+    zone = {(name + ".").encode(): "".join(re.findall(r'"([^"]*)"', strings)).encode()}
+    return lambda name, timeout=5: zone.get(name)
+
+
+def refused_at_rcpt(port: int, sender: str, recipient: str) -> tuple[int, str]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("client.party.example")
+        client.mail(sender)
+        code, text = client.rcpt(recipient)
+    return code, text.decode()
+
+
+def submit(port: int, sender: str, recipient: str, data: bytes) -> object:
+    """Send one message over SMTP, in a thread: the daemon answers in the test's loop."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        return client.sendmail(sender, [recipient], data)
+
+
+def clear_submission(port: int) -> tuple[int, str]:
+    """MAIL FROM without STARTTLS at the daemon's smarthost port."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("somebody")
+        code, text = client.mail("someone@party.example")
+    return code, text.decode()
+
+
+@pytest.mark.skipif(bool(NO_POSTFIX) and not os.environ.get("CI"), reason=NO_POSTFIX)
+async def test_postfix_in_front_relays_to_our_lmtp_verifies_and_is_our_smarthost(
+        tmp_path: Path, sqlite_url: str, sink: Sink, instance: Instance) -> None:
+    mx, lmtp, submission = free_port(), free_port(), free_port()
+    pki = make_pki(tmp_path)
+    site_file = site(tmp_path, f'[lmtp]\nlisten = "127.0.0.1:{lmtp}"\n[outbound]\n'
+                               f'url = "smtp://127.0.0.1:{submission}?starttls=required"\n')
+    record = cli(site_file, "dkim", "keygen", "--selector", "2026p").strip().splitlines()[-1]
+    config = make_config(tmp_path, sqlite_url, lmtp={"listen": f"127.0.0.1:{lmtp}"},
+                         outbound={"url": f"smtp://127.0.0.1:{submission}?starttls=required",
+                                   "tls_ca_file": str(pki.ca)},
+                         dkim={"selector": "2026p"})
+    people = ["ana@party.example", "bo@union.example", "cy@ngo.example"]
+    make_list(config, "steering", people)
+
+    def lines(part: str) -> str:
+        result = invoke(site_file, "postfix", "--part", part,
+                        "--tls-cert", str(pki.cert), "--tls-key", str(pki.key))
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    instance.write(instance.main_cf(sink.port) + lines("main.cf"),
+                   f"127.0.0.1:{mx} inet n - n - - smtpd\n{SERVICES}{lines('master.cf')}",
+                   lines("transport"))
+    # Postfix knows every parameter printed, in main.cf and in master.cf's -o options.
+    assert "warning" not in await instance.command("postconf", "-n")
+    async with instance.started() as postfix, running(config):
+        # An address our LMTP does not know is refused by Postfix, at RCPT, with our words.
+        code, text = await asyncio.to_thread(
+            refused_at_rcpt, mx, people[0], f"nobody@{DOMAIN}")
+        assert code == 550, text
+        assert "Recipient address rejected: undeliverable address" in text
+        assert "said: 550 5.1.1" in text
+
+        # Nothing reaches the smarthost port in clear.
+        code, text = await asyncio.to_thread(clear_submission, submission)
+        assert code == 530 and "STARTTLS" in text, text
+
+        # A post through Postfix to the list: Postfix -> LMTP -> fan-out -> Postfix -> sink.
+        post = mail(people[0], f"steering@{DOMAIN}", "Agenda", "See you.\n")
+        assert await asyncio.to_thread(submit, mx, people[0], f"steering@{DOMAIN}", post) == {}
+        copies = await sink.wait_for(len(people), timeout=60)
+        await postfix.drained()
+    assert sorted(copy.rcpt for copy in copies) == sorted(people)
+    assert len(sink.received) == len(people), "nothing else (no bounce) came out"
+    for copy in copies:
+        check_copy(copy, record)
+
+
+def check_copy(copy: Delivered, record: str) -> None:
+    """A list copy as the world gets it from Postfix: our headers, a DKIM signature that
+    verifies, and Postfix's word that we handed it over TLS."""
+    message = copy.message
+    assert message["Subject"] == "[steering] Agenda"
+    assert message["List-Id"] and f"steering.{DOMAIN}" in message["List-Id"]
+    assert message["List-Unsubscribe"].startswith("<https://")
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert copy.mail_from.startswith("steering-bounces+")
+    assert dkim.DKIM(copy.data).verify(dnsfunc=dns_of(record))
+    received = message.get_all("Received")
+    # The newest first: Postfix took the copy from us over TLS; before it, our intake
+    # took the post by LMTP from Postfix, which took it over SMTP from the poster.
+    assert "by mx.postfix.test (Postfix) with ESMTPS" in received[0], received[0]
+    assert "(using TLSv1.3 with cipher" in received[0], received[0]
+    assert "with LMTP" in received[1], received[1]
+    assert "by mx.postfix.test (Postfix) with ESMTP " in received[2], received[2]
