@@ -298,3 +298,45 @@ async def test_a_fan_out_yields_to_intake_while_messages_arrive(
     assert during and max(during) == 1, "one connection while messages arrive"
     assert max(active for _, active in sink.starts) > 1, "all of them once intake is quiet"
     assert {person: sink.recipients[person] for person in people} == dict.fromkeys(people, 1)
+
+
+def test_a_claim_reads_the_queue_in_order_and_sorts_nothing(database_url: str,
+                                                             tmp_path: Path) -> None:
+    """Issue 12 (one post to 100,000 members): each claim reads the index on (state,
+    due_at) in order and stops at its limit. Asked as `state IN ('pending', 'sending')
+    ORDER BY due_at`, both engines read and sorted every due row at every claim: a sort
+    in the plan (SQLite's temporary B-tree, PostgreSQL's Sort)."""
+    from sqlalchemy import event
+
+    from mailer import delivery, outbox
+    from mailer.db import Database
+    db = Database(database_url, tmp_path)
+    db.upgrade()
+    db.transaction(lambda s: outbox.enqueue(
+        s, sender="list-bounces@example.org", kind="post", data=b"Subject: x\r\n\r\nx\r\n",
+        recipients=[(f"m{n}@x.test", None) for n in range(50)]))
+    updates: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any,
+             _many: bool) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            updates.append((statement, parameters))
+
+    def claim_and_explain(session: Any) -> tuple[int, list[str]]:
+        now = time.time()
+        event.listen(db.writer, "before_cursor_execute", seen)
+        try:
+            leased = delivery.claim(session, now, now + 60, 10)
+        finally:
+            event.remove(db.writer, "before_cursor_execute", seen)
+        explain = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
+        return len(leased), [
+            "\n".join(str(row[-1]) for row in session.connection().exec_driver_sql(
+                explain + statement, parameters))
+            for statement, parameters in updates]
+
+    leased, plans = db.transaction(claim_and_explain)
+    db.close()
+    assert leased == 10
+    assert plans and all("ix_deliveries_state_due" in plan for plan in plans), plans
+    assert not any("TEMP B-TREE" in plan or "Sort" in plan for plan in plans), plans
