@@ -169,28 +169,35 @@ def letters_of(session: Session, site: MeetingSite, meeting_id: int) -> dict[str
 
 
 class _Words(HTMLParser):
-    """The text a reader of an HTML part sees: its words, a line per block."""
+    """The text a reader of an HTML part sees: its words, a line per block, a link's
+    address in brackets after its words."""
 
     BLOCKS = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "table", "ul"})
+    CELLS = frozenset({"td", "th"})
     UNSEEN = frozenset({"style", "script", "head", "title"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.hidden = 0
+        self.links: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.hidden += tag in self.UNSEEN
         if tag in self.BLOCKS:
             self.parts.append("\n")
-        href = dict(attrs).get("href")
-        if tag == "a" and href:
-            self.parts.append(f" [{href}] ")
+        elif tag in self.CELLS:
+            self.parts.append(" ")
+        if tag == "a":
+            self.links.append(dict(attrs).get("href") or "")
 
     def handle_endtag(self, tag: str) -> None:
         self.hidden -= tag in self.UNSEEN and self.hidden > 0
         if tag in self.BLOCKS:
             self.parts.append("\n")
+        if tag == "a" and self.links:
+            href = self.links.pop()
+            self.parts.append(f" [{href}]" if href else "")
 
     def handle_data(self, data: str) -> None:
         if not self.hidden:

@@ -224,3 +224,14 @@ async def test_a_coordination_contact_keeps_the_parties_and_seats(
                       (coordinator, "organisation.seat"),
                       (coordinator, "organisation.body-name"),
                       (coordinator, "organisation.unseat")], "refusals are not logged"
+
+
+def test_the_preview_shows_an_html_part_as_its_words() -> None:
+    from meetings.meeting_pages import html_text
+
+    part = ("<html><head><style>p { color: red }</style></head><body>"
+            "<p>Dear &amp; Ana,</p><table><tr><th>When</th><td>Monday</td></tr></table>"
+            "<p>see <a href='https://x.test/a'>the agenda</a> or <a>this</a></p>"
+            "<script>alert(1)</script></body></html>")
+    assert html_text(part) == ("Dear & Ana,\n\nWhen Monday\n\n"
+                               "see the agenda [https://x.test/a] or this")
