@@ -40,11 +40,18 @@ def site(folder: Path, text: str) -> Path:
     return path
 
 
+def printed(config: Path, *args: str) -> str:
+    """What `alliance ARGS` printed on stdout (notes go to stderr)."""
+    result = invoke(config, *args)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
 def test_the_lines_follow_the_config(tmp_path: Path) -> None:
     config = site(tmp_path, '[lmtp]\nlisten = "0.0.0.0:2424"\n'
                             '[intake]\nmax_message_size = 5000000\nmax_recipients = 40\n'
                             '[outbound]\nurl = "smtp://127.0.0.1:2587?starttls=required"\n')
-    main = cli(config, "postfix", "--part", "main.cf")
+    main = printed(config, "postfix", "--part", "main.cf")
     assert f"\nrelay_domains = {DOMAIN}\n" in main
     assert f"inline:{{ {DOMAIN}=reject_unverified_recipient }}" in main
     assert "\nunverified_recipient_reject_code = 550\n" in main
@@ -52,32 +59,44 @@ def test_the_lines_follow_the_config(tmp_path: Path) -> None:
     assert "\nlmtp_destination_recipient_limit = 40\n" in main
     assert "\nsmtpd_tls_cert_file = /etc/ssl/certs/ssl-cert-snakeoil.pem\n" in main
     # The listener on every address is reached on loopback.
-    assert cli(config, "postfix", "--part", "transport").endswith(
+    assert printed(config, "postfix", "--part", "transport").endswith(
         f"\n{DOMAIN} lmtp:inet:127.0.0.1:2424\n")
-    master = cli(config, "postfix", "--part", "master.cf")
+    master = printed(config, "postfix", "--part", "master.cf")
+    transport = printed(config, "postfix", "--part", "transport")
     assert "\n127.0.0.1:2587 inet n - n - - smtpd\n" in master
     assert "\n  -o smtpd_tls_security_level=encrypt\n" in master
-    everything = cli(config, "postfix")
-    assert everything == "\n".join((main, master, cli(config, "postfix", "--part", "transport")))
+    everything = printed(config, "postfix")
+    assert everything == "\n".join((main, master, transport))
 
 
 def test_smtps_asks_for_tls_from_the_first_byte_and_certificates_are_the_listeners(
         tmp_path: Path) -> None:
     config = site(tmp_path, '[smtp]\ntls_cert = "tls/cert.pem"\ntls_key = "tls/key.pem"\n'
                             '[outbound]\nurl = "smtps://127.0.0.1:2465"\n')
-    master = cli(config, "postfix", "--part", "master.cf")
+    master = printed(config, "postfix", "--part", "master.cf")
     assert "\n127.0.0.1:2465 inet n - n - - smtpd\n" in master
     assert "\n  -o smtpd_tls_wrappermode=yes\n" in master
-    main = cli(config, "postfix", "--part", "main.cf")
+    main = printed(config, "postfix", "--part", "main.cf")
     assert f"\nsmtpd_tls_cert_file = {tmp_path}/tls/cert.pem\n" in main
     assert f"\nsmtpd_tls_key_file = {tmp_path}/tls/key.pem\n" in main
 
 
 def test_a_smarthost_elsewhere_gets_a_loopback_port_and_a_note(tmp_path: Path) -> None:
     config = site(tmp_path, '[outbound]\nurl = "smtp://relay.example.net:587"\n')
-    master = cli(config, "postfix", "--part", "master.cf")
+    master = printed(config, "postfix", "--part", "master.cf")
     assert "\n127.0.0.1:10587 inet n - n - - smtpd\n" in master
     assert '#     url = "smtp://127.0.0.1:10587?starttls=required"\n' in master
+
+
+def test_a_certificate_that_is_not_there_is_said(tmp_path: Path) -> None:
+    config = site(tmp_path, '[outbound]\nurl = "smtp://127.0.0.1:10587?starttls=required"\n')
+    result = invoke(config, "postfix", "--tls-cert", str(tmp_path / "cert.pem"))
+    assert result.exit_code == 0
+    assert result.stderr == (f"note: {tmp_path}/cert.pem does not exist here: give --tls-cert "
+                             "and --tls-key (for Debian's own: make-ssl-cert "
+                             "generate-default-snakeoil)\n")
+    (tmp_path / "cert.pem").write_text("a certificate and its key\n")
+    assert invoke(config, "postfix", "--tls-cert", str(tmp_path / "cert.pem")).stderr == ""
 
 
 def test_without_an_lmtp_listener_there_is_nothing_to_relay_to(tmp_path: Path) -> None:
