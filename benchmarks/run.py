@@ -25,8 +25,10 @@ posts over SMTP, and a watcher that polls the dump every 5 ms.
   G  intake under load: D's 5,000 posts while 10 posts of 20 KB to a second list of
      5,000 members fan out (short: 200 posts, 10 x 200 members); its p99 is compared
      with D's from the same run (issue 10: within 2x)
-  H  B with DKIM on (`[dkim]`, a key from `alliance dkim keygen`): every copy signed,
-     an even sample of 200 verified by dkimpy (short: 200 members)
+  H  B with DKIM on (`[dkim]`, a key from `alliance dkim keygen`) and ARC (`[arc]`: the
+     post comes over LMTP with our MTA's Authentication-Results on top): every copy
+     signed and carrying the post's ARC set, an even sample of 200 verified by dkimpy's
+     verify and arc_verify (short: 200 members)
 
 `--database postgresql://...` runs each trial on a PostgreSQL database of its own,
 created with a unique name before the trial and dropped after it (also on errors;

@@ -181,7 +181,7 @@ class Broken(Exception):
 
 
 class Unknown(Exception):
-    """The chain could not be checked now (a key's DNS look-up failed)."""
+    """The chain could not be checked (a key's DNS look-up failed, say)."""
 
 
 def highest_instance(fields: Sequence[bytes]) -> int:
@@ -282,7 +282,9 @@ def check_message_signature(fields: Sequence[bytes], body: bytes, last: ArcSet,
     if found is None or not {b"a", b"b", b"bh", b"d", b"h", b"s"} <= found.keys():
         raise Broken(f"AMS {last.instance}: a tag is missing or malformed")
     if found.get(b"c", b"relaxed/relaxed").lower() != b"relaxed/relaxed":
-        raise Broken(f"AMS {last.instance}: only c=relaxed/relaxed is checked here")
+        # Not known to fail: we cannot tell, and a valid chain must not be stamped fail.
+        raise Unknown(f"AMS {last.instance} uses c={found[b'c'].decode()}; only "
+                      "relaxed/relaxed is checked here")
     names = [name.lower() for name in found[b"h"].split(b":")]
     if SEAL in names:
         raise Broken(f"AMS {last.instance} signs an ARC-Seal (RFC 8617 §4.1.2)")
@@ -328,7 +330,8 @@ def terminated(sets: Sequence[ArcSet]) -> bool:
 async def chain_state(message: bytes, dns: KeyLookup) -> str | None:
     """cv= for the chain `message` arrives with: "none", "pass" or "fail" (RFC 8617
     §5.2); None when no set may be added (a chain already ended, or at 50 sets) or the
-    keys could not be looked up now."""
+    chain could not be checked (a key's DNS look-up failed, a canonicalisation we do not
+    check)."""
     head, body = split(crlf(message))
     fields = header_fields(head)
     try:

@@ -190,6 +190,11 @@ def test_an_unknown_key_fails_the_chain_and_a_dns_failure_adds_no_set() -> None:
     assert sealed(incoming, Sealer(OUR_KEY, OURS, Zone(failing=True))) is None
 
 
+def test_a_message_signature_we_do_not_check_adds_no_set_rather_than_cv_fail() -> None:
+    simple = relayed().replace(b"c=relaxed/relaxed", b"c=simple/simple")
+    assert sealed(simple, Sealer(OUR_KEY, OURS, ZONE)) is None
+
+
 def test_a_chain_that_has_ended_or_has_fifty_sets_gets_no_more() -> None:
     sealer = Sealer(OUR_KEY, OURS, ZONE)
     ended = sealed(relayed().replace(b"Hello", b"x").replace(b"The agenda", b"An agenda"),

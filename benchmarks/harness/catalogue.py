@@ -22,6 +22,7 @@ class Scenario:
     busy_members: int = 0     # G: that list's members
     busy_size: int = 0        # G: bytes per busy post
     dkim: bool = False        # H: [dkim] on, a key from `alliance dkim keygen`
+    arc: bool = False         # H: [arc] on too; posts come over LMTP with our MTA's results
 
     @property
     def expected(self) -> int:
@@ -44,8 +45,8 @@ FULL = {
     "G": Scenario("G", "intake as D while 10 posts of 20 KB fan out to 5,000 members each",
                   1, 5000, clients=50, intake=True, timeout=900,
                   busy_posts=10, busy_members=5000, busy_size=20480),
-    "H": Scenario("H", "1 post -> 10,000 members, each copy DKIM-signed", 10000, 1,
-                  timeout=900, dkim=True),
+    "H": Scenario("H", "1 post -> 10,000 members, each copy DKIM-signed, with ARC", 10000,
+                  1, timeout=900, dkim=True, arc=True),
 }
 SHORT = {
     "A": Scenario("A", "1 post -> 50 members", 50, 1, timeout=60),
@@ -60,8 +61,8 @@ SHORT = {
     "G": Scenario("G", "intake as D while 10 posts of 20 KB fan out to 200 members each",
                   1, 200, clients=50, intake=True, timeout=90,
                   busy_posts=10, busy_members=200, busy_size=20480),
-    "H": Scenario("H", "1 post -> 200 members, each copy DKIM-signed", 200, 1, timeout=60,
-                  dkim=True),
+    "H": Scenario("H", "1 post -> 200 members, each copy DKIM-signed, with ARC", 200, 1,
+                  timeout=60, dkim=True, arc=True),
 }
 
 # The scenarios whose size is the member count of one list (`--members` sets it).

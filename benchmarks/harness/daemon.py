@@ -36,9 +36,10 @@ def child_env() -> dict[str, str]:
 
 
 def write_config(folder: Path, database_url: str, sink_port: int, dns_port: int,
-                 connections: int | None, dkim_selector: str = "") -> Path:
+                 connections: int | None, dkim_selector: str = "", arc_id: str = "") -> Path:
     """The trial's config.toml: its database, the sink as smarthost, our DNS server;
-    with `dkim_selector`, DKIM on (its key is var/dkim/SELECTOR.pem beside the config)."""
+    with `dkim_selector`, DKIM on (its key is var/dkim/SELECTOR.pem beside the config);
+    with `arc_id`, ARC on for posts over LMTP whose results carry that authserv-id."""
     outbound = f'url = "smtp://{LOOPBACK}:{sink_port}"\n'
     if connections:
         outbound += f"connections = {connections}\n"
@@ -48,11 +49,12 @@ def write_config(folder: Path, database_url: str, sink_port: int, dns_port: int,
         f'[site]\ndomain = "{DOMAIN}"\nname = "Benchmark"\n\n'
         f'[database]\nurl = "{database_url}"\n\n'
         f'[smtp]\nlisten = "{LOOPBACK}:0"\n\n'
-        '[lmtp]\nlisten = ""\n\n'
-        f"[outbound]\n{outbound}\n"
+        + (f'[lmtp]\nlisten = "{LOOPBACK}:0"\n\n' if arc_id else '[lmtp]\nlisten = ""\n\n')
+        + f"[outbound]\n{outbound}\n"
         f'[http]\nlisten = "{LOOPBACK}:0"\nbase_url = "http://{LOOPBACK}"\n\n'
         f'[dns]\nnameserver = "{LOOPBACK}:{dns_port}"\n'
-        + (f'\n[dkim]\nselector = "{dkim_selector}"\n' if dkim_selector else ""),
+        + (f'\n[dkim]\nselector = "{dkim_selector}"\n' if dkim_selector else "")
+        + (f'\n[arc]\nauthserv_id = "{arc_id}"\n' if arc_id else ""),
         encoding="utf-8")
     return path
 
@@ -95,6 +97,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.http_port = 0
+        self.lmtp_port = 0    # H with ARC: the posts come over LMTP, as from Postfix
         self.ready_at = 0.0   # monotonic time we read its "SMTP on port" line
 
     @property
@@ -117,6 +120,8 @@ class Daemon:
                 self.port = int(found.group(1))
                 http = re.search(r"HTTP on port (\d+)", printed)
                 self.http_port = int(http.group(1)) if http else 0
+                lmtp = re.search(r"LMTP on port (\d+)", printed)
+                self.lmtp_port = int(lmtp.group(1)) if lmtp else 0
                 self.ready_at = time.monotonic()
                 return
             if self.proc.poll() is not None:

@@ -77,7 +77,8 @@ def make_post(index: int, run_id: str, scenario: str, *, to: str = LIST_ADDRESS,
 class Session:
     """One SMTP session of one client; `current` is the post in hand, if any."""
 
-    def __init__(self) -> None:
+    def __init__(self, lmtp: bool = False) -> None:
+        self.lmtp = lmtp    # LHLO, as Postfix in front speaks to our LMTP listener
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.current: Post | None = None
@@ -89,7 +90,8 @@ class Session:
         code, text = await self.reply()
         if code != 220:
             raise SmtpError(f"greeting: {text!r}", code)
-        await self.step(b"EHLO bench-client.members.test", 250)
+        await self.step(b"LHLO bench-mx.members.test" if self.lmtp
+                        else b"EHLO bench-client.members.test", 250)
 
     async def reply(self) -> tuple[int, bytes]:
         """The server's next reply: its code and all its lines."""
@@ -158,13 +160,13 @@ class Session:
 
 
 async def _session(port: int, queue: collections.deque[Post],
-                   run: PostRun, deadline: float) -> bool:
+                   run: PostRun, deadline: float, lmtp: bool = False) -> bool:
     """One SMTP session: posts from the queue until it is empty or time is up.
 
     Returns True when the server closed the session with 421 and the client should
     connect again: the post in hand goes back to the queue, as an MTA would send it again.
     """
-    session = Session()
+    session = Session(lmtp)
     try:
         await session.open(port)
         while queue and time.monotonic() < deadline:
@@ -186,20 +188,21 @@ async def _session(port: int, queue: collections.deque[Post],
 
 
 async def _client(port: int, queue: collections.deque[Post],
-                  run: PostRun, deadline: float) -> None:
+                  run: PostRun, deadline: float, lmtp: bool = False) -> None:
     for _ in range(1000):  # bounded number of sessions per client
         if not (queue and time.monotonic() < deadline):
             return
-        if not await _session(port, queue, run, deadline):
+        if not await _session(port, queue, run, deadline, lmtp):
             return
 
 
-async def _post_all(port: int, posts: list[Post], clients: int, limit: float) -> PostRun:
+async def _post_all(port: int, posts: list[Post], clients: int, limit: float,
+                    lmtp: bool = False) -> PostRun:
     run = PostRun()
     queue = collections.deque(posts)
     run.started = time.monotonic()
     deadline = run.started + limit
-    await asyncio.gather(*(_client(port, queue, run, deadline)
+    await asyncio.gather(*(_client(port, queue, run, deadline, lmtp)
                            for _ in range(max(1, min(clients, len(posts))))))
     run.finished = time.monotonic()
     if queue:
@@ -207,6 +210,8 @@ async def _post_all(port: int, posts: list[Post], clients: int, limit: float) ->
     return run
 
 
-def post_all(port: int, posts: list[Post], clients: int, limit: float) -> PostRun:
-    """Send `posts` to 127.0.0.1:`port` from `clients` SMTP clients at once, in `limit` s."""
-    return asyncio.run(_post_all(port, posts, clients, limit))
+def post_all(port: int, posts: list[Post], clients: int, limit: float,
+             lmtp: bool = False) -> PostRun:
+    """Send `posts` to 127.0.0.1:`port` from `clients` SMTP (or LMTP) clients at once, in
+    `limit` s."""
+    return asyncio.run(_post_all(port, posts, clients, limit, lmtp))

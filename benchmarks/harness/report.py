@@ -40,6 +40,7 @@ REPLIES = ("| scenario | clients | replies accepted | intake accepted/s | "
            "replies/s (target >= 500) | last 250 -> all ACCEPTED s | outcomes | "
            "CPU s: daemon / its workers / clients | RSS peak MiB | ok |")
 DKIM = ("| scenario | copies DKIM-signed | sample verified by dkimpy | "
+        "copies with an ARC set | sample ARC-validated by dkimpy | "
         "250 -> last delivery s | deliveries/s | daemon CPU s | its worker processes' "
         "CPU s | ok |")
 PER_DAEMON = ("| scenario | database | daemon | deliveries it made (its /metrics) | "
@@ -128,6 +129,8 @@ def dkim_row(r: Result) -> list[str]:
     return [f"{r['scenario']}: {r['title']}",
             f"{fmt(r.get('dkim_signed'))} / {fmt(r.get('dkim_transactions'))}",
             f"{fmt(r.get('dkim_verified'))} / {fmt(r.get('dkim_sample'))}",
+            f"{fmt(r.get('arc_sealed'))} / {fmt(r.get('dkim_transactions'))}",
+            f"{fmt(r.get('arc_verified'))} / {fmt(r.get('dkim_sample'))}",
             *get(r, "time_to_last_s", "deliveries_per_s", "daemon_cpu_s", "workers_cpu_s"),
             ok(r)]
 

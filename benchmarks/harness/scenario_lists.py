@@ -26,7 +26,7 @@ from .poster import Post, Posted, PostRun, make_post, post_all
 from .processes import children_cpu_seconds, proc_cpu_seconds
 from .profiling import summarise_profile
 from .sink import Watcher, dkim_check
-from .trial import Rig, Trial, run_trial, wind_down
+from .trial import ARC_ID, Rig, Trial, run_trial, wind_down
 
 # The daemon's `digests` job runs at start-up and then every 60 s (lists/digests.py job()).
 # Scenario F posts this long before its second run: the wait for it is short, and the
@@ -34,6 +34,11 @@ from .trial import Rig, Trial, run_trial, wind_down
 DIGEST_JOB_EVERY = 60.0
 DIGEST_LEAD = 5.0
 BUSY = "busy"                   # G: the list whose fan-outs run during the intake
+# H: what OpenDKIM and OpenDMARC in front write on a post they passed (RFC 8601).
+MTA_RESULTS = (f"Authentication-Results: {ARC_ID}; dkim=pass header.d=members.test;\r\n"
+               f"\tspf=pass smtp.mailfrom={POSTER}\r\n"
+               f"Authentication-Results: {ARC_ID}; dmarc=pass header.from=members.test\r\n"
+               ).encode()
 
 
 def threshold_kib(sizes: list[int]) -> int:
@@ -159,10 +164,14 @@ class ListTrial(Trial):
             f"sink pid {rig.sink.pid} on port {rig.sink.port}, DNS on port {rig.dns.port}")
 
     def post(self) -> None:
-        """Every post over SMTP (F: shortly before the digests job runs again)."""
+        """Every post over SMTP (F: shortly before the digests job runs again; H: over
+        LMTP, with the results of the MTA in front on top, as Postfix would hand it)."""
         sc, daemon = self.sc, self.rig.daemon
         posts: list[Post] = [(i, *make_post(i, self.run_id, sc.key), POSTER, LIST_ADDRESS)
                              for i in range(sc.posts)]
+        if sc.arc:
+            posts = [(i, message_id, MTA_RESULTS + data, sender, rcpt)
+                     for i, message_id, data, sender, rcpt in posts]
         if sc.digest:
             # The digests job ran as the daemon started; post shortly before its next run.
             start_at = daemon.ready_at + DIGEST_JOB_EVERY - DIGEST_LEAD
@@ -173,7 +182,8 @@ class ListTrial(Trial):
         self.workers_before = self.workers_cpu()
         if sc.busy_posts:
             self.post_busy()
-        self.posting = post_all(daemon.port, posts, sc.clients, sc.timeout)
+        self.posting = post_all(daemon.lmtp_port if sc.arc else daemon.port, posts,
+                                sc.clients, sc.timeout, lmtp=sc.arc)
         if sc.busy_posts:
             self.result["deliveries_pending_at_last_250"] = sc.expected - self.rig.sink.poll()
         self.accepted = self.posting.accepted()
@@ -278,6 +288,12 @@ class ListTrial(Trial):
         if found["dkim_verified"] is not None and found["dkim_verified"] != found["dkim_sample"]:
             self.problems.append(f"dkimpy verified {found['dkim_verified']} of a sample of "
                                  f"{found['dkim_sample']} signatures")
+        if self.sc.arc and found["arc_sealed"] != found["dkim_transactions"]:
+            self.problems.append(f"{found['arc_sealed']} of {found['dkim_transactions']} "
+                                 "copies at the sink with an ARC set")
+        if self.sc.arc and found["arc_verified"] not in (None, found["dkim_sample"]):
+            self.problems.append(f"dkimpy's arc_verify passed {found['arc_verified']} of a "
+                                 f"sample of {found['dkim_sample']} copies")
 
     def check_digests(self, post_ids: list[str]) -> list[str]:
         """F: one digest queued, carrying every post; its Message-ID(s)."""

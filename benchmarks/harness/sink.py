@@ -214,14 +214,17 @@ def sent_message(record: bytes) -> bytes:
 
 
 def dkim_check(records: Iterator[bytes], record: str, sample: int) -> dict[str, object]:
-    """H: how many transactions carry our DKIM signature, and how many of an even sample
-    of them dkimpy's verifier accepts against the DNS record `keygen` printed."""
-    signed = total = 0
+    """H: how many transactions carry our DKIM signature and an ARC set, and how many of
+    an even sample of them dkimpy's verifiers accept against the DNS record `keygen`
+    printed (DKIM, and ARC: `arc_verify` says pass)."""
+    signed = sealed = total = 0
     messages = []
     for data in records:
         total += 1
         if b"\nDKIM-Signature: v=1; a=rsa-sha256;" in data:
             signed += 1
+        if b"\nARC-Seal: i=1; cv=none; a=rsa-sha256;" in data:
+            sealed += 1
         messages.append(data)
     picked = messages[::max(1, len(messages) // sample)][:sample]
     name, _, strings = record.partition(" IN TXT ")
@@ -230,9 +233,12 @@ def dkim_check(records: Iterator[bytes], record: str, sample: int) -> dict[str, 
         import dkim
     except ImportError:   # dkimpy comes with the test extras: counts only without it
         return {"dkim_signed": signed, "dkim_transactions": total, "dkim_sample": 0,
-                "dkim_verified": None}
+                "dkim_verified": None, "arc_sealed": sealed, "arc_verified": None}
     zone = {(name + ".").encode(): text}
     verified = sum(1 for data in picked if dkim.verify(
         sent_message(data), dnsfunc=lambda qname, timeout=5: zone.get(qname)))
+    arc_passed = sum(1 for data in picked if dkim.arc_verify(
+        sent_message(data), dnsfunc=lambda qname, timeout=5: zone.get(qname))[0] == b"pass")
     return {"dkim_signed": signed, "dkim_transactions": total, "dkim_sample": len(picked),
-            "dkim_verified": verified}
+            "dkim_verified": verified, "arc_sealed": sealed,
+            "arc_verified": arc_passed if sealed else None}

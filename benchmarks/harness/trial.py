@@ -33,6 +33,7 @@ from .processes import RssSampler, proc_status
 from .sink import Sink
 
 DKIM_SELECTOR = "bench"     # H: the selector of the trial's key
+ARC_ID = "mx.bench.test"    # H: the authserv-id of the MTA the posts come through
 
 
 class Halting(Protocol):
@@ -80,7 +81,8 @@ class Rig:
         self.sink.start()
         self.dns.start()
         write_config(self.folder, self.database.url, self.sink.port, self.dns.port,
-                     self.args.connections, DKIM_SELECTOR if self.sc.dkim else "")
+                     self.args.connections, DKIM_SELECTOR if self.sc.dkim else "",
+                     ARC_ID if self.sc.arc else "")
         if self.sc.dkim:
             printed = alliance(self.config, "dkim", "keygen", "--selector", DKIM_SELECTOR)
             self.dkim_record = printed.strip().splitlines()[-1]
