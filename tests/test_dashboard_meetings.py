@@ -23,6 +23,7 @@ from tests.helpers import (
     NEXT_YEAR,
     Sink,
     board_of_two,
+    calendars,
     cli,
     config_file,
     http,
@@ -132,8 +133,20 @@ async def test_a_coordinator_drafts_previews_sends_and_reads_the_attendance(
         status, headers, _ = await admin.post(f"{meeting}/answer", address=ANA,
                                               answer="accepted", comment="=yes, by phone")
         assert status == 303 and "notice=answered" in headers["location"]
-        status, headers, text = await admin.get(f"{meeting}/attendance.csv")
-    assert status == 200 and headers["content-type"].startswith("text/csv")
+        csv_status, csv_headers, text = await admin.get(f"{meeting}/attendance.csv")
+        _, _, listing = await admin.get("/dashboard/meetings")
+        assert re.search(rf'href="{meeting}">Board meeting</a>.*?Invitations sent</td>\s*'
+                         r"<td>2</td>", listing, flags=re.S), listing
+        assert "The charter’s cadence in" in listing
+        await admin.get(meeting)
+        status, headers, _ = await admin.post(f"{meeting}/cancel", reason="No\nquorum")
+        assert status == 303 and headers["location"] == f"{meeting}?notice=cancelled&count=2"
+        cancelled = [d for d in await sink.wait_for(len(sink.received) + 2)
+                     if b"METHOD:CANCEL" in calendars(d.message)[0]]
+        assert {d.rcpt for d in cancelled} == {ANA, JORG}
+        assert all("No quorum" in d.message.get_body(("plain",)).get_content()
+                   for d in cancelled), "the reason, made one line, is told"
+    assert csv_status == 200 and csv_headers["content-type"].startswith("text/csv")
     rows = {row["address"]: row for row in csv.DictReader(io.StringIO(text))}
     assert set(rows) == {ANA, JORG}
     assert (rows[ANA]["partstat"], rows[ANA]["answered"]) == ("ACCEPTED", "by hand")
@@ -141,7 +154,7 @@ async def test_a_coordinator_drafts_previews_sends_and_reads_the_attendance(
     assert rows[JORG]["partstat"] == "NEEDS-ACTION"
     logged = [(r.who, r.action) for r in caplog.records if hasattr(r, "action")]
     assert logged == [(ADMIN, "meeting.create"), (ADMIN, "meeting.invite"),
-                      (ADMIN, "meeting.answer")]
+                      (ADMIN, "meeting.answer"), (ADMIN, "meeting.cancel")]
 
 
 async def test_a_refusal_is_shown_on_its_form_and_a_forged_post_changes_nothing(
@@ -167,7 +180,19 @@ async def test_a_refusal_is_shown_on_its_form_and_a_forged_post_changes_nothing(
         assert status == 403 and "The form was out of date" in page
         status, _, page = await admin.post(f"{meeting}/delete", csrf=False)
         assert status == 403
-    assert "(draft)" in cli(command_line, "meeting", "show", meeting.rsplit("/", 1)[1])
+        assert "(draft)" in cli(command_line, "meeting", "show", meeting.rsplit("/", 1)[1])
+        status, _, page = await http(
+            admin.port, "POST", f"{meeting}/reschedule", language="fr",
+            body=urlencode({"csrf": admin.csrf, "start": "x", "end": "y",
+                            "zone": "Europe/Berlin"}).encode(),
+            headers={"Cookie": admin.cookie})
+        assert status == 400 and '<html lang="fr">' in page
+        assert "Non fait : start: not a date and time" in page, "French words, the CLI's line"
+        status, headers, _ = await admin.post(f"{meeting}/delete")
+        assert status == 303 and headers["location"] == "/dashboard/meetings?notice=deleted&count=0"
+        status, _, _ = await admin.get(meeting)
+    assert status == 404
+    assert "Board" not in cli(command_line, "meeting", "list")
 
 
 async def test_a_delegate_may_not_use_the_coordinators_pages(
