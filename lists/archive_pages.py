@@ -9,8 +9,9 @@
 Only where the list's owner made the archive public (`public_archive`); any other list,
 and a list that does not exist, answers 404 on every route alike, so that a visitor
 cannot tell a private archive from none. Addresses are never shown as addresses: a
-sender is their name, else "ana at example.org", and the same goes for addresses in the
-text; nothing is made a `mailto:` link. Every page costs a fixed number of queries
+sender is the name in their From (read from the post's first bytes), else "ana at
+example.org", and the same goes for addresses in the text; nothing is made a `mailto:`
+link. Every page costs a fixed number of queries
 whatever the archive's size, reads no message bytes but the one post's, and shows a
 bounded number of rows.
 """
@@ -38,6 +39,7 @@ RECENT = 20              # posts on the archive's first page
 THREADS_PER_PAGE = 100   # threads on a month's page
 POSTS_PER_PAGE = 50      # posts on a thread's page
 EXCERPT = 5_000          # characters of each post a thread's page shows
+HEAD = 4_096             # bytes of a post read for its sender's name
 MAX_PAGE = 1_000
 
 _ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
@@ -92,6 +94,18 @@ def _public(session: Session, match: re.Match[str], request: Request, wanted: st
             "language": language, **found}
 
 
+def _shown_sender(head: bytes, sender: str) -> str:
+    """Who wrote a post, as its pages show them: the From name, else the address disguised.
+
+    >>> _shown_sender(b"From: Ana Silva <ana@party.test>\\r\\n", "ana@party.test")
+    'Ana Silva'
+    >>> _shown_sender(b"From: ana@party.test\\r\\n", "ana@party.test")
+    'ana at party.test'
+    """
+    named = named_addresses(parse(bytes(head), headersonly=True))
+    return disguise(named[0][0] if named else "") or disguise(sender)
+
+
 def _day(archived_at: float, language: str) -> str:
     return dates.short_day(datetime.fromtimestamp(archived_at, UTC), language)
 
@@ -141,7 +155,7 @@ def _thread(session: Session, mailing_list: MailingList, match: re.Match[str],
     thread, page = int(match["id"]), _page(request)
     rows = session.execute(
         select(Archived.id, Archived.archived_at, Archived.subject, Archived.sender,
-               func.substr(Archived.body, 1, EXCERPT + 1))
+               func.substr(Archived.body, 1, EXCERPT + 1), func.substr(Archived.data, 1, HEAD))
         .where(Archived.list_id == mailing_list.id, Archived.thread_id == thread)
         .order_by(Archived.id).offset((page - 1) * POSTS_PER_PAGE)
         .limit(POSTS_PER_PAGE + 1)).all()
@@ -151,9 +165,9 @@ def _thread(session: Session, mailing_list: MailingList, match: re.Match[str],
     return {"subject": disguise(first or rows[0][2]), "page": page,
             "more": len(rows) > POSTS_PER_PAGE,
             "posts": [{"id": ident, "date": _day(at, language), "subject": disguise(subject),
-                       "sender": disguise(sender), "text": disguise(text[:EXCERPT]),
-                       "cut": len(text) > EXCERPT}
-                      for ident, at, subject, sender, text in rows[:POSTS_PER_PAGE]]}
+                       "sender": _shown_sender(head, sender),
+                       "text": disguise(text[:EXCERPT]), "cut": len(text) > EXCERPT}
+                      for ident, at, subject, sender, text, head in rows[:POSTS_PER_PAGE]]}
 
 
 def _search(session: Session, mailing_list: MailingList, match: re.Match[str],
@@ -162,9 +176,13 @@ def _search(session: Session, mailing_list: MailingList, match: re.Match[str],
     page = min(_page(request), archive_search.MAX_PAGES)
     found, more = archive_search.search(session, mailing_list.id,
                                         archive_search.words(query), page)
+    heads: dict[int, bytes] = dict(session.execute(
+        select(Archived.id, func.substr(Archived.data, 1, HEAD))
+        .where(Archived.id.in_([post.id for post in found]))).all())
     return {"query": query, "page": page, "more": more,
             "results": [{"id": post.id, "date": _day(post.archived_at, language),
-                         "subject": disguise(post.subject), "sender": disguise(post.sender)}
+                         "subject": disguise(post.subject),
+                         "sender": _shown_sender(heads.get(post.id, b""), post.sender)}
                         for post in found]}
 
 

@@ -47,7 +47,7 @@ async def test_posts_and_replies_read_by_month_and_thread_where_archived_at_poin
     config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
     ana, kofi = members(2)
     make_list(config, "steering", [ana, kofi], display_name="Steering Committee")
-    first = mail(ana, LIST, subject="Agenda for Nairobi",
+    first = mail(f"Ana Silva <{ana}>", LIST, subject="Agenda for Nairobi",
                  body=f"Dear all,\nwrite to me at {ana} or to chair@party.test.\n")
     first_id = first.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0].decode()
     async with running(config) as daemon:
@@ -79,6 +79,7 @@ async def test_posts_and_replies_read_by_month_and_thread_where_archived_at_poin
     assert len(threads) == 2, "the reply is in its parent's thread; Minutes is its own"
     assert "[steering] Agenda for Nairobi</a> <span class=\"meta\">(2)" in month_page
     assert "Dear all," in thread and "Agreed." in thread and "Minutes" not in thread
+    assert "Ana Silva, " in thread and "m00002 at members.test, " in thread, "name, or address"
     first_page = pages[-1]
     assert "write to me at m00001 at members.test or to chair at party.test." in first_page
     for page in pages:
@@ -121,6 +122,7 @@ async def test_search_finds_every_word_in_pages_and_takes_any_query(
     assert result_count(budget) == 20 and "page=2" in budget
     assert result_count(second) == 5 and "page=1" in second and "page=3" not in second
     assert result_count(venue) == 1 and "[steering] Venue" in venue
+    assert "ana at party.test" in venue and "ana@party.test" not in venue
     assert result_count(french) == 1
     assert result_count(nothing) == 0
     assert all(status == 200 for status, _ in odd)
@@ -186,7 +188,9 @@ async def test_each_page_costs_the_same_queries_for_three_posts_or_three_hundred
             seen: list[str] = []
 
             def listener(*args: Any, seen: list[str] = seen) -> None:
-                seen.append(args[2])
+                # The page's own statements; the daemon's timed jobs read beside it.
+                if "archive" in args[2] or "FROM lists" in args[2]:
+                    seen.append(args[2])
             event.listen(daemon.db.reader, "before_cursor_execute", listener)
             status, _, _ = await http(daemon.ports["http"], "GET", f"/lists/steering/{route}")
             event.remove(daemon.db.reader, "before_cursor_execute", listener)
@@ -195,13 +199,12 @@ async def test_each_page_costs_the_same_queries_for_three_posts_or_three_hundred
         return counts
 
     async with running(config) as daemon:
-        await count_queries(daemon)     # the reader's connections are opened (pragmas)
         few = await count_queries(daemon)
         await daemon.db.write(lambda s: fill(s, [("Budget", "Nairobi budget.")] * 300))
         await daemon.db.write(lambda s: s.execute(text(
             "UPDATE archive SET thread_id = 1 WHERE id <= 150")))
         many = await count_queries(daemon)
-    assert few == many
+    assert few == many and max(many) <= 5, (few, many)
 
 
 def test_posts_archived_before_the_upgrade_get_threads_months_and_search(
