@@ -12,6 +12,7 @@ import shutil
 import signal
 import smtplib
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -154,9 +155,13 @@ class Instance:
     def write(self, main_cf: str, master_cf: str, transport: str) -> None:
         for folder in (self.etc, self.spool):
             folder.mkdir(mode=0o755)
-        (self.etc / "main.cf").write_text(main_cf)
-        (self.etc / "master.cf").write_text(master_cf)
-        (self.etc / "transport").write_text(transport)
+        written = time.time() - 60
+        for name, text in (("main.cf", main_cf), ("master.cf", master_cf),
+                           ("transport", transport)):
+            (self.etc / name).write_text(text)
+            # Postfix waits for a file changed within the last second to settle, reading
+            # it again every 0.3 s: these are finished.
+            os.utime(self.etc / name, (written, written))
         self.maillog.touch()
 
     def main_cf(self, smarthost_port: int) -> str:
@@ -255,6 +260,10 @@ def instance() -> Iterator[Instance]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+LIST = f"steering@{DOMAIN}"
+LIMIT = 20_000      # intake.max_message_size, and so Postfix's message_size_limit
+
+
 def dns_of(record: str) -> Callable[..., bytes | None]:
     """A dnsfunc for dkimpy answering with the record `alliance dkim keygen` printed."""
     name, _, strings = record.partition(" IN TXT ")
@@ -276,6 +285,24 @@ def submit(port: int, sender: str, recipient: str, data: bytes) -> object:
         return client.sendmail(sender, [recipient], data)
 
 
+def refusal_code(port: int, sender: str, recipient: str, data: bytes) -> int:
+    """The code of the reply that ends a message's submission: 250, or the refusal's."""
+    try:
+        submit(port, sender, recipient, data)
+    except smtplib.SMTPResponseException as error:
+        return error.smtp_code
+    return 250
+
+
+def padded(sender: str, recipient: str, size: int) -> bytes:
+    """A message of exactly `size` bytes, lines of 70 bytes with their CRLF."""
+    head = len(mail(sender, recipient, "Minutes", "\n"))
+    lines, rest = divmod(size - head, 70)
+    data = mail(sender, recipient, "Minutes", ("x" * 68 + "\n") * lines + "y" * rest + "\n")
+    assert len(data) == size
+    return data
+
+
 def clear_submission(port: int) -> tuple[int, str]:
     """MAIL FROM without STARTTLS at the daemon's smarthost port."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
@@ -290,12 +317,13 @@ async def test_postfix_in_front_relays_to_our_lmtp_verifies_and_is_our_smarthost
     mx, lmtp, submission = free_port(), free_port(), free_port()
     pki = make_pki(tmp_path)
     site_file = site(tmp_path, f'[lmtp]\nlisten = "127.0.0.1:{lmtp}"\n[outbound]\n'
-                               f'url = "smtp://127.0.0.1:{submission}?starttls=required"\n')
+                               f'url = "smtp://127.0.0.1:{submission}?starttls=required"\n'
+                               f'[intake]\nmax_message_size = {LIMIT}\n')
     record = cli(site_file, "dkim", "keygen", "--selector", "2026p").strip().splitlines()[-1]
     config = make_config(tmp_path, sqlite_url, lmtp={"listen": f"127.0.0.1:{lmtp}"},
                          outbound={"url": f"smtp://127.0.0.1:{submission}?starttls=required",
                                    "tls_ca_file": str(pki.ca)},
-                         dkim={"selector": "2026p"})
+                         dkim={"selector": "2026p"}, intake={"max_message_size": LIMIT})
     people = ["ana@party.example", "bo@union.example", "cy@ngo.example"]
     make_list(config, "steering", people)
 
@@ -323,21 +351,34 @@ async def test_postfix_in_front_relays_to_our_lmtp_verifies_and_is_our_smarthost
         assert code == 530 and "STARTTLS" in text, text
 
         # A post through Postfix to the list: Postfix -> LMTP -> fan-out -> Postfix -> sink.
-        post = mail(people[0], f"steering@{DOMAIN}", "Agenda", "See you.\n")
-        assert await asyncio.to_thread(submit, mx, people[0], f"steering@{DOMAIN}", post) == {}
-        copies = await sink.wait_for(len(people), timeout=60)
+        post = mail(people[0], LIST, "Agenda", "See you.\n")
+        assert await asyncio.to_thread(submit, mx, people[0], LIST, post) == {}
+        await sink.wait_for(len(people), timeout=60)
+
+        # The largest post Postfix takes, our intake takes too: both limits are LIMIT
+        # bytes, and Postfix counts more than it hands on. Its copies, bigger still (our
+        # headers, footer, signature), pass the submission service, which has no limit.
+        size = LIMIT + 1
+        while (code := await asyncio.to_thread(refusal_code, mx, people[0], LIST,
+                                               padded(people[0], LIST, size))) == 552:
+            size -= 50
+        assert code == 250 and LIMIT - 2000 < size <= LIMIT, (code, size)
+        await sink.wait_for(2 * len(people), timeout=60)
         await postfix.drained()
-    assert sorted(copy.rcpt for copy in copies) == sorted(people)
-    assert len(sink.received) == len(people), "nothing else (no bounce) came out"
-    for copy in copies:
-        check_copy(copy, record)
+    assert len(sink.received) == 2 * len(people), "nothing else (no bounce) came out"
+    copies, large = sink.received[:len(people)], sink.received[len(people):]
+    for batch, subject in ((copies, "[steering] Agenda"), (large, "[steering] Minutes")):
+        assert sorted(copy.rcpt for copy in batch) == sorted(people)
+        for copy in batch:
+            check_copy(copy, subject, record)
+    assert all(len(copy.data) > LIMIT for copy in large)
 
 
-def check_copy(copy: Delivered, record: str) -> None:
+def check_copy(copy: Delivered, subject: str, record: str) -> None:
     """A list copy as the world gets it from Postfix: our headers, a DKIM signature that
     verifies, and Postfix's word that we handed it over TLS."""
     message = copy.message
-    assert message["Subject"] == "[steering] Agenda"
+    assert message["Subject"] == subject
     assert message["List-Id"] and f"steering.{DOMAIN}" in message["List-Id"]
     assert message["List-Unsubscribe"].startswith("<https://")
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
