@@ -173,6 +173,8 @@ data_directory = {self.root}/data
 inet_interfaces = loopback-only
 inet_protocols = ipv4
 myhostname = mx.postfix.test
+# As Debian's main.cf has it: an address's +extension is kept on its way to our LMTP.
+recipient_delimiter = +
 mydestination =
 local_recipient_maps =
 alias_maps =
@@ -271,7 +273,8 @@ def dns_of(record: str) -> Callable[..., bytes | None]:
     return lambda name, timeout=5: zone.get(name)
 
 
-def refused_at_rcpt(port: int, sender: str, recipient: str) -> tuple[int, str]:
+def rcpt_reply(port: int, sender: str, recipient: str) -> tuple[int, str]:
+    """Postfix's answer to one RCPT TO, in a thread: the daemon answers the probe."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("client.party.example")
         client.mail(sender)
@@ -341,7 +344,7 @@ async def test_postfix_in_front_relays_to_our_lmtp_verifies_and_is_our_smarthost
     async with instance.started() as postfix, running(config):
         # An address our LMTP does not know is refused by Postfix, at RCPT, with our words.
         code, text = await asyncio.to_thread(
-            refused_at_rcpt, mx, people[0], f"nobody@{DOMAIN}")
+            rcpt_reply, mx, people[0], f"nobody@{DOMAIN}")
         assert code == 550, text
         assert "Recipient address rejected: undeliverable address" in text
         assert "said: 550 5.1.1" in text
@@ -353,7 +356,11 @@ async def test_postfix_in_front_relays_to_our_lmtp_verifies_and_is_our_smarthost
         # A post through Postfix to the list: Postfix -> LMTP -> fan-out -> Postfix -> sink.
         post = mail(people[0], LIST, "Agenda", "See you.\n")
         assert await asyncio.to_thread(submit, mx, people[0], LIST, post) == {}
-        await sink.wait_for(len(people), timeout=60)
+        [first, *_] = await sink.wait_for(len(people), timeout=60)
+        # A bounce of a copy comes back to its envelope sender, steering-bounces+TOKEN@:
+        # Postfix asks our LMTP about that whole address, and takes it.
+        assert await asyncio.to_thread(rcpt_reply, mx, "", first.mail_from) == (
+            250, "2.1.5 Ok")
 
         # The largest post Postfix takes, our intake takes too: both limits are LIMIT
         # bytes, and Postfix counts more than it hands on. Its copies, bigger still (our
