@@ -18,8 +18,10 @@ from lists import (
     archive_pages,
     confirm_pages,
     digests,
+    held_pages,
     list_pages,
     moderation,
+    roster_pages,
     subscriptions,
 )
 from lists.bounces import DECAY, BounceHandler, smarthost_refusals
@@ -80,6 +82,11 @@ def member_pages(site: ListSite, store: Store, access: Access,
     """The members' own pages (/me); `export` and `erase` are the meetings side's part
     of a person's data."""
     return member_pages_of(site, store, access, Personal(export, erase))
+
+
+def dashboard_pages(site: ListSite, access: Access) -> tuple[Page, ...]:
+    """The dashboard's list pages: the lists, their members and settings, held posts."""
+    return roster_pages.pages(site, access) + held_pages.pages(site, access)
 
 
 def person(session: Session, address: str) -> SiteUser | None:

@@ -20,8 +20,6 @@ import click
 from mailer.console import Context, emit, pass_context, when
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from mailer.config import Config
 
 # The domain packages' commands and their help, as `alliance --help` lists them. Their
@@ -260,36 +258,33 @@ def restore(context: Context, file: Path, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
 def queue(context: Context, as_json: bool) -> None:
-    """Outbound and inbound queue state: counts by state, failures, quarantine."""
-    from sqlalchemy import func, select
+    """Outbound and inbound queue state: counts by state, deferred deliveries, failures."""
+    from mailer import queues
 
-    from mailer.models import Delivery, Work
-
-    def state(session: Session) -> dict[str, Any]:
-        deliveries = dict(session.execute(select(Delivery.state, func.count())
-                                          .group_by(Delivery.state)).all())
-        work = dict(session.execute(select(Work.state, func.count())
-                                    .group_by(Work.state)).all())
-        next_try = session.scalar(select(func.min(Delivery.due_at))
-                                  .where(Delivery.state == "pending"))
-        failed = session.execute(select(Delivery.recipient, Delivery.code, Delivery.error)
-                                 .where(Delivery.state == "failed")
-                                 .order_by(Delivery.id.desc()).limit(20)).all()
-        return {"deliveries": deliveries, "work": work, "next_attempt": when(next_try),
-                "recent_failures": [{"recipient": r, "code": c, "error": e}
-                                    for r, c, e in failed]}
-
-    report = context.transaction(state)
+    found = context.transaction(queues.state)    # the dashboard's queue page's call too
+    report = {"deliveries": found.deliveries, "work": found.work,
+              "next_attempt": when(found.next_attempt),
+              "oldest_waiting": when(found.oldest_waiting),
+              "deferred": [{"id": d.id, "recipient": d.recipient, "attempts": d.attempts,
+                            "due": when(d.due_at), "code": d.code, "error": d.error}
+                           for d in found.deferred],
+              "recent_failures": [{"recipient": f.recipient, "code": f.code, "error": f.error}
+                                  for f in found.recent_failures]}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    for title, counts in (("deliveries", report["deliveries"]), ("inbound", report["work"])):
+    for title, counts in (("deliveries", found.deliveries), ("inbound", found.work)):
         shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"
         click.echo(f"{title}: {shown}")
-    if report["next_attempt"]:
+    if found.oldest_waiting is not None:
+        click.echo(f"oldest waiting since: {report['oldest_waiting']} UTC")
+    if found.next_attempt is not None:
         click.echo(f"next attempt: {report['next_attempt']} UTC")
-    for failure in report["recent_failures"]:
-        click.echo(f"failed {failure['recipient']}: {failure['code']} {failure['error']}")
+    for deferred in found.deferred:
+        click.echo(f"deferred {deferred.recipient} until {when(deferred.due_at)} UTC after "
+                   f"{deferred.attempts} tries: {deferred.code or ''} {deferred.error}")
+    for failure in found.recent_failures:
+        click.echo(f"failed {failure.recipient}: {failure.code} {failure.error}")
 
 
 @main.group()

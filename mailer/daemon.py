@@ -243,6 +243,7 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
                     + webauth.pages(access, webauth.SignInSite(
                         config.site.name, config.site.domain, config.base_url, pages))
                     + dashboard.pages(access, pages)
+                    + list_side.dashboard_pages(list_site, access)
                     + list_side.member_pages(list_site, db, access,
                                              meeting_side.personal_export,
                                              meeting_side.personal_erase),

@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import jinja2
 
 from mailer.web import Page, Request, Response, render_page
-from mailer.webauth import Access, SiteUser, Visitor
+from mailer.webauth import Access, SiteUser, Visitor, redirect
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,24 @@ def frame(visitor: Visitor, person: SiteUser) -> dict[str, Any]:
 def language(request: Request, person: SiteUser) -> str | None:
     """A dashboard page's language: the visitor's browser's, else the person's own."""
     return request.language() or person.language or None
+
+
+def fields(request: Request) -> dict[str, str]:
+    """A POSTed form's fields, the last value of each, without the CSRF token."""
+    return {key: given[-1] for key, given in request.form().items() if key != "csrf"}
+
+
+def notice(request: Request) -> dict[str, Any]:
+    """The notice a page shows after a change (`?notice=KEY&count=N`), else an empty one."""
+    key = (request.query.get("notice") or [""])[0]
+    count = (request.query.get("count") or ["0"])[0]
+    return {"key": key if re.fullmatch(r"[a-z_]{1,30}", key) else "",
+            "count": int(count) if count.isdigit() and len(count) < 7 else 0}
+
+
+def done(back: str, key: str, count: int = 0) -> Response:
+    """After a change: 303 to the page `back`, which shows the notice `key`."""
+    return redirect(f"{back}?{urlencode({'notice': key, 'count': count})}")
 
 
 def pages(access: Access, env: jinja2.Environment) -> tuple[Page, ...]:

@@ -58,6 +58,7 @@ def test_queue_reports_counts_as_json(tmp_path: Path) -> None:
     code, output = run(config, "queue", "--json")
     assert code == 0
     assert json.loads(output) == {"deliveries": {}, "work": {}, "next_attempt": "",
+                                  "oldest_waiting": "", "deferred": [],
                                   "recent_failures": []}
 
 

@@ -144,6 +144,43 @@ SAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+# The dashboard's list pages (lists/roster_pages.py, lists/held_pages.py), as their
+# handlers pass them.
+DESK: dict[str, Any] = {"visitor": "owner@party.test", "csrf": "c" * 32,
+                        "sections": ["lists"], "notice": {"key": "", "count": 0}}
+DESK_LIST = {"name": "steering", "display_name": "Steering <Committee>", "members": 10000,
+             "held": 2}
+SAMPLES.update({
+    **{f"staff_lists/{case}": {**DESK, "lists": lists, "notice": {"key": key, "count": 0}}
+       for case, lists, key in (("some", [DESK_LIST, {**DESK_LIST, "held": 0}], ""),
+                                ("none", [], ""))},
+    **{f"staff_list/{case}": {
+        **DESK, "list": DESK_LIST, "notice": {"key": key, "count": 3}, "query": "ana",
+        "after": "a@x.test", "following": "m@x.test" if manages else "",
+        "members": [{"address": "ana@party.test", "name": "Ana <b>", "delivery": "digest",
+                     "enabled": False}] if manages else [],
+        "settings": [{"key": "footer", "value": "yes", "choices": ("yes", "no"),
+                      "help": "add a footer"},
+                     {"key": "subject_prefix", "value": "[steering]", "choices": (),
+                      "help": "put before each subject"}],
+        "manages": manages, "sets": manages,
+        "problem": {"form": form, "text": "no setting 'x'" if form else ""},
+        "entered": {"addresses": "ana@", "key": "subject_prefix", "value": "[s]"}}
+       for case, manages, key, form in (("owner", True, "added", ""),
+                                        ("owner-removed", True, "removed", "settings"),
+                                        ("owner-add", True, "set", "add"),
+                                        ("moderator", False, "", ""))},
+    **{f"staff_list_held/{case}": {
+        **DESK, "list": DESK_LIST, "notice": {"key": key, "count": 0}, "total": total,
+        "posts": [{"id": 4, "sender": "kofi@party.test", "subject": subject,
+                   "reason": "post from a non-member", "held_at": "Monday, 1 March 2027",
+                   "text": "Hello <script>", "cut": True}][:total],
+        "problem": {"id": problem, "text": "post 4 was already approved" if problem else ""}}
+       for case, total, key, subject, problem in (
+           ("one", 1, "approved", "Budget", 0), ("many", 70, "rejected", "", 4),
+           ("none", 0, "discarded", "", 9))},
+})
+
 def page_names(language: str) -> set[str]:
     return {path.stem for path in (templates.TEMPLATES / language / "pages").glob("*.html")}
 
