@@ -22,7 +22,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from lists import wiring as list_side
-from mailer import dashboard, health, templates, webauth
+from mailer import dashboard, health, queue_pages, templates, webauth
 from mailer.addresses import Role
 from mailer.admin import AdminHandler, SiteContact
 from mailer.arc import sealer as arc_sealer
@@ -244,6 +244,7 @@ def build(config: Config, transport: Transport | None = None, *, poll: float = 1
                         config.site.name, config.site.domain, config.base_url, pages))
                     + dashboard.pages(access, pages)
                     + list_side.dashboard_pages(list_site, access)
+                    + queue_pages.pages(access, pages, clock, router.wake)
                     + list_side.member_pages(list_site, db, access,
                                              meeting_side.personal_export,
                                              meeting_side.personal_erase),

@@ -38,6 +38,7 @@ ENGINE |= {"mailer.tls"}    # the listener's certificate, the smarthost's TLS an
 ENGINE |= {"mailer.check"}  # `alliance check`: the site as Gmail and Yahoo see it
 ENGINE |= {"mailer.postfix"}  # `alliance postfix`: the lines that put Postfix in front
 ENGINE |= {"mailer.queues"}  # the queues as `alliance queue` and the queue page show them
+ENGINE |= {"mailer.queue_pages"}  # the dashboard's queue page, handed the Access by the daemon
 # Modules of the core that may import the domain, and what.
 COMPOSITION_ROOT = "mailer.daemon"
 CLI_ENTRY = "mailer.cli"

@@ -144,10 +144,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
-# The dashboard's list pages (lists/roster_pages.py, lists/held_pages.py), as their
-# handlers pass them.
+# The dashboard's list and queue pages (lists/roster_pages.py, lists/held_pages.py,
+# mailer/queue_pages.py), as their handlers pass them.
 DESK: dict[str, Any] = {"visitor": "owner@party.test", "csrf": "c" * 32,
-                        "sections": ["lists"], "notice": {"key": "", "count": 0}}
+                        "sections": ["lists", "queue"], "notice": {"key": "", "count": 0}}
 DESK_LIST = {"name": "steering", "display_name": "Steering <Committee>", "members": 10000,
              "held": 2}
 SAMPLES.update({
@@ -179,6 +179,19 @@ SAMPLES.update({
        for case, total, key, subject, problem in (
            ("one", 1, "approved", "Budget", 0), ("many", 70, "rejected", "", 4),
            ("none", 0, "discarded", "", 9))},
+    **{f"staff_queue/{case}": {
+        **DESK, "notice": {"key": key, "count": 7}, "problem": problem,
+        "deliveries": {"pending": 3, "done": 10} if full else {},
+        "work": {"quarantined": 1} if full else {}, "waited": 12 if full else None,
+        "next_attempt": "Monday, 1 March 2027, 09:00 UTC" if full else "",
+        "deferred": [{"recipient": "ana@party.test", "attempts": 2, "due": "09:05",
+                      "code": 451, "error": "try later"}] if full else [],
+        "failures": [{"recipient": "bo@party.test", "code": 550, "error": "no such user"}]
+        if full else [],
+        "quarantine": [{"id": 7, "recipient": "steering@lists.example.org", "attempts": 3,
+                        "error": "ValueError: x"}] if full else []}
+       for case, full, key, problem in (("full", True, "replayed", ""),
+                                        ("empty", False, "", "no quarantined work with id 9"))},
 })
 
 def page_names(language: str) -> set[str]:
