@@ -67,6 +67,7 @@ _TAG = re.compile(rb"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=(.*)$", re.S)
 _EMPTY_B = re.compile(rb"((?:^|;)\s*b\s*=)[^;]*")
 _INSTANCE = re.compile(rb"^\s*i\s*=\s*([0-9]{1,3})\s*(?:;|$)")
 _COMMENT = re.compile(rb"\([^()]*\)")
+_DNS_NAME = re.compile(rb"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 
 
 class KeyLookup(Protocol):
@@ -261,18 +262,23 @@ async def fetch_keys(sets: Sequence[ArcSet], dns: KeyLookup) -> Keys:
     for one in sets:
         for field in (one.ams, one.seal):
             found = tags(field_value(field)) or {}
-            if b"s" not in found or b"d" not in found:
-                raise Broken(f"instance {one.instance}: a signature without s= or d=")
-            wanted.add((found[b"s"].lower(), found[b"d"].lower()))
+            selector, domain = found.get(b"s", b""), found.get(b"d", b"")
+            if not (_DNS_NAME.fullmatch(selector) and _DNS_NAME.fullmatch(domain)):
+                raise Broken(f"instance {one.instance}: a signature without a valid s= or d=")
+            wanted.add((selector.lower(), domain.lower()))
     names = sorted(wanted)
-    answers = await asyncio.gather(*(dns.txt(f"{s.decode()}._domainkey.{d.decode()}")
-                                     for s, d in names))
+    answers = await asyncio.gather(*(dns.txt(key_name(s, d)) for s, d in names))
     keys: Keys = {}
     for (selector, domain), records in zip(names, answers, strict=True):
         if records is None:
-            raise Unknown(f"no DNS answer for {selector.decode()}._domainkey.{domain.decode()}")
+            raise Unknown(f"no DNS answer for {key_name(selector, domain)}")
         keys[(selector, domain)] = public_key(records)
     return keys
+
+
+def key_name(selector: bytes, domain: bytes) -> str:
+    """Where a key is published: SELECTOR._domainkey.DOMAIN (RFC 6376 §3.6.2.1)."""
+    return f"{selector.decode('ascii')}._domainkey.{domain.decode('ascii')}"
 
 
 def check_message_signature(fields: Sequence[bytes], body: bytes, last: ArcSet,
@@ -283,7 +289,7 @@ def check_message_signature(fields: Sequence[bytes], body: bytes, last: ArcSet,
         raise Broken(f"AMS {last.instance}: a tag is missing or malformed")
     if found.get(b"c", b"relaxed/relaxed").lower() != b"relaxed/relaxed":
         # Not known to fail: we cannot tell, and a valid chain must not be stamped fail.
-        raise Unknown(f"AMS {last.instance} uses c={found[b'c'].decode()}; only "
+        raise Unknown(f"AMS {last.instance} uses c={found[b'c']!r}; only "
                       "relaxed/relaxed is checked here")
     names = [name.lower() for name in found[b"h"].split(b":")]
     if SEAL in names:
@@ -315,7 +321,7 @@ def check_seals(sets: Sequence[ArcSet], keys: Keys) -> None:
                 or b"h" in found:
             raise Broken(f"AS {one.instance}: a tag is missing, malformed or not allowed")
         if found[b"cv"].lower() != (b"none" if one.instance == 1 else b"pass"):
-            raise Broken(f"AS {one.instance} says cv={found[b'cv'].decode()}")
+            raise Broken(f"AS {one.instance} says cv={found[b'cv']!r}")
         key = keys[(found[b"s"].lower(), found[b"d"].lower())]
         if not verify(key, found[b"a"].lower(), found[b"b"], seal_data(sets[:count])):
             raise Broken(f"AS {one.instance} does not verify")
@@ -375,7 +381,11 @@ class Sealer:
         results = trusted_results(fields, self.authserv_id)
         if results is None or highest_instance(fields) >= MAX_SETS:
             return None
-        state = await chain_state(raw, self.dns)
+        try:
+            state = await chain_state(raw, self.dns)
+        except Exception:   # a fault of ours must cost the post its ARC set, never the post
+            log.exception("ARC chain check failed; no ARC set added")
+            return None
         if state is None:
             return None
         if not any(text.lower().startswith("arc=") for text in results):
@@ -400,7 +410,11 @@ class Sealer:
         data = header_data(fields, names) \
             + relaxed_header(fold([*ams_tags, "b="], "ARC-Message-Signature").encode())[:-2]
         ams = self._signed(ams_tags, data, "ARC-Message-Signature")
-        earlier = [] if assessment.cv == "fail" else arc_sets(fields)
+        try:
+            earlier = [] if assessment.cv == "fail" else arc_sets(fields)
+        except Broken as reason:   # the chain checked before has changed since: no set
+            log.warning("ARC chain changed since it was checked (%s); no ARC set", reason)
+            return message
         seal_tags = [f"i={instance}", f"cv={assessment.cv}", "a=rsa-sha256",
                      f"d={key.domain}", f"s={key.selector}", f"t={timestamp}"]
         unsigned = fold([*seal_tags, "b="], "ARC-Seal").encode()

@@ -30,7 +30,9 @@ from tests.helpers import (
     cli,
     make_config,
     make_list,
+    make_role,
     members,
+    reply_to,
     running,
     send,
     wait_quiet,
@@ -195,6 +197,18 @@ def test_a_message_signature_we_do_not_check_adds_no_set_rather_than_cv_fail() -
     assert sealed(simple, Sealer(OUR_KEY, OURS, ZONE)) is None
 
 
+@pytest.mark.parametrize("hostile", [
+    (b"s=arc1;", b"s=\xff\xfe;"), (b"d=relay.example.net;", b"d=a..b;"),
+    (b"a=rsa-sha256; d=relay", b"a=\xff; d=relay"), (b"cv=none", b"cv=\xc3\xa9"),
+    (b"i=1; a=rsa-sha256", b"i=1; i=1; a=rsa-sha256"), (b"b=", b"b=!!!"),
+])
+def test_a_hostile_chain_fails_and_never_raises(hostile: tuple[bytes, bytes]) -> None:
+    incoming = relayed().replace(*hostile)
+    assert incoming != relayed()
+    assessment = asyncio.run(Sealer(OUR_KEY, OURS, ZONE).assess(incoming, "lmtp"))
+    assert assessment is not None and assessment.cv == "fail"
+
+
 def test_a_chain_that_has_ended_or_has_fifty_sets_gets_no_more() -> None:
     sealer = Sealer(OUR_KEY, OURS, ZONE)
     ended = sealed(relayed().replace(b"Hello", b"x").replace(b"The agenda", b"An agenda"),
@@ -325,3 +339,26 @@ async def test_with_dkim_off_there_is_no_arc(tmp_path: Path, sqlite_url: str,
         await deliver_over_lmtp(daemon.ports["lmtp"], "ana@party.test", LIST, TRUSTED + POST)
         received = await wait_quiet(sink, 2)
     assert not any(b"ARC-" in d.data or b"DKIM-Signature" in d.data for d in received)
+
+
+async def test_a_held_post_keeps_its_set_until_a_moderator_lets_it_through(
+        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
+    install = tmp_path / "var/dkim"
+    install.mkdir(parents=True)
+    (install / "2026a.pem").write_bytes(OUR_KEY.pem())
+    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port,
+                         dkim={"selector": "2026a"}, arc={"authserv_id": OURS})
+    moderator = "mod@party.test"
+    make_list(config, "steering", ["ana@party.test", *members(1)], posting="moderated")
+    make_role(config, "steering", moderator, "moderator")
+    async with running(config) as daemon:
+        await deliver_over_lmtp(daemon.ports["lmtp"], "ana@party.test", LIST, TRUSTED + POST)
+        notice = {d.rcpt: d for d in await wait_quiet(sink, 2)}[moderator]
+        target, data = reply_to(notice, moderator, body="approve")
+        await send(daemon.ports["smtp"], moderator, [target], data)
+        copies = (await wait_quiet(sink, 4))[2:4]
+    assert sorted(copy.rcpt for copy in copies) == sorted(["ana@party.test", *members(1)])
+    for copy in copies:
+        assert dkim.arc_verify(copy.data, dnsfunc=DKIMPY_DNS)[0] == b"pass"
+        assert b"dmarc=pass header.from=party.test; arc=none" in \
+            arc_fields(copy.data)[2].replace(b"\r\n\t", b" ")
