@@ -438,6 +438,9 @@ def sealer(config: Config, dkim: DkimSigner | None, dns: KeyLookup) -> Sealer | 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", section.authserv_id):
         raise ConfigError(f"arc.authserv_id: expected a host name such as "
                           f"mx.{config.site.domain}, got {section.authserv_id!r}")
+    if not config.lmtp.listen:
+        log.warning("arc.authserv_id is set but lmtp.listen is off: ARC sets are added only "
+                    "to posts that come over LMTP, from the MTA in front")
     if not section.selector:
         return Sealer(dkim.keys[0], section.authserv_id, dns)
     if not SELECTOR.fullmatch(section.selector):
