@@ -84,7 +84,8 @@ async def change(store: Store, person: SiteUser | Visitor, action: str, back: st
         return await again(Failed(form, str(error), entered))
     audit(person, action, **{**detail, **done.detail})
     query = urlencode({"notice": done.notice, "count": done.count})
-    return redirect(f"{done.target or back}?{query}")
+    target = done.target or back
+    return redirect(f"{target}{'&' if '?' in target else '?'}{query}")
 
 
 def form_values(defaults: dict[str, str], form: str, failed: Failed | None) -> dict[str, str]:

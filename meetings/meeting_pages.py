@@ -134,16 +134,30 @@ def _meeting_view(session: Session, meeting: Meeting, language: str) -> dict[str
             "start_local": meeting.start_local[:16], "end_local": meeting.end_local[:16]}
 
 
+def _people(session: Session, meeting: Meeting, sent: bool) -> dict[str, Any]:
+    """How many are invited and how they answered (sent), or how many will be, by
+    language (a draft): counts, so that a body of a thousand makes a short page."""
+    if sent:
+        counts = dict.fromkeys((p for _, p in reports.ANSWERS), 0)
+        counts |= {partstat: count for partstat, count in session.execute(
+            select(Invitation.partstat, func.count()).where(
+                Invitation.meeting_id == meeting.id, Invitation.state != "removed")
+            .group_by(Invitation.partstat))}
+        return {"count": sum(counts.values()), "counts": counts}
+    languages: dict[str, int] = {}
+    for delegate in invitations.invitees(session, meeting):
+        languages[delegate.language] = languages.get(delegate.language, 0) + 1
+    return {"count": sum(languages.values()), "counts": dict(sorted(languages.items()))}
+
+
 def one_meeting(session: Session, meeting_id: int, language: str,
                 failed: Failed | None) -> dict[str, Any]:
-    """One meeting: its details, its invitees (and answers, once sent), and its forms
+    """One meeting: its details, its invitees counted (answers, once sent), and its forms
     with their values (as entered, for the one that was refused)."""
     meeting = schedule.find(session, meeting_id)
-    shown = reports.details(session, meeting)
     view = _meeting_view(session, meeting, language)
-    people = shown.get("invited", shown.get("will_be_invited", []))
-    return {"meeting": view, "people": people, "statuses": schedule.STATUSES,
-            "problem": problem_of(failed), "forms": {
+    return {"meeting": view, "people": _people(session, meeting, view["sent"]),
+            "statuses": schedule.STATUSES, "problem": problem_of(failed), "forms": {
                 "update": form_values({key: str(getattr(meeting, key)) for key in (
                     "title", "location", "alongside", "agenda_url", "description",
                     "status")}, "update", failed),
@@ -226,25 +240,37 @@ def _grouped(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
             for name in names]
 
 
-def attendance_of(session: Session, meeting_id: int, language: str,
-                  failed: Failed | None) -> dict[str, Any]:
-    """The meeting's attendance (`alliance meeting attendance`): each invitee, the totals,
-    per party and per region, and the form to record an answer by hand."""
+PAGE_ROWS = 100     # invitees on one page of the attendance; the CSV has them all
+
+
+def attendance_of(session: Session, meeting_id: int, language: str, failed: Failed | None,
+                  page: int = 1) -> dict[str, Any]:
+    """The meeting's attendance (`alliance meeting attendance`): the totals, per party and
+    per region, one page of the invitees, and the form to record an answer by hand."""
     meeting = schedule.find(session, meeting_id)
     rows = reports.attendance(session, meeting)
     regions = {name: region for name, region in
                session.execute(select(Party.name, Party.region))}
     for row in rows:
         row["region"] = regions.get(row["party"], "")
+    pages = max(1, -(-len(rows) // PAGE_ROWS))
+    page = min(max(page, 1), pages)
+    shown = rows[(page - 1) * PAGE_ROWS:page * PAGE_ROWS]
+    for row in shown:
         row["replied"] = _words(_instant(row["replied_at"]), language)
-    return {"meeting": _meeting_view(session, meeting, language), "rows": rows,
+    return {"meeting": _meeting_view(session, meeting, language), "rows": shown,
+            "count": len(rows), "page": page, "pages": pages,
             "totals": _counts(rows), "by_party": _grouped(rows, "party"),
             "by_region": _grouped(rows, "region"),
             "answers": [p.lower() for p in BY_HAND], "problem": problem_of(failed),
-            "invitee_names": {r["address"]: f"{r['name']} ({r['address']})" if r["name"]
-                              else r["address"] for r in rows},
             "entered": form_values({"address": "", "answer": "accepted", "comment": ""},
                                    "answer", failed)}
+
+
+def page_number(request: Request) -> int:
+    """The `page` of a request's query: a small positive number, else 1."""
+    given = (request.query.get("page") or ["1"])[0]
+    return int(given) if given.isdigit() and 0 < len(given) < 6 else 1
 
 
 def pages(site: MeetingSite, access: Access) -> tuple[Page, ...]:
@@ -399,8 +425,8 @@ async def _show_attendance(site: MeetingSite, access: Access, request: Request,
                            failed: Failed | None = None) -> Response:
     language = page_language(request, person)
     try:
-        shown = await access.store.read(lambda s: attendance_of(s, meeting_id, language,
-                                                                failed))
+        shown = await access.store.read(lambda s: attendance_of(
+            s, meeting_id, language, failed, page_number(request)))
     except organisation.MeetingError:
         return render_page(site.templates, "error", language, 404, problem="not_found")
     return render_page(site.templates, "staff_meeting_attendance", language,

@@ -239,8 +239,12 @@ async def test_a_coordination_contact_keeps_the_parties_and_seats(
         assert "The seat is given" in page and "sam@labour.example" in page
         await kofi.post("/dashboard/organisation/body-name", body="board", language="fr",
                         name="Conseil")
-        status, _, page = await kofi.get("/dashboard/organisation")
-        await kofi.post("/dashboard/organisation/unseat", body="board", address=JORG)
+        status, _, page = await kofi.get("/dashboard/organisation?body=board&q=spd")
+        assert status == 200 and JORG in page and ANA not in page, "a search of the seats"
+        status, headers, _ = await kofi.post("/dashboard/organisation/unseat", body="board",
+                                             address=JORG)
+        assert headers["location"] == "/dashboard/organisation?body=board&notice=unseated" \
+            "&count=0"
     assert "sam@labour.example" in cli(command_line, "delegate", "list", "--body", "steering")
     assert JORG not in cli(command_line, "delegate", "list", "--body", "board")
     assert "fr Conseil" in cli(command_line, "body", "list")

@@ -246,7 +246,9 @@ SAMPLES.update({
        for problem in (NO_PROBLEM, {"form": "create", "text": "unknown time zone 'x'"})},
     **{f"staff_meeting/{state}{'-' + problem['form'] if problem['form'] else ''}": {
         **STAFF_FRAME, "meeting": {**STAFF_MEETING, "state": state, "sent": sent},
-        "people": [{**ROW, "language": "fr"}], "statuses": ("CONFIRMED", "TENTATIVE"),
+        "people": {"count": 3 if sent else 2,
+                   "counts": COUNTS if sent else {"fr": 1, "de": 1}},
+        "statuses": ("CONFIRMED", "TENTATIVE"),
         "problem": problem, "forms": {
             "update": {"title": "Steering", "location": "KICC", "alongside": "",
                        "agenda_url": "", "description": "", "status": "TENTATIVE"},
@@ -267,10 +269,10 @@ SAMPLES.update({
            ("nobody", "", []), ("refused", "meeting 4 is over", []))},
     **{f"staff_meeting_attendance/{case}": {
         **STAFF_FRAME, "meeting": STAFF_MEETING, "rows": rows, "totals": COUNTS,
+        "count": 250, "page": 2, "pages": 3,
         "by_party": [{"name": "ODM", "counts": COUNTS}],
         "by_region": [{"name": "africa", "counts": COUNTS}, {"name": "", "counts": COUNTS}],
         "answers": ["accepted", "tentative", "declined"], "problem": problem,
-        "invitee_names": {"ana@party.test": "Ana Silva (ana@party.test)"},
         "entered": {"address": "ana@party.test", "answer": "declined", "comment": "ill"}}
        for case, rows, problem in (
            ("rows", [ROW], NO_PROBLEM), ("none", [], NO_PROBLEM),
@@ -279,12 +281,12 @@ SAMPLES.update({
         **STAFF_FRAME, "notice": {"key": "seated", "count": 2},
         "problem": {"form": form, "text": "refused"} if form else NO_PROBLEM,
         "parties": [{"name": "ODM", "country": "KE", "region": "africa", "seats": 2}],
-        "bodies": [{"slug": "board", "name": "Board", "here": "Conseil",
-                    "names": {"fr": "Conseil"}, "seats": [
-                        {"address": "ana@party.test", "name": "Ana", "party": "ODM",
-                         "role": "substitute", "language": "pt"}]},
-                   {"slug": "steering", "name": "Steering", "here": "", "names": {},
-                    "seats": []}],
+        "bodies": [{"slug": "board", "name": "Board", "names": {"fr": "Conseil"}},
+                   {"slug": "steering", "name": "Steering", "names": {}}],
+        "seats": {"body": "board", "name": "Conseil", "count": 250 if form else 0,
+                  "query": "ana", "page": 2, "pages": 3, "rows": [
+                      {"address": "ana@party.test", "name": "Ana", "party": "ODM",
+                       "role": "substitute", "language": "pt"}] if form else []},
         "names_of_bodies": {"board": "Conseil", "steering": "Steering"},
         "regions": ("africa", "europe"), "languages": ("en", "fr", "es", "de", "pt"),
         "forms": {"party-add": {"name": "", "country": "", "region": "europe"},
