@@ -162,8 +162,8 @@ async def test_a_moderator_sees_members_but_may_neither_remove_nor_change_settin
 
 
 async def test_search_finds_a_member_among_ten_thousand_a_page_at_a_time(
-        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
-    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+        tmp_path: Path, database_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, database_url, smarthost_port=sink.port)
     make_list(config, "steering", members(10_000))
     make_role(config, "steering", ANA, "owner")
     db = Database(config.database.url, config.base_dir)
@@ -203,8 +203,8 @@ async def test_search_finds_a_member_among_ten_thousand_a_page_at_a_time(
 
 
 async def test_a_moderator_approves_rejects_and_discards_held_posts(
-        tmp_path: Path, sqlite_url: str, sink: Sink) -> None:
-    config = make_config(tmp_path, sqlite_url, smarthost_port=sink.port)
+        tmp_path: Path, database_url: str, sink: Sink) -> None:
+    config = make_config(tmp_path, database_url, smarthost_port=sink.port)
     make_list(config, "steering", [ANA, BO], posting="moderated")
     make_role(config, "steering", MOD, "moderator")
     async with running(config) as daemon:
