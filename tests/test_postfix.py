@@ -14,11 +14,13 @@ import smtplib
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dkim
 import pytest
 
+from mailer.config import Config
 from tests.helpers import (
     DOMAIN,
     Delivered,
@@ -314,9 +316,23 @@ def clear_submission(port: int) -> tuple[int, str]:
     return code, text.decode()
 
 
-@pytest.mark.skipif(bool(NO_POSTFIX) and not os.environ.get("CI"), reason=NO_POSTFIX)
-async def test_postfix_in_front_relays_to_our_lmtp_verifies_and_is_our_smarthost(
-        tmp_path: Path, sqlite_url: str, sink: Sink, instance: Instance) -> None:
+@dataclass
+class Front:
+    """A site with Postfix in front, as `alliance postfix` made it, not yet started."""
+
+    config: Config
+    postfix: Instance
+    sink: Sink
+    mx: int                 # Postfix's MX port
+    submission: int         # Postfix's port for the daemon's mail
+    record: str             # the DKIM record `alliance dkim keygen` printed
+    people: list[str]
+
+
+@pytest.fixture
+async def front(tmp_path: Path, sqlite_url: str, sink: Sink, instance: Instance) -> Front:
+    if NO_POSTFIX and not os.environ.get("CI"):
+        pytest.skip(NO_POSTFIX)
     mx, lmtp, submission = free_port(), free_port(), free_port()
     pki = make_pki(tmp_path)
     site_file = site(tmp_path, f'[lmtp]\nlisten = "127.0.0.1:{lmtp}"\n[outbound]\n'
@@ -331,54 +347,81 @@ async def test_postfix_in_front_relays_to_our_lmtp_verifies_and_is_our_smarthost
     make_list(config, "steering", people)
 
     def lines(part: str) -> str:
-        result = invoke(site_file, "postfix", "--part", part,
-                        "--tls-cert", str(pki.cert), "--tls-key", str(pki.key))
-        assert result.exit_code == 0, result.output
-        return result.stdout
+        tls = ("--tls-cert", str(pki.cert), "--tls-key", str(pki.key))
+        return printed(site_file, "postfix", "--part", part, *tls)
 
     instance.write(instance.main_cf(sink.port) + lines("main.cf"),
                    f"127.0.0.1:{mx} inet n - n - - smtpd\n{SERVICES}{lines('master.cf')}",
                    lines("transport"))
+    return Front(config, instance, sink, mx, submission, record, people)
+
+
+async def test_postfix_in_front_relays_to_our_lmtp_verifies_and_is_our_smarthost(
+        front: Front) -> None:
     # Postfix knows every parameter printed, in main.cf and in master.cf's -o options.
-    assert "warning" not in await instance.command("postconf", "-n")
-    async with instance.started() as postfix, running(config):
-        # An address our LMTP does not know is refused by Postfix, at RCPT, with our words.
-        code, text = await asyncio.to_thread(
-            rcpt_reply, mx, people[0], f"nobody@{DOMAIN}")
-        assert code == 550, text
-        assert "Recipient address rejected: undeliverable address" in text
-        assert "said: 550 5.1.1" in text
-
-        # Nothing reaches the smarthost port in clear.
-        code, text = await asyncio.to_thread(clear_submission, submission)
-        assert code == 530 and "STARTTLS" in text, text
-
-        # A post through Postfix to the list: Postfix -> LMTP -> fan-out -> Postfix -> sink.
-        post = mail(people[0], LIST, "Agenda", "See you.\n")
-        assert await asyncio.to_thread(submit, mx, people[0], LIST, post) == {}
-        [first, *_] = await sink.wait_for(len(people), timeout=60)
-        # A bounce of a copy comes back to its envelope sender, steering-bounces+TOKEN@:
-        # Postfix asks our LMTP about that whole address, and takes it.
-        assert await asyncio.to_thread(rcpt_reply, mx, "", first.mail_from) == (
-            250, "2.1.5 Ok")
-
-        # The largest post Postfix takes, our intake takes too: both limits are LIMIT
-        # bytes, and Postfix counts more than it hands on. Its copies, bigger still (our
-        # headers, footer, signature), pass the submission service, which has no limit.
-        size = LIMIT + 1
-        while (code := await asyncio.to_thread(refusal_code, mx, people[0], LIST,
-                                               padded(people[0], LIST, size))) == 552:
-            size -= 50
-        assert code == 250 and LIMIT - 2000 < size <= LIMIT, (code, size)
-        await sink.wait_for(2 * len(people), timeout=60)
-        await postfix.drained()
-    assert len(sink.received) == 2 * len(people), "nothing else (no bounce) came out"
-    copies, large = sink.received[:len(people)], sink.received[len(people):]
+    assert "warning" not in await front.postfix.command("postconf", "-n")
+    async with front.postfix.started() as postfix:
+        async with running(front.config):
+            await unknown_addresses_are_refused_at_rcpt(front)
+            await nothing_is_taken_in_clear_at_the_smarthost_port(front)
+            await a_post_goes_through_postfix_and_back(front)
+            await the_largest_post_postfix_takes_is_distributed(front)
+            await postfix.drained()
+        await with_the_daemon_stopped_postfix_says_try_later(front)
+    received = front.sink.received
+    assert len(received) == 2 * len(front.people), "nothing else (no bounce) came out"
+    copies, large = received[:len(front.people)], received[len(front.people):]
     for batch, subject in ((copies, "[steering] Agenda"), (large, "[steering] Minutes")):
-        assert sorted(copy.rcpt for copy in batch) == sorted(people)
+        assert sorted(copy.rcpt for copy in batch) == sorted(front.people)
         for copy in batch:
-            check_copy(copy, subject, record)
+            check_copy(copy, subject, front.record)
     assert all(len(copy.data) > LIMIT for copy in large)
+
+
+async def unknown_addresses_are_refused_at_rcpt(front: Front) -> None:
+    """An address our LMTP does not know is refused by Postfix, at RCPT, with our words."""
+    code, text = await asyncio.to_thread(rcpt_reply, front.mx, front.people[0],
+                                         f"nobody@{DOMAIN}")
+    assert code == 550, text
+    assert "Recipient address rejected: undeliverable address" in text
+    assert "said: 550 5.1.1" in text
+
+
+async def nothing_is_taken_in_clear_at_the_smarthost_port(front: Front) -> None:
+    code, text = await asyncio.to_thread(clear_submission, front.submission)
+    assert code == 530 and "STARTTLS" in text, text
+
+
+async def a_post_goes_through_postfix_and_back(front: Front) -> None:
+    """Postfix -> our LMTP -> fan-out -> Postfix over STARTTLS -> the sink; and the copies'
+    envelope sender, where their bounces come back (steering-bounces+TOKEN@), is an address
+    Postfix verifies whole against our LMTP, and takes."""
+    sender = front.people[0]
+    post = mail(sender, LIST, "Agenda", "See you.\n")
+    assert await asyncio.to_thread(submit, front.mx, sender, LIST, post) == {}
+    [first, *_] = await front.sink.wait_for(len(front.people), timeout=60)
+    assert await asyncio.to_thread(rcpt_reply, front.mx, "", first.mail_from) == (
+        250, "2.1.5 Ok")
+
+
+async def the_largest_post_postfix_takes_is_distributed(front: Front) -> None:
+    """Both limits are LIMIT bytes, and Postfix counts more than it hands our LMTP. The
+    copies, bigger still (our headers, footer, signature), pass the submission service,
+    which has no limit."""
+    sender, size = front.people[0], LIMIT + 1
+    while (code := await asyncio.to_thread(refusal_code, front.mx, sender, LIST,
+                                           padded(sender, LIST, size))) == 552:
+        size -= 50
+    assert code == 250 and LIMIT - 2000 < size <= LIMIT, (code, size)
+    await front.sink.wait_for(2 * len(front.people), timeout=60)
+
+
+async def with_the_daemon_stopped_postfix_says_try_later(front: Front) -> None:
+    """No answer from our LMTP is no verdict: 450, and the sender tries again."""
+    code, text = await asyncio.to_thread(rcpt_reply, front.mx, front.people[0],
+                                         f"steering-join@{DOMAIN}")
+    assert code == 450, text
+    assert "unverified address: connect to 127.0.0.1" in text and "Connection refused" in text
 
 
 def check_copy(copy: Delivered, subject: str, record: str) -> None:
