@@ -38,6 +38,7 @@ from tests.helpers import (
 
 
 def site(folder: Path, text: str) -> Path:
+    """A config file for the command line: the site's domain, and `text`."""
     path = folder / "config.toml"
     path.write_text(f'[site]\ndomain = "{DOMAIN}"\n{text}')
     return path
