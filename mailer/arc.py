@@ -360,6 +360,25 @@ async def chain_state(message: bytes, dns: KeyLookup) -> str | None:
 
 # -- sealing (RFC 8617 §5.1) ------------------------------------------------------------
 
+def results_field(instance: int, results: str) -> bytes:
+    """The ARC-Authentication-Results field (RFC 8617 §4.1.1), folded between words into
+    lines of at most 78 characters where the words allow (RFC 5322 §2.2.3).
+
+    >>> field = results_field(1, "mx.example; dkim=pass header.d=a.test header.s=s1; "
+    ...                          "spf=pass smtp.mailfrom=ana@a.test")
+    >>> print(field.decode().replace("\\r\\n", "\\n").replace("\\t", "<TAB>"), end="")
+    ARC-Authentication-Results: i=1; mx.example; dkim=pass header.d=a.test
+    <TAB>header.s=s1; spf=pass smtp.mailfrom=ana@a.test
+    """
+    lines = [f"ARC-Authentication-Results: i={instance};"]
+    for word in results.split():
+        if len(lines[-1]) + 1 + len(word) > 78:
+            lines.append("\t" + word)
+        else:
+            lines[-1] += " " + word
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
 class Sealer:
     """Adds our ARC set to the list copy of a post whose results we trust."""
 
@@ -401,8 +420,7 @@ class Sealer:
         instance = assessment.instance
         timestamp = int(self.clock())
         key = self.key
-        aar = fold([f"i={instance}", *assessment.results.split("; ")],
-                   "ARC-Authentication-Results").encode()
+        aar = results_field(instance, assessment.results)
         names = header_list(fields, AMS_SIGNED, AMS_ALWAYS)
         ams_tags = [f"i={instance}", "a=rsa-sha256", "c=relaxed/relaxed", f"d={key.domain}",
                     f"s={key.selector}", f"t={timestamp}", "h=" + b":".join(names).decode(),

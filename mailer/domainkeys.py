@@ -142,11 +142,12 @@ def fold(tags: Sequence[str], name: str = "DKIM-Signature") -> str:
 
     A base64 value (bh=, b=) is cut anywhere, h= only after a colon (RFC 6376 §3.5):
 
-    >>> print(fold(["v=1", "h=" + ":".join(["subject"] * 10), "b=" + "A" * 80]), end="")
-    DKIM-Signature: v=1;
-    \th=subject:subject:subject:subject:subject:subject:subject:subject:subject:
-    \tsubject; b=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
-    \tAAAAAAAAAAAAAAAAAA
+    >>> field = fold(["v=1", "h=" + ":".join(["subject"] * 10), "b=" + "A" * 80])
+    >>> print(field.replace("\\r\\n", "\\n").replace("\\t", "<TAB>"), end="")
+    DKIM-Signature: v=1; h=subject:subject:subject:subject:subject:subject:
+    <TAB>subject:subject:subject:subject;
+    <TAB>b=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
+    <TAB>AAAAAAAAAAAAAAAAAA
     """
     lines = [name + ":"]
     for position, tag in enumerate(tags):
