@@ -417,6 +417,11 @@ class Sealer:
         message = crlf(message)
         head, body = split(message)
         fields = header_fields(head)
+        try:
+            earlier = [] if assessment.cv == "fail" else arc_sets(fields)
+        except Broken as reason:   # the chain checked before has changed since: no set
+            log.warning("ARC chain changed since it was checked (%s); no ARC set", reason)
+            return message
         instance = assessment.instance
         timestamp = int(self.clock())
         key = self.key
@@ -428,11 +433,6 @@ class Sealer:
         data = header_data(fields, names) \
             + relaxed_header(fold([*ams_tags, "b="], "ARC-Message-Signature").encode())[:-2]
         ams = self._signed(ams_tags, data, "ARC-Message-Signature")
-        try:
-            earlier = [] if assessment.cv == "fail" else arc_sets(fields)
-        except Broken as reason:   # the chain checked before has changed since: no set
-            log.warning("ARC chain changed since it was checked (%s); no ARC set", reason)
-            return message
         seal_tags = [f"i={instance}", f"cv={assessment.cv}", "a=rsa-sha256",
                      f"d={key.domain}", f"s={key.selector}", f"t={timestamp}"]
         unsigned = fold([*seal_tags, "b="], "ARC-Seal").encode()

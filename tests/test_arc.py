@@ -209,6 +209,16 @@ def test_a_hostile_chain_fails_and_never_raises(hostile: tuple[bytes, bytes]) ->
     assert assessment is not None and assessment.cv == "fail"
 
 
+def test_a_chain_that_changed_between_check_and_seal_gets_no_set() -> None:
+    sealer = Sealer(OUR_KEY, OURS, ZONE)
+    incoming = relayed()
+    assessment = asyncio.run(sealer.assess(incoming, "lmtp"))
+    assert assessment is not None and assessment.cv == "pass"
+    changed = incoming.replace(b"ARC-Seal: i=1", b"X-Old-Seal: i=1")
+    assert sealer.seal(changed, assessment) == changed
+    assert sealer.seal(incoming, assessment) != incoming
+
+
 def test_a_chain_that_has_ended_or_has_fifty_sets_gets_no_more() -> None:
     sealer = Sealer(OUR_KEY, OURS, ZONE)
     ended = sealed(relayed().replace(b"Hello", b"x").replace(b"The agenda", b"An agenda"),
