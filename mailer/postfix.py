@@ -138,9 +138,7 @@ smtpd_tls_security_level = may
 # Received: fields say which hops were encrypted, and how.
 smtpd_tls_received_header = yes
 
-# -- Outbound: Postfix is the daemon's smarthost (the master.cf service). Only this machine
-# may relay through it.
-mynetworks = 127.0.0.0/8 [::1]/128
+# -- Outbound: Postfix is the daemon's smarthost (the master.cf service).
 # Our copies leave DKIM-signed: converting their 8-bit text to quoted-printable for a server
 # that does not announce 8BITMIME would break the signature's body hash (and nearly every
 # server announces it).
@@ -164,8 +162,8 @@ def master_cf(s: Setup) -> str:
 #     tls_verify = false
 #
 # On loopback only, and {why}:
-# our mail never crosses in clear. Only mynetworks (this machine) may send through it, to
-# anywhere: the daemon writes to members everywhere.
+# our mail never crosses in clear. Only this machine may send through it (its own
+# mynetworks, whatever main.cf's says), to anywhere: the daemon writes to members everywhere.
 # Our copies are DKIM-signed: no address mapping (canonical, virtual, masquerading), no
 # header or body checks and no milter may change them. A copy is bigger than the post it
 # carries (headers, footer, signature), a digest holds many posts: no size limit here, the
@@ -174,6 +172,7 @@ def master_cf(s: Setup) -> str:
 {s.submission} inet n - n - - smtpd
   -o syslog_name=postfix/alliance
   -o {tls}
+  -o mynetworks=127.0.0.0/8,[::1]/128
   -o smtpd_client_restrictions=permit_mynetworks,reject
   -o smtpd_helo_restrictions=
   -o smtpd_sender_restrictions=

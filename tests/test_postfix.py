@@ -117,6 +117,17 @@ NO_POSTFIX = ("Postfix is not installed (apt-get install postfix; its own servic
               "a private Postfix instance is started as root (postfix -c DIR start)"
               if os.geteuid() != 0 else "")
 
+# Debian's main.cf as its postinst begins it (main.cf.debian, with main.cf.tls when there is
+# a certificate), which an operator appends `alliance postfix`'s lines to.
+DEBIAN_MAIN_CF = "".join(
+    path.read_text() for path in (Path("/usr/share/postfix/main.cf.debian"),
+                                  Path("/usr/share/postfix/main.cf.tls")) if path.exists()
+) or "compatibility_level = 3.6\n"
+# What our lines set again there, to another value: the certificate (Debian's is its
+# snakeoil one); smtpd_tls_security_level is "may" in both.
+OVERRIDDEN = {"smtpd_tls_cert_file", "smtpd_tls_key_file"} & {
+    line.partition("=")[0].strip() for line in DEBIAN_MAIN_CF.splitlines()}
+
 # Postfix's own services, as Debian's master.cf has them, out of any chroot (the instance
 # lives in a temporary folder). The test's master.cf adds the MX's listener and what
 # `alliance postfix` prints.
@@ -168,9 +179,9 @@ class Instance:
         self.maillog.touch()
 
     def main_cf(self, smarthost_port: int) -> str:
-        """What makes the instance private, and the internet it delivers to: the sink."""
-        return f"""\
-compatibility_level = 3.6
+        """Debian's stock main.cf, what makes the instance private, and the internet it
+        delivers to: the sink."""
+        return DEBIAN_MAIN_CF + f"""\
 queue_directory = {self.spool}
 data_directory = {self.root}/data
 inet_interfaces = loopback-only
@@ -359,8 +370,13 @@ async def front(tmp_path: Path, sqlite_url: str, sink: Sink, instance: Instance)
 
 async def test_postfix_in_front_relays_to_our_lmtp_verifies_and_is_our_smarthost(
         front: Front) -> None:
-    # Postfix knows every parameter printed, in main.cf and in master.cf's -o options.
-    assert "warning" not in await front.postfix.command("postconf", "-n")
+    # Postfix knows every parameter printed, in main.cf and in master.cf's -o options, and
+    # of Debian's main.cf our lines set only the certificate again.
+    warnings = {line.partition(": warning: ")[2] for line in
+                (await front.postfix.command("postconf", "-n")).splitlines()
+                if ": warning: " in line}
+    assert {re.sub(r"^.*overriding earlier entry: (\w+)=.*$", r"\1", warning)
+            for warning in warnings} == OVERRIDDEN, warnings
     async with front.postfix.started() as postfix:
         async with running(front.config):
             await unknown_addresses_are_refused_at_rcpt(front)
