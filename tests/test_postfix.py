@@ -69,6 +69,9 @@ def test_the_lines_follow_the_config(tmp_path: Path) -> None:
     transport = printed(config, "postfix", "--part", "transport")
     assert "\n127.0.0.1:2587 inet n - n - - smtpd\n" in master
     assert "\n  -o smtpd_tls_security_level=encrypt\n" in master
+    # Only this machine sends through it, whoever else main.cf's mynetworks lets relay.
+    assert "\n  -o mynetworks=127.0.0.0/8,[::1]/128\n" in master
+    assert "\nmynetworks" not in main
     everything = printed(config, "postfix")
     assert everything == "\n".join((main, master, transport))
 
