@@ -45,15 +45,18 @@ def _holder(invitation: Invitation, by_id: dict[int, Invitation]) -> Invitation 
     return None
 
 
-def _parties(session: Session, invitations: list[Invitation]) -> dict[int, str]:
+def _parties(session: Session, meeting: Meeting,
+             invitations: list[Invitation]) -> dict[int, str]:
     """Party name by invitation id; a substitute speaks for their delegator's party,
     whatever party they belong to themselves (DESIGN §1)."""
     by_id = {i.id: i for i in invitations}
     holders = {i.id: _holder(i, by_id) for i in invitations}
-    rows = session.execute(select(Delegate.id, Party.name)
+    # The holders are invitations of the meeting: their delegates are found by a join,
+    # not by a list of a thousand ids.
+    rows = session.execute(select(Delegate.id, Party.name).distinct()
                            .join(Party, Delegate.party_id == Party.id)
-                           .where(Delegate.id.in_({h.delegate_id for h in holders.values()
-                                                   if h and h.delegate_id})))
+                           .join(Invitation, Invitation.delegate_id == Delegate.id)
+                           .where(Invitation.meeting_id == meeting.id))
     by_delegate = {delegate_id: name for delegate_id, name in rows}
     return {i: by_delegate.get(h.delegate_id or 0, "") if h else ""
             for i, h in holders.items()}
@@ -66,7 +69,7 @@ def attendance(session: Session, meeting: Meeting) -> list[dict[str, Any]]:
     invitations = list(session.scalars(select(Invitation).where(
         Invitation.meeting_id == meeting.id, Invitation.state != "removed")
         .order_by(Invitation.id)))
-    parties = _parties(session, invitations)
+    parties = _parties(session, meeting, invitations)
     web = on_the_web(session, meeting.id)
     rows = [{"name": i.name, "party": parties[i.id], "address": i.address,
              "partstat": i.partstat, "answered": answered(i, i.id in web),
