@@ -406,10 +406,11 @@ def postfix_lines(context: Context, part: str | None, tls_cert: str, tls_key: st
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
     click.echo(postfix.render(setup, part), nl=False)
-    for path in dict.fromkeys((setup.tls_cert, setup.tls_key)):
-        if not Path(path).exists():
-            click.echo(f"note: {path} does not exist here: give --tls-cert and --tls-key (for "
-                       "Debian's own: make-ssl-cert generate-default-snakeoil)", err=True)
+    missing = [path for path in dict.fromkeys((setup.tls_cert, setup.tls_key))
+               if not Path(path).exists()]
+    if missing:
+        click.echo(f"note: {' and '.join(missing)} not here: give --tls-cert and --tls-key "
+                   "(for Debian's own: make-ssl-cert generate-default-snakeoil)", err=True)
     if config.outbound.url != setup.outbound_url:
         click.echo(f"note: outbound.url is {config.outbound.url!r}: set it to "
                    f"{setup.outbound_url!r} to send through this Postfix", err=True)
