@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from lists.models import MailingList
 from mailer.templates import language_of
 from mailer.web import Page, Request, Response, Store, render_error, render_page
 from meetings import coordination, feed, ical, letters, schedule
@@ -88,7 +89,10 @@ def _body(session: Session, site: MeetingSite, slug: str,
     meetings = session.scalars(select(Meeting).where(upcoming(body, site.clock()))
                                .order_by(Meeting.starts_at).limit(UPCOMING))
     feed_url = f"{site.base_url}{feed.path(body.slug)}"
+    mailing_list = session.get(MailingList, body.list_id) if body.list_id else None
     return {"site_name": site.name, "body_name": _name(body, language), "slug": body.slug,
+            "archive": f"/lists/{mailing_list.name}/"
+            if mailing_list is not None and mailing_list.public_archive else "",
             "feed": feed_url, "webcal": "webcal://" + feed_url.split("://", 1)[-1]
             if site.base_url else "",
             "meetings": [_meeting(meeting, language) for meeting in meetings]}

@@ -38,6 +38,7 @@ async def test_a_body_page_shows_its_meetings_and_links_its_calendars(
         web = daemon.ports["http"]
         index_status, _, index = await http(web, "GET", "/bodies/", language="fr")
         status, headers, page = await http(web, "GET", "/bodies/board/", language="de")
+        _, _, steering = await http(web, "GET", "/bodies/steering/", language="de")
         ics_status, ics_headers, ics = await http(web, "GET", f"/bodies/board/{announced}.ics")
         hidden = [(await http(web, "GET", route))[0] for route in (
             f"/bodies/board/{draft}.ics", f"/bodies/steering/{announced}.ics",
@@ -57,6 +58,8 @@ async def test_a_body_page_shows_its_meetings_and_links_its_calendars(
     assert f'href="/bodies/board/{announced}.ics"' in page
     assert f"/bodies/board/{draft}.ics" not in page, "a draft is not public"
     assert "jorg" not in page.lower() and "spd.example" not in page
+    assert "/lists/board/" not in page, "the Board's list is closed: its archive is private"
+    assert '<a href="/lists/steering/">Das öffentliche Archiv der Liste</a>' in steering
 
     assert ics_status == 200 and ics_headers["content-type"] == "text/calendar; charset=utf-8"
     assert ics_headers["content-disposition"].startswith("attachment")

@@ -108,7 +108,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         {"slug": "steering", "name": "Steering Committee", "count": 0}]},
     "body": {"site_name": "Progressive Alliance", "body_name": "Board", "slug": "board",
              "feed": "https://lists.example.org/feeds/board.ics",
-             "webcal": "webcal://lists.example.org/feeds/board.ics", "meetings": [
+             "webcal": "webcal://lists.example.org/feeds/board.ics",
+             "archive": "/lists/board/", "meetings": [
                  {"id": 3, "title": "Board meeting",
                   "when": "Monday, 1 March 2027, 09:00–17:00",
                   "zone": "Europe/Paris, Central European Standard Time",
