@@ -414,15 +414,19 @@ def meeting_reschedule(context: Context, meeting_id: int, start: str, end: str,
 @click.option("--agenda-url")
 @click.option("--alongside")
 @click.option("--status", type=click.Choice(list(schedule.STATUSES), case_sensitive=False))
+@click.option("--host", help="the host party (\"\" for none)")
+@click.option("--send-at", help="before anything is sent: local time or now (\"\": a draft)")
 @pass_context
 def meeting_update(context: Context, meeting_id: int, title: str | None,
                    description: str | None, location: str | None, agenda_url: str | None,
-                   alongside: str | None, status: str | None) -> None:
+                   alongside: str | None, status: str | None, host: str | None,
+                   send_at: str | None) -> None:
     """Change details; location and status count as major changes (SEQUENCE+1)."""
     from meetings import invitations
 
     changes = schedule.Changes(title=title, description=description, location=location,
-                               agenda_url=agenda_url, alongside=alongside, status=status)
+                               agenda_url=agenda_url, alongside=alongside, status=status,
+                               host=host, send_at=send_at)
     count = _meeting_action(context, meeting_id,
                             lambda s, site, m: invitations.update(s, site, m, changes))
     click.echo(f"meeting {meeting_id} updated; {count} update(s) queued")

@@ -170,7 +170,8 @@ def _noted(session: Session, meeting: Meeting, before: dict[str, Any]) -> letter
 
 def update(session: Session, site: MeetingSite, meeting: Meeting,
            changes: schedule.Changes) -> int:
-    """Other changes: location and status are major (as a reschedule), the rest minor.
+    """Other changes: location and status are major (as a reschedule), the rest minor
+    (a new host among them); a new send time only before anything is sent.
 
     A minor change is sent at the same SEQUENCE, each invitee's answer kept in their
     ATTENDEE line, so that clients update the event without asking again (itip.md G4).
@@ -181,8 +182,9 @@ def update(session: Session, site: MeetingSite, meeting: Meeting,
     if changes.status == "CANCELLED":
         raise MeetingError("use `alliance meeting cancel` to cancel a meeting")
     before = letters.meeting_view(session, meeting)
+    replanned = schedule.replan(session, meeting, changes, now, was_sent(session, meeting))
     changed, major = schedule.revise(meeting, changes, now)
-    if not changed:
+    if not changed and not replanned:
         return 0
     if major:
         _reset(session, meeting, now, site.reminder_days)

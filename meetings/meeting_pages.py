@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from html.parser import HTMLParser
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -63,6 +64,13 @@ Handler = Callable[[Request, re.Match[str], Visitor, SiteUser], Awaitable[Respon
 
 def _words(stamp: float | None, language: str) -> str:
     return dates.stamp(stamp, language) if stamp is not None else ""
+
+
+def _local(stamp: float | None, tz: str) -> str:
+    """A moment as the wall time of a zone, as a form's datetime-local field holds it."""
+    if stamp is None:
+        return ""
+    return datetime.fromtimestamp(stamp, ZoneInfo(tz)).strftime("%Y-%m-%dT%H:%M")
 
 
 def _instant(iso: str) -> float | None:
@@ -156,11 +164,14 @@ def one_meeting(session: Session, meeting_id: int, language: str,
     with their values (as entered, for the one that was refused)."""
     meeting = schedule.find(session, meeting_id)
     view = _meeting_view(session, meeting, language)
+    details = {key: str(getattr(meeting, key)) for key in (
+        "title", "location", "alongside", "agenda_url", "description", "status")}
     return {"meeting": view, "people": _people(session, meeting, view["sent"]),
-            "statuses": schedule.STATUSES, "problem": problem_of(failed), "forms": {
-                "update": form_values({key: str(getattr(meeting, key)) for key in (
-                    "title", "location", "alongside", "agenda_url", "description",
-                    "status")}, "update", failed),
+            "statuses": schedule.STATUSES, "problem": problem_of(failed),
+            "parties": [p.name for p in organisation.parties(session)], "forms": {
+                "update": form_values({**details, "host": view["host"],
+                                       "send_at": _local(meeting.send_at, meeting.tz)},
+                                      "update", failed),
                 "reschedule": form_values({"start": view["start_local"],
                                            "end": view["end_local"], "zone": meeting.tz},
                                           "reschedule", failed),
@@ -356,7 +367,7 @@ def meeting_change(site: MeetingSite, meeting_id: int, action: str,
             count = invitations.update(session, site, meeting, schedule.Changes(**{
                 key: entered.get(key) for key in (
                     "title", "description", "location", "agenda_url", "alongside",
-                    "status")}))
+                    "status", "host", "send_at")}))
             return Done("updated", count)
         if action == "reschedule":
             moved = coordinating.reschedule(session, site, meeting, entered.get("start", ""),

@@ -263,6 +263,33 @@ class Changes:
     agenda_url: str | None = None
     alongside: str | None = None
     status: str | None = None
+    host: str | None = None      # a member party's name; "" for no host
+    send_at: str | None = None   # as create's --send-at; only before anything is sent
+
+
+def replan(session: Session, meeting: Meeting, changes: Changes, now: float,
+           sent: bool) -> bool:
+    """Apply a new host party and a new send time; returns whether either changed.
+
+    A host is a minor change (SEQUENCE stays, as for a title). The send time may change
+    only while no invitation has gone out: "" keeps a draft, "now" or a local time
+    schedules it, checked as `create` checks --send-at.
+    """
+    changed = False
+    if changes.host is not None:
+        host = find_party(session, changes.host).id if changes.host.strip() else None
+        changed = host != meeting.host_party_id
+        meeting.host_party_id = host
+    if changes.send_at is not None:
+        if sent:
+            raise MeetingError(f"meeting {meeting.id}: invitations went out; their send "
+                               "time cannot change")
+        when = _send_at(changes.send_at, time_zone(meeting.tz), now, meeting.starts_at)
+        changed = changed or when != meeting.send_at
+        meeting.send_at = when
+    if changed:
+        meeting.updated_at = now
+    return changed
 
 
 def revise(meeting: Meeting, changes: Changes, now: float) -> tuple[bool, bool]:

@@ -25,6 +25,7 @@ from tests.helpers import (
     board_of_two,
     calendars,
     cli,
+    cli_error,
     config_file,
     http,
     make_config,
@@ -96,7 +97,7 @@ def preview_subjects(page: str) -> dict[str, str]:
 async def test_a_coordinator_drafts_previews_sends_and_reads_the_attendance(
         tmp_path: Path, sqlite_url: str, sink: Sink,
         caplog: pytest.LogCaptureFixture) -> None:
-    config, _ = site(tmp_path, sqlite_url, sink)
+    config, command_line = site(tmp_path, sqlite_url, sink)
     caplog.set_level(logging.INFO, logger="alliance.audit")
     async with running(config) as daemon:
         admin = await sign_in(daemon.ports["http"], sink, ADMIN)
@@ -138,6 +139,9 @@ async def test_a_coordinator_drafts_previews_sends_and_reads_the_attendance(
         assert re.search(rf'href="{meeting}">Board meeting</a>.*?Invitations sent</td>\s*'
                          r"<td>2</td>", listing, flags=re.S), listing
         assert "The charter’s cadence in" in listing
+        refused = cli_error(command_line, "meeting", "update", meeting.rsplit("/", 1)[1],
+                            "--send-at", "now")
+        assert "invitations went out; their send time cannot change" in refused
         await admin.get(meeting)
         status, headers, _ = await admin.post(f"{meeting}/cancel", reason="No\nquorum")
         assert status == 303 and headers["location"] == f"{meeting}?notice=cancelled&count=2"
@@ -180,7 +184,18 @@ async def test_a_refusal_is_shown_on_its_form_and_a_forged_post_changes_nothing(
         assert status == 403 and "The form was out of date" in page
         status, _, page = await admin.post(f"{meeting}/delete", csrf=False)
         assert status == 403
-        assert "(draft)" in cli(command_line, "meeting", "show", meeting.rsplit("/", 1)[1])
+        number = meeting.rsplit("/", 1)[1]
+        assert "(draft)" in cli(command_line, "meeting", "show", number)
+        status, headers, _ = await admin.post(
+            f"{meeting}/update", title="Board", location="", alongside="", agenda_url="",
+            description="", status="CONFIRMED", host="SPD",
+            send_at=f"{NEXT_YEAR}-03-01T09:00")
+        assert status == 303 and headers["location"] == f"{meeting}?notice=updated&count=0"
+        shown = cli(command_line, "meeting", "show", number)
+        assert "(scheduled)" in shown and re.search(r"host:\s+SPD", shown), shown
+        cli(command_line, "meeting", "update", number, "--send-at", "", "--host", "")
+        shown = cli(command_line, "meeting", "show", number)
+        assert "(draft)" in shown and not re.search(r"host:\s+SPD", shown), shown
         status, _, page = await http(
             admin.port, "POST", f"{meeting}/reschedule", language="fr",
             body=urlencode({"csrf": admin.csrf, "start": "x", "end": "y",

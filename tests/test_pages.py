@@ -249,10 +249,11 @@ SAMPLES.update({
         **STAFF_FRAME, "meeting": {**STAFF_MEETING, "state": state, "sent": sent},
         "people": {"count": 3 if sent else 2,
                    "counts": COUNTS if sent else {"fr": 1, "de": 1}},
-        "statuses": ("CONFIRMED", "TENTATIVE"),
+        "statuses": ("CONFIRMED", "TENTATIVE"), "parties": ["ODM", "SPD"],
         "problem": problem, "forms": {
             "update": {"title": "Steering", "location": "KICC", "alongside": "",
-                       "agenda_url": "", "description": "", "status": "TENTATIVE"},
+                       "agenda_url": "", "description": "", "status": "TENTATIVE",
+                       "host": "ODM", "send_at": "2027-03-01T09:00"},
             "reschedule": {"start": "2027-03-14T09:00", "end": "2027-03-14T17:00",
                            "zone": "Africa/Nairobi"},
             "cancel": {"reason": "no quorum"}}}
