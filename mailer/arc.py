@@ -66,7 +66,6 @@ AMS_ALWAYS = frozenset(("from",))
 _TAG = re.compile(rb"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=(.*)$", re.S)
 _EMPTY_B = re.compile(rb"((?:^|;)\s*b\s*=)[^;]*")
 _INSTANCE = re.compile(rb"^\s*i\s*=\s*([0-9]{1,3})\s*(?:;|$)")
-_COMMENT = re.compile(rb"\([^()]*\)")
 _DNS_NAME = re.compile(rb"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 
 
@@ -130,11 +129,17 @@ def without_signature(field: bytes) -> bytes:
 def authserv_id(value: bytes) -> bytes:
     """The authserv-id of an Authentication-Results value, lower-case (RFC 8601 §2.2).
 
-    >>> authserv_id(b" (ours) MX.Lists.Example.org 1; spf=pass")
-    b'mx.lists.example.org'
+    It must come first, bare, as MTAs write it: a comment or quotes before it, which RFC
+    8601 allows, would let a forged field slip past the MTA's removal (mailer.postfix's
+    header_checks line), so such a field is nobody's here.
+
+    >>> authserv_id(b" MX.Lists.Example.org 1; spf=pass"), authserv_id(b"mx.test;")
+    (b'mx.lists.example.org', b'mx.test')
+    >>> authserv_id(b" (ours) mx.test; spf=pass"), authserv_id(b'"mx.test"; spf=pass')
+    (b'(ours)', b'"mx.test"')
     """
-    head = _COMMENT.sub(b" ", value.partition(b";")[0]).split()
-    return head[0].strip(b'"').lower() if head else b""
+    head = value.partition(b";")[0].split()
+    return head[0].lower() if head else b""
 
 
 def trusted_results(fields: Sequence[bytes], ours: str) -> list[str] | None:
@@ -445,17 +450,23 @@ class Sealer:
         return fold([*tag_list, "b=" + value], name).encode()
 
 
+def configured_authserv_id(config: Config) -> str:
+    """arc.authserv_id, a host name ("" when ARC is off), or ConfigError naming the key."""
+    value = config.arc.authserv_id
+    if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", value):
+        raise ConfigError(f"arc.authserv_id: expected a host name such as "
+                          f"mx.{config.site.domain}, got {value!r}")
+    return value
+
+
 def sealer(config: Config, dkim: DkimSigner | None, dns: KeyLookup) -> Sealer | None:
     """The sealer the [arc] section asks for: None without an authserv-id, or with DKIM
     off (ARC rides on the DKIM set-up: its key by default, its published records)."""
     section = config.arc
-    if not section.authserv_id or dkim is None:
+    if not configured_authserv_id(config) or dkim is None:
         if section.authserv_id:
             log.warning("arc.authserv_id is set but DKIM is off (no dkim.selector): no ARC")
         return None
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", section.authserv_id):
-        raise ConfigError(f"arc.authserv_id: expected a host name such as "
-                          f"mx.{config.site.domain}, got {section.authserv_id!r}")
     if not config.lmtp.listen:
         log.warning("arc.authserv_id is set but lmtp.listen is off: ARC sets are added only "
                     "to posts that come over LMTP, from the MTA in front")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from mailer.arc import configured_authserv_id
 from mailer.config import Config, ConfigError, parse_listen, parse_smarthost
 
 PARTS = ("main.cf", "master.cf", "transport")
@@ -38,6 +39,7 @@ class Setup:
     implicit_tls: bool          # outbound.url is smtps://: TLS from the first byte
     tls_cert: str
     tls_key: str
+    arc_id: str = ""            # arc.authserv_id: results with it from outside are removed
 
     @property
     def outbound_url(self) -> str:
@@ -87,11 +89,31 @@ def setup(config: Config, tls_cert: str = "", tls_key: str = "") -> Setup:
                  max_recipients=config.intake.max_recipients,
                  submission=submission, implicit_tls=implicit,
                  tls_cert=tls_cert or DEBIAN_CERT,
-                 tls_key=tls_key or (tls_cert if tls_cert else DEBIAN_KEY))
+                 tls_key=tls_key or (tls_cert if tls_cert else DEBIAN_KEY),
+                 arc_id=configured_authserv_id(config))
 
 
 def main_cf(s: Setup) -> str:
-    """Lines for main.cf: the list domain relayed to our LMTP, verified, TLS, outbound."""
+    """Lines for main.cf: the list domain relayed to our LMTP, verified, TLS, outbound,
+    and with [arc], forged results removed."""
+    return _main_cf(s) + (_arc_lines(s.arc_id) if s.arc_id else "")
+
+
+def _arc_lines(authserv_id: str) -> str:
+    """header_checks that remove Authentication-Results with our authserv-id arriving from
+    outside (RFC 8601 §5), so that the daemon may trust those on top (mailer.arc)."""
+    escaped = authserv_id.replace(".", "\\.")     # a host name: letters, digits, - and .
+    rule = f"/^Authentication-Results:[[:space:]]*{escaped}([[:space:];]|$)/ IGNORE"
+    return f"""
+# -- ARC (arc.authserv_id): the daemon trusts the Authentication-Results with this
+# authserv-id on top of a post, which your milters (OpenDKIM, OpenDMARC, rspamd) write with
+# AuthservID {authserv_id}. Fields with it that arrive from outside are removed here:
+# header_checks see the message as received, not the fields milters add.
+header_checks = regexp:{{{{{rule}}}}}
+"""
+
+
+def _main_cf(s: Setup) -> str:
     return f"""\
 # Alliance Mail for {s.domain}, from `alliance postfix`:
 # lines for /etc/postfix/main.cf.

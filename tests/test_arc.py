@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -253,10 +255,49 @@ def test_results_are_trusted_only_from_the_mta_in_front() -> None:
     assert sealed(TRUSTED + POST, sealer, protocol="lmtp") is not None
 
 
-def test_the_authserv_id_is_matched_whatever_its_case_and_comments() -> None:
-    header = f"Authentication-Results: (by rspamd) {OURS.upper()} 1; spf=pass\r\n".encode()
+def test_the_authserv_id_is_matched_whatever_its_case_and_version() -> None:
+    header = f"Authentication-Results: {OURS.upper()} 1; spf=pass\r\n".encode()
     message = sealed(header + POST, Sealer(OUR_KEY, OURS, ZONE))
     assert message is not None and b"spf=pass; arc=none" in arc_fields(message)[2]
+
+
+@pytest.mark.parametrize("forged", [f"(ours) {OURS}", f'"{OURS}"', f"{OURS}(x)"])
+def test_results_written_so_that_postfix_would_not_remove_them_are_not_ours(
+        forged: str) -> None:
+    """A comment or quotes before our authserv-id (RFC 8601 allows both) would slip past
+    the header_checks line `alliance postfix` prints; such a field ends what is trusted."""
+    header = f"Authentication-Results: {forged}; dmarc=pass\r\n".encode()
+    assert sealed(header + POST, Sealer(OUR_KEY, OURS, ZONE)) is None
+    message = sealed(TRUSTED + header + POST, Sealer(OUR_KEY, OURS, ZONE))
+    assert message is not None
+    assert arc_fields(message)[2].count(b"dmarc=pass") == 1
+
+
+POSTMAP = "/usr/sbin/postmap"
+
+
+def test_alliance_postfix_prints_the_line_that_removes_results_with_our_id(
+        tmp_path: Path) -> None:
+    """The header_checks line removes exactly the fields mailer.arc would take for ours:
+    the MTA in front lets none through from outside (checked with Postfix's postmap)."""
+    base = f'[site]\ndomain = "{DOMAIN}"\n[lmtp]\nlisten = "127.0.0.1:8024"\n'
+    plain, with_arc = tmp_path / "plain.toml", tmp_path / "arc.toml"
+    plain.write_text(base)
+    with_arc.write_text(base + f'[arc]\nauthserv_id = "{OURS}"\n')
+    assert "header_checks" not in cli(plain, "postfix", "--part", "main.cf")
+    [line] = [line for line in cli(with_arc, "postfix", "--part", "main.cf").splitlines()
+              if line.startswith("header_checks = ")]
+    if not os.access(POSTMAP, os.X_OK):
+        pytest.skip("Postfix's postmap is not installed (apt-get install postfix)")
+    values = [f"{OURS}; dkim=pass", f"  {OURS.upper()} 1; spf=pass", f"\t{OURS}", OURS,
+              f"{OURS}.evil.test; dkim=pass", f"x{OURS}; dkim=pass", f"(ours) {OURS}; x",
+              f'"{OURS}"; dmarc=pass', f"{OURS}(x); dmarc=pass", "other.test; dkim=pass"]
+    for value in values:
+        found = subprocess.run([POSTMAP, "-q", f"Authentication-Results: {value}",
+                                line.removeprefix("header_checks = ")],
+                               capture_output=True, text=True, timeout=30)
+        removed = found.stdout.strip() == "IGNORE"
+        assert removed == (arc.authserv_id(value.encode()) == OURS.encode()), value
 
 
 # -- configuration ---------------------------------------------------------------------------
