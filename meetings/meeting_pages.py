@@ -101,10 +101,12 @@ def listing(session: Session, language: str, now: float) -> dict[str, Any]:
     sent = _sent_counts(session, [m.id for m in found])
     rows = [(m, _row(session, m, sent.get(m.id, 0), language)) for m in found]
     year = time.gmtime(now).tm_year
+    names = {b.slug: (b.names or {}).get(language) or b.name
+             for b in organisation.bodies(session)}
     return {"upcoming": [row for m, row in rows if m.ends_at > now],
             "past": [row for m, row in reversed(rows) if m.ends_at <= now],
             "year": year, "cadence": [
-                {"body": s.name, "required": s.required, "held": s.held,
+                {"body": names.get(s.body, s.name), "required": s.required, "held": s.held,
                  "planned": s.planned, "drafts": s.drafts, "short": s.short}
                 for s in cadence.report(session, year, now)]}
 

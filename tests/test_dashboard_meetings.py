@@ -203,6 +203,9 @@ async def test_a_refusal_is_shown_on_its_form_and_a_forged_post_changes_nothing(
             headers={"Cookie": admin.cookie})
         assert status == 400 and '<html lang="fr">' in page
         assert "Non fait : start: not a date and time" in page, "French words, the CLI's line"
+        _, _, page = await http(admin.port, "GET", "/dashboard/meetings", language="fr",
+                                headers={"Cookie": admin.cookie})
+        assert "Le rythme de la charte en" in page and "<td>Comité directeur</td>" in page
         status, headers, _ = await admin.post(f"{meeting}/delete")
         assert status == 303 and headers["location"] == "/dashboard/meetings?notice=deleted&count=0"
         status, _, _ = await admin.get(meeting)
