@@ -103,7 +103,8 @@ def _arc_lines(authserv_id: str) -> str:
     """header_checks that remove Authentication-Results with our authserv-id arriving from
     outside (RFC 8601 §5), so that the daemon may trust those on top (mailer.arc)."""
     escaped = authserv_id.replace(".", "\\.")     # a host name: letters, digits, - and .
-    rule = f"/^Authentication-Results:[[:space:]]*{escaped}([[:space:];]|$)/ IGNORE"
+    # main.cf expands $NAME: the regexp's end of line is written $$.
+    rule = f"/^Authentication-Results:[[:space:]]*{escaped}([[:space:];]|$$)/ IGNORE"
     return f"""
 # -- ARC (arc.authserv_id): the daemon trusts the Authentication-Results with this
 # authserv-id on top of a post, which your milters (OpenDKIM, OpenDMARC, rspamd) write with
