@@ -110,13 +110,18 @@ def _reopen(invitation: Invitation, meeting: Meeting, reminded: str) -> None:
 def invite(session: Session, site: MeetingSite, meeting: Meeting) -> int:
     """Send the first REQUEST to every invitee who has had none; the number queued.
     A draft, or a meeting scheduled for later, is sent from now on."""
+    return letters.send(session, site, meeting, _to_invite(session, site, meeting),
+                        letters.INVITATION)
+
+
+def _to_invite(session: Session, site: MeetingSite, meeting: Meeting) -> list[Invitation]:
+    """The invitations `invite` sends: every active invitee who has had none."""
     now = site.clock()
     check_open(meeting, now)
     if meeting.send_at is None or meeting.send_at > now:
         meeting.send_at = now
-    unsent = [i for i in sync(session, meeting, now, site.reminder_days) if i.state == "active"
-              and i.sent_sequence is None and i.partstat != "DELEGATED"]
-    return letters.send(session, site, meeting, unsent, letters.INVITATION)
+    return [i for i in sync(session, meeting, now, site.reminder_days) if i.state == "active"
+            and i.sent_sequence is None and i.partstat != "DELEGATED"]
 
 
 def _sent(session: Session, meeting: Meeting, *, delegated: bool = False) -> list[Invitation]:
@@ -410,17 +415,30 @@ class Preview:
 
 
 def preview(session: Session, site: MeetingSite, meeting: Meeting) -> list[Preview]:
-    """What `invite` would send, written in full and then rolled back: nothing is stored
-    and nothing is sent (`alliance meeting invite --dry-run`)."""
+    """What `invite` would send, then rolled back: nothing is stored and nothing is sent
+    (`alliance meeting invite --dry-run`, the dashboard's preview).
+
+    Every recipient is listed, by address. The first of each language gets their letter
+    written in full, as `invite` writes it; the others, the subject of their language's
+    letter (the subject is the meeting's and the language's, never the person's) and no
+    text, so that a body of a thousand costs a letter a language, not a thousand letters
+    holding the one writer.
+    """
     last = session.scalar(select(func.max(Outgoing.id))) or 0
     savepoint = session.begin_nested()
     try:
-        invite(session, site, meeting)
+        unsent = sorted(_to_invite(session, site, meeting), key=lambda i: i.address)
+        first = list({i.language: i for i in reversed(unsent)}.values())
+        letters.send(session, site, meeting, first, letters.INVITATION)
         queued = session.execute(select(Delivery.recipient, Outgoing.data)
                                  .join(Outgoing, Delivery.outgoing_id == Outgoing.id)
-                                 .where(Outgoing.id > last).order_by(Delivery.recipient)).all()
-        people = {i.address: i for i in _all(session, meeting)}
-        return [_preview(people[address], data) for address, data in queued]
+                                 .where(Outgoing.id > last)).all()
+        by_address = {i.address: i for i in first}
+        written = {by_address[address].language: _preview(by_address[address], data)
+                   for address, data in queued}
+        return [written[i.language] if i in first else
+                Preview(i.address, i.name, i.language, written[i.language].subject, "")
+                for i in unsent]
     finally:
         savepoint.rollback()
 

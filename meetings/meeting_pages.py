@@ -185,9 +185,7 @@ def letters_of(session: Session, site: MeetingSite, meeting_id: int) -> dict[str
     each language in full (text part, and the HTML part as its words and its source)."""
     meeting = schedule.find(session, meeting_id)
     previews = invitations.preview(session, site, meeting)
-    languages: dict[str, invitations.Preview] = {}
-    for letter in previews:
-        languages.setdefault(letter.language, letter)
+    languages = {letter.language: letter for letter in previews if letter.text}
     return {"recipients": [{"name": p.name, "address": p.address, "language": p.language,
                             "subject": p.subject} for p in previews],
             "letters": [{"language": p.language, "address": p.address, "subject": p.subject,

@@ -15,8 +15,10 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import pytest
+from sqlalchemy import func, select
 
 from mailer.config import Config
+from meetings.models import Invitation
 from tests.helpers import (
     ANA,
     JORG,
@@ -29,6 +31,7 @@ from tests.helpers import (
     config_file,
     http,
     make_config,
+    organisation_cli,
     running,
 )
 
@@ -282,3 +285,25 @@ def test_the_preview_shows_an_html_part_as_its_words() -> None:
             "<script>alert(1)</script></body></html>")
     assert html_text(part) == ("Dear & Ana,\n\nWhen Monday\n\n"
                                "see the agenda [https://x.test/a] or this")
+
+
+def test_a_preview_writes_one_letter_a_language_and_lists_everyone(tmp_path: Path) -> None:
+    config, db = organisation_cli(tmp_path, f"sqlite:///{tmp_path}/a.sqlite3")
+    board_of_two(config)
+    cli(config, "party", "add", "PSOE", "--country", "ES", "--region", "europe")
+    cli(config, "delegate", "add", "eva@psoe.example", "--name", "Eva", "--party", "PSOE",
+        "--body", "board", "--language", "fr")
+    number = re.search(r"meeting (\d+) created", cli(
+        config, "meeting", "create", "--body", "board", "--title", "Board", "--tz",
+        "Europe/Berlin", "--start", f"{NEXT_YEAR}-03-14T09:00",
+        "--end", f"{NEXT_YEAR}-03-14T17:00"))
+    assert number is not None
+    shown = cli(config, "meeting", "invite", number[1], "--dry-run")
+    assert "would queue 3 invitation(s)" in shown
+    subjects = re.findall(r"^.*<(\S+)> +fr +(Invitation : .*)$", shown, flags=re.M)
+    assert [address for address, _ in subjects] == [ANA, "eva@psoe.example"]
+    assert subjects[0][1] == subjects[1][1], "one subject a language"
+    assert shown.count("--- the text to") == 2, "a letter a language: Ana's, Jörg's"
+    assert f"--- the text to {ANA} (fr) ---" in shown
+    assert db.query(lambda s: s.scalar(select(func.count()).select_from(Invitation))) == 0
+    db.close()
