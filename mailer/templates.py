@@ -19,12 +19,27 @@ LANGUAGES = ("en", "fr", "es", "de", "pt")
 DEFAULT_LANGUAGE = "en"
 
 
+def escaped(name: str | None) -> bool:
+    """Whether a template's output is HTML-escaped: every `.html` file, and every file of
+    the pages (`pages/…`, `<language>/pages/…`, whatever its ending: a page's `.inc` is
+    HTML too); mail's text parts are not.
+
+    >>> [escaped(n) for n in ("en/invitation.html", "en/pages/meeting.inc",
+    ...                       "pages/desk/notes.inc", "en/meeting.inc", "en/welcome.txt")]
+    [True, True, True, False, False]
+    """
+    if name is None:
+        return False
+    return name.endswith(".html") or name.startswith("pages/") or "/pages/" in name
+
+
 def environment(folder: Path = TEMPLATES) -> jinja2.Environment:
-    """The one Jinja environment: strict about missing names, escaping only HTML."""
+    """The one Jinja environment: strict about missing names, escaping every HTML
+    template (`escaped`)."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
         undefined=jinja2.StrictUndefined,
-        autoescape=jinja2.select_autoescape(["html"]),
+        autoescape=escaped,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -500,3 +500,16 @@ async def test_the_http_error_pages_follow_accept_language(
     # Not HTTP at all: uvicorn's own one-line 400, before any page is involved.
     assert garbled.startswith(b"HTTP/1.1 400 ") and garbled.endswith(
         b"\r\n\r\nInvalid HTTP request received.")
+
+
+def test_a_page_escapes_what_its_included_parts_print() -> None:
+    """A page's `.inc` parts are HTML too: a meeting's title in the answer page's
+    meeting.inc and a refusal in the desk's problem line come out escaped."""
+    env = templates.environment()
+    hostile = "<script>alert(1)</script>"
+    answer = render_page(env, "answer", "en", **{
+        **SAMPLES["answer/accept"], "meeting": {**ANSWER["meeting"], "title": hostile}})
+    notes = env.get_template("pages/desk/notes.inc").module
+    line = str(notes.problem_line(hostile))     # type: ignore[attr-defined]
+    assert hostile not in answer.body.decode() and "&lt;script&gt;" in answer.body.decode()
+    assert line == '<p class="notice bad" role="alert">&lt;script&gt;alert(1)&lt;/script&gt;</p>'
