@@ -28,6 +28,7 @@ from tests.helpers import (
     make_list,
     running,
     send,
+    sign_in,
     wait_quiet,
 )
 
@@ -117,6 +118,17 @@ async def test_a_delegate_accepts_in_chromium_and_the_calendar_hears_of_it(
         await page.wait_for_load_state()
         await check_page(page, "answered")
         [back] = (await wait_quiet(sink, 3))[2:]
+
+        # The coordinator's dashboard shows it: the admin signs in (by the mailed link)
+        # and opens the meeting's attendance in the same browser.
+        cookie = await sign_in(daemon.ports["http"], sink, ADMIN)
+        name, _, value = cookie.partition("=")
+        await browser.add_cookies([{"name": name, "value": value, "url": root}])
+        await page.goto(f"{root}/dashboard/meetings/{meeting_id}/attendance")
+        row = page.get_by_role("row").filter(has_text=ANA)
+        assert "Accepted" in await row.inner_text() and "J’arrive vers 10 h." in \
+            await row.inner_text()
+        await check_page(page, "dashboard-attendance")
     assert back.rcpt == ANA
     _, event = event_of(calendars(back.message)[0])
     assert event["ATTENDEE"].params["PARTSTAT"] == "ACCEPTED", "the calendar agrees"
