@@ -92,18 +92,22 @@ def get(result: Result, *keys: str) -> list[str]:
     return [fmt(result.get(key)) for key in keys]
 
 
-def label(r: Result) -> str:
-    """A scenario's name, and its database when it is not one daemon on SQLite.
+def where(r: Result) -> str:
+    """" (its database, daemons)" when a result is not from one daemon on SQLite.
 
-    >>> label({"scenario": "B", "title": "t", "engine": "postgresql", "daemons": 2})
-    'B: t (PostgreSQL, 2 daemons)'
+    >>> where({"engine": "postgresql", "daemons": 2}), where({"engine": "sqlite"})
+    (' (PostgreSQL, 2 daemons)', '')
     """
     engine, daemons = r.get("engine", "sqlite"), r.get("daemons", 1)
     if engine == "sqlite" and daemons == 1:
-        return f"{r['scenario']}: {r['title']}"
+        return ""
     name = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}.get(engine, engine)
-    return (f"{r['scenario']}: {r['title']} ({name}"
-            + (f", {daemons} daemons)" if daemons > 1 else ")"))
+    return f" ({name}" + (f", {daemons} daemons)" if daemons > 1 else ")")
+
+
+def label(r: Result) -> str:
+    """A scenario's name, and its database when it is not one daemon on SQLite."""
+    return f"{r['scenario']}: {r['title']}{where(r)}"
 
 
 def per_daemon_rows(results: list[Result]) -> list[list[str]]:
@@ -126,7 +130,7 @@ def fanout_row(r: Result) -> list[str]:
 
 def dkim_row(r: Result) -> list[str]:
     """H: the fan-out with every copy signed."""
-    return [f"{r['scenario']}: {r['title']}",
+    return [label(r),
             f"{fmt(r.get('dkim_signed'))} / {fmt(r.get('dkim_transactions'))}",
             f"{fmt(r.get('dkim_verified'))} / {fmt(r.get('dkim_sample'))}",
             f"{fmt(r.get('arc_sealed'))} / {fmt(r.get('dkim_transactions'))}",
@@ -141,7 +145,7 @@ def intake_row(r: Result, idle: Result | None) -> list[str]:
     ratio = None
     if idle and r is not idle and r.get("latency_p99_ms") and idle.get("latency_p99_ms"):
         ratio = round(r["latency_p99_ms"] / idle["latency_p99_ms"], 2)
-    return [f"{r['scenario']}: {r['title']}", fmt(r["clients"]),
+    return [label(r), fmt(r["clients"]),
             f"{fmt(r.get('accepted'))} / {fmt(r['posts'])}",
             *get(r, "accepted_per_s", "latency_p50_ms", "latency_p99_ms", "latency_max_ms"),
             fmt(ratio),
@@ -152,7 +156,7 @@ def intake_row(r: Result, idle: Result | None) -> list[str]:
 
 def digest_row(r: Result) -> list[str]:
     """F: one digest to every member."""
-    return [f"{r['scenario']}: {r['title']}", f"{fmt(r['members'])} x {fmt(r['posts'])}",
+    return [label(r), f"{fmt(r['members'])} x {fmt(r['posts'])}",
             *get(r, "digest_kib", "posts_in_digest", "deliveries", "scheduler_wait_s",
                  "queued_to_first_s", "queued_to_last_s", "digest_deliveries_per_s",
                  "time_to_last_s", "duplicates", "missing", "daemon_cpu_s",
@@ -164,7 +168,7 @@ def invitations_row(r: Result) -> list[str]:
     """E1: the invitations."""
     sample = (f"{fmt(r.get('sample_checked'))}, {fmt(r.get('sample_wrong'))} wrong"
               if r.get("sample_checked") is not None else "- (counts only)")
-    return [f"E1: {fmt(r['delegates'])} invitations", fmt(r["delegates"]),
+    return [f"E1: {fmt(r['delegates'])} invitations{where(r)}", fmt(r["delegates"]),
             *get(r, "cli_s", "commit_to_lease_s", "lease_to_first_s", "return_to_last_s",
                  "cli_start_to_last_s", "invitation_phase_per_s", "duplicates", "missing"),
             sample, fmt(r.get("daemon_cpu_invite_s")),
@@ -176,7 +180,7 @@ def replies_row(r: Result) -> list[str]:
     outcomes = ", ".join(f"{k}: {v}" for k, v in (r.get("reply_outcomes") or {}).items())
     cpu = " / ".join(fmt(r.get(f"{who}_cpu_replies_s"))
                      for who in ("daemon", "workers", "harness"))
-    return [f"E2: {fmt(r['replies'])} replies (ACCEPTED)", fmt(r["clients"]),
+    return [f"E2: {fmt(r['replies'])} replies (ACCEPTED){where(r)}", fmt(r["clients"]),
             f"{fmt(r.get('replies_accepted'))} / {fmt(r['replies'])}",
             *get(r, "intake_accepted_per_s", "reply_latency_p50_ms", "reply_latency_p99_ms",
                  "first_send_to_all_accepted_s", "replies_per_s",

@@ -194,6 +194,8 @@ def run_trial(sc: Scenario, args: argparse.Namespace, result: dict[str, Any],
         else:
             rig.database.drop()
             shutil.rmtree(rig.folder, ignore_errors=True)
+    result.setdefault("engine", rig.database.engine)
+    result.setdefault("daemons", len(rig.daemons))
     result["ok"] = not problems
     result["problems"] = problems
     return result
