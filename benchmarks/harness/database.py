@@ -92,7 +92,8 @@ class PostgresStore:
         try:
             return psycopg.connect(self.admin, autocommit=True, connect_timeout=10)
         except psycopg.Error as error:
-            raise HarnessError(f"PostgreSQL at {self.admin}: {error}".strip()) from None
+            raise HarnessError(f"PostgreSQL at {self.admin}: "
+                               + " ".join(str(error).split())) from None
 
     def create(self) -> None:
         """CREATE DATABASE, or HarnessError."""
