@@ -386,7 +386,8 @@ def dkim_record(context: Context, selectors: tuple[str, ...]) -> None:
 
 
 @main.command("postfix")
-@click.option("--part", type=click.Choice(("main.cf", "master.cf", "transport")),
+@click.option("--part", type=click.Choice(("main.cf", "master.cf", "transport"),
+                                          case_sensitive=False),
               help="print only this part (default: all three, one after another)")
 @click.option("--tls-cert", default="", help="certificate Postfix offers STARTTLS with "
               "(default: smtp.tls_cert, else Debian's snakeoil certificate)")
