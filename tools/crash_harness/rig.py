@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.common import DOMAIN, LOOPBACK, HarnessError
 from harness.daemon import alliance, alliance_command, child_env, run_helper, write_config
-from harness.database import read_database
+from harness.database import SqliteStore, read_database
 from harness.dns import DMARC_ZONE, DnsServer
 from harness.processes import free_port, start_process, stop_process
 from harness.sink import Sink
@@ -84,13 +84,12 @@ class Rig:
         self.dns.start()
         if database_folder is not None:
             self.database = database_folder / "alliance.sqlite3"
-        write_config(self.folder, self.sink.port, self.dns.port, None)
+        write_config(self.folder, f"sqlite:///{self.database}", self.sink.port,
+                     self.dns.port, None)
         self.port = free_port()
         text = self.config.read_text(encoding="utf-8")
         edits = {f'[smtp]\nlisten = "{LOOPBACK}:0"':
-                 f'[smtp]\nlisten = "{LOOPBACK}:{self.port}"',
-                 f'sqlite:///{self.folder / "alliance.sqlite3"}"':
-                 f'sqlite:///{self.database}"'}
+                 f'[smtp]\nlisten = "{LOOPBACK}:{self.port}"'}
         for old, new in edits.items():
             if old not in text:
                 raise HarnessError(f"harness.daemon.write_config changed: no {old!r}")
@@ -152,7 +151,7 @@ class Rig:
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         """One query on the daemon's database, read-only."""
-        return read_database(self.database, sql)
+        return read_database(SqliteStore(self.database), sql)
 
     def queue_left(self) -> int:
         """Work and deliveries not settled yet (pending, working, sending)."""
