@@ -4,7 +4,8 @@
     python3 benchmarks/pages.py [--members 10000] [--delegates 1000] [--requests 200]
                                 [--short] [--json-out FILE]
 
-A fresh SQLite site: the list `bench` with N members (benchmarks/make_list.py), a custom
+A fresh SQLite site: the list `bench` with N members (benchmarks/make_list.py) and a
+public archive, a custom
 body with M delegates seated across 50 parties (benchmarks/make_meeting.py), one meeting
 of that body sent to all of them; then `alliance serve` as a subprocess, a signed-in
 session for the site admin (its cookie made with the site's own secret, as the sign-in
@@ -45,7 +46,7 @@ PAGES = ("/dashboard", "/dashboard/meetings", "/dashboard/meetings/1",
          "/dashboard/meetings/1/attendance", "/dashboard/organisation",
          f"/dashboard/lists/{LIST}", f"/dashboard/lists/{LIST}?q=m0099",
          f"/dashboard/lists/{LIST}/held", "/dashboard/queue", "/me",
-         f"/lists/{LIST}/", f"/bodies/{BODY}")
+         f"/lists/{LIST}/", f"/lists/{LIST}/search?q=agenda", "/bodies/", f"/bodies/{BODY}/")
 
 
 def write_config(folder: Path) -> Path:
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--members", str(args.members))
         run_helper("make_meeting.py", "--config", str(config), "--body", BODY,
                    "--delegates", str(args.delegates))
+        alliance(config, "list", "set", LIST, "public_archive", "yes")
         alliance(config, "meeting", "create", "--body", BODY, "--title", "Forum",
                  "--tz", "Europe/Brussels", "--start", "2030-03-14T09:00",
                  "--end", "2030-03-14T17:00", "--send-at", "now")
