@@ -16,9 +16,10 @@ from typing import Any
 
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*?)[ \t]*$", re.I | re.M)
 
-# What every LogRecord has; anything else on a record came in `extra`.
+# What every LogRecord has; anything else on a record came in `extra` (but uvicorn's
+# `color_message`, the same words with terminal colours, which no log file wants).
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName"}
+    "message", "asctime", "taskName", "color_message"}
 
 
 def message_id(raw: bytes) -> str:

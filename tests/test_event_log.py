@@ -17,6 +17,7 @@ import pytest
 from mailer.addresses import Role, Route
 from mailer.db import Database
 from mailer.inbound import Inbound
+from mailer.logs import JsonFormatter, TextFormatter
 from meetings.rsvp import RsvpHandler
 from tests.helpers import (
     DOMAIN,
@@ -118,3 +119,15 @@ def test_an_rsvp_logs_the_meeting_and_whether_it_was_applied(
     assert line.meeting == world.meeting_id
     assert line.message_id == str(inbound.message.get("message-id")).strip()
     assert line.message_id
+
+
+def test_a_library_colour_field_is_not_logged() -> None:
+    """uvicorn gives its records a `color_message` (the words with terminal colours):
+    neither format writes it, whatever else the record carries."""
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1,
+                               "Started server process [%d]", (42,), None)
+    record.color_message = "Started server process [\x1b[36m%d\x1b[0m]"
+    record.event = "started"
+    text = TextFormatter().format(record)
+    assert text.endswith("uvicorn.error: Started server process [42] event=started"), text
+    assert "color_message" not in JsonFormatter().format(record)
