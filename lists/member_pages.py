@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from lists import personal, subscriptions
 from lists.list_site import ListSite
 from lists.models import DELIVERY_MODES, LANGUAGES, MailingList, Member
+from mailer.dashboard import language
 from mailer.web import Page, Request, Response, Store, render_page
 from mailer.webauth import Access, SiteUser, Visitor, audit, redirect
 
@@ -89,9 +90,6 @@ def _leave(session: Session, site: ListSite, address: str, name: str) -> str:
 
 def pages(site: ListSite, store: Store, access: Access, other: Personal) -> tuple[Page, ...]:
     env = site.templates
-
-    def language(request: Request, user: SiteUser) -> str | None:
-        return request.language() or user.language or None
 
     async def me(request: Request, match: re.Match[str], visitor: Visitor,
                  user: SiteUser) -> Response:

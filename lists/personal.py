@@ -20,15 +20,11 @@ from sqlalchemy.orm import Session
 from lists import archive, service, subscriptions
 from lists.list_site import ListSite
 from lists.models import Archived, Held, MailingList, Member, Pending
-from mailer import rawmail
+from mailer import dates, rawmail
 
 ERASED = "(erased)"
 ERASED_FIELDS = {"from", "reply-to", "sender"}
 
-
-def _stamp(seconds: float | None) -> str:
-    return "" if seconds is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                    time.gmtime(seconds))
 
 
 def export(session: Session, site: ListSite, address: str) -> dict[str, Any]:
@@ -55,16 +51,16 @@ def export(session: Session, site: ListSite, address: str) -> dict[str, Any]:
         "memberships": [{"list": name, "list_name": display, "role": m.role,
                          "name": m.display_name, "language": m.language,
                          "delivery": m.delivery, "digest_format": m.digest_format,
-                         "joined_at": _stamp(m.joined_at), "joined_by": m.joined_by,
+                         "joined_at": dates.iso(m.joined_at), "joined_by": m.joined_by,
                          "enabled": m.enabled, "disabled_reason": m.disabled_reason,
                          "bounce_score": m.bounce_score,
-                         "last_bounce_at": _stamp(m.last_bounce_at)}
+                         "last_bounce_at": dates.iso(m.last_bounce_at)}
                         for name, display, m in memberships],
         "pending_requests": [{"list": name, "action": action, "state": state,
-                              "asked_at": _stamp(at)} for name, action, state, at in pending],
+                              "asked_at": dates.iso(at)} for name, action, state, at in pending],
         "held_posts": [{"list": name, "subject": subject, "reason": reason,
-                        "held_at": _stamp(at)} for name, subject, reason, at in held],
-        "archived_posts": [{"list": name, "subject": subject, "archived_at": _stamp(at),
+                        "held_at": dates.iso(at)} for name, subject, reason, at in held],
+        "archived_posts": [{"list": name, "subject": subject, "archived_at": dates.iso(at),
                             "url": archive.post_url(site.base_url, name, ident)
                             if public and site.base_url else ""}
                            for name, ident, subject, at, public in posts],

@@ -108,6 +108,16 @@ class Span:
         return self.local("en")
 
 
+def iso(seconds: float | None) -> str:
+    """A moment as ISO 8601 UTC for machines and exports, or "" for none.
+
+    >>> iso(0.0), iso(None)
+    ('1970-01-01T00:00:00Z', '')
+    """
+    return "" if seconds is None else datetime.fromtimestamp(seconds, UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
 def stamp(seconds: float, language: str) -> str:
     """A moment given as seconds since the epoch, in UTC, with the weekday."""
     moment = datetime.fromtimestamp(seconds, UTC)

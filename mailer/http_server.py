@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -176,8 +177,6 @@ class Listening:
 def static_page() -> Page:
     """The style sheet (and whatever else templates/pages/static holds), from a fixed list:
     no path from a request reaches the file system."""
-    import re
-
     files = {path.name: path.read_bytes() for path in sorted(STATIC.glob("*"))
              if path.is_file()} if STATIC.is_dir() else {}
     kinds = {".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}

@@ -10,18 +10,13 @@ or comment. Each function takes a session and leaves committing to the caller.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from mailer import dates
 from meetings.models import Body, Delegate, Invitation, Meeting, Party, RsvpEvent, Seat
-
-
-def _stamp(seconds: float | None) -> str:
-    return "" if seconds is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                    time.gmtime(seconds))
 
 
 def _delegate(session: Session, address: str) -> Delegate | None:
@@ -33,7 +28,7 @@ def export(session: Session, address: str) -> dict[str, Any]:
     """Everything the meetings side keeps about the address, as JSON-ready data."""
     delegate = _delegate(session, address)
     seats = [] if delegate is None else [
-        {"body": body, "party": party, "role": seat.role, "since": _stamp(seat.created_at)}
+        {"body": body, "party": party, "role": seat.role, "since": dates.iso(seat.created_at)}
         for seat, body, party in session.execute(
             select(Seat, Body.name, Party.name).join(Body, Body.id == Seat.body_id)
             .join(Party, Party.id == Seat.party_id).where(Seat.delegate_id == delegate.id))]
@@ -48,17 +43,17 @@ def export(session: Session, address: str) -> dict[str, Any]:
                 RsvpEvent.invitation_id.in_(events)).order_by(RsvpEvent.id)):
             events[event.invitation_id].append(
                 {"kind": event.kind, "answer": event.partstat, "detail": event.detail,
-                 "at": _stamp(event.at)})
+                 "at": dates.iso(event.at)})
     return {
         "delegate": None if delegate is None else {
             "name": delegate.name, "language": delegate.language,
             "party": session.scalar(select(Party.name).where(
                 Party.id == delegate.party_id)),
-            "since": _stamp(delegate.created_at)},
+            "since": dates.iso(delegate.created_at)},
         "seats": seats,
         "invitations": [{"meeting": title, "start": f"{start} {tz}", "name": i.name,
                          "answer": i.partstat, "comment": i.comment,
-                         "answered_at": _stamp(i.replied_at),
+                         "answered_at": dates.iso(i.replied_at),
                          "substitute": i.delegated_to, "events": events[i.id]}
                         for i, title, start, tz in invitations],
     }

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailer import dates
 from mailer.jobs import Job
 from meetings import coordination, invitations, letters, schedule
 from meetings.invitations import MAX_CHAIN
@@ -29,7 +30,7 @@ COLUMNS = ["name", "party", "address", "partstat", "answered", "comment", "repli
 
 def stamp(value: float | None) -> str:
     """A time as ISO 8601 UTC, or "" for none."""
-    return "" if value is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+    return dates.iso(value)
 
 
 def _holder(invitation: Invitation, by_id: dict[int, Invitation]) -> Invitation | None:
