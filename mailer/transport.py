@@ -1,7 +1,8 @@
 """Outbound transports: how one message reaches one recipient.
 
 `Transport` is the protocol the delivery engine speaks. Two real implementations: SMTP to a
-smarthost through a pool of reused aiosmtplib connections, and a Maildir (one file per
+smarthost through a pool of reused connections (opened by aiosmtplib, each transaction then
+pipelined when the smarthost offers it: mailer.pipelining), and a Maildir (one file per
 delivery) for a machine with no mail server. Tests pass their own transports in through the
 constructor of the delivery engine; nothing here is switched by a flag.
 
@@ -22,11 +23,12 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiosmtplib
 
 from mailer.config import Config
+from mailer.pipelining import Pipe, SessionLost
 from mailer.tls import Smarthost, smarthost
 
 log = logging.getLogger(__name__)
@@ -69,12 +71,13 @@ class SmtpTransport:
         self.smarthost = smarthost
         self.timeout = timeout
         self.local_hostname = local_hostname
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[Session] = []
         self._slots = asyncio.Semaphore(connections)
         self._trouble = ""      # the last problem logged; said once, not once per message
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        """A new session, made secure and logged in as `outbound` says, or HopUnusable."""
+    async def _connect(self) -> Session:
+        """A new session, made secure and logged in as `outbound` says, or HopUnusable;
+        pipelined when the smarthost offers PIPELINING."""
         hop = self.smarthost
         client = aiosmtplib.SMTP(hostname=hop.host, port=hop.port, timeout=self.timeout,
                                  local_hostname=self.local_hostname, use_tls=hop.implicit_tls,
@@ -85,6 +88,8 @@ class SmtpTransport:
                 await self._starttls(client)
             if hop.credentials is not None:
                 await self._login(client)
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
         except HopUnusable:
             client.close()
             raise
@@ -94,6 +99,10 @@ class SmtpTransport:
         if self._trouble:
             log.info("smarthost %s: connected again", hop.name)
             self._trouble = ""
+        if client.supports_extension("pipelining") and client.transport is not None:
+            return Pipe(cast(asyncio.Transport, client.transport),
+                        size=client.supports_extension("size"),
+                        smtputf8=client.supports_extension("smtputf8"))
         return client
 
     async def _starttls(self, client: aiosmtplib.SMTP) -> None:
@@ -130,8 +139,12 @@ class SmtpTransport:
         async with self._slots:
             client = self._idle.pop() if self._idle else None
             try:
-                if client is None or not client.is_connected:
+                if client is None or not usable(client):
+                    if client is not None:
+                        client.close()
                     client = await self._connect()
+                if isinstance(client, Pipe):
+                    return await self._pipelined(client, sender, recipient, data)
                 _, reply = await client.sendmail(sender, [recipient], data)
                 self._idle.append(client)
                 return HopReply(250, reply)
@@ -144,31 +157,55 @@ class SmtpTransport:
                 return HopReply(error.code, error.message)
             except HopUnusable as problem:
                 return self._unusable(str(problem))
+            except SessionLost as lost:
+                await self._discard(client)
+                return HopReply(451, f"smarthost {self.smarthost.name} {lost}")
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
                 await self._discard(client)
                 return HopReply(451, f"smarthost {self.smarthost.name} unreachable: {error}")
 
-    async def _recycle(self, client: aiosmtplib.SMTP | None) -> None:
+    async def _pipelined(self, pipe: Pipe, sender: str, recipient: str,
+                         data: bytes) -> HopReply:
+        reply, reusable = await pipe.send(sender, recipient, data, self.timeout)
+        if reusable:
+            self._idle.append(pipe)
+        else:
+            pipe.close()
+        return HopReply(reply.code, reply.text)
+
+    async def _recycle(self, client: Session | None) -> None:
         """After a refusal the session is still good once reset; keep it if RSET works."""
         if client is None:
             return
+        assert isinstance(client, aiosmtplib.SMTP)   # a Pipe resets itself
         try:
             await client.rset()
             self._idle.append(client)
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             await self._discard(client)
 
-    async def _discard(self, client: aiosmtplib.SMTP | None) -> None:
+    async def _discard(self, client: Session | None) -> None:
         if client is not None:
             client.close()
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for client in idle:
+            if isinstance(client, Pipe):
+                await client.quit(2)
+                continue
             try:
                 await asyncio.wait_for(client.quit(), 2)
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 client.close()
+
+
+Session = aiosmtplib.SMTP | Pipe
+
+
+def usable(session: Session) -> bool:
+    """Whether an idle session can carry the next message."""
+    return session.usable if isinstance(session, Pipe) else session.is_connected
 
 
 class MaildirTransport:

@@ -100,7 +100,13 @@ class Sink:
     refuse: dict[str, str] = field(default_factory=dict)   # recipient -> RCPT reply
     tempfail_data: int = 0                                  # answer DATA with 451 n times
     delay: float = 0.0                                      # seconds before each DATA reply
+    pipelining: bool = True                 # offer PIPELINING (RFC 2920), as Postfix does
     server: asyncio.Server | None = None
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return responses[:-1] + ["250-PIPELINING"] * self.pipelining + responses[-1:]
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           options: list[str]) -> str:
