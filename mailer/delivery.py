@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from mailer import events, logs
 from mailer.config import OutboundSection
 from mailer.db import Database
-from mailer.domainkeys import CopySigning
+from mailer.domainkeys import CopySigning, crlf, split
 from mailer.models import Delivery, Outgoing
 from mailer.outbox import UNSUBSCRIBE_MARKER, Refusal, RefusalHook
 from mailer.tokens import Signer
@@ -57,23 +57,45 @@ class Personaliser:
         token = self.member_tokens.sign(member_id) if member_id is not None else "0"
         return template.replace("{token}", token)
 
-    def data(self, data: bytes, member_id: int | None) -> bytes:
-        """The member's copy: their token in our List-Unsubscribe field, and only there.
+    def head(self, head: bytes, member_id: int | None) -> bytes:
+        """The member's header block: their token in our List-Unsubscribe field, and only
+        there (a copy differs from the stored message in that field alone).
 
         Only that field is touched, so a poster who writes the marker into a header of
         their own (a Reply-To, say) cannot make us reveal members' tokens to them.
         """
-        if data.startswith(b"List-Unsubscribe: "):
+        if head.startswith(b"List-Unsubscribe: "):
             start = 0
         else:
-            found = data.find(b"\r\nList-Unsubscribe: ")
+            found = head.find(b"\r\nList-Unsubscribe: ")
             start = found + 2 if found >= 0 else -1
-        end = data.find(b"\r\n", start)
-        if start < 0 or end < 0 or UNSUBSCRIBE_MARKER not in data[start:end]:
-            return data
+        end = head.find(b"\r\n", start)
+        if start < 0 or end < 0 or UNSUBSCRIBE_MARKER not in head[start:end]:
+            return head
         token = self.unsubscribe_tokens.sign(member_id) if member_id is not None else "none"
-        field = data[start:end].replace(UNSUBSCRIBE_MARKER, token.encode())
-        return data[:start] + field + data[end:]
+        field = head[start:end].replace(UNSUBSCRIBE_MARKER, token.encode())
+        return head[:start] + field + head[end:]
+
+
+@dataclass(slots=True)
+class Stored:
+    """A message as the delivery engine keeps it from claim to send: its envelope sender
+    (a template, for VERP) and its data cut once into header block and body, line ends
+    made CRLF as they go over SMTP (RFC 5321 §2.3.8). Copies differ in their header only."""
+
+    sender: str
+    head: bytes      # each field with its CRLF
+    body: bytes      # after the empty line
+    body_hash: bytes = b""   # DKIM's bh=, computed for the first copy signed
+
+    @classmethod
+    def of(cls, sender: str, data: bytes) -> Stored:
+        head, body = split(crlf(data))
+        return cls(sender, head, body)
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +248,8 @@ class Dispatcher:
                  signing: CopySigning | None = None) -> None:
         self.db = db
         self.signing = signing
-        self._signed: dict[int, bytes] = {}   # DKIM: delivery id -> its signed header block
+        # DKIM: delivery id -> its envelope sender and signed header block, made ahead
+        self._signed: dict[int, tuple[str, bytes]] = {}
         # While messages arrive, only `connections_during_intake` senders send: the
         # event loop (one core) is intake's first, and a 10,000-member fan-out beside
         # it must not make each 250 wait (benchmark G).
@@ -237,7 +260,7 @@ class Dispatcher:
         self.policy = policy
         self.poll = poll
         self._queue: asyncio.Queue[LeasedDelivery] = asyncio.Queue(maxsize=BATCH)
-        self._messages: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
+        self._messages: OrderedDict[int, Stored] = OrderedDict()
         self._results: list[tuple[LeasedDelivery, HopReply]] = []
         self._wake = asyncio.Event()
         self._flush_now = asyncio.Event()
@@ -246,6 +269,7 @@ class Dispatcher:
         self._held: set[int] = set()  # leased here, outcome not yet written
         self._lost: list[float] = []  # ends of leases whose claim got no answer
         self._tasks: list[asyncio.Task[None]] = []
+        self._handing: asyncio.Future[None] | None = None   # the last claim being queued
         # Each send of a large message holds a copy or two of it: a few at a time.
         self._large = asyncio.Semaphore(LARGE_SENDS)
 
@@ -263,18 +287,20 @@ class Dispatcher:
     async def stop(self) -> None:
         """Finish the sends on the wire, give back what was leased but unsent."""
         self._stopping = True
-        for task in (self._tasks[0], self._tasks[2]):
+        tasks = [self._tasks[0], self._tasks[2], *filter(None, [self._handing])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(self._tasks[0], self._tasks[2], return_exceptions=True)
-        unsent = []
+        await asyncio.gather(*tasks, return_exceptions=True)
         while not self._queue.empty():
-            unsent.append(self._queue.get_nowait().id)
+            self._queue.get_nowait()
         for _ in self._senders:
             self._queue.put_nowait(None)  # type: ignore[arg-type]
         await asyncio.gather(*self._senders, return_exceptions=True)
         self._senders_done = True
         self._flush_now.set()
         await asyncio.gather(self._tasks[1], return_exceptions=True)
+        # Leased here and neither sent nor recorded: queued, or still being signed.
+        unsent = sorted(self._held - {job.id for job, _ in self._results})
         with contextlib.suppress(Exception):
             await self.db.write(release, unsent, time.time())
         self._held.difference_update(unsent)
@@ -300,10 +326,12 @@ class Dispatcher:
                 await asyncio.sleep(self.poll)
                 continue
             self._held.update(job.id for job in jobs)
-            for start, end in chunks(len(jobs)) if self.signing else ((0, len(jobs)),):
-                await self._sign_ahead(jobs[start:end])
-                for job in jobs[start:end]:
-                    await self._queue.put(job)
+            # The next claim is taken while this one is signed, so that the worker
+            # processes never wait for the database: two claims in hand at most.
+            previous = self._handing
+            self._handing = asyncio.ensure_future(self._hand_out(jobs, previous))
+            if previous is not None:
+                await previous
             if len(jobs) < BATCH:
                 await self._sleep()
 
@@ -338,12 +366,36 @@ class Dispatcher:
         missing = sorted({job.outgoing_id for job in jobs} - self._messages.keys())
         if missing:
             for ident, sender, data in await self.db.read(load_messages, missing):
-                self._messages[ident] = (sender, data)
+                self._messages[ident] = Stored.of(sender, data)
         # Keep what the queued jobs need (invitations are one message per recipient),
         # within a memory bound: the oldest messages go first.
         while len(self._messages) > 2 * BATCH or (
                 len(self._messages) > 1 and self._cached_bytes() > CACHE_BYTES):
             self._messages.popitem(last=False)
+
+    async def _hand_out(self, jobs: list[LeasedDelivery],
+                        after: asyncio.Future[None] | None) -> None:
+        """Queue a claim's jobs for the senders, after the claim before it (`after`); with
+        DKIM, each chunk once it is signed. Every chunk's signing is asked for at once, so
+        that each worker process has one to do (the pool runs them side by side)."""
+        if self.signing is None:
+            if after is not None:
+                await after
+            for job in jobs:
+                await self._queue.put(job)
+            return
+        signing = [asyncio.ensure_future(self._sign_ahead(jobs[start:end]))
+                   for start, end in chunks(len(jobs))]
+        try:
+            if after is not None:
+                await after
+            for (start, end), signed in zip(chunks(len(jobs)), signing, strict=True):
+                await signed
+                for job in jobs[start:end]:
+                    await self._queue.put(job)
+        finally:
+            for signed in signing:
+                signed.cancel()
 
     async def _sign_ahead(self, jobs: list[LeasedDelivery]) -> None:
         """DKIM: sign these copies' header blocks in one call (a worker process's)."""
@@ -351,21 +403,40 @@ class Dispatcher:
         jobs = [job for job in jobs if job.outgoing_id in self._messages]
         if self.signing is None or not jobs:
             return
+        signing = self.signing
+        personal = [self._personal(job) for job in jobs]
+        for _, _, stored in personal:
+            stored.body_hash = stored.body_hash or signing.body_hash(stored.body)
         try:
-            heads = await self.signing.sign_heads([self._envelope(job)[1] for job in jobs])
+            heads = await signing.sign_heads([(head, stored.body_hash)
+                                              for _, head, stored in personal])
         except Exception:   # each is signed as it is sent instead
             log.exception("could not sign %d copies ahead; signing them one by one", len(jobs))
             return
-        self._signed.update(zip((job.id for job in jobs), heads, strict=True))
+        for job, (sender, _, _), head in zip(jobs, personal, heads, strict=True):
+            self._signed[job.id] = (sender, head)
 
     def _cached_bytes(self) -> int:
-        return sum(len(data) for _, data in self._messages.values())
+        return sum(stored.size for stored in self._messages.values())
 
-    def _envelope(self, job: LeasedDelivery) -> tuple[str, bytes]:
-        sender, data = self._messages[job.outgoing_id]
+    def _personal(self, job: LeasedDelivery) -> tuple[str, bytes, Stored]:
+        """The member's envelope sender and header block, and the message they are of."""
+        stored = self._messages[job.outgoing_id]
         self._messages.move_to_end(job.outgoing_id)
-        return (self.personaliser.sender(sender, job.member_id),
-                self.personaliser.data(data, job.member_id))
+        return (self.personaliser.sender(stored.sender, job.member_id),
+                self.personaliser.head(stored.head, job.member_id), stored)
+
+    def _copy(self, job: LeasedDelivery) -> tuple[str, bytes]:
+        """The member's envelope sender and copy as it goes out (DKIM-signed if on)."""
+        ahead = self._signed.pop(job.id, None) if self.signing is not None else None
+        if ahead is not None:
+            sender, signed_head = ahead
+            stored = self._messages[job.outgoing_id]
+            self._messages.move_to_end(job.outgoing_id)
+            return sender, signed_head + b"\r\n" + stored.body
+        sender, head, stored = self._personal(job)
+        data = head + b"\r\n" + stored.body
+        return sender, data if self.signing is None else self.signing.sign(data)
 
     async def _send_loop(self, number: int) -> None:
         yields = number >= self.policy.connections_during_intake
@@ -378,9 +449,7 @@ class Dispatcher:
             try:
                 if job.outgoing_id not in self._messages:
                     await self._load([job])
-                sender, data = self._envelope(job)
-                if self.signing is not None:
-                    data = self.signing.attach(self._signed.pop(job.id, None), data)
+                sender, data = self._copy(job)
                 async with self._large if len(data) > LARGE else contextlib.nullcontext():
                     outcome = await self.transport.send(sender, job.recipient, data)
                 del data
@@ -426,11 +495,12 @@ class Dispatcher:
                      else "deferred")
             counts.setdefault(job.outgoing_id, collections.Counter())[state] += 1
         for outgoing_id, counted in counts.items():
-            sender, data = self._messages.get(outgoing_id, ("", b""))
+            stored = self._messages.get(outgoing_id)
+            sender, head = (stored.sender, stored.head) if stored else ("", b"")
             summary = ", ".join(f"{state} {n}" for state, n in sorted(counted.items()))
             local = sender.partition("@")[0]
             list_name = local.partition("-bounces")[0] if "-bounces" in local else None
             log.info("outgoing %d (%s): %s", outgoing_id, sender or "<>", summary,
                      extra={"event": "delivery", "outgoing_id": outgoing_id,
-                            "message_id": logs.message_id(data), "sender": sender,
+                            "message_id": logs.message_id(head), "sender": sender,
                             "list": list_name, "outcome": summary, **counted})

@@ -111,29 +111,36 @@ def body_hash(body: bytes) -> bytes:
 def header_list(fields: Sequence[bytes], signed: Sequence[str] = SIGNED,
                 always: frozenset[str] = ALWAYS) -> list[bytes]:
     """h=: the names of `signed` present, each oversigned, plus `always` (RFC 6376 §5.4.2)."""
-    counts: dict[bytes, int] = {}
-    for field in fields:
-        name = field.partition(b":")[0].rstrip(b" \t").lower()
-        counts[name] = counts.get(name, 0) + 1
-    names = []
-    for text in signed:
-        name = text.encode()
-        if name in counts or text in always:
-            names += [name] * (counts.get(name, 0) + 1)
-    return names
+    return _names(_by_name(fields), signed, always)
 
 
 def header_data(fields: Sequence[bytes], names: Sequence[bytes]) -> bytes:
     """The signed fields, canonical, in h= order: the last unused instance first (§5.4.2)."""
+    return _data(_by_name(fields), names)
+
+
+def _by_name(fields: Sequence[bytes]) -> dict[bytes, list[bytes]]:
+    """The fields under their lower-case names, in order."""
     by_name: dict[bytes, list[bytes]] = {}
     for field in fields:
         by_name.setdefault(field.partition(b":")[0].rstrip(b" \t").lower(), []).append(field)
-    data = []
-    for name in names:
+    return by_name
+
+
+def _names(by_name: dict[bytes, list[bytes]], signed: Sequence[str],
+           always: frozenset[str]) -> list[bytes]:
+    names = []
+    for text in signed:
+        name = text.encode()
         found = by_name.get(name)
-        if found:
-            data.append(relaxed_header(found.pop()))
-    return b"".join(data)
+        if found or text in always:
+            names += [name] * (len(found or ()) + 1)
+    return names
+
+
+def _data(by_name: dict[bytes, list[bytes]], names: Sequence[bytes]) -> bytes:
+    unused = {name: list(found) for name, found in by_name.items()}
+    return b"".join(relaxed_header(unused[name].pop()) for name in names if unused.get(name))
 
 
 def fold(tags: Sequence[str], name: str = "DKIM-Signature") -> str:
@@ -149,14 +156,24 @@ def fold(tags: Sequence[str], name: str = "DKIM-Signature") -> str:
     <TAB>b=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
     <TAB>AAAAAAAAAAAAAAAAAA
     """
-    lines = [name + ":"]
+    return _field(_fold_into([name + ":"], tags))
+
+
+def _fold_into(lines: list[str], tags: Sequence[str], more: bool = False) -> list[str]:
+    """`lines` (not changed) and then `tags`, folded; `more`: tags follow these."""
+    lines = list(lines)
+    last = len(tags) - 1
     for position, tag in enumerate(tags):
-        for number, atom in enumerate(_atoms(tag + (";" if position < len(tags) - 1 else ""))):
+        for number, atom in enumerate(_atoms(tag + (";" if more or position < last else ""))):
             space = "" if number else " "
             if len(lines[-1]) + len(space) + len(atom) > 78:
                 lines.append("\t" + atom)
             else:
                 lines[-1] += space + atom
+    return lines
+
+
+def _field(lines: list[str]) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -233,18 +250,21 @@ class Unsigned(NamedTuple):
 
 def signatures(keys: Sequence[DkimKey], unsigned: Unsigned) -> bytes:
     """The DKIM-Signature fields of one message, one per key (RFC 6376 §3.7, §5)."""
-    fields = header_fields(unsigned.head)
-    names = header_list(fields)
-    data = header_data(fields, names)
+    by_name = _by_name(header_fields(unsigned.head))
+    names = _names(by_name, SIGNED, ALWAYS)
+    data = _data(by_name, names)
     common = [f"t={unsigned.timestamp}", "h=" + b":".join(names).decode(),
               "bh=" + unsigned.body_hash.decode()]
     signed = []
     for key in keys:
-        tags = ["v=1", f"a={key.algorithm}", "c=relaxed/relaxed", f"d={key.domain}",
-                f"s={key.selector}", *common]
-        # The field is signed with an empty b=, as the verifier will see it (§3.5).
-        value = key.sign(data + relaxed_header(fold([*tags, "b="]).encode())[:-2])
-        signed.append(fold([*tags, "b=" + base64.b64encode(value).decode()]).encode())
+        # Folded once up to b=, which is folded onto that twice: empty, as the verifier
+        # will see the field when it checks it (§3.5), then with the signature.
+        lines = _fold_into(["DKIM-Signature:"], [
+            "v=1", f"a={key.algorithm}", "c=relaxed/relaxed", f"d={key.domain}",
+            f"s={key.selector}", *common], more=True)
+        value = key.sign(data + relaxed_header(_field(_fold_into(lines, ["b="])).encode())[:-2])
+        signed.append(_field(_fold_into(lines, ["b=" + base64.b64encode(value).decode()]))
+                      .encode())
     return b"".join(signed)
 
 
@@ -304,11 +324,12 @@ def sign_batch(keys: tuple[KeyText, ...], batch: Sequence[Unsigned]) -> list[byt
 class CopySigning:
     """DKIM for the delivery engine: the copies of a claim signed ahead, in one call.
 
-    `sign_heads` turns copies into their signed header blocks, the signatures made by
+    `sign_heads` turns copies' header blocks into signed ones, the signatures made by
     `elsewhere` (the daemon's worker processes: at 0.3 ms a copy, RSA would hold the event
-    loop three seconds for a 10,000-member post) or, without it, here. `attach` puts a
-    signed header block on the copy's body just before it is sent, or signs the copy then
-    if its header was not signed ahead. What is sent is what was signed.
+    loop three seconds for a 10,000-member post) or, without it, here; the body, the same
+    in every copy of a post, is hashed once. The delivery engine puts each signed header
+    block on the body just before the copy is sent; `sign` signs a copy whose header was
+    not signed ahead. What is sent is what was signed.
     """
 
     def __init__(self, signer: DkimSigner,
@@ -317,20 +338,25 @@ class CopySigning:
         self.signer = signer
         self.elsewhere = elsewhere
 
-    async def sign_heads(self, copies: Sequence[bytes]) -> list[bytes]:
-        """Each copy's header block with its DKIM-Signature fields on top."""
-        unsigned = [self.signer.prepare(copy)[0] for copy in copies]
+    @staticmethod
+    def body_hash(body: bytes) -> bytes:
+        """bh= of a body with CRLF line ends, for `sign_heads`."""
+        return body_hash(body)
+
+    async def sign_heads(self, copies: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        """Each copy's header block (CRLF line ends) with its DKIM-Signature fields on top;
+        a copy is given as its header block and the bh= of its body."""
+        timestamp = int(self.signer.clock())
+        unsigned = [Unsigned(head, bh, timestamp) for head, bh in copies]
         if self.elsewhere is not None:
             fields = await self.elsewhere(unsigned)
         else:
             fields = [signatures(self.signer.keys, one) for one in unsigned]
         return [signed + one.head for signed, one in zip(fields, unsigned, strict=True)]
 
-    def attach(self, signed_head: bytes | None, copy: bytes) -> bytes:
-        """The copy as it goes out: its signed header block (or signed now) and its body."""
-        if signed_head is None:
-            return self.signer.sign(copy)
-        return signed_head + b"\r\n" + split(crlf(copy))[1]
+    def sign(self, copy: bytes) -> bytes:
+        """A copy signed now, here."""
+        return self.signer.sign(copy)
 
 
 def key_path(config: Config, selector: str, configured: str) -> Path:

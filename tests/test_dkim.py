@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from mailer import domainkeys
 from mailer.config import ConfigError, from_dict
-from mailer.domainkeys import CopySigning, DkimKey, DkimSigner
+from mailer.domainkeys import CopySigning, DkimKey, DkimSigner, crlf, split
 from tests.helpers import (
     DOMAIN,
     Sink,
@@ -206,13 +206,14 @@ async def test_copies_signed_ahead_go_out_as_they_were_signed() -> None:
 
     copies = [POST.replace(b"/u/abc", f"/u/{n}".encode()) for n in range(3)]
     copies.append(POST.replace(b"\r\n", b"\n"))      # bare line feeds: made CRLF
+    cut = [split(crlf(copy)) for copy in copies]
     for signing in (CopySigning(signer), CopySigning(signer, in_a_worker)):
-        heads = await signing.sign_heads(copies)
-        sent = [signing.attach(head, copy) for head, copy in zip(heads, copies, strict=True)]
+        heads = await signing.sign_heads([(head, signing.body_hash(body)) for head, body in cut])
+        sent = [head + b"\r\n" + body for head, (_, body) in zip(heads, cut, strict=True)]
         assert all(verified(data, DNS, count=2) for data in sent)
         assert b"\n" not in sent[3].replace(b"\r\n", b"")
     # A copy whose header was not signed ahead is signed as it is sent.
-    assert verified(CopySigning(signer).attach(None, POST), DNS, count=2)
+    assert verified(CopySigning(signer).sign(POST), DNS, count=2)
 
 
 def test_the_record_is_cut_into_strings_of_255_bytes() -> None:
