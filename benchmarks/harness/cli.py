@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
                              "(more than 1: PostgreSQL only); posts go to the first")
     parser.add_argument("--connections", type=int, default=None,
                         help="outbound.connections for the daemon (default: its own)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="router.processes for the daemon, the worker processes that "
+                             "sign H's copies (default: its own)")
     parser.add_argument("--settle", type=float, default=None,
                         help="seconds to wait after the last delivery for duplicates "
                              "(default 2, short 1)")

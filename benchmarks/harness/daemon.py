@@ -36,10 +36,12 @@ def child_env() -> dict[str, str]:
 
 
 def write_config(folder: Path, database_url: str, sink_port: int, dns_port: int,
-                 connections: int | None, dkim_selector: str = "", arc_id: str = "") -> Path:
+                 connections: int | None, dkim_selector: str = "", arc_id: str = "",
+                 processes: int | None = None) -> Path:
     """The trial's config.toml: its database, the sink as smarthost, our DNS server;
     with `dkim_selector`, DKIM on (its key is var/dkim/SELECTOR.pem beside the config);
-    with `arc_id`, ARC on for posts over LMTP whose results carry that authserv-id."""
+    with `arc_id`, ARC on for posts over LMTP whose results carry that authserv-id;
+    `processes`, router.processes (the worker processes that sign)."""
     outbound = f'url = "smtp://{LOOPBACK}:{sink_port}"\n'
     if connections:
         outbound += f"connections = {connections}\n"
@@ -51,7 +53,8 @@ def write_config(folder: Path, database_url: str, sink_port: int, dns_port: int,
         f'[smtp]\nlisten = "{LOOPBACK}:0"\n\n'
         + (f'[lmtp]\nlisten = "{LOOPBACK}:0"\n\n' if arc_id else '[lmtp]\nlisten = ""\n\n')
         + f"[outbound]\n{outbound}\n"
-        f'[http]\nlisten = "{LOOPBACK}:0"\nbase_url = "http://{LOOPBACK}"\n\n'
+        + (f"[router]\nprocesses = {processes}\n\n" if processes is not None else "")
+        + f'[http]\nlisten = "{LOOPBACK}:0"\nbase_url = "http://{LOOPBACK}"\n\n'
         f'[dns]\nnameserver = "{LOOPBACK}:{dns_port}"\n'
         + (f'\n[dkim]\nselector = "{dkim_selector}"\n' if dkim_selector else "")
         + (f'\n[arc]\nauthserv_id = "{arc_id}"\n' if arc_id else ""),

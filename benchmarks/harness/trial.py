@@ -82,7 +82,7 @@ class Rig:
         self.dns.start()
         write_config(self.folder, self.database.url, self.sink.port, self.dns.port,
                      self.args.connections, DKIM_SELECTOR if self.sc.dkim else "",
-                     ARC_ID if self.sc.arc else "")
+                     ARC_ID if self.sc.arc else "", self.args.processes)
         if self.sc.dkim:
             printed = alliance(self.config, "dkim", "keygen", "--selector", DKIM_SELECTOR)
             self.dkim_record = printed.strip().splitlines()[-1]
