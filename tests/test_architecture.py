@@ -37,6 +37,7 @@ ENGINE = {"mailer.backup", "mailer.daemon", "mailer.db", "mailer.delivery", "mai
 ENGINE |= {"mailer.tls"}    # the listener's certificate, the smarthost's TLS and credentials
 ENGINE |= {"mailer.check"}  # `alliance check`: the site as Gmail and Yahoo see it
 ENGINE |= {"mailer.postfix"}  # `alliance postfix`: the lines that put Postfix in front
+ENGINE |= {"mailer.pipelining"}  # the transport's SMTP transactions, pipelined (RFC 2920)
 ENGINE |= {"mailer.queues"}  # the queues as `alliance queue` and the queue page show them
 ENGINE |= {"mailer.queue_pages"}  # the dashboard's queue page, handed the Access by the daemon
 # Modules of the core that may import the domain, and what.
