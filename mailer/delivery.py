@@ -404,13 +404,13 @@ class Dispatcher:
         if self.signing is None or not jobs:
             return
         signing = self.signing
-        personal = [self._personal(job) for job in jobs]
-        for _, _, stored in personal:
-            stored.body_hash = stored.body_hash or signing.body_hash(stored.body)
         try:
+            personal = [self._personal(job) for job in jobs]
+            for _, _, stored in personal:
+                stored.body_hash = stored.body_hash or signing.body_hash(stored.body)
             heads = await signing.sign_heads([(head, stored.body_hash)
                                               for _, head, stored in personal])
-        except Exception:   # each is signed as it is sent instead
+        except Exception:   # each is signed as it is sent instead (never lost here)
             log.exception("could not sign %d copies ahead; signing them one by one", len(jobs))
             return
         for job, (sender, _, _), head in zip(jobs, personal, heads, strict=True):
