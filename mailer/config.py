@@ -158,8 +158,9 @@ class MeetingsSection:
 @dataclass(frozen=True)
 class RouterSection:
     max_attempts: int = _key(3, "tries before a message that fails processing is quarantined")
-    processes: int = _key(1, "worker processes that read replies to invitations and large "
-                             "posts beside the daemon (0: in the daemon itself)")
+    processes: int = _key(2, "worker processes that sign copies (DKIM) and read replies to "
+                             "invitations and large posts beside the daemon (0: in the "
+                             "daemon itself)")
     worker_memory_mb: int = _key(
         1024, "address space each worker process may use, MiB; a message that needs more "
         "fails alone (0: no limit)")
