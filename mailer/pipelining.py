@@ -21,6 +21,7 @@ from typing import NamedTuple
 REPLY_LIMIT = 64 * 1024   # a reply longer than this is no smarthost's (RFC 5321 §4.5.3.1.5)
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _UNQUOTED = re.compile(r"[\x00-\x20<>\x7f]")
+_GOOD = ((250,), (250, 251), (354,))   # what MAIL, RCPT and DATA answer when all is well
 
 
 class Reply(NamedTuple):
@@ -127,9 +128,10 @@ class Pipe(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def _read(self, count: int, timeout: float) -> list[Reply]:
+    async def _read(self, count: int, timeout: float, partial: bool = False) -> list[Reply]:
         """The next `count` replies, or SessionLost (also when none came in `timeout` s:
-        one timer, cheaper than asyncio.timeout at four replies a copy)."""
+        one timer, cheaper than asyncio.timeout at four replies a copy). `partial`: when
+        the session ended after some of them, those (a 421 is followed by a hang-up)."""
         if len(self._replies) < count and self._lost is None:
             loop = asyncio.get_running_loop()
             self._wanted = count
@@ -144,14 +146,15 @@ class Pipe(asyncio.Protocol):
                 timer.cancel()
                 self._waiter = None
                 self._wanted = 0
-        if len(self._replies) < count:
+        if len(self._replies) < count and not (partial and self._replies):
             raise self._lost or SessionLost("ended without a reply")
-        return [self._replies.popleft() for _ in range(count)]
+        return [self._replies.popleft() for _ in range(min(count, len(self._replies)))]
 
     async def send(self, sender: str, recipient: str, message: bytes,
                    timeout: float) -> tuple[Reply, bool]:
         """One transaction: the reply that decides the message (the final one, or the first
-        refusal) and whether the session can carry another."""
+        refusal) and whether the session can carry another. Once a refusal is read, it is
+        the answer, whatever becomes of the session after it."""
         utf8 = self.smtputf8 and not (sender + recipient).isascii()
         mail_from, rcpt_to = path(sender, utf8), path(recipient, utf8)
         if mail_from is None or rcpt_to is None:
@@ -164,20 +167,25 @@ class Pipe(asyncio.Protocol):
         options = (b" SIZE=%d" % size if self.size else b"") + (b" SMTPUTF8" if utf8 else b"")
         self.transport.write(b"MAIL FROM:" + mail_from + options + b"\r\nRCPT TO:" + rcpt_to
                              + b"\r\nDATA\r\n")
-        mail, rcpt, start = await self._read(3, timeout)
-        if mail.code == 250 and rcpt.code in (250, 251) and start.code == 354:
+        replies = await self._read(3, timeout, partial=True)
+        refusal = next((reply for reply, good in zip(replies, _GOOD, strict=False)
+                        if reply.code not in good), None)
+        if refusal is None:
+            if len(replies) < 3:
+                raise self._lost or SessionLost("ended without a reply")
             self.transport.write(data)
             (final,) = await self._read(1, timeout)
             return final, final.code != 421
-        if start.code == 354:   # DATA taken with no recipient: end it empty (§3.1)
-            self.transport.write(b".\r\n")
-            await self._read(1, timeout)
-        refusal = (mail if mail.code != 250 else rcpt if rcpt.code not in (250, 251)
-                   else start)
-        if 421 in (mail.code, rcpt.code, start.code):
+        if len(replies) < 3 or any(reply.code == 421 for reply in replies):
+            return refusal, False   # the server is closing the session (RFC 5321 §3.8)
+        try:
+            if replies[2].code == 354:   # DATA taken with no recipient: end it empty (§3.1)
+                self.transport.write(b".\r\n")
+                await self._read(1, timeout)
+            self.transport.write(b"RSET\r\n")
+            (reset,) = await self._read(1, timeout)
+        except SessionLost:
             return refusal, False
-        self.transport.write(b"RSET\r\n")
-        (reset,) = await self._read(1, timeout)
         return refusal, reset.code == 250
 
     async def quit(self, timeout: float) -> None:

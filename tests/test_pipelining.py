@@ -327,10 +327,6 @@ async def test_a_421_is_the_reply_and_the_next_message_opens_a_new_session(
     assert second.messages == [MESSAGE]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Pipe.send waits for three replies; a smarthost that says 421 at MAIL or RCPT and "
-    "closes (RFC 5321 §3.8, as Postfix does) sends fewer, so the 421 it did send is lost: "
-    "the result is 451 'closed the session' instead of the smarthost's 421 and its text"))
 @pytest.mark.parametrize("said_at, after", [(b"MAIL", b"250 2.1.0 Ok\r\n"),
                                              (b"RCPT", b"250 2.1.5 Ok\r\n")])
 async def test_a_421_then_a_hang_up_is_the_421(said_at: bytes, after: bytes) -> None:
@@ -343,10 +339,6 @@ async def test_a_421_then_a_hang_up_is_the_421(said_at: bytes, after: bytes) -> 
     assert refused == HopReply(421, "4.7.0 Too many errors")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "After a refusal Pipe.send sends RSET and reads its reply outside any guard: when the "
-    "smarthost hangs up (or stays silent) instead of answering RSET, SessionLost escapes "
-    "and the recipient's permanent 550, already read, becomes a 451 deferral"))
 async def test_a_refusal_stands_when_the_smarthost_hangs_up_at_rset() -> None:
     smarthost = Scripted(answers={b"RCPT TO:<gone@": [GONE], b"RSET": [HANG_UP]})
     async with talking(smarthost) as outbound:
